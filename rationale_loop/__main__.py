@@ -1,0 +1,3 @@
+from rationale_loop.cli import main
+
+main()

@@ -1,0 +1,167 @@
+"""Structured config schemas, registered in Hydra's ConfigStore.
+
+`conf/config.yaml` starts its defaults list with `base_config`, so every YAML file and every command-line
+override is merged into these dataclasses: a misspelt key or a wrong type fails at the command line,
+naming the key. Group defaults carry the recipe's values (RECIPE.md); `experiment/tiny_arith.yaml`
+shrinks them to the embedded default that runs on a 2-core CPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+
+@dataclass
+class ModelConfig:
+    # "tiny": build (once, then cached) a small Llama-style model and a tokenizer trained on the task's
+    # text; "pretrained": load `path`, a local save_pretrained directory or a hub id.
+    source: str = "tiny"
+    path: Optional[str] = None
+    cache_dir: str = "outputs/models"
+    dtype: str = "float32"
+    # Shape of the tiny model (source=tiny only).
+    hidden_size: int = 128
+    intermediate_size: int = 384
+    num_layers: int = 4
+    num_heads: int = 4
+    vocab_size: int = 384
+    max_position_embeddings: int = 256
+    init_seed: int = 0
+
+
+@dataclass
+class ArithConfig:
+    """Difficulty of the embedded tiny_arith task."""
+
+    min_steps: int = 2
+    max_steps: int = 3
+    max_start: int = 20
+    max_operand: int = 12
+    max_value: int = 99
+
+
+@dataclass
+class TaskConfig:
+    name: str = "tiny_arith"
+    prompt_format: str = "tinycot"
+    seed: int = 1234
+    # Split sizes; 0 or less means "all" for file-backed tasks.
+    sft_size: int = 4000
+    pool_size: int = 256
+    eval_size: int = 256
+    arith: ArithConfig = field(default_factory=ArithConfig)
+    data_dir: Optional[str] = None
+
+
+@dataclass
+class TrainConfig:
+    """One training stage (SFT or a round's rank finetuning)."""
+
+    lr: float = 1e-5
+    epochs: float = 1.0
+    batch_size: int = 128  # sequences (or groups) per optimizer step, reached by accumulation
+    micro_batch_size: int = 8
+    warmup_ratio: float = 0.2
+    min_lr_ratio: float = 0.0
+    max_length: int = 4096  # longer rows are dropped (and counted), never truncated
+    optimizer: str = "adamw"
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    mixce_eta: float = 1.0  # 1.0 is plain cross-entropy
+    neftune_alpha: float = 0.0
+    freeze_embeddings: bool = False
+    log_every: int = 10
+
+
+@dataclass
+class ObjectiveConfig:
+    name: str = "memphis"
+    rank_weight: float = 5.0  # w in L = CE_anchor + w * rank
+    anchor: str = "gold"  # CE anchor target: "gold" rationale and answer, or the "chosen" completion
+
+
+@dataclass
+class GenerateConfig:
+    backend: str = "hf"
+    n: int = 8
+    temperature: float = 0.5
+    top_p: float = 0.8
+    max_new_tokens: int = 512
+    batch_size: int = 64  # prompts per generate call (each expands to n sequences)
+
+
+@dataclass
+class VerifyConfig:
+    kind: str = "numeric"
+
+
+@dataclass
+class EvalConfig:
+    max_new_tokens: int = 512
+    batch_size: int = 64
+
+
+@dataclass
+class InspectConfig:
+    round: Optional[int] = None  # None: the last finished round
+    pairs: int = 3  # how many pairs to show
+
+
+@dataclass
+class Config:
+    run: str = "default"
+    rounds: int = 3
+    seed: int = 0
+    output_root: str = "outputs/runs"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    sft: TrainConfig = field(default_factory=TrainConfig)
+    rank: TrainConfig = field(default_factory=TrainConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+    verify: VerifyConfig = field(default_factory=VerifyConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    inspect: InspectConfig = field(default_factory=InspectConfig)
+
+
+def register_configs() -> None:
+    ConfigStore.instance().store(name="base_config", node=Config)
+
+
+class ConfigError(ValueError):
+    """A config that composes but cannot run; the message names the key."""
+
+
+def validate(cfg: DictConfig | Config) -> None:
+    """Cross-field checks that the schema's types cannot express."""
+    for stage in ("sft", "rank"):
+        train = cfg[stage] if isinstance(cfg, DictConfig) else getattr(cfg, stage)
+        if train.micro_batch_size <= 0 or train.batch_size % train.micro_batch_size:
+            raise ConfigError(
+                f"{stage}.batch_size ({train.batch_size}) must be a positive multiple of "
+                f"{stage}.micro_batch_size ({train.micro_batch_size})"
+            )
+        if not 0.0 <= train.warmup_ratio < 1.0:
+            raise ConfigError(f"{stage}.warmup_ratio must be in [0, 1), got {train.warmup_ratio}")
+        if not 0.0 <= train.mixce_eta <= 1.0:
+            raise ConfigError(f"{stage}.mixce_eta must be in [0, 1], got {train.mixce_eta}")
+    if cfg.generate.n < 1:
+        raise ConfigError(f"generate.n must be at least 1, got {cfg.generate.n}")
+    if not 0.0 < cfg.generate.top_p <= 1.0:
+        raise ConfigError(f"generate.top_p must be in (0, 1], got {cfg.generate.top_p}")
+    if cfg.objective.anchor not in ("gold", "chosen"):
+        raise ConfigError(f"objective.anchor must be 'gold' or 'chosen', got {cfg.objective.anchor!r}")
+    if cfg.model.source not in ("tiny", "pretrained"):
+        raise ConfigError(f"model.source must be 'tiny' or 'pretrained', got {cfg.model.source!r}")
+    if cfg.model.source == "pretrained" and not cfg.model.path:
+        raise ConfigError("model.path is required when model.source=pretrained")
+    if cfg.rounds < 0:
+        raise ConfigError(f"rounds must be >= 0, got {cfg.rounds}")
+
+
+def to_container(cfg: DictConfig) -> dict[str, Any]:
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]

@@ -1,0 +1,219 @@
+"""Loaders for the public reasoning sets (GSM8K, SVAMP, AQuA-RAT) onto `Problem`.
+
+The files are read as their upstream repositories ship them and never written to. Every loader
+returns a list of `Problem` in file order, with ids of the form "<set>/<file stem>/<index>", the
+index being the zero-based position of the item in the file (record number for JSON lines, array
+index for SVAMP) padded to five digits: "gsm8k/test/00012", "svamp/SVAMP/00999", "aqua/dev/00000".
+Ids depend only on the file name and the item's position, so they are stable across runs as long
+as the file is unchanged.
+
+Bad input (a line that is not JSON, an item that is not an object, a missing or mistyped field, an
+AQuA answer letter with no matching option) raises ValueError naming the file and the line number
+(or the array index for SVAMP), so a broken download is found at load time, not mid-run.
+
+The answer conventions are chosen for the verifiers in `rationale_loop.verify`:
+
+- GSM8K and SVAMP answers are plain number strings (kind "numeric").
+- AQuA answers are the full correct option "C) 25 km" (kind "choice"), so that either the letter
+  or the option text written by the model can be matched.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from rationale_loop.records import Problem
+
+__all__ = ["LOADERS", "load_aqua", "load_gsm8k", "load_svamp"]
+
+PathLike = str | os.PathLike[str]
+
+
+def _jsonl_objects(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) for every non-blank line; anything else raises naming file:line."""
+    with path.open(encoding="utf-8-sig") as handle:
+        for line_number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path}:{line_number}: not valid JSON ({error.msg})") from None
+            if not isinstance(item, dict):
+                kind = type(item).__name__
+                raise ValueError(f"{path}:{line_number}: expected a JSON object, got {kind}")
+            yield line_number, item
+
+
+def _field(item: dict[str, Any], name: str, kind: type | tuple[type, ...], where: str) -> Any:
+    if name not in item:
+        raise ValueError(f"{where}: missing field {name!r}")
+    value = item[name]
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise ValueError(f"{where}: field {name!r} has type {type(value).__name__}")
+    return value
+
+
+def _spaced(text: str) -> str:
+    """Strip and collapse runs of whitespace to one space (one-line fields only)."""
+    return " ".join(text.split())
+
+
+# ---------------------------------------------------------------------------------------------
+# GSM8K
+# ---------------------------------------------------------------------------------------------
+
+_CALCULATOR_MARK_RE = re.compile(r"<<[^<>]*>>")
+_GSM8K_ANSWER_RE = re.compile(r"-?\d+(?:\.\d+)?")
+_THOUSANDS_RE = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
+
+
+def load_gsm8k(path: PathLike) -> list[Problem]:
+    """GSM8K JSON lines (`question`, `answer`) as Problems.
+
+    - rationale: the text before "####" with every calculator mark "<<48/2=24>>" removed; the
+      visible result after the mark stays ("48/2 = <<48/2=24>>24 clips" becomes "48/2 = 24 clips").
+      The marks are tool-call annotations that the model never sees at test time, so training on
+      them would teach it to emit text nobody evaluates.
+    - answer: the text after "####" with thousands commas removed ("1,234" becomes "1234"), so
+      each answer has one canonical spelling: majority votes and exact joins over answers do not
+      split "1,234" from "1234". It must then be a plain number, or the line is rejected.
+    """
+    path = Path(path)
+    problems = []
+    for index, (line_number, item) in enumerate(_jsonl_objects(path)):
+        where = f"{path}:{line_number}"
+        question = _field(item, "question", str, where)
+        solution = _field(item, "answer", str, where)
+        if "####" not in solution:
+            raise ValueError(f"{where}: field 'answer' has no '####' final-answer marker")
+        rationale, _, answer = solution.rpartition("####")
+        answer = answer.strip()
+        if _THOUSANDS_RE.fullmatch(answer):
+            answer = answer.replace(",", "")
+        if not _GSM8K_ANSWER_RE.fullmatch(answer):
+            raise ValueError(f"{where}: final answer after '####' is not a number: {answer!r}")
+        problems.append(
+            Problem(
+                id=f"gsm8k/{path.stem}/{index:05d}",
+                question=question.strip(),
+                rationale=_CALCULATOR_MARK_RE.sub("", rationale).strip(),
+                answer=answer,
+            )
+        )
+    return problems
+
+
+# ---------------------------------------------------------------------------------------------
+# SVAMP
+# ---------------------------------------------------------------------------------------------
+
+
+def _format_number(value: float | int) -> str:
+    """51.0 -> "51"; 2.5 -> "2.5" (shortest round-trip form for non-integers)."""
+    if isinstance(value, int) or float(value).is_integer():
+        return str(int(value))
+    return repr(float(value))
+
+
+def load_svamp(path: PathLike) -> list[Problem]:
+    """SVAMP JSON array (`Body`, `Question`, `Answer`; `Equation` unused) as Problems.
+
+    - question: Body + " " + Question, each with its whitespace collapsed. No punctuation is
+      invented where the Body ends without a full stop ("... on each pack How much ..."): that is
+      how the set is published and how it is usually posed.
+    - rationale: "" (SVAMP ships no rationale). The `Equation` field "( 76.0 - 25.0 )" is not a
+      worded rationale, and an empty rationale marks the item as never a training target.
+    - answer: the float answer as a number string, written as an integer when it is integral
+      (51.0 -> "51").
+    """
+    path = Path(path)
+    try:
+        with path.open(encoding="utf-8-sig") as handle:
+            items = json.load(handle)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}:{error.lineno}: not valid JSON ({error.msg})") from None
+    if not isinstance(items, list):
+        raise ValueError(f"{path}: expected a JSON array, got {type(items).__name__}")
+    problems = []
+    for index, item in enumerate(items):
+        where = f"{path}[{index}]"
+        if not isinstance(item, dict):
+            raise ValueError(f"{where}: expected a JSON object, got {type(item).__name__}")
+        body = _field(item, "Body", str, where)
+        question = _field(item, "Question", str, where)
+        answer = _field(item, "Answer", (int, float), where)
+        if not math.isfinite(answer):
+            raise ValueError(f"{where}: field 'Answer' is not a finite number: {answer!r}")
+        problems.append(
+            Problem(
+                id=f"svamp/{path.stem}/{index:05d}",
+                question=f"{_spaced(body)} {_spaced(question)}".strip(),
+                rationale="",
+                answer=_format_number(answer),
+            )
+        )
+    return problems
+
+
+# ---------------------------------------------------------------------------------------------
+# AQuA-RAT
+# ---------------------------------------------------------------------------------------------
+
+_OPTION_RE = re.compile(r"^\s*\(?\s*(?P<letter>[A-Za-z])\s*\)\s*(?P<text>.*?)\s*$", re.S)
+
+
+def load_aqua(path: PathLike) -> list[Problem]:
+    """AQuA-RAT JSON lines (`question`, `options`, `rationale`, `correct`) as Problems.
+
+    - question: the question, then one option per line as "A) 21", so the model sees the choices
+      it must pick from. Options are rewritten in this one shape ("A)21" -> "A) 21"); their text is
+      kept as published, including the few upstream oddities such as "A)A)59".
+    - rationale: the `rationale` field, stripped.
+    - answer: the full correct option in the same shape, e.g. "C) 25", so the choice verifier can
+      match either the letter or the option text.
+    """
+    path = Path(path)
+    problems = []
+    for index, (line_number, item) in enumerate(_jsonl_objects(path)):
+        where = f"{path}:{line_number}"
+        question = _field(item, "question", str, where)
+        raw_options = _field(item, "options", list, where)
+        rationale = _field(item, "rationale", str, where)
+        correct = _field(item, "correct", str, where).strip().upper()
+        if not raw_options:
+            raise ValueError(f"{where}: field 'options' is empty")
+        options: dict[str, str] = {}
+        for raw in raw_options:
+            match = _OPTION_RE.match(raw) if isinstance(raw, str) else None
+            if match is None:
+                raise ValueError(f"{where}: option {raw!r} is not of the form 'A)text'")
+            letter = match.group("letter").upper()
+            if letter in options:
+                raise ValueError(f"{where}: option letter {letter} appears twice")
+            options[letter] = f"{letter}) {match.group('text')}".rstrip()
+        if correct not in options:
+            raise ValueError(
+                f"{where}: correct letter {correct!r} is not one of the options {sorted(options)}"
+            )
+        problems.append(
+            Problem(
+                id=f"aqua/{path.stem}/{index:05d}",
+                question="\n".join([question.strip(), *options.values()]),
+                rationale=rationale.strip(),
+                answer=options[correct],
+            )
+        )
+    return problems
+
+
+LOADERS: dict[str, Callable[[PathLike], list[Problem]]] = {
+    "gsm8k": load_gsm8k,
+    "svamp": load_svamp,
+    "aqua": load_aqua,
+}

@@ -1,0 +1,84 @@
+"""The embedded default task: seeded multi-step arithmetic word problems.
+
+Each problem tells a short story (someone has some things, gains, loses or multiplies them) and asks
+how many are left. The gold rationale works it out one operation per sentence, so a model has to copy
+the right numbers in the right order and get every step's arithmetic right: easy enough that a tiny
+model trained for a minute gets part of it, hard enough that it does not get all of it.
+
+The three splits are drawn from one seeded stream and made disjoint by question text, so no eval or
+pool question is ever trained on by SFT.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from rationale_loop.records import Problem
+
+NAMES = ["Ann", "Ben", "Cara", "Dev", "Eli", "Fay", "Gus", "Hana", "Ivo", "Jun", "Kai", "Lea", "Max", "Nia", "Omar", "Pia"]
+ITEMS = ["apples", "marbles", "stickers", "books", "coins", "shells", "pens", "cards", "eggs", "stamps"]
+
+
+@dataclass(frozen=True)
+class ArithSpec:
+    """Difficulty knobs; the defaults are the embedded default's."""
+
+    min_steps: int = 2
+    max_steps: int = 3
+    max_start: int = 20
+    max_operand: int = 12
+    max_value: int = 99  # no intermediate result goes above this (keeps numbers at two digits)
+
+
+def _step(rng: random.Random, value: int, name: str, item: str, spec: ArithSpec) -> tuple[str, str, int]:
+    """One story sentence and its rationale sentence, applied to the running value."""
+    kinds = [k for k, ok in (("add", value < spec.max_value), ("sub", value > 1), ("mul", value * 2 <= spec.max_value)) if ok]
+    kind = rng.choice(kinds)
+    if kind == "add":
+        amount = rng.randint(1, min(spec.max_operand, spec.max_value - value))
+        verb = rng.choice([f"finds {amount} more {item}", f"buys {amount} more {item}", f"gets {amount} {item} from a friend"])
+        return f"{name} {verb}.", f"{value} + {amount} = {value + amount}.", value + amount
+    if kind == "sub":
+        amount = rng.randint(1, min(spec.max_operand, value - 1))
+        verb = rng.choice([f"gives away {amount} {item}", f"loses {amount} {item}", f"uses {amount} {item}"])
+        return f"{name} {verb}.", f"{value} - {amount} = {value - amount}.", value - amount
+    factor = rng.choice([f for f in (2, 3) if value * f <= spec.max_value])
+    word = {2: "doubles", 3: "triples"}[factor]
+    return f"The number of {item} {word}.", f"{value} * {factor} = {value * factor}.", value * factor
+
+
+def make_problem(rng: random.Random, spec: ArithSpec) -> tuple[str, str, str]:
+    """Return (question, rationale, answer) for one random story."""
+    name, item = rng.choice(NAMES), rng.choice(ITEMS)
+    value = rng.randint(2, spec.max_start)
+    story = [f"{name} has {value} {item}."]
+    reasoning = []
+    for _ in range(rng.randint(spec.min_steps, spec.max_steps)):
+        sentence, working, value = _step(rng, value, name, item, spec)
+        story.append(sentence)
+        reasoning.append(working)
+    story.append(f"How many {item} does {name} have now?")
+    return " ".join(story), " ".join(reasoning), str(value)
+
+
+def make_splits(seed: int, sizes: dict[str, int], spec: ArithSpec | None = None) -> dict[str, list[Problem]]:
+    """Draw disjoint splits (by question text) of the requested sizes, in order, from one seeded stream."""
+    spec = spec or ArithSpec()
+    rng = random.Random(seed)
+    seen: set[str] = set()
+    splits: dict[str, list[Problem]] = {}
+    for split, size in sizes.items():
+        problems: list[Problem] = []
+        attempts = 0
+        while len(problems) < size:
+            attempts += 1
+            if attempts > 50 * size + 1000:
+                raise ValueError(f"tiny_arith: cannot draw {size} distinct questions for split {split!r}; widen the spec")
+            question, rationale, answer = make_problem(rng, spec)
+            if question in seen:
+                continue
+            seen.add(question)
+            problems.append(Problem(f"tiny_arith/{split}/{len(problems):05d}", question, rationale, answer))
+        splits[split] = problems
+    return splits

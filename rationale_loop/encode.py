@@ -1,0 +1,61 @@
+"""Turning (prompt, response) text into token ids and labels, with no training on inputs.
+
+The prompt and the response are tokenized separately and concatenated, so the boundary between them
+is exact and the prompt's ids are the very ids generation starts from. Prompt tokens get the label
+-100; the response's tokens and the EOS that ends it are learned.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from rationale_loop.losses import IGNORE_INDEX
+
+
+@dataclass(frozen=True)
+class Encoded:
+    input_ids: list[int]
+    labels: list[int]
+
+
+class Encoder:
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, max_length: int):
+        if tokenizer.eos_token_id is None:
+            raise ValueError("the tokenizer has no EOS token; the response's end cannot be learned")
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.prompt_ids = lru_cache(maxsize=65536)(self._prompt_ids)
+
+    def _prompt_ids(self, prompt: str) -> tuple[int, ...]:
+        # add_special_tokens puts BOS in front exactly as the model's own tokenizer does for generation.
+        return tuple(self.tokenizer(prompt, add_special_tokens=True)["input_ids"])
+
+    def response_ids(self, response: str) -> list[int]:
+        return self.tokenizer(response, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
+
+    def encode(self, prompt: str, response: str) -> Encoded | None:
+        """Ids and labels for one example, or None when it is longer than max_length (the caller drops
+        and counts it: truncating would teach a response without its end)."""
+        prompt_ids = list(self.prompt_ids(prompt))
+        response_ids = self.response_ids(response)
+        if len(prompt_ids) + len(response_ids) > self.max_length:
+            return None
+        return Encoded(prompt_ids + response_ids, [IGNORE_INDEX] * len(prompt_ids) + response_ids)
+
+    def collate(self, examples: list[Encoded]) -> dict[str, torch.Tensor]:
+        """Right-pad a list of examples into input_ids, attention_mask and labels tensors."""
+        width = max(len(e.input_ids) for e in examples)
+        input_ids = torch.full((len(examples), width), self.pad_id, dtype=torch.long)
+        labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
+        attention_mask = torch.zeros((len(examples), width), dtype=torch.long)
+        for row, example in enumerate(examples):
+            length = len(example.input_ids)
+            input_ids[row, :length] = torch.tensor(example.input_ids)
+            labels[row, :length] = torch.tensor(example.labels)
+            attention_mask[row, :length] = 1
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}

@@ -1,0 +1,32 @@
+"""Held-out accuracy: one greedy sample per evaluation question, judged like any other sample."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from rationale_loop.data.formats import ReasoningFormat
+from rationale_loop.generate.base import Backend, Sampling
+from rationale_loop.records import Problem, write_jsonl_atomic
+from rationale_loop.rollouts import sample_and_judge
+
+
+def evaluate(
+    backend: Backend,
+    problems: Sequence[Problem],
+    fmt: ReasoningFormat,
+    verify_kind: str,
+    max_new_tokens: int,
+    samples_path: Path | None = None,
+) -> dict[str, float | int]:
+    sampling = Sampling(n=1, temperature=0.0, max_new_tokens=max_new_tokens)
+    samples = [s for group in sample_and_judge(backend, problems, fmt, sampling, verify_kind) for s in group]
+    samples.sort(key=lambda s: s.question_id)
+    if samples_path is not None:
+        write_jsonl_atomic(samples_path, samples)
+    total = len(samples)
+    return {
+        "eval_questions": total,
+        "eval_accuracy": sum(s.correct for s in samples) / total if total else 0.0,
+        "eval_valid": sum(s.valid for s in samples) / total if total else 0.0,
+    }

@@ -1,0 +1,32 @@
+"""The generation backend interface: prompts in, n completions per prompt out, streamed by batch.
+
+Backends yield results as batches finish so the caller can append them to disk: a crash loses at most
+the batch in flight, and memory stays flat however large the question pool is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Protocol, Sequence
+
+
+@dataclass(frozen=True)
+class Sampling:
+    n: int = 1
+    temperature: float = 0.0  # 0 means greedy
+    top_p: float = 1.0
+    max_new_tokens: int = 512
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    finish_reason: str  # "stop": the model ended it (EOS); "length": cut off at max_new_tokens
+    num_tokens: int  # generated tokens, the EOS included
+
+
+class Backend(Protocol):
+    def generate(self, prompts: Sequence[str], sampling: Sampling) -> Iterator[tuple[int, list[Completion]]]:
+        """Yield (prompt index, its n completions) for every prompt, in any order."""
+        ...

@@ -1,0 +1,242 @@
+"""The rounds. Round 0 is SFT; every later round is: generate, verify, mine, train, evaluate, save.
+
+Stages hand off through plain files in the run directory:
+
+    outputs/runs/<run>/
+      round_00/  config.yaml  checkpoint/  metrics.json  eval.jsonl  DONE
+      round_01/  config.yaml  generations.jsonl  pairs.jsonl  stats.json  checkpoint/  metrics.json  eval.jsonl  DONE
+      rounds.jsonl   one line per finished round
+
+A round with DONE is finished and never written again; the next round starts from its checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from rationale_loop.config import validate
+from rationale_loop.data.formats import ReasoningFormat, get_format
+from rationale_loop.data.tasks import TaskSplits, load_task
+from rationale_loop.records import Generation, Problem, append_jsonl, read_jsonl, write_json_atomic, write_jsonl_atomic
+
+log = logging.getLogger(__name__)
+
+DONE = "DONE"
+ROUND_SUMMARY_KEYS = ("round", "eval_accuracy", "samples", "valid", "correct", "pass_at_n", "pairs", "train_loss")
+
+
+def run_dir(cfg: DictConfig) -> Path:
+    return Path(cfg.output_root) / cfg.run
+
+
+def round_dir(run: Path, k: int) -> Path:
+    return run / f"round_{k:02d}"
+
+
+def is_done(run: Path, k: int) -> bool:
+    return (round_dir(run, k) / DONE).exists()
+
+
+def next_round(run: Path) -> int:
+    """The first round without DONE; every round before it is finished."""
+    k = 0
+    while is_done(run, k):
+        k += 1
+    return k
+
+
+def describe_next(run: Path) -> str:
+    k = next_round(run)
+    if k == 0:
+        return f"round 0 (SFT): {run} has no finished round"
+    partial = round_dir(run, k).exists()
+    why = f"round {k - 1} is the last with DONE"
+    if partial:
+        why += f"; round {k} was started but not finished, so it starts again"
+    return f"round {k}: {why}, starting from {round_dir(run, k - 1) / 'checkpoint'}"
+
+
+class Run:
+    """Everything the rounds of one run share: the config, the task's splits, the prompt format."""
+
+    def __init__(self, cfg: DictConfig):
+        validate(cfg)
+        self.cfg = cfg
+        self.dir = run_dir(cfg)
+        self.fmt: ReasoningFormat = get_format(cfg.task.prompt_format)
+        self.splits: TaskSplits = load_task(cfg.task)
+        self.problems: dict[str, Problem] = {p.id: p for p in self.splits.pool}
+
+    # -- one round -------------------------------------------------------------------------------
+    def run_round(self, k: int) -> dict[str, Any]:
+        if is_done(self.dir, k):
+            raise RuntimeError(f"{round_dir(self.dir, k)} is finished (DONE) and is never rewritten")
+        if k > 0 and not is_done(self.dir, k - 1):
+            raise RuntimeError(f"round {k} needs round {k - 1} finished first ({round_dir(self.dir, k - 1)} has no DONE)")
+        out = round_dir(self.dir, k)
+        if out.exists():
+            log.warning("round %d in %s was interrupted; clearing it and starting it again", k, out)
+            shutil.rmtree(out)
+        out.mkdir(parents=True)
+        # Each round keeps its own resolved config: Hydra's .hydra/ is overwritten on every call.
+        (out / "config.yaml").write_text(OmegaConf.to_yaml(self.cfg, resolve=True))
+        summary = self._sft(out) if k == 0 else self._self_train(k, out)
+        summary["round"] = k
+        write_json_atomic(out / "metrics.json", summary)
+        (out / DONE).write_text("")
+        self._write_rounds_index()
+        return summary
+
+    def _sft(self, out: Path) -> dict[str, Any]:
+        from rationale_loop.model import load_model, load_tokenizer, save_checkpoint
+        from rationale_loop.objectives import SFTItem, SupervisedObjective
+        from rationale_loop.train import train
+
+        base = self._base_model_path()
+        log.info("round 0 (SFT): base model %s, %d SFT examples", base, len(self.splits.sft))
+        model, tokenizer = load_model(base, self.cfg.model.dtype), load_tokenizer(base)
+        items = [SFTItem(self.fmt.prompt(p.question), self.fmt.response(p.rationale, p.answer)) for p in self.splits.sft]
+        result = train(model, tokenizer, items, SupervisedObjective(), self.cfg.sft, seed=self.cfg.seed, desc="sft")
+        save_checkpoint(model, tokenizer, out / "checkpoint")
+        metrics = self._evaluate(model, tokenizer, out)
+        return {**metrics, "base_model": str(base), **_train_summary(result)}
+
+    def _self_train(self, k: int, out: Path) -> dict[str, Any]:
+        from rationale_loop.generate import Sampling, make_backend
+        from rationale_loop.mine import mine_pairs
+        from rationale_loop.model import load_model, load_tokenizer, save_checkpoint
+        from rationale_loop.objectives import RoundData, build_objective
+        from rationale_loop.rollouts import sample_and_judge
+        from rationale_loop.train import train
+
+        start = round_dir(self.dir, k - 1) / "checkpoint"
+        log.info("round %d: starting from %s", k, start)
+        model, tokenizer = load_model(start, self.cfg.model.dtype), load_tokenizer(start)
+        gen = self.cfg.generate
+        sampling = Sampling(gen.n, gen.temperature, gen.top_p, gen.max_new_tokens, seed=self.cfg.seed + k)
+        backend = make_backend(gen.backend, model=model, tokenizer=tokenizer, batch_size=gen.batch_size)
+
+        # Generate and verify, appending each question's samples as they come (the file is renamed
+        # into place only when complete, so generations.jsonl is never a partial pool).
+        partial = out / "generations.jsonl.partial"
+        log.info("round %d: sampling %d x %d completions", k, len(self.splits.pool), gen.n)
+        for group in sample_and_judge(backend, self.splits.pool, self.fmt, sampling, self.cfg.verify.kind):
+            append_jsonl(partial, group)
+        generations = sorted(
+            (Generation(**row) for row in read_jsonl(partial)), key=lambda g: (g.question_id, g.sample_index)
+        )
+        write_jsonl_atomic(out / "generations.jsonl", generations)
+        partial.unlink()
+
+        pairs = mine_pairs(generations, self.problems)
+        write_jsonl_atomic(out / "pairs.jsonl", pairs)
+        stats = generation_stats(generations, n=gen.n)
+        stats["pairs"] = len(pairs)
+        write_json_atomic(out / "stats.json", stats)
+        log.info("round %d: %s", k, ", ".join(f"{key} {value}" for key, value in stats.items()))
+
+        objective = build_objective(self.cfg.objective)
+        items = objective.items(RoundData(self.problems, generations, pairs, self.fmt))
+        result = train(model, tokenizer, items, objective, self.cfg.rank, seed=self.cfg.seed + k, desc=f"round {k}")
+        save_checkpoint(model, tokenizer, out / "checkpoint")
+        metrics = self._evaluate(model, tokenizer, out)
+        return {**metrics, **stats, **_train_summary(result)}
+
+    # -- helpers -----------------------------------------------------------------------------------
+    def _base_model_path(self) -> Path | str:
+        model_cfg = self.cfg.model
+        if model_cfg.source == "pretrained":
+            return model_cfg.path
+        from hashlib import sha256
+
+        from rationale_loop.model import build_tiny_model
+
+        corpus = [self.fmt.prompt(p.question) + self.fmt.response(p.rationale, p.answer) for p in self.splits.sft]
+        key = sha256("\n".join(corpus).encode()).hexdigest()
+        return build_tiny_model(model_cfg, corpus, key)
+
+    def _evaluate(self, model: Any, tokenizer: Any, out: Path) -> dict[str, Any]:
+        from rationale_loop.evaluate import evaluate
+        from rationale_loop.generate import make_backend
+
+        backend = make_backend(self.cfg.generate.backend, model=model, tokenizer=tokenizer, batch_size=self.cfg.eval.batch_size)
+        metrics = evaluate(backend, self.splits.eval, self.fmt, self.cfg.verify.kind, self.cfg.eval.max_new_tokens, out / "eval.jsonl")
+        log.info("held-out accuracy %.3f (%d questions, %.3f valid)", metrics["eval_accuracy"], metrics["eval_questions"], metrics["eval_valid"])
+        return metrics
+
+    def _write_rounds_index(self) -> None:
+        """rounds.jsonl is derived from the finished rounds' metrics, rebuilt whole each time, so a
+        crash can neither duplicate nor drop a line."""
+        rows = []
+        k = 0
+        while is_done(self.dir, k):
+            metrics = json.loads((round_dir(self.dir, k) / "metrics.json").read_text())
+            rows.append({key: metrics.get(key) for key in ROUND_SUMMARY_KEYS})
+            k += 1
+        write_jsonl_atomic(self.dir / "rounds.jsonl", rows)
+
+
+def generation_stats(generations: list[Generation], n: int) -> dict[str, Any]:
+    questions: dict[str, bool] = {}
+    for g in generations:
+        questions[g.question_id] = questions.get(g.question_id, False) or g.correct
+    reasons: dict[str, int] = {}
+    for g in generations:
+        if g.invalid_reason:
+            reasons[g.invalid_reason] = reasons.get(g.invalid_reason, 0) + 1
+    samples = len(generations)
+    return {
+        "questions": len(questions),
+        "samples": samples,
+        "valid": sum(g.valid for g in generations),
+        "correct": sum(g.correct for g in generations),
+        "invalid_truncated": reasons.get("truncated", 0),
+        "invalid_no_answer": reasons.get("no_answer", 0) + reasons.get("no_rationale", 0) + reasons.get("malformed", 0),
+        "invalid_reasons": reasons,
+        "pass_at_n": sum(questions.values()) / len(questions) if questions else 0.0,
+        "n": n,
+        "mean_tokens": sum(g.num_tokens for g in generations) / samples if samples else 0.0,
+    }
+
+
+def _train_summary(result: Any) -> dict[str, Any]:
+    data = asdict(result)
+    history = data.pop("history")
+    return {
+        "train_loss": data["mean_loss"],
+        "train_items": data["items"],
+        "train_dropped_too_long": data["dropped_too_long"],
+        "train_steps": data["steps"],
+        "train_seconds": round(data["seconds"], 2),
+        "train_history": history,
+    }
+
+
+def run_next_round(cfg: DictConfig) -> dict[str, Any]:
+    run = Run(cfg)
+    k = next_round(run.dir)
+    print(f"[rationale_loop] run {run.dir}: next is {describe_next(run.dir)}", flush=True)
+    if k > cfg.rounds:
+        print(f"[rationale_loop] all {cfg.rounds} round(s) of {run.dir} are done; raise rounds= to go on", flush=True)
+        return {}
+    return run.run_round(k)
+
+
+def run_loop(cfg: DictConfig) -> list[dict[str, Any]]:
+    run = Run(cfg)
+    print(f"[rationale_loop] run {run.dir}: {cfg.rounds} round(s) after SFT; next is {describe_next(run.dir)}", flush=True)
+    while (k := next_round(run.dir)) <= cfg.rounds:
+        run.run_round(k)
+    return read_rounds(run.dir)
+
+
+def read_rounds(run: Path) -> list[dict[str, Any]]:
+    path = run / "rounds.jsonl"
+    return list(read_jsonl(path)) if path.exists() else []

@@ -1,0 +1,155 @@
+"""Load, build and save models and tokenizers.
+
+A model is always handed around as a save_pretrained directory: the tiny default is built once into
+the cache (a Llama config with random weights, and a byte-level BPE tokenizer trained on the task's
+text) and from then on loaded exactly like a real checkpoint, through AutoModelForCausalLM and
+AutoTokenizer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from rationale_loop.config import ModelConfig
+
+log = logging.getLogger(__name__)
+
+TINY_SHAPE_KEYS = ("hidden_size", "intermediate_size", "num_layers", "num_heads", "vocab_size", "max_position_embeddings", "init_seed")
+SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>"}
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerBase:
+    """A byte-level BPE (so any text round-trips) that splits every digit into its own token, which
+    keeps numbers legible to a model that has to do arithmetic on them."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = list(SPECIAL_TOKENS.values())
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    )
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tokenizer.train_from_iterator(texts, trainer)
+    bos_id = tokenizer.token_to_id(SPECIAL_TOKENS["bos_token"])
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{SPECIAL_TOKENS['bos_token']} $A", special_tokens=[(SPECIAL_TOKENS["bos_token"], bos_id)]
+    )
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, **SPECIAL_TOKENS)
+
+
+def tiny_model_dir(cfg: ModelConfig, corpus_key: str) -> Path:
+    """Cache path keyed by the model shape and the text the tokenizer is trained on."""
+    shape = {name: getattr(cfg, name) for name in TINY_SHAPE_KEYS}
+    digest = hashlib.sha256(json.dumps([shape, corpus_key], sort_keys=True).encode()).hexdigest()[:12]
+    return Path(cfg.cache_dir) / f"tiny-llama-{digest}"
+
+
+def build_tiny_model(cfg: ModelConfig, corpus: list[str], corpus_key: str) -> Path:
+    """Build the tiny model into the cache unless it is already there; return its directory."""
+    target = tiny_model_dir(cfg, corpus_key)
+    if (target / "config.json").exists():
+        log.info("tiny model: using cached %s", target)
+        return target
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    log.info("tiny model: building %s (tokenizer trained on %d texts)", target, len(corpus))
+    tokenizer = train_tokenizer(corpus, cfg.vocab_size)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_heads,
+        max_position_embeddings=cfg.max_position_embeddings,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(cfg.init_seed)
+    model = LlamaForCausalLM(config)
+    save_checkpoint(model, tokenizer, target)
+    return target
+
+
+def save_checkpoint(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, target: Path) -> None:
+    """save_pretrained into a temporary sibling, then rename: a half-written checkpoint never has the
+    final name, so it is never loaded."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    try:
+        model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    try:
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+    except KeyError:
+        raise ValueError(f"model.dtype must be float32, bfloat16 or float16, got {name!r}") from None
+
+
+def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    if tokenizer.pad_token_id is None:
+        # Padding is always masked out, so any id works; EOS is the usual choice for models without one.
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(path: str | Path, dtype: str = "float32") -> PreTrainedModel:
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype(dtype))
+    return model
+
+
+def freeze_embeddings(model: PreTrainedModel) -> None:
+    """Keep the input and output embeddings fixed, as the recipe does for both training stages."""
+    for module in (model.get_input_embeddings(), model.get_output_embeddings()):
+        if module is not None:
+            for parameter in module.parameters():
+                parameter.requires_grad_(False)
+
+
+@contextmanager
+def neftune(model: PreTrainedModel, alpha: float) -> Iterator[None]:
+    """NEFTune: while active, add U(-1, 1) * alpha / sqrt(L * d) noise to the input embeddings of
+    forward passes in training mode (L: padded sequence length, d: hidden size). A model in eval mode
+    (generation, evaluation) is untouched, and nothing is left behind in the saved weights."""
+    if alpha <= 0:
+        yield
+        return
+
+    def add_noise(module: torch.nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor:
+        if not module.training:
+            return output
+        scale = alpha / math.sqrt(output.shape[1] * output.shape[2])
+        return output + torch.empty_like(output).uniform_(-scale, scale)
+
+    handle = model.get_input_embeddings().register_forward_hook(add_noise)
+    try:
+        yield
+    finally:
+        handle.remove()

@@ -1,0 +1,135 @@
+"""Plain record types and JSONL helpers shared by every stage.
+
+No torch, no vLLM: the verifier, the parser and the pair miner import this module on their own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import MISSING, asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One task item: a question with its gold rationale and gold answer.
+
+    `rationale` may be empty for sources that carry only an answer (it is then never used as a
+    training target). `id` is stable across runs so that generations can be joined back to it.
+    """
+
+    id: str
+    question: str
+    rationale: str
+    answer: str
+
+
+@dataclass
+class Generation:
+    """One sampled completion for one question, as written to generations.jsonl."""
+
+    question_id: str
+    sample_index: int
+    prompt: str
+    completion: str
+    rationale: str | None
+    answer: str | None
+    gold: str
+    finish_reason: str  # "stop" (the model ended it) or "length" (cut off by max_new_tokens)
+    valid: bool
+    correct: bool
+    num_tokens: int
+    invalid_reason: str | None = None
+
+
+@dataclass
+class Pair:
+    """One mined preference pair, as written to pairs.jsonl."""
+
+    question_id: str
+    prompt: str
+    chosen: str
+    rejected: str
+    chosen_sample_index: int
+    rejected_sample_index: int
+    gold_rationale: str = ""
+    gold_answer: str = ""
+
+
+def to_dict(record: Any) -> dict[str, Any]:
+    return asdict(record)
+
+
+def from_dict(cls: type, data: dict[str, Any], *, where: str = "") -> Any:
+    """Build a dataclass from a dict, naming the missing field and where it came from."""
+    names = {f.name for f in fields(cls)}
+    required = {f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING}
+    missing = sorted(n for n in required if n not in data)
+    if missing:
+        raise ValueError(f"{where}: missing field(s) {missing} for {cls.__name__}")
+    return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def read_jsonl(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
+    """Yield one dict per non-empty line; a broken line raises with the file and line number."""
+    path = Path(path)
+    with path.open(encoding="utf-8") as handle:
+        for line_number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path}:{line_number}: not valid JSON ({error.msg})") from None
+
+
+def write_jsonl_atomic(path: str | os.PathLike[str], rows: Iterable[Any]) -> int:
+    """Write rows (dicts or dataclasses) to a temporary file, then rename it into place.
+
+    A reader never sees a half-written file; returns the number of rows written.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    count = 0
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            for row in rows:
+                if not isinstance(row, dict):
+                    row = asdict(row)
+                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+                count += 1
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return count
+
+
+def write_json_atomic(path: str | os.PathLike[str], data: Any) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(data, handle, indent=2, ensure_ascii=False)
+            handle.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def append_jsonl(path: str | os.PathLike[str], rows: Iterable[Any]) -> None:
+    """Append rows and fsync, so a crash loses at most the rows of the call in flight."""
+    path = Path(path)
+    with path.open("a", encoding="utf-8") as handle:
+        for row in rows:
+            if not isinstance(row, dict):
+                row = asdict(row)
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())

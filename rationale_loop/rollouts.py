@@ -1,0 +1,42 @@
+"""Sample completions for problems and judge each one: parse it by the prompt format, then check its
+answer against the gold answer. Shared by a round's generation phase and by evaluation."""
+
+from __future__ import annotations
+
+from typing import Iterator, Sequence
+
+from rationale_loop.data.formats import ReasoningFormat
+from rationale_loop.generate.base import Backend, Completion, Sampling
+from rationale_loop.records import Generation, Problem
+from rationale_loop.verify import is_correct
+
+
+def judge(problem: Problem, prompt: str, sample_index: int, completion: Completion, fmt: ReasoningFormat, verify_kind: str) -> Generation:
+    """A sample cut off by the token limit is invalid, not incorrect, whatever text it holds."""
+    parsed = fmt.parse(completion.text)
+    reason = "truncated" if completion.finish_reason == "length" else parsed.reason
+    valid = reason is None
+    return Generation(
+        question_id=problem.id,
+        sample_index=sample_index,
+        prompt=prompt,
+        completion=completion.text,
+        rationale=parsed.rationale if valid else None,
+        answer=parsed.answer if valid else None,
+        gold=problem.answer,
+        finish_reason=completion.finish_reason,
+        valid=valid,
+        correct=valid and is_correct(verify_kind, parsed.answer or "", problem.answer),
+        num_tokens=completion.num_tokens,
+        invalid_reason=reason,
+    )
+
+
+def sample_and_judge(
+    backend: Backend, problems: Sequence[Problem], fmt: ReasoningFormat, sampling: Sampling, verify_kind: str
+) -> Iterator[list[Generation]]:
+    """Yield the judged samples of one problem at a time, as the backend finishes them."""
+    prompts = [fmt.prompt(p.question) for p in problems]
+    for index, completions in backend.generate(prompts, sampling):
+        problem = problems[index]
+        yield [judge(problem, prompts[index], k, c, fmt, verify_kind) for k, c in enumerate(completions)]

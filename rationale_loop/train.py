@@ -1,0 +1,150 @@
+"""One training loop, shared by SFT and the rounds' finetuning.
+
+What it owns: item order (seeded), the effective batch reached by gradient accumulation, the
+token-weighted loss of an accumulated batch, the optimizer and its cosine schedule, frozen embeddings,
+NEFTune, and a per-step loss log. What a loss *is* belongs to the objective.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from contextlib import nullcontext
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from rationale_loop.config import TrainConfig
+from rationale_loop.encode import Encoder
+from rationale_loop.model import freeze_embeddings, neftune
+from rationale_loop.objectives import Objective
+from rationale_loop.optim import build_optimizer, cosine_with_warmup
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    items: int
+    dropped_too_long: int
+    steps: int
+    seconds: float
+    mean_loss: float | None
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def _schedule_order(count: int, epochs: float, batch_size: int, seed: int) -> list[list[int]]:
+    """Item indices per optimizer step: ceil(epochs * count) items from seeded permutations (one per
+    epoch), cut into batches; the last batch may be smaller."""
+    wanted = max(1, math.ceil(epochs * count))
+    rng = random.Random(seed)
+    order: list[int] = []
+    while len(order) < wanted:
+        epoch = list(range(count))
+        rng.shuffle(epoch)
+        order.extend(epoch)
+    order = order[:wanted]
+    return [order[i : i + batch_size] for i in range(0, wanted, batch_size)]
+
+
+def train(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    items: Sequence[Any],
+    objective: Objective,
+    cfg: TrainConfig,
+    *,
+    seed: int,
+    desc: str,
+) -> TrainResult:
+    encoder = Encoder(tokenizer, cfg.max_length)
+    encoded = [objective.encode(item, encoder) for item in items]
+    kept = [e for e in encoded if e is not None]
+    dropped = len(encoded) - len(kept)
+    if dropped:
+        log.warning("%s: dropped %d of %d items longer than max_length=%d", desc, dropped, len(encoded), cfg.max_length)
+    if not kept:
+        log.warning("%s: nothing to train on; the model is left as it was", desc)
+        return TrainResult(items=0, dropped_too_long=dropped, steps=0, seconds=0.0, mean_loss=None)
+
+    torch.manual_seed(seed)
+    if cfg.freeze_embeddings:
+        freeze_embeddings(model)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    optimizer = build_optimizer(cfg.optimizer, parameters, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    batches = _schedule_order(len(kept), cfg.epochs, cfg.batch_size, seed)
+    scheduler = cosine_with_warmup(optimizer, len(batches), cfg.warmup_ratio, cfg.min_lr_ratio)
+    model, optimizer = accelerator.prepare(model, optimizer)
+
+    history: list[dict[str, float]] = []
+    start = time.perf_counter()
+    model.train()
+    progress = tqdm(total=len(batches), desc=desc, disable=not sys.stderr.isatty(), leave=False)
+    with neftune(accelerator.unwrap_model(model), cfg.neftune_alpha):
+        for step, batch_indices in enumerate(batches, start=1):
+            micro_batches = [
+                objective.collate([kept[i] for i in batch_indices[j : j + cfg.micro_batch_size]], encoder)
+                for j in range(0, len(batch_indices), cfg.micro_batch_size)
+            ]
+            units = _global_units(accelerator, objective, micro_batches)
+            step_terms = {name: 0.0 for name in objective.coefficients}
+            for index, micro in enumerate(micro_batches):
+                micro = {k: v.to(accelerator.device) if torch.is_tensor(v) else v for k, v in micro.items()}
+                # Gradients are all-reduced (averaged over processes) only on the last micro-batch.
+                sync = index == len(micro_batches) - 1
+                with nullcontext() if sync else accelerator.no_sync(model):
+                    sums = objective.loss_sums(model, micro, cfg)
+                    loss = sum(
+                        objective.coefficients[name] * term * accelerator.num_processes / max(units[name], 1)
+                        for name, term in sums.items()
+                    )
+                    accelerator.backward(loss)
+                for name, term in sums.items():
+                    step_terms[name] += float(term.detach()) / max(units[name], 1)
+            if cfg.grad_clip > 0:
+                accelerator.clip_grad_norm_(parameters, cfg.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step_loss = sum(objective.coefficients[n] * v for n, v in step_terms.items())
+            record = {"step": step, "lr": scheduler.get_last_lr()[0], "loss": step_loss, **step_terms}
+            history.append(record)
+            progress.update(1)
+            progress.set_postfix(loss=f"{step_loss:.4f}")
+            if step % cfg.log_every == 0 or step == len(batches):
+                log.info("%s step %d/%d loss %.4f %s", desc, step, len(batches), step_loss,
+                         " ".join(f"{n} {v:.4f}" for n, v in step_terms.items()))
+    progress.close()
+    model = accelerator.unwrap_model(model)
+    model.eval()
+    seconds = time.perf_counter() - start
+    return TrainResult(
+        items=len(kept),
+        dropped_too_long=dropped,
+        steps=len(batches),
+        seconds=seconds,
+        mean_loss=sum(r["loss"] for r in history) / len(history),
+        history=history,
+    )
+
+
+def _global_units(accelerator: Accelerator, objective: Objective, micro_batches: list[dict[str, Any]]) -> dict[str, int]:
+    """Units per loss term over the whole accumulated batch, summed over processes."""
+    units = {name: 0 for name in objective.coefficients}
+    for micro in micro_batches:
+        for name, count in objective.units(micro).items():
+            units[name] += count
+    if accelerator.num_processes > 1:
+        counts = torch.tensor([units[n] for n in units], device=accelerator.device)
+        counts = accelerator.reduce(counts, reduction="sum")
+        units = {n: int(c) for n, c in zip(units, counts.tolist())}
+    return units
+
