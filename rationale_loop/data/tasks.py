@@ -38,7 +38,8 @@ def _tiny_arith(cfg: TaskConfig) -> TaskSplits:
 
     a = cfg.arith
     spec = ArithSpec(a.min_steps, a.max_steps, a.max_start, a.max_operand, a.max_value)
-    splits = make_splits(cfg.seed, {"sft": cfg.sft_size, "pool": cfg.pool_size, "eval": cfg.eval_size}, spec)
+    # Eval first: its questions stay the same whatever the pool and SFT sizes are.
+    splits = make_splits(cfg.seed, {"eval": cfg.eval_size, "pool": cfg.pool_size, "sft": cfg.sft_size}, spec)
     return TaskSplits(splits["sft"], splits["pool"], splits["eval"])
 
 

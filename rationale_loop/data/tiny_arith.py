@@ -5,8 +5,8 @@ how many are left. The gold rationale works it out one operation per sentence, s
 the right numbers in the right order and get every step's arithmetic right: easy enough that a tiny
 model trained for a minute gets part of it, hard enough that it does not get all of it.
 
-The three splits are drawn from one seeded stream and made disjoint by question text, so no eval or
-pool question is ever trained on by SFT.
+The three splits are seeded and disjoint by question text, so no eval or pool question is ever
+trained on by SFT.
 """
 
 from __future__ import annotations
@@ -63,12 +63,18 @@ def make_problem(rng: random.Random, spec: ArithSpec) -> tuple[str, str, str]:
 
 
 def make_splits(seed: int, sizes: dict[str, int], spec: ArithSpec | None = None) -> dict[str, list[Problem]]:
-    """Draw disjoint splits (by question text) of the requested sizes, in order, from one seeded stream."""
+    """Draw splits of the requested sizes, disjoint by question text.
+
+    Each split has its own random stream seeded by (seed, split name), and splits are drawn in the
+    order given, each skipping questions already taken. So a split's content depends only on its own
+    size and on the splits before it: growing the pool or the SFT set never changes the eval set
+    (listed first by the task).
+    """
     spec = spec or ArithSpec()
-    rng = random.Random(seed)
     seen: set[str] = set()
     splits: dict[str, list[Problem]] = {}
     for split, size in sizes.items():
+        rng = random.Random(f"{seed}/{split}")
         problems: list[Problem] = []
         attempts = 0
         while len(problems) < size:

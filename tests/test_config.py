@@ -1,0 +1,50 @@
+"""Every config composes; the schema rejects wrong keys and types at the command line."""
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+from omegaconf.errors import ConfigKeyError, ValidationError
+
+from rationale_loop.cli import CONFIG_DIR
+from rationale_loop.config import ConfigError, register_configs, validate
+
+EXPERIMENTS = sorted(p.stem for p in Path(CONFIG_DIR, "experiment").glob("*.yaml"))
+
+
+def compose_config(*overrides: str):
+    register_configs()
+    with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
+        return compose("config", overrides=list(overrides))
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes_and_validates(experiment):
+    cfg = compose_config(f"experiment={experiment}")
+    validate(cfg)
+
+
+def test_default_is_the_embedded_tiny_arith_experiment():
+    cfg = compose_config()
+    assert cfg.model.source == "tiny" and cfg.task.name == "tiny_arith" and cfg.objective.name == "memphis"
+    assert cfg.objective.rank_weight == 5.0 and cfg.generate.n == 8
+    assert cfg.generate.temperature == 0.5 and cfg.generate.top_p == 0.8
+
+
+@pytest.mark.parametrize("override", ["sft.lrr=1e-3", "generate.temprature=0.3"])
+def test_misspelt_key_fails_naming_it(override):
+    with pytest.raises((ConfigCompositionException, ConfigKeyError)) as error:
+        compose_config(override)
+    assert override.split("=")[0].split(".")[-1] in str(error.value) + str(error.value.__cause__)
+
+
+def test_wrong_type_fails():
+    with pytest.raises((ConfigCompositionException, ValidationError)):
+        compose_config("sft.batch_size=lots")
+
+
+def test_cross_field_check_names_the_keys():
+    cfg = compose_config("rank.batch_size=10", "rank.micro_batch_size=4")
+    with pytest.raises(ConfigError, match="rank.batch_size"):
+        validate(cfg)

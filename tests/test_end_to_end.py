@@ -1,0 +1,86 @@
+"""SFT + one round on a small config, into a temporary directory: the run's file contract holds and
+training changed the weights."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from rationale_loop.loop import next_round, run_loop
+from rationale_loop.records import Generation, Pair, read_jsonl
+
+from test_config import compose_config
+
+SMALL = [
+    "rounds=1",
+    "model.hidden_size=64", "model.intermediate_size=128", "model.num_layers=2", "model.num_heads=2",
+    "task.sft_size=600", "task.pool_size=24", "task.eval_size=24",
+    "sft.epochs=2", "sft.lr=3e-3",
+    "generate.n=6", "generate.max_new_tokens=40", "eval.max_new_tokens=40",
+]
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e")
+    cfg = compose_config(*SMALL, f"output_root={root}/runs", f"model.cache_dir={root}/models", "run=e2e")
+    rows = run_loop(cfg)
+    return root / "runs" / "e2e", rows, cfg
+
+
+def test_run_directory_has_every_file_of_the_contract(small_run):
+    run, rows, _ = small_run
+    for name in ("checkpoint", "metrics.json", "config.yaml", "DONE"):
+        assert (run / "round_00" / name).exists(), name
+    for name in ("generations.jsonl", "pairs.jsonl", "stats.json", "checkpoint", "metrics.json", "config.yaml", "DONE"):
+        assert (run / "round_01" / name).exists(), name
+    assert [r["round"] for r in rows] == [0, 1]
+    for row in rows:
+        assert set(row) >= {"round", "eval_accuracy", "samples", "valid", "correct", "pass_at_n", "pairs", "train_loss"}
+        assert 0.0 <= row["eval_accuracy"] <= 1.0
+    assert next_round(run) == 2
+
+
+def test_generations_and_pairs_parse_and_agree_with_stats(small_run):
+    run, rows, cfg = small_run
+    generations = [Generation(**row) for row in read_jsonl(run / "round_01" / "generations.jsonl")]
+    pairs = [Pair(**row) for row in read_jsonl(run / "round_01" / "pairs.jsonl")]
+    stats = json.loads((run / "round_01" / "stats.json").read_text())
+    assert len(generations) == cfg.task.pool_size * cfg.generate.n == stats["samples"] == rows[1]["samples"]
+    assert sum(g.valid for g in generations) == stats["valid"]
+    assert sum(g.correct for g in generations) == stats["correct"]
+    assert all(g.finish_reason in ("stop", "length") for g in generations)
+    assert all(not g.valid for g in generations if g.finish_reason == "length")
+    assert len(pairs) == stats["pairs"] > 0, "the small config must mine some pairs for the round to train"
+    by_key = {(g.question_id, g.sample_index): g for g in generations}
+    for pair in pairs:
+        chosen, rejected = by_key[(pair.question_id, pair.chosen_sample_index)], by_key[(pair.question_id, pair.rejected_sample_index)]
+        assert chosen.correct and chosen.completion == pair.chosen
+        assert rejected.valid and not rejected.correct and rejected.completion == pair.rejected
+
+
+def test_checkpoints_load_with_plain_transformers_and_training_changed_them(small_run):
+    run, _, _ = small_run
+    sft, round_1 = run / "round_00" / "checkpoint", run / "round_01" / "checkpoint"
+    model = AutoModelForCausalLM.from_pretrained(round_1)
+    tokenizer = AutoTokenizer.from_pretrained(round_1)
+    assert model.config.model_type == "llama" and tokenizer.eos_token_id is not None
+    before, after = load_file(sft / "model.safetensors"), load_file(round_1 / "model.safetensors")
+    assert before.keys() == after.keys()
+    changed = [name for name in before if not torch.equal(before[name], after[name])]
+    assert len(changed) > len(before) // 2, f"only {len(changed)} of {len(before)} tensors changed"
+    base = json.loads((run / "round_00" / "metrics.json").read_text())["base_model"]
+    base_weights = load_file(f"{base}/model.safetensors")
+    assert any(not torch.equal(base_weights[name], before[name]) for name in before)
+
+
+def test_a_finished_round_is_never_rewritten(small_run):
+    run, _, cfg = small_run
+    from rationale_loop.loop import Run
+
+    stamp = (run / "round_01" / "DONE").stat().st_mtime_ns
+    with pytest.raises(RuntimeError, match="never rewritten"):
+        Run(cfg).run_round(1)
+    assert (run / "round_01" / "DONE").stat().st_mtime_ns == stamp
