@@ -9,7 +9,7 @@ shrinks them to the embedded default that runs on a 2-core CPU.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Dict, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
@@ -39,22 +39,34 @@ class ArithConfig:
 
     min_steps: int = 2
     max_steps: int = 3
-    max_start: int = 20
-    max_operand: int = 12
-    max_value: int = 99
+    max_start: int = 15
+    max_operand: int = 9
+    max_value: int = 60
+
+
+@dataclass
+class SplitSource:
+    """Where a file-backed task's split comes from: a loader, a file and the first item taken."""
+
+    loader: str = "gsm8k"  # a key of rationale_loop.data.public.LOADERS
+    path: str = ""  # relative to task.data_dir, or absolute
+    start: int = 0
 
 
 @dataclass
 class TaskConfig:
     name: str = "tiny_arith"
+    # "tiny_arith": generated from the seed; "files": each split read from `files` below.
+    source: str = "tiny_arith"
     prompt_format: str = "tinycot"
     seed: int = 1234
     # Split sizes; 0 or less means "all" for file-backed tasks.
     sft_size: int = 4000
-    pool_size: int = 256
+    pool_size: int = 1024
     eval_size: int = 256
     arith: ArithConfig = field(default_factory=ArithConfig)
     data_dir: Optional[str] = None
+    files: Dict[str, SplitSource] = field(default_factory=dict)  # keys: sft, pool, eval
 
 
 @dataclass
@@ -79,9 +91,21 @@ class TrainConfig:
 
 @dataclass
 class ObjectiveConfig:
-    name: str = "memphis"
-    rank_weight: float = 5.0  # w in L = CE_anchor + w * rank
-    anchor: str = "gold"  # CE anchor target: "gold" rationale and answer, or the "chosen" completion
+    name: str = "memphis"  # memphis | star | spin | cpo_simpo
+    rank_weight: float = 5.0  # memphis: w in L = CE_anchor + w * rank
+    anchor: str = "gold"  # memphis: CE anchor on the "gold" rationale and answer, or the "chosen" completion
+    beta: float = 1.0  # cpo_simpo: scale of the score gap; spin: DPO beta (recipe: 0.1)
+    gamma: float = 0.0  # cpo_simpo: target margin
+    alpha: float = 0.2  # cpo_simpo: weight of the NLL on the chosen response
+    rationalize: bool = False  # star: retry unsolved questions with the gold answer as a hint
+
+
+@dataclass
+class AverageConfig:
+    """Weight averaging across rounds (see rationale_loop/merge.py)."""
+
+    method: str = "none"  # none | slerp | linear
+    factor: float = 0.99  # interpolation position from the round's starting weights (0) to its new ones (1)
 
 
 @dataclass
@@ -122,6 +146,7 @@ class Config:
     sft: TrainConfig = field(default_factory=TrainConfig)
     rank: TrainConfig = field(default_factory=TrainConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    average: AverageConfig = field(default_factory=AverageConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     verify: VerifyConfig = field(default_factory=VerifyConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -159,6 +184,10 @@ def validate(cfg: DictConfig | Config) -> None:
         raise ConfigError(f"model.source must be 'tiny' or 'pretrained', got {cfg.model.source!r}")
     if cfg.model.source == "pretrained" and not cfg.model.path:
         raise ConfigError("model.path is required when model.source=pretrained")
+    if cfg.average.method not in ("none", "slerp", "linear"):
+        raise ConfigError(f"average.method must be none, slerp or linear, got {cfg.average.method!r}")
+    if not 0.0 <= cfg.average.factor <= 1.0:
+        raise ConfigError(f"average.factor must be in [0, 1], got {cfg.average.factor}")
     if cfg.rounds < 0:
         raise ConfigError(f"rounds must be >= 0, got {cfg.rounds}")
 

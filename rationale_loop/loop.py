@@ -139,15 +139,50 @@ class Run:
         write_jsonl_atomic(out / "pairs.jsonl", pairs)
         stats = generation_stats(generations, n=gen.n)
         stats["pairs"] = len(pairs)
+
+        objective = build_objective(self.cfg.objective)
+        rationalizations: list[Generation] = []
+        if getattr(objective, "rationalize", False):
+            rationalizations = self._rationalize(backend, generations, sampling)
+            write_jsonl_atomic(out / "rationalizations.jsonl", rationalizations)
+            stats["rationalized"] = sum(g.correct for g in rationalizations)
         write_json_atomic(out / "stats.json", stats)
         log.info("round %d: %s", k, ", ".join(f"{key} {value}" for key, value in stats.items()))
 
-        objective = build_objective(self.cfg.objective)
-        items = objective.items(RoundData(self.problems, generations, pairs, self.fmt))
+        items = objective.items(RoundData(self.problems, generations, pairs, self.fmt, rationalizations))
         result = train(model, tokenizer, items, objective, self.cfg.rank, seed=self.cfg.seed + k, desc=f"round {k}")
+        if self.cfg.average.method != "none":
+            from safetensors.torch import load_file
+
+            from rationale_loop.merge import average_into
+
+            previous = load_file(str(start / "model.safetensors"))
+            averaged = average_into(model, previous, self.cfg.average.method, self.cfg.average.factor)
+            log.info("round %d: %s-averaged %d tensors with %s (factor %.3f toward the new weights)",
+                     k, self.cfg.average.method, averaged, start, self.cfg.average.factor)
         save_checkpoint(model, tokenizer, out / "checkpoint")
         metrics = self._evaluate(model, tokenizer, out)
         return {**metrics, **stats, **_train_summary(result)}
+
+    def _rationalize(self, backend: Any, generations: list[Generation], sampling: Any) -> list[Generation]:
+        """STaR's rationalization: ask every question with no correct sample again, the gold answer
+        given as a hint; keep the samples that reach it, recorded under the prompt without the hint."""
+        from dataclasses import replace
+
+        from rationale_loop.rollouts import judge
+
+        solved = {g.question_id for g in generations if g.correct}
+        unsolved = [p for p in self.splits.pool if p.id not in solved]
+        prompts = [self.fmt.hinted_prompt(p.question, p.answer) for p in unsolved]
+        log.info("rationalization: %d unsolved questions asked again with the answer as a hint", len(unsolved))
+        kept = []
+        for index, completions in backend.generate(prompts, sampling):
+            problem = unsolved[index]
+            for sample_index, completion in enumerate(completions):
+                sample = judge(problem, prompts[index], sample_index, completion, self.fmt, self.cfg.verify.kind)
+                if sample.correct:
+                    kept.append(replace(sample, prompt=self.fmt.prompt(problem.question)))
+        return sorted(kept, key=lambda g: (g.question_id, g.sample_index))
 
     # -- helpers -----------------------------------------------------------------------------------
     def _base_model_path(self) -> Path | str:

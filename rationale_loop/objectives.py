@@ -47,6 +47,9 @@ class RoundData:
     generations: Sequence[Generation]
     pairs: Sequence[Pair]
     fmt: ReasoningFormat
+    # star with rationalization: correct samples found with the gold answer as a hint; their
+    # `prompt` is the prompt without the hint, which is what they are trained on.
+    rationalizations: Sequence[Generation] = ()
 
 
 class Objective(Protocol):
@@ -115,30 +118,35 @@ class SupervisedObjective:
         return {"nll": mixce_token_losses(logprobs, mask, train.mixce_eta).sum()}
 
 
-@register("memphis")
-class MemphisObjective:
-    """L = CE_anchor + w * rank: the length-normalised ranking loss over each group's responses plus
-    token-level NLL on the anchor (the gold rationale and answer, or the chosen completion)."""
+@register("star")
+class StarObjective(SupervisedObjective):
+    """STaR / rejection-sampling finetuning: plain CE on the model's own correct responses (each unique
+    response once), plus, with `rationalize`, the correct responses it found when given the gold answer
+    as a hint, trained on without the hint."""
 
     def __init__(self, cfg: ObjectiveConfig):
-        self.cfg = cfg
-        self.coefficients = {"anchor": 1.0, "rank": float(cfg.rank_weight)}
+        super().__init__(cfg)
+        self.rationalize = cfg.rationalize
 
-    def items(self, data: RoundData) -> list[RankItem]:
+    def items(self, data: RoundData) -> list[SFTItem]:
+        seen: set[tuple[str, str]] = set()
         items = []
-        for pair in data.pairs:
-            if self.cfg.anchor == "gold":
-                problem = data.problems[pair.question_id]
-                if not problem.rationale:
-                    raise ValueError(
-                        f"objective.anchor=gold needs a gold rationale, but {pair.question_id} has none; "
-                        "use objective.anchor=chosen for this task"
-                    )
-                anchor = data.fmt.response(problem.rationale, problem.answer)
-            else:
-                anchor = pair.chosen
-            items.append(RankItem(pair.prompt, pair.chosen, (pair.rejected,), anchor))
+        for sample in [*data.generations, *data.rationalizations]:
+            key = (sample.question_id, sample.completion.strip())
+            if sample.correct and key not in seen:
+                seen.add(key)
+                items.append(SFTItem(sample.prompt, sample.completion))
         return items
+
+
+def pairwise_sigmoid_loss(margin: torch.Tensor) -> torch.Tensor:
+    """-log sigmoid(margin), the pairwise ranking loss shared by cpo_simpo and spin."""
+    return -torch.nn.functional.logsigmoid(margin)
+
+
+class _RankedGroups:
+    """Shared by the objectives that score a chosen response against rejected ones in one forward
+    pass: encoding, collation (chosen, then rejected, then anchors) and length-normalised scores."""
 
     def encode(self, item: RankItem, encoder: Encoder) -> tuple[Encoded, list[Encoded], Encoded] | None:
         chosen = encoder.encode(item.prompt, item.chosen)
@@ -149,7 +157,6 @@ class MemphisObjective:
         return chosen, rejected, anchor  # type: ignore[return-value]
 
     def collate(self, encoded: list[tuple[Encoded, list[Encoded], Encoded]], encoder: Encoder) -> dict[str, Any]:
-        # One forward pass over every sequence of the micro-batch: chosen, then rejected, then anchors.
         chosen = [c for c, _, _ in encoded]
         rejected = [r for _, rs, _ in encoded for r in rs]
         anchors = [a for _, _, a in encoded]
@@ -161,22 +168,143 @@ class MemphisObjective:
         groups = len(batch["group_sizes"])
         return {"anchor": _learned_tokens(batch["labels"][-groups:]), "rank": groups}
 
-    def loss_sums(self, model: torch.nn.Module, batch: dict[str, Any], train: TrainConfig) -> dict[str, torch.Tensor]:
+    def scores(self, model: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(chosen scores [G], rejected scores [G, K], rejected mask [G, K], anchor NLL sum)."""
         sizes = batch["group_sizes"]
         groups, negatives = len(sizes), sum(sizes)
         logits = _forward(model, batch)
-        sums, counts = sequence_logprobs(logits[: groups + negatives], batch["labels"][: groups + negatives])
+        ranked = groups + negatives
+        sums, counts = sequence_logprobs(logits[:ranked], batch["labels"][:ranked])
         scores = sums / counts.clamp(min=1)
-        chosen_scores = scores[:groups]
-        rejected_scores = torch.zeros((groups, max(sizes)), dtype=scores.dtype, device=scores.device)
-        rejected_mask = torch.zeros((groups, max(sizes)), dtype=torch.bool, device=scores.device)
+        width = max(sizes)
+        rejected = torch.zeros((groups, width), dtype=scores.dtype, device=scores.device)
+        mask = torch.zeros((groups, width), dtype=torch.bool, device=scores.device)
         offset = groups
         for g, size in enumerate(sizes):
-            rejected_scores[g, :size] = scores[offset : offset + size]
-            rejected_mask[g, :size] = True
+            rejected[g, :size] = scores[offset : offset + size]
+            mask[g, :size] = True
             offset += size
-        anchor_logprobs, _ = token_logprobs(logits[groups + negatives :], batch["labels"][groups + negatives :])
-        return {
-            "anchor": -anchor_logprobs.sum(),
-            "rank": rank_loss(chosen_scores, rejected_scores, rejected_mask).sum(),
-        }
+        anchor_logprobs, _ = token_logprobs(logits[ranked:], batch["labels"][ranked:])
+        return scores[:groups], rejected, mask, -anchor_logprobs.sum()
+
+
+def _rank_items(data: RoundData, anchor: str) -> list[RankItem]:
+    items = []
+    for pair in data.pairs:
+        if anchor == "gold":
+            problem = data.problems[pair.question_id]
+            if not problem.rationale:
+                raise ValueError(
+                    f"objective.anchor=gold needs a gold rationale, but {pair.question_id} has none; "
+                    "use objective.anchor=chosen for this task"
+                )
+            target = data.fmt.response(problem.rationale, problem.answer)
+        else:
+            target = pair.chosen
+        items.append(RankItem(pair.prompt, pair.chosen, (pair.rejected,), target))
+    return items
+
+
+@register("memphis")
+class MemphisObjective(_RankedGroups):
+    """L = CE_anchor + w * rank: the length-normalised ranking loss over each group's responses
+    (negatives averaged) plus token-level NLL on the anchor (the gold rationale and answer, or the
+    chosen completion)."""
+
+    def __init__(self, cfg: ObjectiveConfig):
+        self.cfg = cfg
+        self.coefficients = {"anchor": 1.0, "rank": float(cfg.rank_weight)}
+
+    def items(self, data: RoundData) -> list[RankItem]:
+        return _rank_items(data, self.cfg.anchor)
+
+    def loss_sums(self, model: torch.nn.Module, batch: dict[str, Any], train: TrainConfig) -> dict[str, torch.Tensor]:
+        chosen, rejected, mask, anchor_nll = self.scores(model, batch)
+        return {"anchor": anchor_nll, "rank": rank_loss(chosen, rejected, mask).sum()}
+
+
+@register("cpo_simpo")
+class CpoSimpoObjective(_RankedGroups):
+    """TRL's CPO trainer with loss_type "simpo", for comparison:
+    -log sigmoid(beta * (s_c - s_r) - gamma) + alpha * NLL(chosen), s the length-normalised log-prob.
+    With beta 1 and gamma 0 it is memphis on one pair with the anchor on the chosen response, divided
+    by w, when alpha = 1 / w."""
+
+    def __init__(self, cfg: ObjectiveConfig):
+        self.cfg = cfg
+        self.coefficients = {"rank": 1.0, "anchor": float(cfg.alpha)}
+
+    def items(self, data: RoundData) -> list[RankItem]:
+        return _rank_items(data, "chosen")
+
+    def loss_sums(self, model: torch.nn.Module, batch: dict[str, Any], train: TrainConfig) -> dict[str, torch.Tensor]:
+        chosen, rejected, _, anchor_nll = self.scores(model, batch)
+        margin = self.cfg.beta * (chosen - rejected[:, 0]) - self.cfg.gamma
+        return {"rank": pairwise_sigmoid_loss(margin).sum(), "anchor": anchor_nll}
+
+
+@register("spin")
+class SpinObjective:
+    """SPIN: the gold response is chosen, the model's own generation rejected, with a DPO loss against
+    a frozen reference (the round's starting model):
+    -log sigmoid(beta * ((pi_gold - ref_gold) - (pi_gen - ref_gen))), on summed log-probabilities.
+
+    The reference log-probabilities are computed once, before the first update, by `prepare`: the
+    same numbers as a frozen copy would give, without holding a second model in memory.
+    """
+
+    def __init__(self, cfg: ObjectiveConfig):
+        self.cfg = cfg
+        self.coefficients = {"dpo": 1.0}
+
+    def items(self, data: RoundData) -> list[RankItem]:
+        first_sample = {}
+        for sample in data.generations:
+            current = first_sample.get(sample.question_id)
+            if current is None or sample.sample_index < current.sample_index:
+                first_sample[sample.question_id] = sample
+        items = []
+        for question_id, sample in first_sample.items():
+            problem = data.problems[question_id]
+            if not problem.rationale:
+                continue  # no gold response to prefer
+            gold = data.fmt.response(problem.rationale, problem.answer)
+            if sample.completion.strip() != gold.strip():
+                items.append(RankItem(sample.prompt, gold, (sample.completion,), gold))
+        return items
+
+    def encode(self, item: RankItem, encoder: Encoder) -> list[Any] | None:
+        chosen = encoder.encode(item.prompt, item.chosen)
+        rejected = encoder.encode(item.prompt, item.rejected[0])
+        if chosen is None or rejected is None:
+            return None
+        return [chosen, rejected, None]  # the last slot takes the reference log-probs
+
+    @torch.no_grad()
+    def prepare(self, model: torch.nn.Module, encoded: list[list[Any]], encoder: Encoder, micro_batch_size: int) -> None:
+        was_training = model.training
+        model.eval()
+        device = next(model.parameters()).device
+        for start in range(0, len(encoded), micro_batch_size):
+            chunk = encoded[start : start + micro_batch_size]
+            batch = encoder.collate([e[0] for e in chunk] + [e[1] for e in chunk])
+            batch = {k: v.to(device) for k, v in batch.items()}
+            sums, _ = sequence_logprobs(_forward(model, batch), batch["labels"])
+            for i, entry in enumerate(chunk):
+                entry[2] = (float(sums[i]), float(sums[len(chunk) + i]))
+        model.train(was_training)
+
+    def collate(self, encoded: list[list[Any]], encoder: Encoder) -> dict[str, Any]:
+        batch = encoder.collate([e[0] for e in encoded] + [e[1] for e in encoded])
+        batch["reference"] = torch.tensor([e[2] for e in encoded], dtype=torch.float64)
+        return batch
+
+    def units(self, batch: dict[str, Any]) -> dict[str, int]:
+        return {"dpo": len(batch["reference"])}
+
+    def loss_sums(self, model: torch.nn.Module, batch: dict[str, Any], train: TrainConfig) -> dict[str, torch.Tensor]:
+        pairs = len(batch["reference"])
+        sums, _ = sequence_logprobs(_forward(model, batch), batch["labels"])
+        reference = batch["reference"].to(sums.device, sums.dtype)
+        margin = (sums[:pairs] - reference[:, 0]) - (sums[pairs:] - reference[:, 1])
+        return {"dpo": pairwise_sigmoid_loss(self.cfg.beta * margin).sum()}

@@ -86,6 +86,14 @@ def read_jsonl(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
                 raise ValueError(f"{path}:{line_number}: not valid JSON ({error.msg})") from None
 
 
+def _staging_file(path: Path) -> tuple[int, str]:
+    """A temporary file beside `path` (same file system, so the final rename is atomic), readable
+    like any other output file rather than mkstemp's owner-only 0600."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.chmod(tmp, 0o644)
+    return fd, tmp
+
+
 def write_jsonl_atomic(path: str | os.PathLike[str], rows: Iterable[Any]) -> int:
     """Write rows (dicts or dataclasses) to a temporary file, then rename it into place.
 
@@ -94,7 +102,7 @@ def write_jsonl_atomic(path: str | os.PathLike[str], rows: Iterable[Any]) -> int
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     count = 0
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _staging_file(path)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             for row in rows:
@@ -112,7 +120,7 @@ def write_jsonl_atomic(path: str | os.PathLike[str], rows: Iterable[Any]) -> int
 def write_json_atomic(path: str | os.PathLike[str], data: Any) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _staging_file(path)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             json.dump(data, handle, indent=2, ensure_ascii=False)

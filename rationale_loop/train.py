@@ -74,6 +74,10 @@ def train(
         log.warning("%s: nothing to train on; the model is left as it was", desc)
         return TrainResult(items=0, dropped_too_long=dropped, steps=0, seconds=0.0, mean_loss=None)
 
+    prepare = getattr(objective, "prepare", None)
+    if prepare is not None:
+        # Objectives with a frozen reference (spin) score every item with the starting weights first.
+        prepare(model, kept, encoder, cfg.micro_batch_size)
     torch.manual_seed(seed)
     if cfg.freeze_embeddings:
         freeze_embeddings(model)

@@ -43,6 +43,10 @@ class ReasoningFormat:
     def prompt(self, question: str) -> str:
         return f"{self.user_header}\n{question.strip()}\n\n{self.rationale_header}\n"
 
+    def hinted_prompt(self, question: str, answer: str) -> str:
+        """STaR's rationalization prompt: the question with its gold answer given as a hint."""
+        return self.prompt(f"{question.strip()}\n(Hint: the answer is {answer.strip()}.)")
+
     def response(self, rationale: str, answer: str) -> str:
         return f"{rationale.strip()}\n\n{self.answer_header}\n{answer.strip()}"
 

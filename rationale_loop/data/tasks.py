@@ -2,12 +2,13 @@
 
 A task gives an SFT set (with rationales), a question pool for the rounds (question, gold answer and,
 where the source has one, gold rationale) and a held-out evaluation set, disjoint from each other.
-Registry keyed by `task.name`.
+Registry keyed by `task.source`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 from rationale_loop.config import TaskConfig
@@ -43,14 +44,44 @@ def _tiny_arith(cfg: TaskConfig) -> TaskSplits:
     return TaskSplits(splits["sft"], splits["pool"], splits["eval"])
 
 
-TASKS: dict[str, Callable[[TaskConfig], TaskSplits]] = {"tiny_arith": _tiny_arith}
+def _from_files(cfg: TaskConfig) -> TaskSplits:
+    """Each split is a slice [start, start + size) of a file read by one of the public loaders;
+    size 0 or less means to the end of the file. A file named test.jsonl/test.json never feeds a
+    training split: evaluation questions are not trained on."""
+    from rationale_loop.data.public import LOADERS
+
+    loaded: dict[Path, list[Problem]] = {}
+    splits = {}
+    for split, size in (("sft", cfg.sft_size), ("pool", cfg.pool_size), ("eval", cfg.eval_size)):
+        if split not in cfg.files:
+            raise ValueError(f"task.files.{split} is missing: say which file the {split} split comes from")
+        source = cfg.files[split]
+        if source.loader not in LOADERS:
+            raise ValueError(f"task.files.{split}.loader={source.loader!r} is unknown; known: {sorted(LOADERS)}")
+        path = Path(source.path)
+        if not path.is_absolute():
+            path = Path(cfg.data_dir or ".") / path
+        if not path.exists():
+            raise FileNotFoundError(f"task.files.{split}.path: {path} does not exist (task.data_dir={cfg.data_dir!r})")
+        if split != "eval" and path.stem == "test":
+            raise ValueError(f"task.files.{split}.path={path}: a test file never feeds a training split")
+        if path not in loaded:
+            loaded[path] = LOADERS[source.loader](path)
+        items = loaded[path][source.start :]
+        splits[split] = items[:size] if size > 0 else items
+        if size > 0 and len(splits[split]) < size:
+            raise ValueError(f"task.{split}_size={size} but {path} has only {len(items)} items from start={source.start}")
+    return TaskSplits(splits["sft"], splits["pool"], splits["eval"])
+
+
+TASKS: dict[str, Callable[[TaskConfig], TaskSplits]] = {"tiny_arith": _tiny_arith, "files": _from_files}
 
 
 def load_task(cfg: TaskConfig) -> TaskSplits:
     try:
-        loader = TASKS[cfg.name]
+        loader = TASKS[cfg.source]
     except KeyError:
-        raise ValueError(f"task.name={cfg.name!r} is unknown; known: {sorted(TASKS)}") from None
+        raise ValueError(f"task.source={cfg.source!r} is unknown; known: {sorted(TASKS)}") from None
     splits = loader(cfg)
     splits.check_disjoint(cfg.name)
     return splits

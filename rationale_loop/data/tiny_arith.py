@@ -26,9 +26,9 @@ class ArithSpec:
 
     min_steps: int = 2
     max_steps: int = 3
-    max_start: int = 20
-    max_operand: int = 12
-    max_value: int = 99  # no intermediate result goes above this (keeps numbers at two digits)
+    max_start: int = 15
+    max_operand: int = 9
+    max_value: int = 60  # no intermediate result goes above this (keeps every number at two digits)
 
 
 def _step(rng: random.Random, value: int, name: str, item: str, spec: ArithSpec) -> tuple[str, str, int]:

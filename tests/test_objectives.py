@@ -1,0 +1,133 @@
+"""Objectives on a real tiny Llama: the memphis / cpo_simpo identity, SPIN at its reference point,
+STaR's items, and NEFTune touching training forward passes only."""
+
+import math
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from rationale_loop.config import ObjectiveConfig, TrainConfig
+from rationale_loop.data.formats import TINYCOT
+from rationale_loop.encode import Encoder
+from rationale_loop.losses import sequence_logprobs, token_logprobs
+from rationale_loop.model import neftune, train_tokenizer
+from rationale_loop.objectives import OBJECTIVES, RoundData, build_objective
+from rationale_loop.records import Generation, Pair, Problem
+
+TEXTS = [TINYCOT.prompt(f"Ann has {i} pens. She finds {i % 7} more.") + TINYCOT.response(f"{i} + {i % 7} = {i + i % 7}.", str(i + i % 7)) for i in range(60)]
+PROBLEM = Problem("q1", "Ann has 3 pens. She finds 2 more.", "3 + 2 = 5.", "5")
+PROMPT = TINYCOT.prompt(PROBLEM.question)
+CHOSEN = TINYCOT.response("3 + 2 = 5.", "5")
+REJECTED = TINYCOT.response("3 + 2 = 6.", "6")
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return train_tokenizer(TEXTS, vocab_size=300)
+
+
+@pytest.fixture()
+def model(tokenizer):
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=128)
+    return LlamaForCausalLM(config).eval()
+
+
+def round_data(pairs=(), generations=()):
+    return RoundData({"q1": PROBLEM}, list(generations), list(pairs), TINYCOT)
+
+
+def loss_of(objective, model, items, tokenizer):
+    encoder = Encoder(tokenizer, 256)
+    encoded = [objective.encode(item, encoder) for item in items]
+    if hasattr(objective, "prepare"):
+        objective.prepare(model, encoded, encoder, 8)
+    batch = objective.collate(encoded, encoder)
+    units = objective.units(batch)
+    sums = objective.loss_sums(model, batch, TrainConfig())
+    return sum(objective.coefficients[n] * sums[n] / units[n] for n in sums)
+
+
+PAIR = Pair("q1", PROMPT, CHOSEN, REJECTED, 0, 1, PROBLEM.rationale, PROBLEM.answer)
+
+
+def test_registry_has_every_objective():
+    assert {"memphis", "star", "spin", "cpo_simpo"} <= set(OBJECTIVES)
+    with pytest.raises(ValueError, match="known"):
+        build_objective(ObjectiveConfig(name="nope"))
+
+
+def test_memphis_over_w_equals_cpo_simpo_on_one_pair(model, tokenizer):
+    w = 5.0
+    memphis = build_objective(ObjectiveConfig(name="memphis", rank_weight=w, anchor="chosen"))
+    cpo = build_objective(ObjectiveConfig(name="cpo_simpo", beta=1.0, gamma=0.0, alpha=1.0 / w))
+    memphis_loss = loss_of(memphis, model, memphis.items(round_data([PAIR])), tokenizer)
+    cpo_loss = loss_of(cpo, model, cpo.items(round_data([PAIR])), tokenizer)
+    assert (memphis_loss / w).item() == pytest.approx(cpo_loss.item(), abs=1e-6)
+
+
+def test_memphis_loss_is_anchor_nll_plus_w_times_minus_log_sigmoid(model, tokenizer):
+    # Worked from the model's own log-probs: s = summed log p / tokens for chosen and rejected,
+    # rank = -log sigmoid(s_c - s_r), anchor = mean NLL over the gold response's tokens.
+    encoder = Encoder(tokenizer, 256)
+    batch = encoder.collate([encoder.encode(PROMPT, CHOSEN), encoder.encode(PROMPT, REJECTED), encoder.encode(PROMPT, CHOSEN)])
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    sums, counts = sequence_logprobs(logits, batch["labels"])
+    s_c, s_r = sums[0] / counts[0], sums[1] / counts[1]
+    expected = -sums[2] / counts[2] + 5.0 * math.log1p(math.exp(-(s_c - s_r).item()))
+    memphis = build_objective(ObjectiveConfig(name="memphis", rank_weight=5.0, anchor="gold"))
+    with torch.no_grad():
+        got = loss_of(memphis, model, memphis.items(round_data([PAIR])), tokenizer)
+    assert got.item() == pytest.approx(expected.item(), abs=1e-5)
+
+
+def test_spin_starts_at_log_2_and_its_gradient_favours_gold(model, tokenizer):
+    # At the reference weights every margin is 0, so the loss is -log sigmoid(0) = log 2.
+    generation = Generation("q1", 0, PROMPT, REJECTED, "3 + 2 = 6.", "6", "5", "stop", True, False, 9)
+    spin = build_objective(ObjectiveConfig(name="spin", beta=0.1))
+    items = spin.items(round_data(generations=[generation]))
+    assert [(i.chosen, i.rejected) for i in items] == [(CHOSEN, (REJECTED,))]
+    loss = loss_of(spin, model, items, tokenizer)
+    assert loss.item() == pytest.approx(math.log(2.0), abs=1e-5)
+
+
+def test_star_trains_on_unique_correct_samples_and_rationalizations():
+    make = lambda i, text, correct: Generation("q1", i, PROMPT, text, "r", "a", "5", "stop", True, correct, 3)
+    star = build_objective(ObjectiveConfig(name="star", rationalize=True))
+    data = RoundData({"q1": PROBLEM}, [make(0, CHOSEN, True), make(1, CHOSEN, True), make(2, REJECTED, False)], [], TINYCOT,
+                     rationalizations=[make(0, "hinted " + CHOSEN, True)])
+    assert [(i.prompt, i.response) for i in star.items(data)] == [(PROMPT, CHOSEN), (PROMPT, "hinted " + CHOSEN)]
+
+
+def test_neftune_changes_training_forwards_only(model, tokenizer, tmp_path):
+    from rationale_loop.generate import Sampling
+    from rationale_loop.generate.hf import HFBackend
+    from rationale_loop.model import save_checkpoint
+
+    ids = torch.tensor([tokenizer(PROMPT + CHOSEN)["input_ids"]])
+    greedy = Sampling(n=1, temperature=0.0, max_new_tokens=12)
+    backend = HFBackend(model, tokenizer)
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        clean = model(input_ids=ids).logits
+        plain_generation = list(backend.generate([PROMPT], greedy))
+        with neftune(model, alpha=5.0):
+            model.eval()
+            eval_logits = model(input_ids=ids).logits
+            noisy_generation = list(backend.generate([PROMPT], greedy))
+            model.train()
+            noisy = model(input_ids=ids).logits
+            save_checkpoint(model, tokenizer, tmp_path / "saved")
+        model.eval()
+        after = model(input_ids=ids).logits
+    assert not torch.allclose(clean, noisy), "NEFTune must change training forward passes"
+    assert torch.equal(clean, eval_logits), "NEFTune must not touch eval forward passes"
+    assert plain_generation == noisy_generation, "NEFTune must not touch generation"
+    assert torch.equal(clean, after), "NEFTune must leave nothing behind"
+    from safetensors.torch import load_file
+
+    saved = load_file(str(tmp_path / "saved" / "model.safetensors"))
+    assert all(torch.equal(saved[k], weights[k]) for k in saved), "NEFTune must not reach the saved weights"
