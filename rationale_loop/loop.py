@@ -118,10 +118,9 @@ class Run:
 
         start = round_dir(self.dir, k - 1) / "checkpoint"
         log.info("round %d: starting from %s", k, start)
-        model, tokenizer = load_model(start, self.cfg.model.dtype), load_tokenizer(start)
         gen = self.cfg.generate
         sampling = Sampling(gen.n, gen.temperature, gen.top_p, gen.max_new_tokens, seed=self.cfg.seed + k)
-        backend = make_backend(gen.backend, model=model, tokenizer=tokenizer, batch_size=gen.batch_size)
+        backend = make_backend(gen, start, self.cfg.model.dtype, gen.batch_size)
 
         # Generate and verify, appending each question's samples as they come (the file is renamed
         # into place only when complete, so generations.jsonl is never a partial pool).
@@ -150,13 +149,17 @@ class Run:
         log.info("round %d: %s", k, ", ".join(f"{key} {value}" for key, value in stats.items()))
 
         items = objective.items(RoundData(self.problems, generations, pairs, self.fmt, rationalizations))
+        # Loaded only now: with vLLM, generation ran in its own process and its memory is already free.
+        model, tokenizer = getattr(backend, "model", None), getattr(backend, "tokenizer", None)
+        if model is None:
+            model, tokenizer = load_model(start, self.cfg.model.dtype), load_tokenizer(start)
+        del backend
         result = train(model, tokenizer, items, objective, self.cfg.rank, seed=self.cfg.seed + k, desc=f"round {k}")
         if self.cfg.average.method != "none":
-            from safetensors.torch import load_file
-
             from rationale_loop.merge import average_into
+            from rationale_loop.model import load_weights
 
-            previous = load_file(str(start / "model.safetensors"))
+            previous = load_weights(start)
             averaged = average_into(model, previous, self.cfg.average.method, self.cfg.average.factor)
             log.info("round %d: %s-averaged %d tensors with %s (factor %.3f toward the new weights)",
                      k, self.cfg.average.method, averaged, start, self.cfg.average.factor)
@@ -201,7 +204,7 @@ class Run:
         from rationale_loop.evaluate import evaluate
         from rationale_loop.generate import make_backend
 
-        backend = make_backend(self.cfg.generate.backend, model=model, tokenizer=tokenizer, batch_size=self.cfg.eval.batch_size)
+        backend = make_backend(self.cfg.generate, out / "checkpoint", self.cfg.model.dtype, self.cfg.eval.batch_size, model=model, tokenizer=tokenizer)
         metrics = evaluate(backend, self.splits.eval, self.fmt, self.cfg.verify.kind, self.cfg.eval.max_new_tokens, out / "eval.jsonl")
         log.info("held-out accuracy %.3f (%d questions, %.3f valid)", metrics["eval_accuracy"], metrics["eval_questions"], metrics["eval_valid"])
         return metrics

@@ -125,6 +125,19 @@ def load_model(path: str | Path, dtype: str = "float32") -> PreTrainedModel:
     return model
 
 
+def load_weights(checkpoint: str | Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a save_pretrained directory, across all its safetensors shards."""
+    from safetensors.torch import load_file
+
+    shards = sorted(Path(checkpoint).glob("*.safetensors"))
+    if not shards:
+        raise FileNotFoundError(f"{checkpoint} has no .safetensors weights")
+    weights: dict[str, torch.Tensor] = {}
+    for shard in shards:
+        weights.update(load_file(str(shard)))
+    return weights
+
+
 def freeze_embeddings(model: PreTrainedModel) -> None:
     """Keep the input and output embeddings fixed, as the recipe does for both training stages."""
     for module in (model.get_input_embeddings(), model.get_output_embeddings()):

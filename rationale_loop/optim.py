@@ -255,9 +255,12 @@ def cosine_with_warmup(
 
     With W = `warmup_steps(total_steps, warmup_ratio)` and s the number of `scheduler.step()`
     calls so far (s = 0 for the first optimizer step), the LR multiplier is
-      s < W:  s / W                                   (0 at s = 0, as in transformers' schedules)
+      s < W:  (s + 1) / (W + 1)
       s >= W: r + (1 - r) * 0.5 * (1 + cos(pi * q)),  q = min(1, (s - W) / max(1, total - W))
     with r = `min_lr_ratio`; it stays at r after `total_steps`.
+
+    The warmup ramp is (s + 1) / (W + 1) rather than transformers' s / W: no step runs at LR 0, which
+    matters for the short stages of small rounds (a 1-step stage with W = 1 would otherwise not train).
     """
     if not 0.0 <= min_lr_ratio <= 1.0:
         raise ValueError(f"min_lr_ratio must be in [0, 1], got {min_lr_ratio!r}")
@@ -266,7 +269,7 @@ def cosine_with_warmup(
 
     def factor(step: int) -> float:
         if step < n_warm:
-            return step / n_warm
+            return (step + 1) / (n_warm + 1)
         progress = min(1.0, (step - n_warm) / decay_steps)
         return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 

@@ -23,8 +23,8 @@ def _fmt(value: Any) -> str:
 
 def rounds_table(run: Path) -> Table:
     table = Table(title=f"held-out accuracy per round  ({run})")
-    for column in ("round", "eval_accuracy", "samples", "valid", "correct", "pass_at_n", "pairs", "train_loss"):
-        table.add_column(column, justify="right")
+    for column in ("round", "accuracy", "samples", "valid", "correct", "pass@n", "pairs", "train loss"):
+        table.add_column(column, justify="right", no_wrap=True)
     for row in read_rounds(run):
         label = "0 (SFT)" if row["round"] == 0 else str(row["round"])
         table.add_row(label, *(_fmt(row.get(c)) for c in ("eval_accuracy", "samples", "valid", "correct", "pass_at_n", "pairs", "train_loss")))

@@ -40,6 +40,12 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
+def optimizer_settings(cfg: TrainConfig) -> dict[str, Any]:
+    """The TrainConfig keys that belong to the chosen optimizer, as its constructor names them."""
+    per_optimizer = {"adamw": {"weight_decay": cfg.weight_decay}, "adalite": {"lambda_": cfg.adalite_lambda}}
+    return per_optimizer.get(cfg.optimizer.lower(), {})
+
+
 def _schedule_order(count: int, epochs: float, batch_size: int, seed: int) -> list[list[int]]:
     """Item indices per optimizer step: ceil(epochs * count) items from seeded permutations (one per
     epoch), cut into batches; the last batch may be smaller."""
@@ -83,7 +89,7 @@ def train(
         freeze_embeddings(model)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     parameters = [p for p in model.parameters() if p.requires_grad]
-    optimizer = build_optimizer(cfg.optimizer, parameters, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = build_optimizer(cfg.optimizer, parameters, lr=cfg.lr, **optimizer_settings(cfg))
     batches = _schedule_order(len(kept), cfg.epochs, cfg.batch_size, seed)
     scheduler = cosine_with_warmup(optimizer, len(batches), cfg.warmup_ratio, cfg.min_lr_ratio)
     model, optimizer = accelerator.prepare(model, optimizer)

@@ -48,3 +48,18 @@ def test_cross_field_check_names_the_keys():
     cfg = compose_config("rank.batch_size=10", "rank.micro_batch_size=4")
     with pytest.raises(ConfigError, match="rank.batch_size"):
         validate(cfg)
+
+
+def test_memphis_cot_3b_carries_the_recipe():
+    cfg = compose_config("experiment=memphis_cot_3b")
+    assert cfg.model.source == "pretrained" and "stablelm-3b-4e1t" in cfg.model.path
+    sft, rank = cfg.sft, cfg.rank
+    assert (sft.lr, sft.batch_size, sft.warmup_ratio, sft.max_length) == (1e-5, 128, 0.2, 4096)
+    assert (sft.mixce_eta, sft.neftune_alpha, sft.freeze_embeddings) == (0.75, 10.0, True)
+    assert (rank.lr, rank.epochs, rank.batch_size, rank.warmup_ratio, rank.max_length) == (5e-7, 1.0, 128, 0.1, 1024)
+    assert (rank.neftune_alpha, rank.freeze_embeddings) == (10.0, True)
+    assert sft.optimizer == rank.optimizer == "adalite" and sft.adalite_lambda == rank.adalite_lambda == 0.01
+    assert (cfg.objective.name, cfg.objective.rank_weight, cfg.objective.anchor) == ("memphis", 5.0, "gold")
+    assert (cfg.generate.n, cfg.generate.temperature, cfg.generate.top_p, cfg.generate.max_new_tokens) == (8, 0.5, 0.8, 512)
+    assert (cfg.average.method, cfg.average.factor, cfg.rounds) == ("slerp", 0.99, 3)
+    assert cfg.generate.backend == "vllm"

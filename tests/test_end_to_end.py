@@ -16,9 +16,9 @@ from test_config import compose_config
 SMALL = [
     "rounds=1",
     "model.hidden_size=64", "model.intermediate_size=128", "model.num_layers=2", "model.num_heads=2",
-    "task.sft_size=600", "task.pool_size=24", "task.eval_size=24",
-    "sft.epochs=2", "sft.lr=3e-3",
-    "generate.n=6", "generate.max_new_tokens=40", "eval.max_new_tokens=40",
+    "task.sft_size=1500", "task.pool_size=32", "task.eval_size=32",
+    "sft.epochs=4", "sft.lr=3e-3",
+    "generate.n=8", "generate.max_new_tokens=48", "eval.max_new_tokens=48",
 ]
 
 
@@ -84,3 +84,24 @@ def test_a_finished_round_is_never_rewritten(small_run):
     with pytest.raises(RuntimeError, match="never rewritten"):
         Run(cfg).run_round(1)
     assert (run / "round_01" / "DONE").stat().st_mtime_ns == stamp
+
+
+def _cli(*args):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "rationale_loop", *args], capture_output=True, text=True, check=False)
+
+
+def test_round_command_says_where_it_starts_and_inspect_shows_pairs(small_run):
+    run, _, cfg = small_run
+    common = [*SMALL, f"output_root={run.parent}", f"model.cache_dir={cfg.model.cache_dir}", f"run={run.name}"]
+    done = _cli("round", *common)
+    assert done.returncode == 0, done.stderr
+    assert "next is round 2" in done.stdout and "round 1 is the last with DONE" in done.stdout
+    assert "are done; raise rounds=" in done.stdout
+    shown = _cli("inspect", *common, "inspect.round=1", "inspect.pairs=2")
+    assert shown.returncode == 0, shown.stderr
+    first_pair = next(read_jsonl(run / "round_01" / "pairs.jsonl"))
+    assert "generation stats" in shown.stdout and "pass_at_n" in shown.stdout
+    assert first_pair["question_id"] in shown.stdout and "chosen (sample" in shown.stdout

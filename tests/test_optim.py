@@ -348,14 +348,14 @@ def test_warmup_steps():
 
 def test_cosine_with_warmup_values():
     """total 100, ratio 0.2 -> W = 20 warmup steps, base lr 1e-3.
-    s = 0: 0/20 = 0; s = 10: 10/20 = 0.5; s = 20 (end of warmup): 1.0;
+    s = 0: (0 + 1)/(20 + 1) = 1/21; s = 10: 11/21; s = 20 (end of warmup): 1.0;
     s = 60 (cosine midpoint, progress 40/80 = 0.5): 0.5 (1 + cos(pi/2)) = 0.5;
     s = 80: 0.5 (1 + cos(3 pi / 4)) = 0.5 (1 - 0.70710678) = 0.14644661; s = 100: 0; s = 120: 0.
     With min_lr_ratio 0.1: midpoint 0.1 + 0.9 * 0.5 = 0.55, end 0.1."""
     p = _param([1.0])
     opt = torch.optim.SGD([p], lr=1e-3)
     sched = cosine_with_warmup(opt, total_steps=100, warmup_ratio=0.2)
-    expected = {0: 0.0, 10: 0.5, 20: 1.0, 60: 0.5, 80: 0.5 * (1 - math.sqrt(0.5)), 100: 0.0, 120: 0.0}
+    expected = {0: 1 / 21, 10: 11 / 21, 20: 1.0, 60: 0.5, 80: 0.5 * (1 - math.sqrt(0.5)), 100: 0.0, 120: 0.0}
     seen = {}
     for s in range(121):
         seen[s] = opt.param_groups[0]["lr"]
@@ -366,7 +366,7 @@ def test_cosine_with_warmup_values():
 
     opt = torch.optim.SGD([p], lr=1.0)
     f = cosine_with_warmup(opt, total_steps=100, warmup_ratio=0.2, min_lr_ratio=0.1).lr_lambdas[0]
-    assert f(0) == 0.0
+    assert f(0) == pytest.approx(1 / 21)
     assert f(20) == pytest.approx(1.0)
     assert f(60) == pytest.approx(0.55)
     assert f(100) == pytest.approx(0.1)

