@@ -98,17 +98,15 @@ def _run_worker(request_path: str, results_path: str) -> None:
     engine_ready = time.perf_counter()
     prompts = request["prompts"]
     greedy = sampling.temperature <= 0
-    # One seed per prompt: a shared seed would give sample i of every prompt the same random stream.
-    params = [
-        SamplingParams(
-            n=sampling.n,
-            temperature=0.0 if greedy else sampling.temperature,
-            top_p=1.0 if greedy else sampling.top_p,
-            max_tokens=sampling.max_new_tokens,
-            seed=sampling.seed * 1_000_003 + index,
-        )
-        for index in range(len(prompts))
-    ]
+    # The engine's seed (LLM(seed=...)) makes a run reproducible. No per-request seed: on vLLM's CPU
+    # build a seeded request whose prefill is split into chunks fails ("CPU Generator does not use
+    # offset"), and a shared per-request seed would give sample i of every prompt the same stream.
+    params = SamplingParams(
+        n=sampling.n,
+        temperature=0.0 if greedy else sampling.temperature,
+        top_p=1.0 if greedy else sampling.top_p,
+        max_tokens=sampling.max_new_tokens,
+    )
     outputs = llm.generate(prompts, params, lora_request=lora_request, use_tqdm=sys.stderr.isatty())
     with open(results_path, "w", encoding="utf-8") as handle:
         for index, output in enumerate(outputs):
