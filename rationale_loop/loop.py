@@ -17,14 +17,25 @@ import logging
 import shutil
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from omegaconf import DictConfig, OmegaConf
 
 from rationale_loop.config import validate
 from rationale_loop.data.formats import ReasoningFormat, get_format
 from rationale_loop.data.tasks import TaskSplits, load_task
-from rationale_loop.records import Generation, Problem, append_jsonl, read_jsonl, write_json_atomic, write_jsonl_atomic
+from rationale_loop.records import (
+    Generation,
+    JsonlRecords,
+    Pair,
+    Problem,
+    append_jsonl,
+    group_by,
+    read_jsonl,
+    sort_jsonl,
+    write_json_atomic,
+    write_jsonl_atomic,
+)
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +121,8 @@ class Run:
 
     def _self_train(self, k: int, out: Path) -> dict[str, Any]:
         from rationale_loop.generate import Sampling, make_backend
-        from rationale_loop.mine import mine_pairs
+        from rationale_loop.mine import mine_question
+        from rationale_loop.stats import SampleStats
         from rationale_loop.model import load_model, load_tokenizer, save_checkpoint
         from rationale_loop.objectives import RoundData, build_objective
         from rationale_loop.rollouts import sample_and_judge
@@ -122,21 +134,24 @@ class Run:
         sampling = Sampling(gen.n, gen.temperature, gen.top_p, gen.max_new_tokens, seed=self.cfg.seed + k)
         backend = make_backend(gen, start, self.cfg.model.dtype, gen.batch_size)
 
-        # Generate and verify, appending each question's samples as they come (the file is renamed
-        # into place only when complete, so generations.jsonl is never a partial pool).
+        # Generate and verify, appending each question's samples as they come; generations.jsonl
+        # appears, sorted by question and sample, only once the whole pool is done. Stats and pairs are
+        # then computed one question at a time from the file, so memory stays flat as the pool grows.
         partial = out / "generations.jsonl.partial"
         log.info("round %d: sampling %d x %d completions", k, len(self.splits.pool), gen.n)
         for group in sample_and_judge(backend, self.splits.pool, self.fmt, sampling, self.cfg.verify.kind):
             append_jsonl(partial, group)
-        generations = sorted(
-            (Generation(**row) for row in read_jsonl(partial)), key=lambda g: (g.question_id, g.sample_index)
-        )
-        write_jsonl_atomic(out / "generations.jsonl", generations)
+        sort_jsonl(partial, out / "generations.jsonl", key=lambda row: (row["question_id"], row["sample_index"]))
         partial.unlink()
+        generations = JsonlRecords(out / "generations.jsonl", Generation)
 
-        pairs = mine_pairs(generations, self.problems)
+        counts = SampleStats(n=gen.n)
+        pairs: list[Pair] = []
+        for group in group_by(generations, "question_id"):
+            counts.add_question(group)
+            pairs.extend(mine_question(group, self.problems[group[0].question_id]))
         write_jsonl_atomic(out / "pairs.jsonl", pairs)
-        stats = generation_stats(generations, n=gen.n)
+        stats = counts.result()
         stats["pairs"] = len(pairs)
 
         objective = build_objective(self.cfg.objective)
@@ -167,14 +182,14 @@ class Run:
         metrics = self._evaluate(model, tokenizer, out)
         return {**metrics, **stats, **_train_summary(result)}
 
-    def _rationalize(self, backend: Any, generations: list[Generation], sampling: Any) -> list[Generation]:
+    def _rationalize(self, backend: Any, generations: Iterable[Generation], sampling: Any) -> list[Generation]:
         """STaR's rationalization: ask every question with no correct sample again, the gold answer
         given as a hint; keep the samples that reach it, recorded under the prompt without the hint."""
         from dataclasses import replace
 
         from rationale_loop.rollouts import judge
 
-        solved = {g.question_id for g in generations if g.correct}
+        solved = {g.question_id for g in generations if g.correct}  # streamed from the file
         unsolved = [p for p in self.splits.pool if p.id not in solved]
         prompts = [self.fmt.hinted_prompt(p.question, p.answer) for p in unsolved]
         log.info("rationalization: %d unsolved questions asked again with the answer as a hint", len(unsolved))
@@ -219,29 +234,6 @@ class Run:
             rows.append({key: metrics.get(key) for key in ROUND_SUMMARY_KEYS})
             k += 1
         write_jsonl_atomic(self.dir / "rounds.jsonl", rows)
-
-
-def generation_stats(generations: list[Generation], n: int) -> dict[str, Any]:
-    questions: dict[str, bool] = {}
-    for g in generations:
-        questions[g.question_id] = questions.get(g.question_id, False) or g.correct
-    reasons: dict[str, int] = {}
-    for g in generations:
-        if g.invalid_reason:
-            reasons[g.invalid_reason] = reasons.get(g.invalid_reason, 0) + 1
-    samples = len(generations)
-    return {
-        "questions": len(questions),
-        "samples": samples,
-        "valid": sum(g.valid for g in generations),
-        "correct": sum(g.correct for g in generations),
-        "invalid_truncated": reasons.get("truncated", 0),
-        "invalid_no_answer": reasons.get("no_answer", 0) + reasons.get("no_rationale", 0) + reasons.get("malformed", 0),
-        "invalid_reasons": reasons,
-        "pass_at_n": sum(questions.values()) / len(questions) if questions else 0.0,
-        "n": n,
-        "mean_tokens": sum(g.num_tokens for g in generations) / samples if samples else 0.0,
-    }
 
 
 def _train_summary(result: Any) -> dict[str, Any]:

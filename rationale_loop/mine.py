@@ -9,18 +9,9 @@ they are not wrong answers, they are not answers.
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
 from typing import Iterable, Mapping
 
 from rationale_loop.records import Generation, Pair, Problem
-
-
-@dataclass(frozen=True)
-class QuestionSamples:
-    """The unique correct and incorrect samples of one question, in sample order."""
-
-    correct: list[Generation]
-    incorrect: list[Generation]
 
 
 def _unique(samples: Iterable[Generation]) -> list[Generation]:
@@ -34,37 +25,30 @@ def _unique(samples: Iterable[Generation]) -> list[Generation]:
     return unique
 
 
-def split_by_question(generations: Iterable[Generation]) -> dict[str, QuestionSamples]:
-    """Group valid samples per question (questions kept in order of first appearance)."""
-    grouped: dict[str, list[Generation]] = defaultdict(list)
-    for sample in generations:
-        grouped[sample.question_id].append(sample)
-    result = {}
-    for question_id, samples in grouped.items():
-        samples = sorted(samples, key=lambda s: s.sample_index)
-        result[question_id] = QuestionSamples(
-            correct=_unique(s for s in samples if s.valid and s.correct),
-            incorrect=_unique(s for s in samples if s.valid and not s.correct),
+def mine_question(samples: Iterable[Generation], problem: Problem) -> list[Pair]:
+    """The pairs of one question's samples."""
+    ordered = sorted(samples, key=lambda s: s.sample_index)
+    correct = _unique(s for s in ordered if s.valid and s.correct)
+    incorrect = _unique(s for s in ordered if s.valid and not s.correct)
+    return [
+        Pair(
+            question_id=problem.id,
+            prompt=chosen.prompt,
+            chosen=chosen.completion,
+            rejected=rejected.completion,
+            chosen_sample_index=chosen.sample_index,
+            rejected_sample_index=rejected.sample_index,
+            gold_rationale=problem.rationale,
+            gold_answer=problem.answer,
         )
-    return result
+        for chosen, rejected in zip(correct, incorrect)
+    ]
 
 
 def mine_pairs(generations: Iterable[Generation], problems: Mapping[str, Problem]) -> list[Pair]:
-    """One-to-one pairs of unique correct (chosen) and unique incorrect (rejected) responses."""
-    pairs = []
-    for question_id, samples in split_by_question(generations).items():
-        problem = problems[question_id]
-        for chosen, rejected in zip(samples.correct, samples.incorrect):
-            pairs.append(
-                Pair(
-                    question_id=question_id,
-                    prompt=chosen.prompt,
-                    chosen=chosen.completion,
-                    rejected=rejected.completion,
-                    chosen_sample_index=chosen.sample_index,
-                    rejected_sample_index=rejected.sample_index,
-                    gold_rationale=problem.rationale,
-                    gold_answer=problem.answer,
-                )
-            )
-    return pairs
+    """One-to-one pairs of unique correct (chosen) and unique incorrect (rejected) responses, for
+    samples in any order (questions kept in order of first appearance)."""
+    grouped: dict[str, list[Generation]] = defaultdict(list)
+    for sample in generations:
+        grouped[sample.question_id].append(sample)
+    return [pair for question_id, samples in grouped.items() for pair in mine_question(samples, problems[question_id])]

@@ -11,8 +11,9 @@ YAML file in conf/objective/.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Protocol, Sequence
+from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 
 import torch
 
@@ -44,7 +45,7 @@ class RoundData:
     """What a round hands its objective: the task's problems, the samples and the mined pairs."""
 
     problems: Mapping[str, Problem]
-    generations: Sequence[Generation]
+    generations: Iterable[Generation]  # may be streamed from generations.jsonl: iterate, don't index
     pairs: Sequence[Pair]
     fmt: ReasoningFormat
     # star with rationalization: correct samples found with the gold answer as a hint; their
@@ -131,7 +132,7 @@ class StarObjective(SupervisedObjective):
     def items(self, data: RoundData) -> list[SFTItem]:
         seen: set[tuple[str, str]] = set()
         items = []
-        for sample in [*data.generations, *data.rationalizations]:
+        for sample in itertools.chain(data.generations, data.rationalizations):
             key = (sample.question_id, sample.completion.strip())
             if sample.correct and key not in seen:
                 seen.add(key)

@@ -10,7 +10,7 @@ import os
 import tempfile
 from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 
 @dataclass(frozen=True)
@@ -141,3 +141,53 @@ def append_jsonl(path: str | os.PathLike[str], rows: Iterable[Any]) -> None:
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
         handle.flush()
         os.fsync(handle.fileno())
+
+
+def sort_jsonl(source: str | os.PathLike[str], target: str | os.PathLike[str], key: Callable[[dict[str, Any]], Any]) -> int:
+    """Write the lines of `source` to `target` ordered by `key`, holding only (key, offset) pairs in
+    memory, never the rows themselves: a pool ten times larger costs ten times the disk, not the RAM.
+    Atomic like write_jsonl_atomic; returns the number of rows."""
+    source, target = Path(source), Path(target)
+    index = []
+    with source.open("rb") as handle:
+        offset = 0
+        for line in handle:
+            if line.strip():
+                index.append((key(json.loads(line)), offset, len(line)))
+            offset += len(line)
+    index.sort(key=lambda entry: entry[0])
+    fd, tmp = _staging_file(target)
+    try:
+        with source.open("rb") as reader, os.fdopen(fd, "wb") as writer:
+            for _, offset, length in index:
+                reader.seek(offset)
+                line = reader.read(length)
+                writer.write(line if line.endswith(b"\n") else line + b"\n")
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return len(index)
+
+
+class JsonlRecords:
+    """A JSONL file of one record type, re-read from disk on every iteration (never held in memory)."""
+
+    def __init__(self, path: str | os.PathLike[str], cls: type):
+        self.path, self.cls = Path(path), cls
+
+    def __iter__(self) -> Iterator[Any]:
+        for line_number, row in enumerate(read_jsonl(self.path), start=1):
+            yield from_dict(self.cls, row, where=f"{self.path}:{line_number}")
+
+
+def group_by(records: Iterable[Any], attribute: str) -> Iterator[list[Any]]:
+    """Consecutive records sharing `attribute` (the input must be sorted by it), one list at a time."""
+    group: list[Any] = []
+    for record in records:
+        if group and getattr(record, attribute) != getattr(group[0], attribute):
+            yield group
+            group = []
+        group.append(record)
+    if group:
+        yield group
