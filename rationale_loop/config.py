@@ -158,6 +158,8 @@ class Config:
     verify: VerifyConfig = field(default_factory=VerifyConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     inspect: InspectConfig = field(default_factory=InspectConfig)
+    # Go on with a run even though the config differs from the one its last finished round ran with.
+    force: bool = False
 
 
 def register_configs() -> None:
@@ -201,3 +203,27 @@ def validate(cfg: DictConfig | Config) -> None:
 
 def to_container(cfg: DictConfig) -> dict[str, Any]:
     return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+
+
+# Keys that say what to do now, not how the run's rounds are made: they may change between calls.
+NON_RUN_KEYS = ("rounds", "inspect", "force")
+
+
+def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict):
+        flat: dict[str, Any] = {}
+        for key, value in data.items():
+            flat.update(flatten(value, f"{prefix}{key}."))
+        return flat
+    return {prefix[:-1]: data}
+
+
+def config_differences(previous: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Dotted keys whose values differ between two resolved configs, ignoring NON_RUN_KEYS."""
+    old, new = flatten(previous), flatten(current)
+    keys = sorted(set(old) | set(new))
+    return [
+        f"{key}: {old.get(key, '<absent>')!r} -> {new.get(key, '<absent>')!r}"
+        for key in keys
+        if key.split(".")[0] not in NON_RUN_KEYS and old.get(key, "<absent>") != new.get(key, "<absent>")
+    ]

@@ -21,7 +21,7 @@ from typing import Any, Iterable
 
 from omegaconf import DictConfig, OmegaConf
 
-from rationale_loop.config import validate
+from rationale_loop.config import ConfigError, config_differences, to_container, validate
 from rationale_loop.data.formats import ReasoningFormat, get_format
 from rationale_loop.data.tasks import TaskSplits, load_task
 from rationale_loop.records import (
@@ -91,6 +91,8 @@ class Run:
             raise RuntimeError(f"{round_dir(self.dir, k)} is finished (DONE) and is never rewritten")
         if k > 0 and not is_done(self.dir, k - 1):
             raise RuntimeError(f"round {k} needs round {k - 1} finished first ({round_dir(self.dir, k - 1)} has no DONE)")
+        if k > 0:
+            self._check_config_unchanged(k - 1)
         out = round_dir(self.dir, k)
         if out.exists():
             log.warning("round %d in %s was interrupted; clearing it and starting it again", k, out)
@@ -203,6 +205,22 @@ class Run:
         return sorted(kept, key=lambda g: (g.question_id, g.sample_index))
 
     # -- helpers -----------------------------------------------------------------------------------
+    def _check_config_unchanged(self, previous: int) -> None:
+        """Refuse to go on with a config that differs from the last finished round's, naming the keys,
+        unless force=true: a run's rounds should be one recipe, and a silent change is a lost one."""
+        saved = OmegaConf.to_container(OmegaConf.load(round_dir(self.dir, previous) / "config.yaml"))
+        differences = config_differences(saved, to_container(self.cfg))
+        if not differences:
+            return
+        listing = "\n  ".join(differences)
+        if self.cfg.force:
+            log.warning("going on with a changed config (force=true):\n  %s", listing)
+            return
+        raise ConfigError(
+            f"the config differs from the one {round_dir(self.dir, previous)} ran with:\n  {listing}\n"
+            "go back to it, start a new run (run=NAME), or pass force=true to go on anyway"
+        )
+
     def _base_model_path(self) -> Path | str:
         model_cfg = self.cfg.model
         if model_cfg.source == "pretrained":

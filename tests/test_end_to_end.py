@@ -105,3 +105,25 @@ def test_round_command_says_where_it_starts_and_inspect_shows_pairs(small_run):
     first_pair = next(read_jsonl(run / "round_01" / "pairs.jsonl"))
     assert "generation stats" in shown.stdout and "pass_at_n" in shown.stdout
     assert first_pair["question_id"] in shown.stdout and "chosen (sample" in shown.stdout
+
+
+def test_going_on_with_a_changed_config_is_refused_naming_the_keys(small_run):
+    from rationale_loop.config import ConfigError
+    from rationale_loop.loop import Run
+
+    run, _, _ = small_run
+    changed = compose_config(*SMALL, "rounds=2", "rank.lr=1e-3", "objective.rank_weight=2",
+                             f"output_root={run.parent}", f"model.cache_dir={run.parent.parent}/models", f"run={run.name}")
+    with pytest.raises(ConfigError) as refused:
+        Run(changed).run_round(2)
+    message = str(refused.value)
+    assert "rank.lr" in message and "objective.rank_weight" in message and "rounds" not in message.split("ran with")[1]
+    assert not (run / "round_02").exists()
+
+
+def test_same_config_and_seed_give_byte_identical_samples_and_pairs(small_run, tmp_path):
+    run, _, cfg = small_run
+    again = compose_config(*SMALL, f"output_root={tmp_path}/runs", f"model.cache_dir={cfg.model.cache_dir}", "run=again")
+    run_loop(again)
+    for name in ("generations.jsonl", "pairs.jsonl", "stats.json"):
+        assert (tmp_path / "runs/again/round_01" / name).read_bytes() == (run / "round_01" / name).read_bytes(), name
