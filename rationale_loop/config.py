@@ -95,6 +95,7 @@ class ObjectiveConfig:
     name: str = "memphis"  # memphis | star | spin | cpo_simpo
     rank_weight: float = 5.0  # memphis: w in L = CE_anchor + w * rank
     anchor: str = "gold"  # memphis: CE anchor on the "gold" rationale and answer, or the "chosen" completion
+    listwise: bool = False  # memphis: each chosen response faces all unique incorrect ones of its question
     beta: float = 1.0  # cpo_simpo: scale of the score gap; spin: DPO beta (recipe: 0.1)
     gamma: float = 0.0  # cpo_simpo: target margin
     alpha: float = 0.2  # cpo_simpo: weight of the NLL on the chosen response

@@ -189,7 +189,19 @@ class _RankedGroups:
         return scores[:groups], rejected, mask, -anchor_logprobs.sum()
 
 
-def _rank_items(data: RoundData, anchor: str) -> list[RankItem]:
+def _unique_incorrect(generations: Iterable[Generation]) -> dict[str, tuple[str, ...]]:
+    """Per question, its unique valid-but-incorrect completions in sample order."""
+    found: dict[str, dict[str, None]] = {}
+    for sample in sorted(generations, key=lambda g: (g.question_id, g.sample_index)):
+        if sample.valid and not sample.correct:
+            found.setdefault(sample.question_id, {}).setdefault(sample.completion, None)
+    return {question: tuple(completions) for question, completions in found.items()}
+
+
+def _rank_items(data: RoundData, anchor: str, listwise: bool = False) -> list[RankItem]:
+    """One group per mined pair; listwise, the chosen response faces every unique incorrect response of
+    its question (the rank loss then averages over them) instead of its one paired rejection."""
+    negatives = _unique_incorrect(data.generations) if listwise else {}
     items = []
     for pair in data.pairs:
         if anchor == "gold":
@@ -202,7 +214,8 @@ def _rank_items(data: RoundData, anchor: str) -> list[RankItem]:
             target = data.fmt.response(problem.rationale, problem.answer)
         else:
             target = pair.chosen
-        items.append(RankItem(pair.prompt, pair.chosen, (pair.rejected,), target))
+        rejected = negatives.get(pair.question_id, (pair.rejected,)) if listwise else (pair.rejected,)
+        items.append(RankItem(pair.prompt, pair.chosen, rejected, target))
     return items
 
 
@@ -217,7 +230,7 @@ class MemphisObjective(_RankedGroups):
         self.coefficients = {"anchor": 1.0, "rank": float(cfg.rank_weight)}
 
     def items(self, data: RoundData) -> list[RankItem]:
-        return _rank_items(data, self.cfg.anchor)
+        return _rank_items(data, self.cfg.anchor, self.cfg.listwise)
 
     def loss_sums(self, model: torch.nn.Module, batch: dict[str, Any], train: TrainConfig) -> dict[str, torch.Tensor]:
         chosen, rejected, mask, anchor_nll = self.scores(model, batch)

@@ -104,21 +104,7 @@ def train(
                 objective.collate([kept[i] for i in batch_indices[j : j + cfg.micro_batch_size]], encoder)
                 for j in range(0, len(batch_indices), cfg.micro_batch_size)
             ]
-            units = _global_units(accelerator, objective, micro_batches)
-            step_terms = {name: 0.0 for name in objective.coefficients}
-            for index, micro in enumerate(micro_batches):
-                micro = {k: v.to(accelerator.device) if torch.is_tensor(v) else v for k, v in micro.items()}
-                # Gradients are all-reduced (averaged over processes) only on the last micro-batch.
-                sync = index == len(micro_batches) - 1
-                with nullcontext() if sync else accelerator.no_sync(model):
-                    sums = objective.loss_sums(model, micro, cfg)
-                    loss = sum(
-                        objective.coefficients[name] * term * accelerator.num_processes / max(units[name], 1)
-                        for name, term in sums.items()
-                    )
-                    accelerator.backward(loss)
-                for name, term in sums.items():
-                    step_terms[name] += float(term.detach()) / max(units[name], 1)
+            step_terms = accumulate_gradients(model, objective, micro_batches, cfg, accelerator)
             if cfg.grad_clip > 0:
                 accelerator.clip_grad_norm_(parameters, cfg.grad_clip)
             optimizer.step()
@@ -144,6 +130,35 @@ def train(
         mean_loss=sum(r["loss"] for r in history) / len(history),
         history=history,
     )
+
+
+def accumulate_gradients(
+    model: torch.nn.Module,
+    objective: Objective,
+    micro_batches: list[dict[str, Any]],
+    cfg: TrainConfig,
+    accelerator: Accelerator,
+) -> dict[str, float]:
+    """Backward every micro-batch of one optimizer step so that the accumulated gradient is that of
+    sum_terms coefficient * (term's sum over the whole batch) / (term's units in the whole batch):
+    tokens weigh the same whichever micro-batch they fall in. Returns each term's batch mean."""
+    units = _global_units(accelerator, objective, micro_batches)
+    terms = {name: 0.0 for name in objective.coefficients}
+    for index, micro in enumerate(micro_batches):
+        micro = {k: v.to(accelerator.device) if torch.is_tensor(v) else v for k, v in micro.items()}
+        # Gradients are all-reduced (averaged over processes, hence the num_processes factor) only on
+        # the last micro-batch.
+        sync = index == len(micro_batches) - 1
+        with nullcontext() if sync else accelerator.no_sync(model):
+            sums = objective.loss_sums(model, micro, cfg)
+            loss = sum(
+                objective.coefficients[name] * term * accelerator.num_processes / max(units[name], 1)
+                for name, term in sums.items()
+            )
+            accelerator.backward(loss)
+        for name, term in sums.items():
+            terms[name] += float(term.detach()) / max(units[name], 1)
+    return terms
 
 
 def _global_units(accelerator: Accelerator, objective: Objective, micro_batches: list[dict[str, Any]]) -> dict[str, int]:

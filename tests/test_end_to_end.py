@@ -127,3 +127,33 @@ def test_same_config_and_seed_give_byte_identical_samples_and_pairs(small_run, t
     run_loop(again)
     for name in ("generations.jsonl", "pairs.jsonl", "stats.json"):
         assert (tmp_path / "runs/again/round_01" / name).read_bytes() == (run / "round_01" / name).read_bytes(), name
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["objective=star", "objective.rationalize=true"],
+        ["objective=spin"],
+        ["objective=cpo_simpo"],
+        ["objective=memphis", "objective.listwise=true", "average.method=slerp"],
+    ],
+    ids=["star+rationalize", "spin", "cpo_simpo", "memphis-listwise-slerp"],
+)
+def test_each_objective_runs_a_round(small_run, tmp_path, overrides):
+    import shutil
+
+    run, _, cfg = small_run
+    fork = tmp_path / "runs" / "fork"
+    shutil.copytree(run / "round_00", fork / "round_00")
+    forked = compose_config(*SMALL, *overrides, "force=true", f"output_root={fork.parent}",
+                            f"model.cache_dir={cfg.model.cache_dir}", "run=fork")
+    rows = run_loop(forked)
+    assert [r["round"] for r in rows] == [0, 1]
+    metrics = json.loads((fork / "round_01" / "metrics.json").read_text())
+    assert metrics["train_items"] > 0 and metrics["train_steps"] > 0
+    before = load_file(run / "round_00" / "checkpoint" / "model.safetensors")
+    after = load_file(fork / "round_01" / "checkpoint" / "model.safetensors")
+    assert any(not torch.equal(before[name], after[name]) for name in before)
+    if "objective.rationalize=true" in overrides:
+        assert (fork / "round_01" / "rationalizations.jsonl").exists()
+        assert "rationalized" in json.loads((fork / "round_01" / "stats.json").read_text())

@@ -131,3 +131,32 @@ def test_neftune_changes_training_forwards_only(model, tokenizer, tmp_path):
 
     saved = load_file(str(tmp_path / "saved" / "model.safetensors"))
     assert all(torch.equal(saved[k], weights[k]) for k in saved), "NEFTune must not reach the saved weights"
+
+
+def test_listwise_groups_face_every_unique_incorrect_response():
+    sample = lambda i, text, correct: Generation("q1", i, PROMPT, text, "r", "a", "5", "stop", True, correct, 3)
+    other = TINYCOT.response("3 + 2 = 7.", "7")
+    generations = [sample(0, CHOSEN, True), sample(1, REJECTED, False), sample(2, other, False), sample(3, REJECTED, False)]
+    memphis = build_objective(ObjectiveConfig(name="memphis", listwise=True))
+    items = memphis.items(round_data([PAIR], generations))
+    assert [i.rejected for i in items] == [(REJECTED, other)]
+    pairwise = build_objective(ObjectiveConfig(name="memphis"))
+    assert [i.rejected for i in pairwise.items(round_data([PAIR], generations))] == [(REJECTED,)]
+
+
+def test_listwise_loss_averages_negatives_in_one_forward(model, tokenizer):
+    other = TINYCOT.response("3 + 2 = 7.", "7")
+    encoder = Encoder(tokenizer, 256)
+    batch = encoder.collate([encoder.encode(PROMPT, t) for t in (CHOSEN, REJECTED, other)])
+    with torch.no_grad():
+        sums, counts = sequence_logprobs(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits, batch["labels"])
+    s = (sums / counts).tolist()
+    # rank = -log(e^{s_c} / (e^{s_c} + (e^{s_r1} + e^{s_r2}) / 2))
+    expected_rank = -math.log(math.exp(s[0]) / (math.exp(s[0]) + (math.exp(s[1]) + math.exp(s[2])) / 2))
+    from rationale_loop.objectives import RankItem
+
+    memphis = build_objective(ObjectiveConfig(name="memphis", rank_weight=1.0, anchor="chosen"))
+    item = RankItem(PROMPT, CHOSEN, (REJECTED, other), CHOSEN)
+    with torch.no_grad():
+        got = loss_of(memphis, model, [item], tokenizer)
+    assert got.item() == pytest.approx(expected_rank - s[0], abs=1e-5)  # anchor on chosen = -s_c
