@@ -118,6 +118,9 @@ class GenerateConfig:
     top_p: float = 0.8
     max_new_tokens: int = 512
     batch_size: int = 64  # hf: prompts per generate call (each expands to n sequences)
+    # Weights' dtype while generating: "auto" is bf16 where it is faster (a CPU with native bf16, a GPU),
+    # else the model's dtype. Training always uses model.dtype.
+    dtype: str = "auto"
     # vllm only: the engine's settings, and the interpreter of its worker process (default: this one).
     python: Optional[str] = None
     tensor_parallel_size: int = 1

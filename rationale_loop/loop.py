@@ -125,7 +125,7 @@ class Run:
         from rationale_loop.generate import Sampling, make_backend
         from rationale_loop.mine import mine_question
         from rationale_loop.stats import SampleStats
-        from rationale_loop.model import load_model, load_tokenizer, save_checkpoint
+        from rationale_loop.model import load_model, load_tokenizer, save_checkpoint, torch_dtype
         from rationale_loop.objectives import RoundData, build_objective
         from rationale_loop.rollouts import sample_and_judge
         from rationale_loop.train import train
@@ -168,7 +168,7 @@ class Run:
         items = objective.items(RoundData(self.problems, generations, pairs, self.fmt, rationalizations))
         # Loaded only now: with vLLM, generation ran in its own process and its memory is already free.
         model, tokenizer = getattr(backend, "model", None), getattr(backend, "tokenizer", None)
-        if model is None:
+        if model is None or model.dtype != torch_dtype(self.cfg.model.dtype):
             model, tokenizer = load_model(start, self.cfg.model.dtype), load_tokenizer(start)
         del backend
         result = train(model, tokenizer, items, objective, self.cfg.rank, seed=self.cfg.seed + k, desc=f"round {k}")

@@ -112,6 +112,27 @@ def torch_dtype(name: str) -> torch.dtype:
         raise ValueError(f"model.dtype must be float32, bfloat16 or float16, got {name!r}") from None
 
 
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX): there, bf16 generation is
+    about twice as fast as fp32 (bench/generation.py); elsewhere it is emulated and slower."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def generation_dtype(setting: str, model_dtype: str) -> str:
+    """`generate.dtype`: "auto" is bfloat16 for fp32 models on a CPU with fast bf16 and on a GPU too,
+    otherwise the model's own dtype; any other value is used as given."""
+    if setting != "auto":
+        torch_dtype(setting)  # validates the name
+        return setting
+    if model_dtype == "float32" and (torch.cuda.is_available() or cpu_has_fast_bf16()):
+        return "bfloat16"
+    return model_dtype
+
+
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
     tokenizer = AutoTokenizer.from_pretrained(str(path))
     if tokenizer.pad_token_id is None:

@@ -12,20 +12,27 @@ __all__ = ["Backend", "Completion", "Sampling", "BACKENDS", "make_backend"]
 
 
 def _hf(cfg: Any, checkpoint: Path, dtype: str, batch_size: int, model: Any = None, tokenizer: Any = None) -> Backend:
+    import copy
+
     from rationale_loop.generate.hf import HFBackend
+    from rationale_loop.model import generation_dtype, load_model, load_tokenizer, torch_dtype
 
+    name = generation_dtype(cfg.dtype, dtype)
     if model is None:
-        from rationale_loop.model import load_model, load_tokenizer
-
-        model, tokenizer = load_model(checkpoint, dtype), load_tokenizer(checkpoint)
+        model, tokenizer = load_model(checkpoint, name), load_tokenizer(checkpoint)
+    elif model.dtype != torch_dtype(name):
+        # A cast copy: the caller's model (being trained, or to be saved) keeps its own dtype.
+        model = copy.deepcopy(model).to(torch_dtype(name))
     return HFBackend(model, tokenizer, batch_size=batch_size)
 
 
 def _vllm(cfg: Any, checkpoint: Path, dtype: str, batch_size: int, model: Any = None, tokenizer: Any = None) -> Backend:
     from rationale_loop.generate.vllm import VLLMBackend
 
+    from rationale_loop.model import generation_dtype
+
     engine = {
-        "dtype": dtype,
+        "dtype": generation_dtype(cfg.dtype, dtype),
         "tensor_parallel_size": cfg.tensor_parallel_size,
         "gpu_memory_utilization": cfg.gpu_memory_utilization,
         "max_model_len": cfg.max_model_len,
