@@ -59,10 +59,6 @@ class Pair:
     gold_answer: str = ""
 
 
-def to_dict(record: Any) -> dict[str, Any]:
-    return asdict(record)
-
-
 def from_dict(cls: type, data: dict[str, Any], *, where: str = "") -> Any:
     """Build a dataclass from a dict, naming the missing field and where it came from."""
     names = {f.name for f in fields(cls)}
