@@ -3,7 +3,10 @@ answer against the gold answer. Shared by a round's generation phase and by eval
 
 from __future__ import annotations
 
+import sys
 from typing import Iterator, Sequence
+
+from tqdm.auto import tqdm
 
 from rationale_loop.data.formats import ReasoningFormat
 from rationale_loop.generate.base import Backend, Completion, Sampling
@@ -33,10 +36,18 @@ def judge(problem: Problem, prompt: str, sample_index: int, completion: Completi
 
 
 def sample_and_judge(
-    backend: Backend, problems: Sequence[Problem], fmt: ReasoningFormat, sampling: Sampling, verify_kind: str
+    backend: Backend,
+    problems: Sequence[Problem],
+    fmt: ReasoningFormat,
+    sampling: Sampling,
+    verify_kind: str,
+    desc: str = "generate",
 ) -> Iterator[list[Generation]]:
-    """Yield the judged samples of one problem at a time, as the backend finishes them."""
+    """Yield the judged samples of one problem at a time, as the backend finishes them, with a progress
+    bar over questions on a terminal (silent otherwise)."""
     prompts = [fmt.prompt(p.question) for p in problems]
-    for index, completions in backend.generate(prompts, sampling):
-        problem = problems[index]
-        yield [judge(problem, prompts[index], k, c, fmt, verify_kind) for k, c in enumerate(completions)]
+    with tqdm(total=len(problems), desc=desc, unit="q", disable=not sys.stderr.isatty(), leave=False) as progress:
+        for index, completions in backend.generate(prompts, sampling):
+            problem = problems[index]
+            yield [judge(problem, prompts[index], k, c, fmt, verify_kind) for k, c in enumerate(completions)]
+            progress.update(1)
