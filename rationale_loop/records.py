@@ -9,8 +9,9 @@ import json
 import os
 import tempfile
 from dataclasses import MISSING, asdict, dataclass, fields
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import IO, Any, Callable, Iterable, Iterator
 
 
 @dataclass(frozen=True)
@@ -69,62 +70,58 @@ def from_dict(cls: type, data: dict[str, Any], *, where: str = "") -> Any:
     return cls(**{k: v for k, v in data.items() if k in names})
 
 
-def read_jsonl(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
-    """Yield one dict per non-empty line; a broken line raises with the file and line number."""
-    path = Path(path)
+def _numbered_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number in the file, row) for every non-empty line; a broken line raises naming both."""
     with path.open(encoding="utf-8") as handle:
         for line_number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
             try:
-                yield json.loads(line)
+                yield line_number, json.loads(line)
             except json.JSONDecodeError as error:
                 raise ValueError(f"{path}:{line_number}: not valid JSON ({error.msg})") from None
 
 
-def _staging_file(path: Path) -> tuple[int, str]:
-    """A temporary file beside `path` (same file system, so the final rename is atomic), readable
-    like any other output file rather than mkstemp's owner-only 0600."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.chmod(tmp, 0o644)
-    return fd, tmp
+def read_jsonl(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
+    """Yield one dict per non-empty line; a broken line raises with the file and line number."""
+    for _, row in _numbered_rows(Path(path)):
+        yield row
 
 
-def write_jsonl_atomic(path: str | os.PathLike[str], rows: Iterable[Any]) -> int:
-    """Write rows (dicts or dataclasses) to a temporary file, then rename it into place.
-
-    A reader never sees a half-written file; returns the number of rows written.
-    """
+@contextmanager
+def atomic_writer(path: str | os.PathLike[str], binary: bool = False) -> Iterator[IO[Any]]:
+    """Open a temporary file beside `path` (same file system) and rename it into place only when the
+    block ends without an error: a reader never sees a half-written file. The file gets ordinary 0644
+    permissions, not mkstemp's owner-only 0600."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    count = 0
-    fd, tmp = _staging_file(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.chmod(tmp, 0o644)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            for row in rows:
-                if not isinstance(row, dict):
-                    row = asdict(row)
-                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-                count += 1
+        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as handle:
+            yield handle
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_jsonl_atomic(path: str | os.PathLike[str], rows: Iterable[Any]) -> int:
+    """Write rows (dicts or dataclasses) atomically; returns the number of rows written."""
+    count = 0
+    with atomic_writer(path) as handle:
+        for row in rows:
+            if not isinstance(row, dict):
+                row = asdict(row)
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+            count += 1
     return count
 
 
 def write_json_atomic(path: str | os.PathLike[str], data: Any) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = _staging_file(path)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2, ensure_ascii=False)
-            handle.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_writer(path) as handle:
+        json.dump(data, handle, indent=2, ensure_ascii=False)
+        handle.write("\n")
 
 
 def append_jsonl(path: str | os.PathLike[str], rows: Iterable[Any]) -> None:
@@ -152,17 +149,11 @@ def sort_jsonl(source: str | os.PathLike[str], target: str | os.PathLike[str], k
                 index.append((key(json.loads(line)), offset, len(line)))
             offset += len(line)
     index.sort(key=lambda entry: entry[0])
-    fd, tmp = _staging_file(target)
-    try:
-        with source.open("rb") as reader, os.fdopen(fd, "wb") as writer:
-            for _, offset, length in index:
-                reader.seek(offset)
-                line = reader.read(length)
-                writer.write(line if line.endswith(b"\n") else line + b"\n")
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with source.open("rb") as reader, atomic_writer(target, binary=True) as writer:
+        for _, offset, length in index:
+            reader.seek(offset)
+            line = reader.read(length)
+            writer.write(line if line.endswith(b"\n") else line + b"\n")
     return len(index)
 
 
@@ -173,7 +164,7 @@ class JsonlRecords:
         self.path, self.cls = Path(path), cls
 
     def __iter__(self) -> Iterator[Any]:
-        for line_number, row in enumerate(read_jsonl(self.path), start=1):
+        for line_number, row in _numbered_rows(self.path):
             yield from_dict(self.cls, row, where=f"{self.path}:{line_number}")
 
 

@@ -29,3 +29,10 @@ def test_broken_line_names_file_and_line(tmp_path):
     path.write_text('{"id": "1", "question": "q"}\n')
     with pytest.raises(ValueError, match=r"bad.jsonl:1: missing field"):
         list(JsonlRecords(path, Problem))
+
+
+def test_record_errors_count_file_lines_blank_ones_included(tmp_path):
+    path = tmp_path / "gaps.jsonl"
+    path.write_text('{"id": "1", "question": "q", "rationale": "", "answer": "1"}\n\n{"id": "2"}\n')
+    with pytest.raises(ValueError, match=r"gaps.jsonl:3: missing field"):
+        list(JsonlRecords(path, Problem))
