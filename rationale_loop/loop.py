@@ -17,7 +17,7 @@ import logging
 import shutil
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -124,10 +124,10 @@ class Run:
     def _self_train(self, k: int, out: Path) -> dict[str, Any]:
         from rationale_loop.generate import Sampling, make_backend
         from rationale_loop.mine import mine_question
-        from rationale_loop.stats import SampleStats
         from rationale_loop.model import load_model, load_tokenizer, save_checkpoint, torch_dtype
         from rationale_loop.objectives import RoundData, build_objective
         from rationale_loop.rollouts import sample_and_judge
+        from rationale_loop.stats import SampleStats
         from rationale_loop.train import train
 
         start = round_dir(self.dir, k - 1) / "checkpoint"
@@ -149,9 +149,12 @@ class Run:
 
         counts = SampleStats(n=gen.n)
         pairs: list[Pair] = []
+        solved: set[str] = set()
         for group in group_by(generations, "question_id"):
             counts.add_question(group)
             pairs.extend(mine_question(group, self.problems[group[0].question_id]))
+            if any(g.correct for g in group):
+                solved.add(group[0].question_id)
         write_jsonl_atomic(out / "pairs.jsonl", pairs)
         stats = counts.result()
         stats["pairs"] = len(pairs)
@@ -159,7 +162,7 @@ class Run:
         objective = build_objective(self.cfg.objective)
         rationalizations: list[Generation] = []
         if getattr(objective, "rationalize", False):
-            rationalizations = self._rationalize(backend, generations, sampling)
+            rationalizations = self._rationalize(backend, solved, sampling)
             write_jsonl_atomic(out / "rationalizations.jsonl", rationalizations)
             stats["rationalized"] = sum(g.correct for g in rationalizations)
         write_json_atomic(out / "stats.json", stats)
@@ -184,14 +187,13 @@ class Run:
         metrics = self._evaluate(model, tokenizer, out)
         return {**metrics, **stats, **_train_summary(result)}
 
-    def _rationalize(self, backend: Any, generations: Iterable[Generation], sampling: Any) -> list[Generation]:
+    def _rationalize(self, backend: Any, solved: set[str], sampling: Any) -> list[Generation]:
         """STaR's rationalization: ask every question with no correct sample again, the gold answer
         given as a hint; keep the samples that reach it, recorded under the prompt without the hint."""
         from dataclasses import replace
 
         from rationale_loop.rollouts import judge
 
-        solved = {g.question_id for g in generations if g.correct}  # streamed from the file
         unsolved = [p for p in self.splits.pool if p.id not in solved]
         prompts = [self.fmt.hinted_prompt(p.question, p.answer) for p in unsolved]
         log.info("rationalization: %d unsolved questions asked again with the answer as a hint", len(unsolved))

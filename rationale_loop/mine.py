@@ -25,11 +25,18 @@ def _unique(samples: Iterable[Generation]) -> list[Generation]:
     return unique
 
 
+def unique_sides(samples: Iterable[Generation]) -> tuple[list[Generation], list[Generation]]:
+    """One question's unique correct and unique (valid) incorrect samples, each in sample order."""
+    ordered = sorted(samples, key=lambda s: s.sample_index)
+    return (
+        _unique(s for s in ordered if s.valid and s.correct),
+        _unique(s for s in ordered if s.valid and not s.correct),
+    )
+
+
 def mine_question(samples: Iterable[Generation], problem: Problem) -> list[Pair]:
     """The pairs of one question's samples."""
-    ordered = sorted(samples, key=lambda s: s.sample_index)
-    correct = _unique(s for s in ordered if s.valid and s.correct)
-    incorrect = _unique(s for s in ordered if s.valid and not s.correct)
+    correct, incorrect = unique_sides(samples)
     return [
         Pair(
             question_id=problem.id,

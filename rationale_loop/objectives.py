@@ -21,6 +21,7 @@ from rationale_loop.config import ObjectiveConfig, TrainConfig
 from rationale_loop.data.formats import ReasoningFormat
 from rationale_loop.encode import Encoded, Encoder
 from rationale_loop.losses import mixce_token_losses, rank_loss, sequence_logprobs, token_logprobs
+from rationale_loop.mine import unique_sides
 from rationale_loop.records import Generation, Pair, Problem
 
 
@@ -190,12 +191,12 @@ class _RankedGroups:
 
 
 def _unique_incorrect(generations: Iterable[Generation]) -> dict[str, tuple[str, ...]]:
-    """Per question, its unique valid-but-incorrect completions in sample order."""
-    found: dict[str, dict[str, None]] = {}
-    for sample in sorted(generations, key=lambda g: (g.question_id, g.sample_index)):
+    """Per question, its unique valid-but-incorrect completions in sample order (the miner's rule)."""
+    by_question: dict[str, list[Generation]] = {}
+    for sample in generations:
         if sample.valid and not sample.correct:
-            found.setdefault(sample.question_id, {}).setdefault(sample.completion, None)
-    return {question: tuple(completions) for question, completions in found.items()}
+            by_question.setdefault(sample.question_id, []).append(sample)
+    return {question: tuple(s.completion for s in unique_sides(samples)[1]) for question, samples in by_question.items()}
 
 
 def _rank_items(data: RoundData, anchor: str, listwise: bool = False) -> list[RankItem]:
