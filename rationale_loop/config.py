@@ -88,6 +88,9 @@ class TrainConfig:
     neftune_alpha: float = 0.0
     freeze_embeddings: bool = False
     log_every: int = 10
+    # Optimizer steps between resumable training states (round_k/train_state.pt, deleted once the
+    # phase ends); a crash then costs at most this many steps. 0: never saved, a crash restarts the phase.
+    save_every: int = 50
 
 
 @dataclass
@@ -117,7 +120,9 @@ class GenerateConfig:
     temperature: float = 0.5
     top_p: float = 0.8
     max_new_tokens: int = 512
-    batch_size: int = 64  # hf: prompts per generate call (each expands to n sequences)
+    # hf: prompts per generate call (each expands to n sequences); vllm: prompts per engine call, whose
+    # results are saved before the next call starts (a crash loses at most one call's work).
+    batch_size: int = 64
     # Weights' dtype while generating: "auto" is bf16 where it is faster (a CPU with native bf16, a GPU),
     # else the model's dtype. Training always uses model.dtype.
     dtype: str = "auto"
@@ -193,6 +198,8 @@ def validate(cfg: DictConfig | Config) -> None:
         raise ConfigError(f"generate.top_p must be in (0, 1], got {cfg.generate.top_p}")
     if cfg.objective.anchor not in ("gold", "chosen"):
         raise ConfigError(f"objective.anchor must be 'gold' or 'chosen', got {cfg.objective.anchor!r}")
+    if cfg.objective.rationalize and cfg.objective.name != "star":
+        raise ConfigError(f"objective.rationalize is STaR's and needs objective=star, not {cfg.objective.name!r}")
     if cfg.model.source not in ("tiny", "pretrained"):
         raise ConfigError(f"model.source must be 'tiny' or 'pretrained', got {cfg.model.source!r}")
     if cfg.model.source == "pretrained" and not cfg.model.path:

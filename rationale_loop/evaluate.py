@@ -7,7 +7,7 @@ from typing import Sequence
 
 from rationale_loop.data.formats import ReasoningFormat
 from rationale_loop.generate.base import Backend, Sampling
-from rationale_loop.records import Problem, write_jsonl_atomic
+from rationale_loop.records import Generation, JsonlRecords, Problem, write_jsonl_atomic
 from rationale_loop.rollouts import sample_and_judge
 
 
@@ -24,6 +24,15 @@ def evaluate(
     samples.sort(key=lambda s: s.question_id)
     if samples_path is not None:
         write_jsonl_atomic(samples_path, samples)
+    return accuracy_metrics(samples)
+
+
+def metrics_from_file(samples_path: Path) -> dict[str, float | int]:
+    """The metrics of an evaluation whose samples are already on disk (a resumed round)."""
+    return accuracy_metrics(list(JsonlRecords(samples_path, Generation)))
+
+
+def accuracy_metrics(samples: Sequence[Generation]) -> dict[str, float | int]:
     total = len(samples)
     return {
         "eval_questions": total,

@@ -24,12 +24,14 @@ from omegaconf import DictConfig, OmegaConf
 from rationale_loop.config import ConfigError, config_differences, to_container, validate
 from rationale_loop.data.formats import ReasoningFormat, get_format
 from rationale_loop.data.tasks import TaskSplits, load_task
+from rationale_loop.faults import crash_point
 from rationale_loop.records import (
     Generation,
     JsonlRecords,
     Pair,
     Problem,
     append_jsonl,
+    atomic_writer,
     group_by,
     read_jsonl,
     sort_jsonl,
@@ -40,6 +42,8 @@ from rationale_loop.records import (
 log = logging.getLogger(__name__)
 
 DONE = "DONE"
+TRAIN_STATE = "train_state.pt"  # a resumable training state, while training runs
+TRAIN_SUMMARY = "train.json"  # the training phase's losses and counts, written just before the checkpoint
 ROUND_SUMMARY_KEYS = ("round", "eval_accuracy", "samples", "valid", "correct", "pass_at_n", "pairs", "train_loss")
 
 
@@ -87,105 +91,168 @@ class Run:
 
     # -- one round -------------------------------------------------------------------------------
     def run_round(self, k: int) -> dict[str, Any]:
+        """Run round k, or finish it where an interrupted call left it: every phase's output is a file
+        written atomically, and a phase whose file is there is not run again."""
         if is_done(self.dir, k):
             raise RuntimeError(f"{round_dir(self.dir, k)} is finished (DONE) and is never rewritten")
         if k > 0 and not is_done(self.dir, k - 1):
             raise RuntimeError(f"round {k} needs round {k - 1} finished first ({round_dir(self.dir, k - 1)} has no DONE)")
-        if k > 0:
-            self._check_config_unchanged(k - 1)
         out = round_dir(self.dir, k)
-        if out.exists():
-            log.warning("round %d in %s was interrupted; clearing it and starting it again", k, out)
-            shutil.rmtree(out)
-        out.mkdir(parents=True)
-        # Each round keeps its own resolved config: Hydra's .hydra/ is overwritten on every call.
-        (out / "config.yaml").write_text(OmegaConf.to_yaml(self.cfg, resolve=True))
+        if not self._resumable(out):
+            if k > 0:
+                self._check_config_unchanged(k - 1)
+            out.mkdir(parents=True, exist_ok=True)
+            # Each round keeps its own resolved config: Hydra's .hydra/ is overwritten on every call.
+            with atomic_writer(out / "config.yaml") as handle:
+                handle.write(OmegaConf.to_yaml(self.cfg, resolve=True))
         summary = self._sft(out) if k == 0 else self._self_train(k, out)
         summary["round"] = k
         write_json_atomic(out / "metrics.json", summary)
         (out / DONE).write_text("")
+        (out / TRAIN_STATE).unlink(missing_ok=True)  # the checkpoint supersedes it
         self._write_rounds_index()
+        self._log_round(summary)
         return summary
 
-    def _sft(self, out: Path) -> dict[str, Any]:
-        from rationale_loop.model import load_model, load_tokenizer, save_checkpoint
-        from rationale_loop.objectives import SFTItem, SupervisedObjective
-        from rationale_loop.train import train
+    def _resumable(self, out: Path) -> bool:
+        """True when `out` holds an interrupted run of this round with this config, to be finished. A
+        partial round with another config is refused, naming the keys, or with force=true cleared."""
+        if not out.exists():
+            return False
+        saved = out / "config.yaml"
+        if not saved.exists():  # died before its config was written: nothing in it to keep
+            shutil.rmtree(out)
+            return False
+        differences = config_differences(OmegaConf.to_container(OmegaConf.load(saved)), to_container(self.cfg))
+        if not differences:
+            log.info("%s was interrupted; going on from where it stopped", out)
+            return True
+        listing = "\n  ".join(differences)
+        if not self.cfg.force:
+            raise ConfigError(
+                f"{out} was interrupted, and the config differs from the one it started with:\n  {listing}\n"
+                "go back to it to finish the round, or pass force=true to clear the round and start it again"
+            )
+        log.warning("force=true: clearing the interrupted %s, which started with another config:\n  %s", out, listing)
+        shutil.rmtree(out)
+        return False
 
+    def _sft(self, out: Path) -> dict[str, Any]:
         base = self._base_model_path()
-        log.info("round 0 (SFT): base model %s, %d SFT examples", base, len(self.splits.sft))
-        model, tokenizer = load_model(base, self.cfg.model.dtype), load_tokenizer(base)
-        items = [SFTItem(self.fmt.prompt(p.question), self.fmt.response(p.rationale, p.answer)) for p in self.splits.sft]
-        result = train(model, tokenizer, items, SupervisedObjective(), self.cfg.sft, seed=self.cfg.seed, desc="sft")
-        save_checkpoint(model, tokenizer, out / "checkpoint")
-        metrics = self._evaluate(model, tokenizer, out)
-        return {**metrics, "base_model": str(base), **_train_summary(result)}
+        if not (out / "checkpoint").exists():
+            from rationale_loop.model import load_model, load_tokenizer
+            from rationale_loop.objectives import SFTItem, SupervisedObjective
+
+            log.info("round 0 (SFT): base model %s, %d SFT examples", base, len(self.splits.sft))
+            model, tokenizer = load_model(base, self.cfg.model.dtype), load_tokenizer(base)
+            items = [SFTItem(self.fmt.prompt(p.question), self.fmt.response(p.rationale, p.answer)) for p in self.splits.sft]
+            self._train_and_save(model, tokenizer, items, SupervisedObjective(), self.cfg.sft, self.cfg.seed, "sft", out)
+        metrics = self._evaluate(out)
+        return {**metrics, "base_model": str(base), **json.loads((out / TRAIN_SUMMARY).read_text())}
 
     def _self_train(self, k: int, out: Path) -> dict[str, Any]:
-        from rationale_loop.generate import Sampling, make_backend
-        from rationale_loop.mine import mine_question
-        from rationale_loop.model import load_model, load_tokenizer, save_checkpoint, torch_dtype
-        from rationale_loop.objectives import RoundData, build_objective
-        from rationale_loop.rollouts import sample_and_judge
-        from rationale_loop.stats import SampleStats
-        from rationale_loop.train import train
+        from rationale_loop.generate import Sampling
 
         start = round_dir(self.dir, k - 1) / "checkpoint"
-        log.info("round %d: starting from %s", k, start)
         gen = self.cfg.generate
         sampling = Sampling(gen.n, gen.temperature, gen.top_p, gen.max_new_tokens, seed=self.cfg.seed + k)
-        backend = make_backend(gen, start, self.cfg.model.dtype, gen.batch_size)
+        backends = _Lazy(lambda: self._backend(start, gen.batch_size))
+        if not (out / "generations.jsonl").exists():
+            log.info("round %d: sampling %d x %d completions from %s", k, len(self.splits.pool), gen.n, start)
+            self._generate(backends.get(), sampling, out)
+            crash_point("generated")
+        if not (out / "stats.json").exists():
+            self._mine(backends, sampling, out)
+            crash_point("mined")
+        stats = json.loads((out / "stats.json").read_text())
+        log.info("round %d: %s", k, ", ".join(f"{key} {value}" for key, value in stats.items()))
+        if not (out / "checkpoint").exists():
+            self._rank_train(k, start, backends, out)
+        backends.drop()
+        metrics = self._evaluate(out)
+        return {**metrics, **stats, **json.loads((out / TRAIN_SUMMARY).read_text())}
 
-        # Generate and verify, appending each question's samples as they come; generations.jsonl
-        # appears, sorted by question and sample, only once the whole pool is done. Stats and pairs are
-        # then computed one question at a time from the file, so memory stays flat as the pool grows.
+    def _generate(self, backend: Any, sampling: Any, out: Path) -> None:
+        """Sample and judge the pool, appending each question's samples as they come, so a crash loses
+        at most the batch in flight; a resumed call keeps the questions already complete. The file
+        appears, sorted by question and sample, only when the whole pool is done."""
+        from rationale_loop.rollouts import sample_and_judge
+
         partial = out / "generations.jsonl.partial"
-        log.info("round %d: sampling %d x %d completions", k, len(self.splits.pool), gen.n)
-        for group in sample_and_judge(backend, self.splits.pool, self.fmt, sampling, self.cfg.verify.kind):
+        done = keep_complete_questions(partial, sampling.n)
+        index_of = {p.id: i for i, p in enumerate(self.splits.pool)}
+        if done:
+            log.info("resuming generation: %d of %d questions were already sampled", len(done), len(self.splits.pool))
+        skip = {index_of[q] for q in done}
+        for group in sample_and_judge(backend, self.splits.pool, self.fmt, sampling, self.cfg.verify.kind, skip=skip):
             append_jsonl(partial, group)
+            crash_point("generate")
         sort_jsonl(partial, out / "generations.jsonl", key=lambda row: (row["question_id"], row["sample_index"]))
         partial.unlink()
-        generations = JsonlRecords(out / "generations.jsonl", Generation)
 
-        counts = SampleStats(n=gen.n)
-        pairs: list[Pair] = []
+    def _mine(self, backends: "_Lazy", sampling: Any, out: Path) -> None:
+        """Pairs and stats, one question at a time from generations.jsonl so memory stays flat as the
+        pool grows; stats.json is written last and marks the phase done."""
+        from rationale_loop.mine import mine_question
+        from rationale_loop.stats import SampleStats
+
+        counts = SampleStats(n=sampling.n)
         solved: set[str] = set()
-        for group in group_by(generations, "question_id"):
-            counts.add_question(group)
-            pairs.extend(mine_question(group, self.problems[group[0].question_id]))
-            if any(g.correct for g in group):
-                solved.add(group[0].question_id)
-        write_jsonl_atomic(out / "pairs.jsonl", pairs)
-        stats = counts.result()
-        stats["pairs"] = len(pairs)
+
+        def pairs() -> Any:
+            for group in group_by(JsonlRecords(out / "generations.jsonl", Generation), "question_id"):
+                counts.add_question(group)
+                if any(g.correct for g in group):
+                    solved.add(group[0].question_id)
+                yield from mine_question(group, self.problems[group[0].question_id])
+
+        written = write_jsonl_atomic(out / "pairs.jsonl", pairs())
+        stats = {**counts.result(), "pairs": written}
+        if self.cfg.objective.rationalize:
+            rationalizations = self._rationalize(backends.get(), solved, sampling)
+            write_jsonl_atomic(out / "rationalizations.jsonl", rationalizations)
+            stats["rationalized"] = len(rationalizations)
+        write_json_atomic(out / "stats.json", stats)
+
+    def _rank_train(self, k: int, start: Path, backends: "_Lazy", out: Path) -> None:
+        from rationale_loop.model import load_model, load_tokenizer, torch_dtype
+        from rationale_loop.objectives import RoundData, build_objective
 
         objective = build_objective(self.cfg.objective)
-        rationalizations: list[Generation] = []
-        if getattr(objective, "rationalize", False):
-            rationalizations = self._rationalize(backend, solved, sampling)
-            write_jsonl_atomic(out / "rationalizations.jsonl", rationalizations)
-            stats["rationalized"] = sum(g.correct for g in rationalizations)
-        write_json_atomic(out / "stats.json", stats)
-        log.info("round %d: %s", k, ", ".join(f"{key} {value}" for key, value in stats.items()))
-
+        pairs = list(JsonlRecords(out / "pairs.jsonl", Pair))
+        rationalizations = list(JsonlRecords(out / "rationalizations.jsonl", Generation)) if (out / "rationalizations.jsonl").exists() else []
+        generations = JsonlRecords(out / "generations.jsonl", Generation)
         items = objective.items(RoundData(self.problems, generations, pairs, self.fmt, rationalizations))
-        # Loaded only now: with vLLM, generation ran in its own process and its memory is already free.
+        # Reuse the generation backend's model when it is the training dtype; with vLLM, generation ran
+        # in its own process and its memory is already free.
+        backend = backends.peek()
         model, tokenizer = getattr(backend, "model", None), getattr(backend, "tokenizer", None)
         if model is None or model.dtype != torch_dtype(self.cfg.model.dtype):
             model, tokenizer = load_model(start, self.cfg.model.dtype), load_tokenizer(start)
-        del backend
-        result = train(model, tokenizer, items, objective, self.cfg.rank, seed=self.cfg.seed + k, desc=f"round {k}")
-        if self.cfg.average.method != "none":
+        backends.drop()
+        self._train_and_save(model, tokenizer, items, objective, self.cfg.rank, self.cfg.seed + k, f"round {k}", out, average_with=start)
+
+    def _train_and_save(
+        self, model: Any, tokenizer: Any, items: Any, objective: Any, train_cfg: Any, seed: int, desc: str, out: Path,
+        average_with: Path | None = None,
+    ) -> None:
+        """Train, then write the summary and, last, the checkpoint (atomically): a round whose
+        checkpoint exists has finished training."""
+        from rationale_loop.model import save_checkpoint
+        from rationale_loop.train import train
+
+        log_dir = self.dir / "tensorboard" / out.name
+        result = train(model, tokenizer, items, objective, train_cfg, seed=seed, desc=desc, state_path=out / TRAIN_STATE, log_dir=log_dir)
+        if average_with is not None and self.cfg.average.method != "none":
             from rationale_loop.merge import average_into
             from rationale_loop.model import load_weights
 
-            previous = load_weights(start)
-            averaged = average_into(model, previous, self.cfg.average.method, self.cfg.average.factor)
-            log.info("round %d: %s-averaged %d tensors with %s (factor %.3f toward the new weights)",
-                     k, self.cfg.average.method, averaged, start, self.cfg.average.factor)
+            averaged = average_into(model, load_weights(average_with), self.cfg.average.method, self.cfg.average.factor)
+            log.info("%s: %s-averaged %d tensors with %s (factor %.3f toward the new weights)",
+                     desc, self.cfg.average.method, averaged, average_with, self.cfg.average.factor)
+        write_json_atomic(out / TRAIN_SUMMARY, _train_summary(result))
         save_checkpoint(model, tokenizer, out / "checkpoint")
-        metrics = self._evaluate(model, tokenizer, out)
-        return {**metrics, **stats, **_train_summary(result)}
+        crash_point("trained")
 
     def _rationalize(self, backend: Any, solved: set[str], sampling: Any) -> list[Generation]:
         """STaR's rationalization: ask every question with no correct sample again, the gold answer
@@ -235,14 +302,33 @@ class Run:
         key = sha256("\n".join(corpus).encode()).hexdigest()
         return build_tiny_model(model_cfg, corpus, key)
 
-    def _evaluate(self, model: Any, tokenizer: Any, out: Path) -> dict[str, Any]:
-        from rationale_loop.evaluate import evaluate
+    def _backend(self, checkpoint: Path, batch_size: int, model: Any = None, tokenizer: Any = None) -> Any:
         from rationale_loop.generate import make_backend
 
-        backend = make_backend(self.cfg.generate, out / "checkpoint", self.cfg.model.dtype, self.cfg.eval.batch_size, model=model, tokenizer=tokenizer)
-        metrics = evaluate(backend, self.splits.eval, self.fmt, self.cfg.verify.kind, self.cfg.eval.max_new_tokens, out / "eval.jsonl")
+        return make_backend(self.cfg.generate, checkpoint, self.cfg.model.dtype, batch_size, model=model, tokenizer=tokenizer)
+
+    def _evaluate(self, out: Path) -> dict[str, Any]:
+        """Greedy held-out accuracy of the round's checkpoint; read back from eval.jsonl when an
+        interrupted call already wrote it."""
+        from rationale_loop.evaluate import evaluate, metrics_from_file
+
+        samples = out / "eval.jsonl"
+        if samples.exists():
+            return metrics_from_file(samples)
+        backend = self._backend(out / "checkpoint", self.cfg.eval.batch_size)
+        metrics = evaluate(backend, self.splits.eval, self.fmt, self.cfg.verify.kind, self.cfg.eval.max_new_tokens, samples)
         log.info("held-out accuracy %.3f (%d questions, %.3f valid)", metrics["eval_accuracy"], metrics["eval_questions"], metrics["eval_valid"])
+        crash_point("evaluated")
         return metrics
+
+    def _log_round(self, summary: dict[str, Any]) -> None:
+        """Round-level scalars to TensorBoard (tensorboard/rounds), one point per round."""
+        from torch.utils.tensorboard import SummaryWriter
+
+        with SummaryWriter(log_dir=str(self.dir / "tensorboard" / "rounds")) as writer:
+            for key in ROUND_SUMMARY_KEYS[1:]:
+                if isinstance(summary.get(key), (int, float)):
+                    writer.add_scalar(f"round/{key}", summary[key], summary["round"])
 
     def _write_rounds_index(self) -> None:
         """rounds.jsonl is derived from the finished rounds' metrics, rebuilt whole each time, so a
@@ -254,6 +340,45 @@ class Run:
             rows.append({key: metrics.get(key) for key in ROUND_SUMMARY_KEYS})
             k += 1
         write_jsonl_atomic(self.dir / "rounds.jsonl", rows)
+
+
+class _Lazy:
+    """A generation backend made on first use: a resumed round that only has training left never
+    loads one."""
+
+    def __init__(self, make: Any):
+        self._make, self._value = make, None
+
+    def get(self) -> Any:
+        if self._value is None:
+            self._value = self._make()
+        return self._value
+
+    def peek(self) -> Any:
+        return self._value
+
+    def drop(self) -> None:
+        self._value = None
+
+
+def keep_complete_questions(partial: Path, n: int) -> set[str]:
+    """The questions of an interrupted generation file that have all n samples. The file is
+    rewritten (atomically) with only those: rows of a question cut off mid-write, or a line cut off
+    mid-write, are dropped and sampled again, so no line is ever duplicated."""
+    if not partial.exists():
+        return set()
+    rows: dict[str, list[str]] = {}
+    with partial.open(encoding="utf-8") as handle:
+        for line in handle:
+            if not line.endswith("\n"):
+                break  # the write in flight when the process died
+            row = json.loads(line)
+            rows.setdefault(row["question_id"], []).append(line)
+    complete = {q: lines for q, lines in rows.items() if len(lines) == n}
+    with atomic_writer(partial) as handle:
+        for lines in complete.values():
+            handle.writelines(lines)
+    return set(complete)
 
 
 def _train_summary(result: Any) -> dict[str, Any]:

@@ -4,7 +4,7 @@ answer against the gold answer. Shared by a round's generation phase and by eval
 from __future__ import annotations
 
 import sys
-from typing import Iterator, Sequence
+from typing import Collection, Iterator, Sequence
 
 from tqdm.auto import tqdm
 
@@ -42,12 +42,15 @@ def sample_and_judge(
     sampling: Sampling,
     verify_kind: str,
     desc: str = "generate",
+    skip: Collection[int] = (),
 ) -> Iterator[list[Generation]]:
     """Yield the judged samples of one problem at a time, as the backend finishes them, with a progress
-    bar over questions on a terminal (silent otherwise)."""
+    bar over questions on a terminal (silent otherwise). Problems whose index is in `skip` (already
+    sampled by an interrupted run) are not yielded."""
     prompts = [fmt.prompt(p.question) for p in problems]
-    with tqdm(total=len(problems), desc=desc, unit="q", disable=not sys.stderr.isatty(), leave=False) as progress:
-        for index, completions in backend.generate(prompts, sampling):
+    bar = tqdm(total=len(problems), initial=len(skip), desc=desc, unit="q", disable=not sys.stderr.isatty(), leave=False)
+    with bar as progress:
+        for index, completions in backend.generate(prompts, sampling, skip):
             problem = problems[index]
             yield [judge(problem, prompts[index], k, c, fmt, verify_kind) for k, c in enumerate(completions)]
             progress.update(1)

@@ -14,6 +14,7 @@ import random
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -23,9 +24,11 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rationale_loop.config import TrainConfig
 from rationale_loop.encode import Encoder
+from rationale_loop.faults import crash_point
 from rationale_loop.model import freeze_embeddings, neftune
 from rationale_loop.objectives import Objective
 from rationale_loop.optim import build_optimizer, cosine_with_warmup
+from rationale_loop.records import atomic_writer
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +72,13 @@ def train(
     *,
     seed: int,
     desc: str,
+    state_path: Path | None = None,
+    log_dir: Path | None = None,
 ) -> TrainResult:
+    """Train `model` in place. With `state_path`, a resumable training state (weights, optimizer,
+    schedule, random state, loss log) is saved there every `cfg.save_every` steps, and a state found
+    there at the start is resumed from: the run goes on from that step as if it had never stopped.
+    With `log_dir`, per-step loss, loss terms and learning rate go to TensorBoard."""
     encoder = Encoder(tokenizer, cfg.max_length)
     encoded = [objective.encode(item, encoder) for item in items]
     kept = [e for e in encoded if e is not None]
@@ -92,14 +101,21 @@ def train(
     optimizer = build_optimizer(cfg.optimizer, parameters, lr=cfg.lr, **optimizer_settings(cfg))
     batches = _schedule_order(len(kept), cfg.epochs, cfg.batch_size, seed)
     scheduler = cosine_with_warmup(optimizer, len(batches), cfg.warmup_ratio, cfg.min_lr_ratio)
-    model, optimizer = accelerator.prepare(model, optimizer)
-
     history: list[dict[str, float]] = []
+    resumed = _load_state(state_path, model, optimizer, scheduler, len(batches), desc)
+    if resumed is not None:
+        history = resumed["history"]
+    model, optimizer = accelerator.prepare(model, optimizer)
+    first_step = len(history) + 1
+    writer = _tensorboard(log_dir, first_step, accelerator)
+
     start = time.perf_counter()
     model.train()
-    progress = tqdm(total=len(batches), desc=desc, disable=not sys.stderr.isatty(), leave=False)
+    progress = tqdm(total=len(batches), initial=first_step - 1, desc=desc, disable=not sys.stderr.isatty(), leave=False)
     with neftune(accelerator.unwrap_model(model), cfg.neftune_alpha):
         for step, batch_indices in enumerate(batches, start=1):
+            if step < first_step:
+                continue
             micro_batches = [
                 objective.collate([kept[i] for i in batch_indices[j : j + cfg.micro_batch_size]], encoder)
                 for j in range(0, len(batch_indices), cfg.micro_batch_size)
@@ -115,10 +131,19 @@ def train(
             history.append(record)
             progress.update(1)
             progress.set_postfix(loss=f"{step_loss:.4f}")
+            if writer is not None:
+                for name, value in record.items():
+                    if name != "step":
+                        writer.add_scalar(f"train/{name}", value, step)
             if step % cfg.log_every == 0 or step == len(batches):
                 log.info("%s step %d/%d loss %.4f %s", desc, step, len(batches), step_loss,
                          " ".join(f"{n} {v:.4f}" for n, v in step_terms.items()))
+            if state_path is not None and cfg.save_every > 0 and step % cfg.save_every == 0 and step < len(batches):
+                _save_state(state_path, accelerator, model, optimizer, scheduler, history, len(batches))
+            crash_point("train_step")
     progress.close()
+    if writer is not None:
+        writer.close()
     model = accelerator.unwrap_model(model)
     model.eval()
     seconds = time.perf_counter() - start
@@ -130,6 +155,56 @@ def train(
         mean_loss=sum(r["loss"] for r in history) / len(history),
         history=history,
     )
+
+
+def _save_state(
+    path: Path, accelerator: Accelerator, model: Any, optimizer: Any, scheduler: Any, history: list[dict[str, float]], total_steps: int
+) -> None:
+    """Everything the rest of the run depends on, in one file written atomically: a crash while it is
+    written leaves the previous state in place."""
+    if accelerator.is_main_process:
+        state = {
+            "model": accelerator.unwrap_model(model).state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "history": history,
+            "total_steps": total_steps,
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        }
+        with atomic_writer(path, binary=True) as handle:
+            torch.save(state, handle)
+    accelerator.wait_for_everyone()
+
+
+def _load_state(path: Path | None, model: Any, optimizer: Any, scheduler: Any, total_steps: int, desc: str) -> dict[str, Any] | None:
+    if path is None or not path.exists():
+        return None
+    # Our own file, written by _save_state: it holds plain tensors, dicts and lists only.
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    done = len(state["history"])
+    if state["total_steps"] != total_steps:
+        raise RuntimeError(
+            f"{path} is the state of a {state['total_steps']}-step schedule, but this phase has {total_steps} steps: "
+            "it belongs to other training data; delete it to start this phase over"
+        )
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["torch_rng"])
+    if state["cuda_rng"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    log.info("%s: resuming from step %d of %d (%s)", desc, done, total_steps, path)
+    return state
+
+
+def _tensorboard(log_dir: Path | None, first_step: int, accelerator: Accelerator) -> Any:
+    if log_dir is None or not accelerator.is_main_process:
+        return None
+    from torch.utils.tensorboard import SummaryWriter
+
+    # purge_step: a resumed phase drops the events an interrupted one logged after its saved state.
+    return SummaryWriter(log_dir=str(log_dir), purge_step=first_step if first_step > 1 else None)
 
 
 def accumulate_gradients(

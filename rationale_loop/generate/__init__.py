@@ -38,7 +38,7 @@ def _vllm(cfg: Any, checkpoint: Path, dtype: str, batch_size: int, model: Any = 
         "max_model_len": cfg.max_model_len,
         "enforce_eager": cfg.enforce_eager,
     }
-    return VLLMBackend(checkpoint, engine, python=cfg.python)
+    return VLLMBackend(checkpoint, engine, python=cfg.python, chunk_size=batch_size)
 
 
 BACKENDS: dict[str, Callable[..., Backend]] = {"hf": _hf, "vllm": _vllm}

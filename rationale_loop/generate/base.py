@@ -7,7 +7,7 @@ the batch in flight, and memory stays flat however large the question pool is.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, Protocol, Sequence
+from typing import Collection, Iterator, Protocol, Sequence
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,10 @@ class Completion:
 
 
 class Backend(Protocol):
-    def generate(self, prompts: Sequence[str], sampling: Sampling) -> Iterator[tuple[int, list[Completion]]]:
-        """Yield (prompt index, its n completions) for every prompt, in any order."""
+    def generate(
+        self, prompts: Sequence[str], sampling: Sampling, skip: Collection[int] = ()
+    ) -> Iterator[tuple[int, list[Completion]]]:
+        """Yield (prompt index, its n completions) for every prompt not in `skip`, in any order. A
+        prompt's completions do not depend on which others are skipped, so a resumed run that skips
+        the prompts it already has gets the same samples for the rest."""
         ...

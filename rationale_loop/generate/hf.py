@@ -3,7 +3,7 @@ n samples per prompt expanded inside one call, stopping at EOS."""
 
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from typing import Collection, Iterator, Sequence
 
 import torch
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
@@ -34,7 +34,9 @@ class HFBackend:
             use_cache=True,
         )
 
-    def generate(self, prompts: Sequence[str], sampling: Sampling) -> Iterator[tuple[int, list[Completion]]]:
+    def generate(
+        self, prompts: Sequence[str], sampling: Sampling, skip: Collection[int] = ()
+    ) -> Iterator[tuple[int, list[Completion]]]:
         encoded = [self.tokenizer(p, add_special_tokens=True)["input_ids"] for p in prompts]
         # Longest first: batches of similar length waste little on padding, and an out-of-memory
         # error, if any, comes at once rather than at the end.
@@ -45,10 +47,15 @@ class HFBackend:
         try:
             for batch_number, start in enumerate(range(0, len(order), self.batch_size)):
                 indices = order[start : start + self.batch_size]
+                # Batches are cut from every prompt, skipped ones included, and each is seeded by its
+                # number: a resumed run samples the batches it still needs exactly as the first run did.
+                if all(i in skip for i in indices):
+                    continue
                 torch.manual_seed(sampling.seed * 1_000_003 + batch_number)
                 completions = self._generate_batch([encoded[i] for i in indices], config, sampling)
                 for offset, index in enumerate(indices):
-                    yield index, completions[offset * sampling.n : (offset + 1) * sampling.n]
+                    if index not in skip:
+                        yield index, completions[offset * sampling.n : (offset + 1) * sampling.n]
         finally:
             self.model.train(was_training)
 

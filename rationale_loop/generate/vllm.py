@@ -15,12 +15,14 @@ import argparse
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Collection, Iterator, Sequence
 
 from rationale_loop.generate.base import Completion, Sampling
 
@@ -28,14 +30,27 @@ log = logging.getLogger(__name__)
 
 
 class VLLMBackend:
-    def __init__(self, checkpoint: str | Path, engine: dict[str, Any], python: str | None = None, lora: str | Path | None = None):
+    def __init__(
+        self,
+        checkpoint: str | Path,
+        engine: dict[str, Any],
+        python: str | None = None,
+        lora: str | Path | None = None,
+        chunk_size: int = 512,
+    ):
         self.checkpoint = str(checkpoint)
         self.engine = engine
         self.python = python or sys.executable
         self.lora = str(lora) if lora else None
+        self.chunk_size = chunk_size
         self.last_timing: dict[str, float] = {}  # the worker's own clock: import, engine start, generation
 
-    def generate(self, prompts: Sequence[str], sampling: Sampling) -> Iterator[tuple[int, list[Completion]]]:
+    def generate(
+        self, prompts: Sequence[str], sampling: Sampling, skip: Collection[int] = ()
+    ) -> Iterator[tuple[int, list[Completion]]]:
+        """Results stream back chunk by chunk while the worker runs, so the caller can save each
+        chunk before the next one is sampled: a crash loses at most the chunk in flight."""
+        skip = set(skip)
         with tempfile.TemporaryDirectory(prefix="rationale_loop_vllm_") as tmp:
             request = Path(tmp) / "request.json"
             results = Path(tmp) / "results.jsonl"
@@ -46,23 +61,62 @@ class VLLMBackend:
                     "lora": self.lora,
                     "sampling": asdict(sampling),
                     "prompts": list(prompts),
+                    "skip": sorted(skip),
+                    "chunk_size": self.chunk_size,
                 })
             )
             command = [self.python, "-m", "rationale_loop.generate.vllm", str(request), str(results)]
-            log.info("vllm: generating %d x %d in a child process (%s)", len(prompts), sampling.n, self.python)
-            completed = subprocess.run(command, env=_worker_env(), check=False)
-            if completed.returncode != 0:
-                raise RuntimeError(f"the vLLM worker failed with exit code {completed.returncode}: {' '.join(command)}")
-            timing = Path(tmp) / "timing.json"
-            self.last_timing = json.loads(timing.read_text()) if timing.exists() else {}
+            wanted = len(prompts) - len(skip)
+            log.info("vllm: generating %d x %d in a child process (%s)", wanted, sampling.n, self.python)
+            worker = subprocess.Popen(command, env=_worker_env(), preexec_fn=_die_with_parent)
             seen = set()
-            with results.open(encoding="utf-8") as handle:
-                for line in handle:
-                    row = json.loads(line)
+            try:
+                for row in _follow(results, worker):
                     seen.add(row["index"])
                     yield row["index"], [Completion(**c) for c in row["completions"]]
-            if len(seen) != len(prompts):
-                raise RuntimeError(f"the vLLM worker returned {len(seen)} of {len(prompts)} prompts")
+            finally:
+                if worker.poll() is None:  # the caller stopped early: do not leave the engine running
+                    worker.kill()
+                    worker.wait()
+            if worker.returncode != 0:
+                raise RuntimeError(f"the vLLM worker failed with exit code {worker.returncode}: {' '.join(command)}")
+            timing = Path(tmp) / "timing.json"
+            self.last_timing = json.loads(timing.read_text()) if timing.exists() else {}
+            if len(seen) != wanted:
+                raise RuntimeError(f"the vLLM worker returned {len(seen)} of {wanted} prompts")
+
+
+def _follow(path: Path, process: subprocess.Popen) -> Iterator[dict[str, Any]]:
+    """The JSON lines of a file another process is appending to, until that process ends; a line is
+    taken only once its newline is there."""
+    buffer = ""
+    handle = None
+    while True:
+        finished = process.poll() is not None  # read after checking, so nothing written last is missed
+        if handle is None and path.exists():
+            handle = path.open(encoding="utf-8")
+        if handle is not None:
+            buffer += handle.read()
+            *lines, buffer = buffer.split("\n")
+            for line in lines:
+                if line.strip():
+                    yield json.loads(line)
+        if finished:
+            break
+        time.sleep(0.2)
+    if handle is not None:
+        handle.close()
+
+
+def _die_with_parent() -> None:
+    """Linux: the worker gets SIGKILL when its parent dies, so a killed round leaves no engine
+    holding the GPU."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except OSError:
+        pass
 
 
 def _worker_env() -> dict[str, str]:
@@ -78,8 +132,6 @@ def _worker_env() -> dict[str, str]:
 
 
 def _run_worker(request_path: str, results_path: str) -> None:
-    import time
-
     started = time.perf_counter()
     from vllm import LLM, SamplingParams
 
@@ -97,27 +149,50 @@ def _run_worker(request_path: str, results_path: str) -> None:
     llm = LLM(model=request["model"], seed=sampling.seed, **engine)
     engine_ready = time.perf_counter()
     prompts = request["prompts"]
+    skip = set(request["skip"])
+    chunk_size = max(1, request["chunk_size"] or len(prompts))
     greedy = sampling.temperature <= 0
-    # The engine's seed (LLM(seed=...)) makes a run reproducible. No per-request seed: on vLLM's CPU
-    # build a seeded request whose prefill is split into chunks fails ("CPU Generator does not use
-    # offset"), and a shared per-request seed would give sample i of every prompt the same stream.
+    # No per-request seed: on vLLM's CPU build a seeded request whose prefill is split into chunks fails
+    # ("CPU Generator does not use offset"), and a shared per-request seed would give sample i of every
+    # prompt the same stream. Instead every chunk reseeds the global generators from its number.
     params = SamplingParams(
         n=sampling.n,
         temperature=0.0 if greedy else sampling.temperature,
         top_p=1.0 if greedy else sampling.top_p,
         max_tokens=sampling.max_new_tokens,
     )
-    outputs = llm.generate(prompts, params, lora_request=lora_request, use_tqdm=sys.stderr.isatty())
-    with open(results_path, "w", encoding="utf-8") as handle:
-        for index, output in enumerate(outputs):
-            completions = [
-                asdict(Completion(c.text, "length" if c.finish_reason == "length" else "stop", len(c.token_ids)))
-                for c in sorted(output.outputs, key=lambda c: c.index)
-            ]
-            handle.write(json.dumps({"index": index, "completions": completions}) + "\n")
+    with open(results_path, "a", encoding="utf-8") as handle:
+        for chunk_number, start in enumerate(range(0, len(prompts), chunk_size)):
+            indices = range(start, min(start + chunk_size, len(prompts)))
+            if all(i in skip for i in indices):
+                continue
+            _reseed(sampling.seed * 1_000_003 + chunk_number)
+            # The whole chunk, skipped prompts too: the batch the engine sees is the one an
+            # uninterrupted run saw.
+            outputs = llm.generate([prompts[i] for i in indices], params, lora_request=lora_request, use_tqdm=sys.stderr.isatty())
+            for index, output in zip(indices, outputs):
+                if index in skip:
+                    continue
+                completions = [
+                    asdict(Completion(c.text, "length" if c.finish_reason == "length" else "stop", len(c.token_ids)))
+                    for c in sorted(output.outputs, key=lambda c: c.index)
+                ]
+                handle.write(json.dumps({"index": index, "completions": completions}) + "\n")
+            handle.flush()
     finished = time.perf_counter()
     timing = {"import_s": imported - started, "engine_start_s": engine_ready - imported, "generate_s": finished - engine_ready}
     Path(results_path).with_name("timing.json").write_text(json.dumps(timing))
+
+
+def _reseed(seed: int) -> None:
+    import random
+
+    import numpy
+    import torch
+
+    random.seed(seed)
+    numpy.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
 
 
 if __name__ == "__main__":
