@@ -148,7 +148,11 @@ class EvalConfig:
 @dataclass
 class InspectConfig:
     round: Optional[int] = None  # None: the last finished round
-    pairs: int = 3  # how many pairs to show
+    pairs: int = 3  # items per page (pairs, invalid samples or unsolved questions)
+    page: int = 1
+    question: Optional[str] = None  # only this question id: its samples and pairs
+    invalid: bool = False  # show invalid samples (and why) instead of pairs
+    unsolved: bool = False  # show questions with no correct sample instead of pairs
 
 
 @dataclass
@@ -169,6 +173,9 @@ class Config:
     inspect: InspectConfig = field(default_factory=InspectConfig)
     # Go on with a run even though the config differs from the one its last finished round ran with.
     force: bool = False
+    # Start a new run from a finished round of another: <run dir>/round_<k>. Needed on the first call
+    # only: the run records it in fork.json.
+    init_from: Optional[str] = None
 
 
 def register_configs() -> None:
@@ -217,7 +224,7 @@ def to_container(cfg: DictConfig) -> dict[str, Any]:
 
 
 # Keys that say what to do now, not how the run's rounds are made: they may change between calls.
-NON_RUN_KEYS = ("rounds", "inspect", "force")
+NON_RUN_KEYS = ("rounds", "inspect", "force", "init_from")
 
 
 def flatten(data: Any, prefix: str = "") -> dict[str, Any]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 from dataclasses import asdict
 from pathlib import Path
@@ -88,6 +89,8 @@ class Run:
         self.fmt: ReasoningFormat = get_format(cfg.task.prompt_format)
         self.splits: TaskSplits = load_task(cfg.task)
         self.problems: dict[str, Problem] = {p.id: p for p in self.splits.pool}
+        if cfg.init_from:
+            fork(self.dir, cfg.init_from)
 
     # -- one round -------------------------------------------------------------------------------
     def run_round(self, k: int) -> dict[str, Any]:
@@ -99,7 +102,9 @@ class Run:
             raise RuntimeError(f"round {k} needs round {k - 1} finished first ({round_dir(self.dir, k - 1)} has no DONE)")
         out = round_dir(self.dir, k)
         if not self._resumable(out):
-            if k > 0:
+            if k > 0 and round_dir(self.dir, k - 1).is_symlink():
+                self._note_fork_differences(k - 1)
+            elif k > 0:
                 self._check_config_unchanged(k - 1)
             out.mkdir(parents=True, exist_ok=True)
             # Each round keeps its own resolved config: Hydra's .hydra/ is overwritten on every call.
@@ -110,7 +115,7 @@ class Run:
         write_json_atomic(out / "metrics.json", summary)
         (out / DONE).write_text("")
         (out / TRAIN_STATE).unlink(missing_ok=True)  # the checkpoint supersedes it
-        self._write_rounds_index()
+        write_rounds_index(self.dir)
         self._log_round(summary)
         return summary
 
@@ -290,6 +295,12 @@ class Run:
             "go back to it, start a new run (run=NAME), or pass force=true to go on anyway"
         )
 
+    def _note_fork_differences(self, previous: int) -> None:
+        """The first round of a fork may change the recipe: that is what forks are for. Say how."""
+        saved = OmegaConf.to_container(OmegaConf.load(round_dir(self.dir, previous) / "config.yaml"))
+        differences = [d for d in config_differences(saved, to_container(self.cfg)) if not d.startswith(("run:", "output_root:"))]
+        log.info("forked run: config changes from %s:\n  %s", round_dir(self.dir, previous).resolve(), "\n  ".join(differences) or "none")
+
     def _base_model_path(self) -> Path | str:
         model_cfg = self.cfg.model
         if model_cfg.source == "pretrained":
@@ -330,17 +341,6 @@ class Run:
                 if isinstance(summary.get(key), (int, float)):
                     writer.add_scalar(f"round/{key}", summary[key], summary["round"])
 
-    def _write_rounds_index(self) -> None:
-        """rounds.jsonl is derived from the finished rounds' metrics, rebuilt whole each time, so a
-        crash can neither duplicate nor drop a line."""
-        rows = []
-        k = 0
-        while is_done(self.dir, k):
-            metrics = json.loads((round_dir(self.dir, k) / "metrics.json").read_text())
-            rows.append({key: metrics.get(key) for key in ROUND_SUMMARY_KEYS})
-            k += 1
-        write_jsonl_atomic(self.dir / "rounds.jsonl", rows)
-
 
 class _Lazy:
     """A generation backend made on first use: a resumed round that only has training left never
@@ -379,6 +379,56 @@ def keep_complete_questions(partial: Path, n: int) -> set[str]:
         for lines in complete.values():
             handle.writelines(lines)
     return set(complete)
+
+
+def write_rounds_index(run: Path) -> None:
+    """rounds.jsonl is derived from the finished rounds' metrics, rebuilt whole each time, so a
+    crash can neither duplicate nor drop a line."""
+    rows = []
+    k = 0
+    while is_done(run, k):
+        metrics = json.loads((round_dir(run, k) / "metrics.json").read_text())
+        rows.append({key: metrics.get(key) for key in ROUND_SUMMARY_KEYS})
+        k += 1
+    write_jsonl_atomic(run / "rounds.jsonl", rows)
+
+
+FORK = "fork.json"
+
+
+def parse_round_path(path: str | Path) -> tuple[Path, int]:
+    """`<run>/round_k` (or its checkpoint directory) -> (run directory, k)."""
+    path = Path(path)
+    if path.name == "checkpoint":
+        path = path.parent
+    match = re.fullmatch(r"round_(\d+)", path.name)
+    if not match:
+        raise ConfigError(f"init_from={str(path)!r} must name a round directory, <run>/round_<k>")
+    return path.parent, int(match.group(1))
+
+
+def fork(run: Path, init_from: str | Path) -> None:
+    """Start `run` from a finished round of another run: its rounds 0..k become links to the source's
+    (finished rounds are never rewritten, so sharing them is safe and costs no disk), and the next
+    round trains from round k's checkpoint. fork.json records where the run came from."""
+    source, k = parse_round_path(init_from)
+    if not is_done(source, k):
+        raise ConfigError(f"init_from={init_from}: {round_dir(source, k)} is not a finished round (no DONE)")
+    origin = {"from": str(round_dir(source, k).resolve()), "round": k}
+    record = run / FORK
+    if record.exists():
+        if json.loads(record.read_text()) != origin:
+            raise ConfigError(f"init_from={init_from}: {run} was forked from {json.loads(record.read_text())['from']}; start a new run (run=NAME)")
+        return
+    if round_dir(run, 0).exists():
+        raise ConfigError(f"init_from={init_from}: {run} already has rounds of its own; fork into a new run (run=NAME)")
+    run.mkdir(parents=True, exist_ok=True)
+    for j in range(k + 1):
+        # Resolved, so a fork of a fork links to the rounds themselves, not to links.
+        round_dir(run, j).symlink_to(round_dir(source, j).resolve(), target_is_directory=True)
+    write_json_atomic(record, origin)
+    write_rounds_index(run)
+    log.info("forked %s from %s: rounds 0..%d are shared, round %d starts from its checkpoint", run, origin["from"], k, k + 1)
 
 
 def _train_summary(result: Any) -> dict[str, Any]:
