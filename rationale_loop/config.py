@@ -223,8 +223,9 @@ def to_container(cfg: DictConfig) -> dict[str, Any]:
     return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
 
 
-# Keys that say what to do now, not how the run's rounds are made: they may change between calls.
-NON_RUN_KEYS = ("rounds", "inspect", "force", "init_from")
+# Keys that say what to do now or where files go, not how the run's rounds are made: they may change
+# between calls (a run directory may be moved or renamed).
+NON_RUN_KEYS = ("rounds", "inspect", "force", "init_from", "run", "output_root")
 
 
 def flatten(data: Any, prefix: str = "") -> dict[str, Any]:

@@ -298,7 +298,7 @@ class Run:
     def _note_fork_differences(self, previous: int) -> None:
         """The first round of a fork may change the recipe: that is what forks are for. Say how."""
         saved = OmegaConf.to_container(OmegaConf.load(round_dir(self.dir, previous) / "config.yaml"))
-        differences = [d for d in config_differences(saved, to_container(self.cfg)) if not d.startswith(("run:", "output_root:"))]
+        differences = config_differences(saved, to_container(self.cfg))
         log.info("forked run: config changes from %s:\n  %s", round_dir(self.dir, previous).resolve(), "\n  ".join(differences) or "none")
 
     def _base_model_path(self) -> Path | str:

@@ -61,3 +61,33 @@ def test_vllm_greedy_matches_hf_greedy(vllm_run):
     vllm = dict(make_backend(cfg.generate, checkpoint, "float32", 8).generate(prompts, greedy))
     same = sum(hf[i][0].text == vllm[i][0].text for i in range(len(prompts)))
     assert same >= len(prompts) - 1, [(hf[i][0].text, vllm[i][0].text) for i in range(len(prompts))]
+
+
+def test_vllm_generation_killed_mid_pool_resumes_without_losing_or_duplicating_a_line(vllm_run, tmp_path):
+    """SIGKILL after 11 questions of the pool are saved (vLLM calls of 8 prompts): the engine's worker
+    dies with its parent, the resumed call keeps the 8 + 3 saved questions and samples the rest."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from rationale_loop.faults import KILL_AT
+
+    run, _, cfg = vllm_run
+    fork = tmp_path / "runs" / "killed"
+    command = [sys.executable, "-m", "rationale_loop", "round", *SMALL, "generate=vllm", "generate.batch_size=8",
+               f"init_from={run}/round_00", f"output_root={fork.parent}", f"model.cache_dir={cfg.model.cache_dir}", "run=killed"]
+    killed = subprocess.run(command, capture_output=True, text=True, env={**os.environ, KILL_AT: "generate:11"}, check=False)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    partial = fork / "round_01" / "generations.jsonl.partial"
+    saved = partial.read_text().splitlines()
+    assert len(saved) >= 11 * cfg.generate.n
+    finished = subprocess.run(command, capture_output=True, text=True, check=False)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert "questions were already sampled" in finished.stdout + finished.stderr
+    rows = list(read_jsonl(fork / "round_01" / "generations.jsonl"))
+    keys = [(r["question_id"], r["sample_index"]) for r in rows]
+    assert len(keys) == len(set(keys)) == cfg.task.pool_size * cfg.generate.n
+    lines = set((fork / "round_01" / "generations.jsonl").read_text().splitlines())
+    complete = len(saved) - len(saved) % cfg.generate.n
+    assert set(saved[:complete]) <= lines, "the samples saved before the kill are kept as they were"
