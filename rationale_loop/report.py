@@ -16,7 +16,7 @@ from rationale_loop.loop import FORK, is_done, read_rounds, round_dir
 from rationale_loop.records import Generation, JsonlRecords, Pair, group_by
 
 
-def _fmt(value: Any) -> str:
+def format_value(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
@@ -30,7 +30,7 @@ def rounds_table(run: Path) -> Table:
         table.add_column(column, justify="right", no_wrap=True)
     for row in read_rounds(run):
         label = "0 (SFT)" if row["round"] == 0 else str(row["round"])
-        table.add_row(label, *(_fmt(row.get(c)) for c in ("eval_accuracy", "samples", "valid", "correct", "pass_at_n", "pairs", "train_loss")))
+        table.add_row(label, *(format_value(row.get(c)) for c in ("eval_accuracy", "samples", "valid", "correct", "pass_at_n", "pairs", "train_loss")))
     return table
 
 
@@ -65,7 +65,7 @@ def inspect_round(run: Path, k: int | None, view: InspectFilter = InspectFilter(
     metrics_path = out / "metrics.json"
     if metrics_path.exists():
         metrics = json.loads(metrics_path.read_text())
-        console.print(f"held-out accuracy {_fmt(metrics.get('eval_accuracy'))}, train loss {_fmt(metrics.get('train_loss'))}")
+        console.print(f"held-out accuracy {format_value(metrics.get('eval_accuracy'))}, train loss {format_value(metrics.get('train_loss'))}")
     if not (out / "generations.jsonl").exists():
         console.print("no generations.jsonl: round 0 is SFT and samples nothing (or the round has not sampled yet)")
         return
@@ -103,7 +103,7 @@ def _stats_table(out: Path, generations: Iterable[Generation], pairs: Iterable[P
     table.add_column("stat")
     table.add_column("value", justify="right")
     for key, value in stats.items():
-        table.add_row(key, _fmt(value) if not isinstance(value, dict) else json.dumps(value))
+        table.add_row(key, format_value(value) if not isinstance(value, dict) else json.dumps(value))
     chosen, rejected = pair_lengths(generations, pairs)
     for side, lengths in (("chosen", chosen), ("rejected", rejected)):
         if lengths:
@@ -142,7 +142,7 @@ def _show_question_samples(generations: Iterable[Generation], question: str, con
     for column in ("sample", "answer", "valid", "correct", "tokens", "completion"):
         table.add_column(column, overflow="fold")
     for g in samples:
-        table.add_row(str(g.sample_index), _fmt(g.answer), _fmt(g.valid), _fmt(g.correct), str(g.num_tokens),
+        table.add_row(str(g.sample_index), format_value(g.answer), format_value(g.valid), format_value(g.correct), str(g.num_tokens),
                       g.completion if g.valid else f"{g.completion}\n[red]invalid: {g.invalid_reason}[/red]")
     console.print(table)
 
@@ -205,7 +205,7 @@ def compare_runs(runs: list[Path], console: Console | None = None) -> None:
         for run, by_round in rows.items():
             cells = []
             for k in range(last + 1):
-                text = _fmt(by_round[k].get(key)) if k in by_round else ""
+                text = format_value(by_round[k].get(key)) if k in by_round else ""
                 cells.append(f"[dim]{text}[/dim]" if round_dir(run, k).is_symlink() else text)
             table.add_row(str(run)[len(common):] or str(run), *cells)
         console.print(table)

@@ -25,3 +25,20 @@ def shared_data() -> Path:
     if path is None:
         pytest.skip("public data not found: set RATIONALE_LOOP_SHARED_DATA or put shared/ beside the checkout")
     return path
+
+
+@pytest.fixture(scope="session")
+def two_round_run(tmp_path_factory) -> Path:
+    """SFT and two rounds on the end-to-end test's small config: a finished run for the tests that read
+    runs (the report), built once per session because it trains."""
+    from rationale_loop.loop import run_loop
+    from test_config import compose_config
+    from test_end_to_end import SMALL
+
+    root = tmp_path_factory.mktemp("two_rounds")
+    # Later overrides of a key win over SMALL's. Half SFT's epochs halves the fixture's time and still
+    # leaves a model right often enough, and wrong often enough, for both rounds to mine pairs.
+    cfg = compose_config(*SMALL, "rounds=2", "sft.epochs=2",
+                         f"output_root={root}/runs", f"model.cache_dir={root}/models", "run=two")
+    run_loop(cfg)
+    return root / "runs" / "two"

@@ -1,0 +1,88 @@
+"""Forks and sweeps: init_from starts a run from another run's round; a Hydra multirun forks every job
+from the same round into its own run directory; compare prints them side by side."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from rationale_loop.config import ConfigError
+from rationale_loop.loop import fork, parse_round_path
+
+from test_end_to_end import SMALL
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "rationale_loop", *args], capture_output=True, text=True, check=False)
+
+
+@pytest.fixture(scope="module")
+def sweep(two_round_run: Path) -> dict:
+    """What `make sweep RUN=two ROUND=1 ARGS="rank.lr=1e-4,3e-4"` runs, on the small config."""
+    base = two_round_run
+    stamp = (base / "round_02" / "DONE").stat().st_mtime_ns
+    runs = base.parent
+    done = _cli("loop", "--multirun", *SMALL, "rounds=2", f"output_root={runs}", f"model.cache_dir={runs.parent}/models",
+                f"init_from={base}/round_1", "run=two-r1/${hydra:job.override_dirname}", "rank.lr=1e-4,3e-4",
+                f"hydra.sweep.dir={runs.parent}/sweeps")
+    assert done.returncode == 0, done.stderr[-3000:]
+    # Each job's directory is named by its overrides (Hydra's override_dirname), the small config's too.
+    jobs = [next((runs / "two-r1").glob(f"*rank.lr:{lr}+*")) for lr in ("0.0001", "0.0003")]
+    return {"base": base, "jobs": jobs, "base_stamp": stamp}
+
+
+def test_every_sweep_job_forks_from_the_same_round_into_its_own_run(sweep):
+    base, jobs = sweep["base"], sweep["jobs"]
+    for job in jobs:
+        assert json.loads((job / "fork.json").read_text()) == {"from": str((base / "round_01").resolve()), "round": 1}
+        for k in (0, 1):
+            assert (job / f"round_{k:02d}").is_symlink() and (job / f"round_{k:02d}").resolve() == (base / f"round_{k:02d}").resolve()
+        own = job / "round_02"
+        assert not own.is_symlink() and (own / "DONE").exists()
+        rows = [json.loads(line) for line in (job / "rounds.jsonl").read_text().splitlines()]
+        assert [r["round"] for r in rows] == [0, 1, 2]
+    # Same starting checkpoint and seed: the same samples; different learning rates: different weights.
+    first, second = (job / "round_02" for job in jobs)
+    assert (first / "generations.jsonl").read_bytes() == (second / "generations.jsonl").read_bytes()
+    assert (first / "checkpoint/model.safetensors").read_bytes() != (second / "checkpoint/model.safetensors").read_bytes()
+    assert OmegaConf.load(first / "config.yaml").rank.lr == 1e-4 and OmegaConf.load(second / "config.yaml").rank.lr == 3e-4
+    assert (base / "round_02" / "DONE").stat().st_mtime_ns == sweep["base_stamp"], "the base run must not be touched"
+
+
+def test_a_fork_goes_on_without_init_from_and_keeps_its_own_config_check(sweep):
+    job = sweep["jobs"][0]
+    common = [*SMALL, "rounds=2", f"output_root={job.parent.parent}", f"model.cache_dir={job.parent.parent.parent}/models", f"run=two-r1/{job.name}"]
+    again = _cli("round", *common, "rank.lr=1e-4")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "are done; raise rounds=" in again.stdout
+    changed = _cli("round", *common, "rounds=3", "rank.lr=3e-4")
+    assert changed.returncode != 0 and "rank.lr" in changed.stderr, "its own rounds are one recipe, like any run's"
+
+
+def test_compare_prints_the_base_and_its_forks_side_by_side(sweep):
+    base = sweep["base"]
+    shown = _cli("compare", "--forks-of", str(base), "--root", str(base.parent))
+    assert shown.returncode == 0, shown.stderr
+    out = shown.stdout
+    for title in ("held-out accuracy", "pairs mined", "mean training loss"):
+        assert title in out
+    assert "rank.lr:0.0001" in out and "rank.lr:0.0003" in out
+    accuracy = json.loads((sweep["jobs"][1] / "round_02" / "metrics.json").read_text())["eval_accuracy"]
+    assert f"{accuracy:.3f}" in out
+    missing = _cli("compare", str(base.parent / "nope"))
+    assert missing.returncode != 0 and "no such run directory" in missing.stderr
+
+
+def test_init_from_is_refused_for_an_unfinished_round_or_a_run_with_rounds_of_its_own(two_round_run, tmp_path):
+    with pytest.raises(ConfigError, match="not a finished round"):
+        fork(tmp_path / "new", two_round_run / "round_05")
+    with pytest.raises(ConfigError, match="must name a round directory"):
+        parse_round_path(two_round_run)
+    with pytest.raises(ConfigError, match="rounds of its own"):
+        fork(two_round_run, two_round_run / "round_01")
+    assert parse_round_path(two_round_run / "round_1" / "checkpoint") == (two_round_run, 1)
