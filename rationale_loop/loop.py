@@ -75,7 +75,7 @@ def describe_next(run: Path) -> str:
     partial = round_dir(run, k).exists()
     why = f"round {k - 1} is the last with DONE"
     if partial:
-        why += f"; round {k} was started but not finished, so it starts again"
+        why += f"; round {k} was interrupted and goes on from its last finished phase"
     return f"round {k}: {why}, starting from {round_dir(run, k - 1) / 'checkpoint'}"
 
 
