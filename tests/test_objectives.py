@@ -10,7 +10,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from rationale_loop.config import ObjectiveConfig, TrainConfig
 from rationale_loop.data.formats import TINYCOT
 from rationale_loop.encode import Encoder
-from rationale_loop.losses import sequence_logprobs, token_logprobs
+from rationale_loop.losses import sequence_logprobs
 from rationale_loop.model import neftune, train_tokenizer
 from rationale_loop.objectives import OBJECTIVES, RoundData, build_objective
 from rationale_loop.records import Generation, Pair, Problem
