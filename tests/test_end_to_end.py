@@ -157,3 +157,18 @@ def test_each_objective_runs_a_round(small_run, tmp_path, overrides):
     if "objective.rationalize=true" in overrides:
         assert (fork / "round_01" / "rationalizations.jsonl").exists()
         assert "rationalized" in json.loads((fork / "round_01" / "stats.json").read_text())
+
+
+def test_training_logs_every_step_to_tensorboard(small_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run, _, _ = small_run
+    for k in (0, 1):
+        events = EventAccumulator(str(run / "tensorboard" / f"round_{k:02d}"))
+        events.Reload()
+        steps = json.loads((run / f"round_{k:02d}" / "metrics.json").read_text())["train_steps"]
+        assert [e.step for e in events.Scalars("train/loss")] == list(range(1, steps + 1))
+        assert {"train/lr", "train/loss"} <= set(events.Tags()["scalars"])
+    rounds = EventAccumulator(str(run / "tensorboard" / "rounds"))
+    rounds.Reload()
+    assert [e.step for e in rounds.Scalars("round/eval_accuracy")] == [0, 1]
