@@ -16,9 +16,10 @@ import json
 import logging
 import re
 import shutil
+from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -364,21 +365,27 @@ class _Lazy:
 def keep_complete_questions(partial: Path, n: int) -> set[str]:
     """The questions of an interrupted generation file that have all n samples. The file is
     rewritten (atomically) with only those: rows of a question cut off mid-write, or a line cut off
-    mid-write, are dropped and sampled again, so no line is ever duplicated."""
+    mid-write, are dropped and sampled again, so no line is ever duplicated. Two passes over the file,
+    so memory holds counts, not rows."""
     if not partial.exists():
         return set()
-    rows: dict[str, list[str]] = {}
-    with partial.open(encoding="utf-8") as handle:
+    counts: Counter[str] = Counter()
+    for line in _whole_lines(partial):
+        counts[json.loads(line)["question_id"]] += 1
+    complete = {q for q, count in counts.items() if count == n}
+    with atomic_writer(partial) as handle:
+        handle.writelines(line for line in _whole_lines(partial) if json.loads(line)["question_id"] in complete)
+    return complete
+
+
+def _whole_lines(path: Path) -> Iterator[str]:
+    """The lines of a file up to the first one without its newline: the write in flight when the
+    process died."""
+    with path.open(encoding="utf-8") as handle:
         for line in handle:
             if not line.endswith("\n"):
-                break  # the write in flight when the process died
-            row = json.loads(line)
-            rows.setdefault(row["question_id"], []).append(line)
-    complete = {q: lines for q, lines in rows.items() if len(lines) == n}
-    with atomic_writer(partial) as handle:
-        for lines in complete.values():
-            handle.writelines(lines)
-    return set(complete)
+                return
+            yield line
 
 
 def write_rounds_index(run: Path) -> None:
