@@ -223,9 +223,9 @@ def to_container(cfg: DictConfig) -> dict[str, Any]:
     return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
 
 
-# Keys that say what to do now or where files go, not how the run's rounds are made: they may change
-# between calls (a run directory may be moved or renamed).
-NON_RUN_KEYS = ("rounds", "inspect", "force", "init_from", "run", "output_root")
+# Keys (and key prefixes) that say what to do now or where files go, not how the run's rounds are made:
+# they may change between calls (a run directory may be moved or renamed).
+NON_RUN_KEYS = ("rounds", "inspect", "force", "init_from", "run", "output_root", "model.cache_dir")
 
 
 def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
@@ -244,5 +244,5 @@ def config_differences(previous: dict[str, Any], current: dict[str, Any]) -> lis
     return [
         f"{key}: {old.get(key, '<absent>')!r} -> {new.get(key, '<absent>')!r}"
         for key in keys
-        if key.split(".")[0] not in NON_RUN_KEYS and old.get(key, "<absent>") != new.get(key, "<absent>")
+        if not any(key == k or key.startswith(k + ".") for k in NON_RUN_KEYS) and old.get(key, "<absent>") != new.get(key, "<absent>")
     ]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import shutil
 from collections import Counter
@@ -115,7 +116,6 @@ class Run:
         summary["round"] = k
         write_json_atomic(out / "metrics.json", summary)
         (out / DONE).write_text("")
-        (out / TRAIN_STATE).unlink(missing_ok=True)  # the checkpoint supersedes it
         write_rounds_index(self.dir)
         self._log_round(summary)
         return summary
@@ -132,6 +132,7 @@ class Run:
         differences = config_differences(OmegaConf.to_container(OmegaConf.load(saved)), to_container(self.cfg))
         if not differences:
             log.info("%s was interrupted; going on from where it stopped", out)
+            _remove_leftovers(out)
             return True
         listing = "\n  ".join(differences)
         if not self.cfg.force:
@@ -141,6 +142,7 @@ class Run:
             )
         log.warning("force=true: clearing the interrupted %s, which started with another config:\n  %s", out, listing)
         shutil.rmtree(out)
+        shutil.rmtree(self.dir / "tensorboard" / out.name, ignore_errors=True)
         return False
 
     def _sft(self, out: Path) -> dict[str, Any]:
@@ -189,6 +191,10 @@ class Run:
         index_of = {p.id: i for i, p in enumerate(self.splits.pool)}
         if done:
             log.info("resuming generation: %d of %d questions were already sampled", len(done), len(self.splits.pool))
+        unknown = sorted(done - index_of.keys())
+        if unknown:
+            raise RuntimeError(f"{partial} holds samples of questions that are not in the pool now ({unknown[:3]}...): "
+                               "the task's data changed since the round started; restore it, or delete the file to sample again")
         skip = {index_of[q] for q in done}
         for group in sample_and_judge(backend, self.splits.pool, self.fmt, sampling, self.cfg.verify.kind, skip=skip):
             append_jsonl(partial, group)
@@ -258,6 +264,7 @@ class Run:
                      desc, self.cfg.average.method, averaged, average_with, self.cfg.average.factor)
         write_json_atomic(out / TRAIN_SUMMARY, _train_summary(result))
         save_checkpoint(model, tokenizer, out / "checkpoint")
+        (out / TRAIN_STATE).unlink(missing_ok=True)  # the checkpoint supersedes it (and it can be large)
         crash_point("trained")
 
     def _rationalize(self, backend: Any, solved: set[str], sampling: Any) -> list[Generation]:
@@ -343,6 +350,18 @@ class Run:
                     writer.add_scalar(f"round/{key}", summary[key], summary["round"])
 
 
+def _remove_leftovers(out: Path) -> None:
+    """What a kill in the middle of an atomic write leaves: temporary files and checkpoint staging
+    directories (model-sized), and a partial generation file whose sorted copy was already written."""
+    for leftover in out.glob(".*"):
+        if leftover.is_dir():
+            shutil.rmtree(leftover)
+        elif leftover.name.endswith(".tmp"):
+            leftover.unlink()
+    if (out / "generations.jsonl").exists():
+        (out / "generations.jsonl.partial").unlink(missing_ok=True)
+
+
 class _Lazy:
     """A generation backend made on first use: a resumed round that only has training left never
     loads one."""
@@ -417,7 +436,8 @@ def parse_round_path(path: str | Path) -> tuple[Path, int]:
 def fork(run: Path, init_from: str | Path) -> None:
     """Start `run` from a finished round of another run: its rounds 0..k become links to the source's
     (finished rounds are never rewritten, so sharing them is safe and costs no disk), and the next
-    round trains from round k's checkpoint. fork.json records where the run came from."""
+    round trains from round k's checkpoint. fork.json, written first, records where the run came from;
+    a fork interrupted while linking is completed by the next call."""
     source, k = parse_round_path(init_from)
     if not is_done(source, k):
         raise ConfigError(f"init_from={init_from}: {round_dir(source, k)} is not a finished round (no DONE)")
@@ -426,14 +446,17 @@ def fork(run: Path, init_from: str | Path) -> None:
     if record.exists():
         if json.loads(record.read_text()) != origin:
             raise ConfigError(f"init_from={init_from}: {run} was forked from {json.loads(record.read_text())['from']}; start a new run (run=NAME)")
-        return
-    if round_dir(run, 0).exists():
+    elif round_dir(run, 0).exists():
         raise ConfigError(f"init_from={init_from}: {run} already has rounds of its own; fork into a new run (run=NAME)")
-    run.mkdir(parents=True, exist_ok=True)
+    else:
+        write_json_atomic(record, origin)
     for j in range(k + 1):
-        # Resolved, so a fork of a fork links to the rounds themselves, not to links.
-        round_dir(run, j).symlink_to(round_dir(source, j).resolve(), target_is_directory=True)
-    write_json_atomic(record, origin)
+        link, target = round_dir(run, j), round_dir(source, j).resolve()
+        if link.is_symlink() and link.resolve() == target:
+            continue
+        # Relative, so that moving the whole outputs tree keeps forks working; resolved first, so that
+        # a fork of a fork links to the rounds themselves, not to links.
+        link.symlink_to(os.path.relpath(target, run.resolve()), target_is_directory=True)
     write_rounds_index(run)
     log.info("forked %s from %s: rounds 0..%d are shared, round %d starts from its checkpoint", run, origin["from"], k, k + 1)
 
@@ -453,6 +476,8 @@ def _train_summary(result: Any) -> dict[str, Any]:
 
 def run_next_round(cfg: DictConfig) -> dict[str, Any]:
     run = Run(cfg)
+    if run.dir.exists():
+        write_rounds_index(run.dir)  # derived, so cheap to rebuild: a crash right after DONE leaves it stale
     k = next_round(run.dir)
     print(f"[rationale_loop] run {run.dir}: next is {describe_next(run.dir)}", flush=True)
     if k > cfg.rounds:
@@ -463,6 +488,8 @@ def run_next_round(cfg: DictConfig) -> dict[str, Any]:
 
 def run_loop(cfg: DictConfig) -> list[dict[str, Any]]:
     run = Run(cfg)
+    if run.dir.exists():
+        write_rounds_index(run.dir)  # derived, so cheap to rebuild: a crash right after DONE leaves it stale
     print(f"[rationale_loop] run {run.dir}: {cfg.rounds} round(s) after SFT; next is {describe_next(run.dir)}", flush=True)
     while (k := next_round(run.dir)) <= cfg.rounds:
         run.run_round(k)

@@ -144,6 +144,17 @@ class Adalite(torch.optim.Optimizer):
         )
         super().__init__(params, defaults)
 
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """torch casts every floating state tensor to its parameter's dtype on load; the second moment
+        `c` of a bf16/fp16 parameter is kept in fp32 on purpose, so it is put back as saved (a resumed
+        run would otherwise differ from an uninterrupted one)."""
+        saved = {int(index): entry["c"] for index, entry in state_dict["state"].items() if "c" in entry}
+        super().load_state_dict(state_dict)
+        params = [p for group in self.param_groups for p in group["params"]]
+        for index, c in saved.items():
+            p = params[index]
+            self.state[p]["c"] = c.to(device=p.device, dtype=torch.float32 if p.dtype in _LOW_PRECISION else p.dtype)
+
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         loss = None

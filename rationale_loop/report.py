@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import statistics
 from collections import Counter
 from dataclasses import dataclass
@@ -192,6 +193,7 @@ def compare_runs(runs: list[Path], console: Console | None = None) -> None:
     """One table per metric: a row per run, a column per round. Rounds a fork shares with its base
     (links to the base's rounds) are shown dim."""
     console = console or Console()
+    runs = [Path(os.path.relpath(run.resolve())) for run in runs]  # one form, whether given absolute or relative
     rows = {run: {row["round"]: row for row in read_rounds(run)} for run in runs}
     last = max((k for by_round in rows.values() for k in by_round), default=-1)
     if last < 0:
@@ -213,10 +215,9 @@ def compare_runs(runs: list[Path], console: Console | None = None) -> None:
 
 
 def _common_prefix(paths: list[str]) -> str:
-    """The directory all paths share, with its trailing slash, so the table shows only what differs."""
-    import os
-
+    """The directory all paths share, with its trailing slash, so the table shows only what differs;
+    "" when they share none but the root."""
     if len(paths) < 2:
         return ""
     prefix = os.path.commonpath(paths)
-    return prefix.rstrip("/") + "/"
+    return "" if prefix in ("", "/") else prefix.rstrip("/") + "/"

@@ -19,6 +19,7 @@ from typing import Any, Sequence
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list, gather_object
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -102,9 +103,10 @@ def train(
     batches = _schedule_order(len(kept), cfg.epochs, cfg.batch_size, seed)
     scheduler = cosine_with_warmup(optimizer, len(batches), cfg.warmup_ratio, cfg.min_lr_ratio)
     history: list[dict[str, float]] = []
-    resumed = _load_state(state_path, model, optimizer, scheduler, len(batches), desc)
+    earlier_seconds = 0.0  # spent by the interrupted calls this one resumes
+    resumed = _load_state(state_path, accelerator, model, optimizer, scheduler, len(batches), desc)
     if resumed is not None:
-        history = resumed["history"]
+        history, earlier_seconds = resumed["history"], resumed["seconds"]
     model, optimizer = accelerator.prepare(model, optimizer)
     first_step = len(history) + 1
     writer = _tensorboard(log_dir, first_step, accelerator)
@@ -139,14 +141,15 @@ def train(
                 log.info("%s step %d/%d loss %.4f %s", desc, step, len(batches), step_loss,
                          " ".join(f"{n} {v:.4f}" for n, v in step_terms.items()))
             if state_path is not None and cfg.save_every > 0 and step % cfg.save_every == 0 and step < len(batches):
-                _save_state(state_path, accelerator, model, optimizer, scheduler, history, len(batches))
+                elapsed = earlier_seconds + time.perf_counter() - start
+                _save_state(state_path, accelerator, model, optimizer, scheduler, history, len(batches), elapsed)
             crash_point("train_step")
     progress.close()
     if writer is not None:
         writer.close()
     model = accelerator.unwrap_model(model)
     model.eval()
-    seconds = time.perf_counter() - start
+    seconds = earlier_seconds + time.perf_counter() - start
     return TrainResult(
         items=len(kept),
         dropped_too_long=dropped,
@@ -158,10 +161,20 @@ def train(
 
 
 def _save_state(
-    path: Path, accelerator: Accelerator, model: Any, optimizer: Any, scheduler: Any, history: list[dict[str, float]], total_steps: int
+    path: Path,
+    accelerator: Accelerator,
+    model: Any,
+    optimizer: Any,
+    scheduler: Any,
+    history: list[dict[str, float]],
+    total_steps: int,
+    seconds: float,
 ) -> None:
-    """Everything the rest of the run depends on, in one file written atomically: a crash while it is
-    written leaves the previous state in place."""
+    """Everything the rest of the run depends on, in one file written atomically by the main process:
+    a crash while it is written leaves the previous state in place. The random states are every
+    process's own (NEFTune draws noise on each), gathered in process order."""
+    rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None}
+    every_rng = gather_object([rng]) if accelerator.num_processes > 1 else [rng]
     if accelerator.is_main_process:
         state = {
             "model": accelerator.unwrap_model(model).state_dict(),
@@ -169,17 +182,28 @@ def _save_state(
             "scheduler": scheduler.state_dict(),
             "history": history,
             "total_steps": total_steps,
-            "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "seconds": seconds,
+            "rng": every_rng,
         }
         with atomic_writer(path, binary=True) as handle:
             torch.save(state, handle)
     accelerator.wait_for_everyone()
 
 
-def _load_state(path: Path | None, model: Any, optimizer: Any, scheduler: Any, total_steps: int, desc: str) -> dict[str, Any] | None:
-    if path is None or not path.exists():
+def _load_state(
+    path: Path | None, accelerator: Accelerator, model: Any, optimizer: Any, scheduler: Any, total_steps: int, desc: str
+) -> dict[str, Any] | None:
+    if path is None:
         return None
+    # The main process decides, so that every process resumes from the same step or none does.
+    found = [path.exists()]
+    if accelerator.num_processes > 1:
+        broadcast_object_list(found)
+    if not found[0]:
+        return None
+    if not path.exists():
+        raise RuntimeError(f"{path} is on the main process's disk but not on process {accelerator.process_index}'s: "
+                           "the run directory must be on a file system every process shares")
     # Our own file, written by _save_state: it holds plain tensors, dicts and lists only.
     state = torch.load(path, map_location="cpu", weights_only=False)
     done = len(state["history"])
@@ -188,12 +212,15 @@ def _load_state(path: Path | None, model: Any, optimizer: Any, scheduler: Any, t
             f"{path} is the state of a {state['total_steps']}-step schedule, but this phase has {total_steps} steps: "
             "it belongs to other training data; delete it to start this phase over"
         )
+    if len(state["rng"]) != accelerator.num_processes:
+        raise RuntimeError(f"{path} was saved by {len(state['rng'])} process(es); resume it with as many, not {accelerator.num_processes}")
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
-    torch.set_rng_state(state["torch_rng"])
-    if state["cuda_rng"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    rng = state["rng"][accelerator.process_index]
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(rng["cuda"])
     log.info("%s: resuming from step %d of %d (%s)", desc, done, total_steps, path)
     return state
 
@@ -203,8 +230,8 @@ def _tensorboard(log_dir: Path | None, first_step: int, accelerator: Accelerator
         return None
     from torch.utils.tensorboard import SummaryWriter
 
-    # purge_step: a resumed phase drops the events an interrupted one logged after its saved state.
-    return SummaryWriter(log_dir=str(log_dir), purge_step=first_step if first_step > 1 else None)
+    # purge_step: a resumed or restarted phase drops the events an interrupted one logged from this step on.
+    return SummaryWriter(log_dir=str(log_dir), purge_step=first_step)
 
 
 def accumulate_gradients(

@@ -86,3 +86,22 @@ def test_init_from_is_refused_for_an_unfinished_round_or_a_run_with_rounds_of_it
     with pytest.raises(ConfigError, match="rounds of its own"):
         fork(two_round_run, two_round_run / "round_01")
     assert parse_round_path(two_round_run / "round_1" / "checkpoint") == (two_round_run, 1)
+
+
+def test_a_fork_interrupted_while_linking_is_completed_and_its_links_are_relative(two_round_run, tmp_path):
+    import os
+
+    run = tmp_path / "outputs" / "fork"
+    fork(run, two_round_run / "round_01")
+    (run / "round_01").unlink()
+    (run / "rounds.jsonl").unlink()
+    fork(run, two_round_run / "round_01")  # the same init_from again: completes the fork
+    assert (run / "round_01" / "DONE").exists() and (run / "rounds.jsonl").exists()
+    assert not os.path.isabs(os.readlink(run / "round_00"))
+
+
+def test_compare_names_runs_with_no_common_directory_in_full():
+    from rationale_loop.report import _common_prefix
+
+    assert _common_prefix(["baseline", "fork_lr"]) == ""
+    assert _common_prefix(["outputs/runs/a", "outputs/runs/b/c"]) == "outputs/runs/"

@@ -376,3 +376,29 @@ def test_cosine_with_warmup_values():
     f = cosine_with_warmup(opt, total_steps=10, warmup_ratio=0.0).lr_lambdas[0]
     assert f(0) == 1.0
     assert f(5) == pytest.approx(0.5)
+
+
+def test_adalite_resumed_from_its_state_dict_matches_an_uninterrupted_run_on_bf16_weights():
+    """Its fp32 second moment of a bf16 weight must survive save/load (torch would cast it to bf16)."""
+    import copy
+
+    def run(steps, optimizer_state=None, weights=None):
+        torch.manual_seed(0)
+        p = torch.nn.Parameter(torch.randn(8, 6).to(torch.bfloat16))
+        if weights is not None:
+            p.data.copy_(weights)
+        opt = Adalite([p], lr=1e-2)
+        if optimizer_state is not None:
+            opt.load_state_dict(optimizer_state)
+        for step in steps:
+            p.grad = torch.randn(8, 6, generator=torch.Generator().manual_seed(step)).to(torch.bfloat16)
+            opt.step()
+        return p.detach().clone(), copy.deepcopy(opt.state_dict()), opt
+
+    straight, _, _ = run(range(5))
+    weights, state, _ = run(range(3))
+    resumed, _, _ = run(range(3, 5), state, weights)
+    assert torch.equal(straight, resumed)
+    _, _, loaded = run([], state, weights)
+    (c,) = [entry["c"] for entry in loaded.state.values()]
+    assert c.dtype == torch.float32 and torch.equal(c, state["state"][0]["c"])

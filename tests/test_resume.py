@@ -34,7 +34,8 @@ KILLS = [
     ("generated", lambda run: (run / "round_01/generations.jsonl").exists() and not (run / "round_01/pairs.jsonl").exists()),
     ("mined", lambda run: (run / "round_01/stats.json").exists() and not (run / "round_01/train_state.pt").exists()),
     ("train_step:3", lambda run: (run / "round_01/train_state.pt").exists() and not (run / "round_01/checkpoint").exists()),
-    ("trained", lambda run: (run / "round_01/checkpoint").exists() and not (run / "round_01/eval.jsonl").exists()),
+    ("trained", lambda run: (run / "round_01/checkpoint").exists() and not (run / "round_01/eval.jsonl").exists()
+                            and not (run / "round_01/train_state.pt").exists()),
     ("evaluated", lambda run: (run / "round_01/eval.jsonl").exists() and not (run / "round_01/DONE").exists()),
 ]
 SAME_BYTES = [
@@ -77,6 +78,9 @@ def runs(tmp_path_factory) -> dict:
         assert on_disk(run), f"after a kill at {point}, the run directory is not as that phase leaves it"
         if point == "generated":
             shutil.copytree(run, root / "runs" / "changed", symlinks=True)
+        if point == "mined":  # what a kill inside an atomic write leaves behind
+            (run / "round_01/.checkpoint.x1y2").mkdir()
+            (run / "round_01/.train_state.pt.x1y2.tmp").write_bytes(b"half")
     calls["finish"] = _loop(root, "killed")
     assert calls["finish"].returncode == 0, calls["finish"].stderr[-3000:]
     return {"root": root, "straight": root / "runs" / "straight", "killed": run, "calls": calls}
@@ -90,6 +94,7 @@ def test_sigkill_in_every_phase_then_resume_equals_an_uninterrupted_run(runs):
         assert _metrics(run / f"round_{k:02d}/metrics.json") == _metrics(straight / f"round_{k:02d}/metrics.json")
         assert not (run / f"round_{k:02d}/train_state.pt").exists()
     assert _lines(run / "rounds.jsonl") == 2
+    assert not list((run / "round_01").glob(".*")), "leftovers of interrupted atomic writes are removed on resume"
 
 
 def test_resumed_phases_do_not_redo_finished_work(runs):

@@ -27,6 +27,7 @@ from typing import Any, Collection, Iterator, Sequence
 from rationale_loop.generate.base import Completion, Sampling
 
 log = logging.getLogger(__name__)
+PARENT_PID = "RATIONALE_LOOP_PARENT_PID"  # set for the worker, so it can tell that its parent has died
 
 
 class VLLMBackend:
@@ -68,7 +69,7 @@ class VLLMBackend:
             command = [self.python, "-m", "rationale_loop.generate.vllm", str(request), str(results)]
             wanted = len(prompts) - len(skip)
             log.info("vllm: generating %d x %d in a child process (%s)", wanted, sampling.n, self.python)
-            worker = subprocess.Popen(command, env=_worker_env(), preexec_fn=_die_with_parent)
+            worker = subprocess.Popen(command, env={**_worker_env(), PARENT_PID: str(os.getpid())})
             seen = set()
             try:
                 for row in _follow(results, worker):
@@ -109,14 +110,18 @@ def _follow(path: Path, process: subprocess.Popen) -> Iterator[dict[str, Any]]:
 
 
 def _die_with_parent() -> None:
-    """Linux: the worker gets SIGKILL when its parent dies, so a killed round leaves no engine
-    holding the GPU."""
+    """Linux: the worker asks for SIGKILL when its parent dies, so a killed round leaves no engine
+    holding the GPU. Done by the worker itself (not a preexec_fn, which can deadlock a threaded
+    parent); a parent already gone by then ends it at once."""
+    expected = os.environ.get(PARENT_PID)
     try:
         import ctypes
 
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
     except OSError:
-        pass
+        return
+    if expected and os.getppid() != int(expected):
+        os._exit(1)
 
 
 def _worker_env() -> dict[str, str]:
@@ -132,6 +137,7 @@ def _worker_env() -> dict[str, str]:
 
 
 def _run_worker(request_path: str, results_path: str) -> None:
+    _die_with_parent()
     started = time.perf_counter()
     from vllm import LLM, SamplingParams
 
