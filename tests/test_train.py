@@ -61,3 +61,35 @@ def test_frozen_embeddings_stay_put_while_the_rest_trains(tokenizer):
     for name in ("model.embed_tokens.weight", "lm_head.weight"):
         assert torch.equal(before[name], after[name]), name
     assert not torch.equal(before["model.layers.0.mlp.up_proj.weight"], after["model.layers.0.mlp.up_proj.weight"])
+
+
+def test_two_process_ddp_training_killed_and_resumed_ends_with_the_weights_of_an_uninterrupted_run(tmp_path):
+    """accelerate launch --multi_gpu runs 2 processes over gloo on CPU. Each keeps its own random state
+    (NEFTune noise), saved by the main process for all; both must resume from the same step."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from rationale_loop.faults import KILL_AT
+
+    job = Path(__file__).with_name("ddp_train_job.py")
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(job)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop(KILL_AT, None)
+
+    def run(out, kill_at=None):
+        return subprocess.run([*launch, str(out)], capture_output=True, text=True, check=False,
+                              env={**env, KILL_AT: kill_at} if kill_at else env)
+
+    straight = run(tmp_path / "straight")
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    killed = run(tmp_path / "killed", kill_at="train_step:5")
+    assert killed.returncode != 0 and (tmp_path / "killed" / "state.pt").exists()
+    resumed = run(tmp_path / "killed")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert resumed.stderr.count("resuming from step 4 of 24") == 2, "both processes resume from the saved step"
+    a, b = (torch.load(tmp_path / name / "final.pt") for name in ("straight", "killed"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert straight.stdout.split("mean loss")[1] == resumed.stdout.split("mean loss")[1]
