@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -22,6 +23,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from rationale_loop.config import ModelConfig
+from rationale_loop.records import fsync_directory
 
 log = logging.getLogger(__name__)
 
@@ -97,9 +99,14 @@ def save_checkpoint(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
     try:
         model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
+        for written in staging.iterdir():  # durable before the rename makes the checkpoint count as finished
+            with written.open("rb") as handle:
+                os.fsync(handle.fileno())
+        fsync_directory(staging)
         if target.exists():
             shutil.rmtree(target)
         staging.rename(target)
+        fsync_directory(target.parent)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

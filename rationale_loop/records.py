@@ -100,10 +100,24 @@ def atomic_writer(path: str | os.PathLike[str], binary: bool = False) -> Iterato
     try:
         with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as handle:
             yield handle
+            # On disk before the rename, and the rename on disk after it: otherwise a power cut (unlike
+            # a killed process) could leave an empty file under the final name.
+            handle.flush()
+            os.fsync(handle.fileno())
         os.replace(tmp, path)
+        fsync_directory(path.parent)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def fsync_directory(directory: str | os.PathLike[str]) -> None:
+    """Make a rename (or a file created) in `directory` durable."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_jsonl_atomic(path: str | os.PathLike[str], rows: Iterable[Any]) -> int:

@@ -71,39 +71,48 @@ class VLLMBackend:
             log.info("vllm: generating %d x %d in a child process (%s)", wanted, sampling.n, self.python)
             worker = subprocess.Popen(command, env={**_worker_env(), PARENT_PID: str(os.getpid())})
             seen = set()
+            timing = Path(tmp) / "timing.json"  # the worker writes it after its last result
             try:
-                for row in _follow(results, worker):
+                for row in _follow(results, worker, timing):
                     seen.add(row["index"])
                     yield row["index"], [Completion(**c) for c in row["completions"]]
             finally:
                 if worker.poll() is None:  # the caller stopped early: do not leave the engine running
                     worker.kill()
                     worker.wait()
-            if worker.returncode != 0:
+            if worker.returncode != 0 and not timing.exists():
                 raise RuntimeError(f"the vLLM worker failed with exit code {worker.returncode}: {' '.join(command)}")
-            timing = Path(tmp) / "timing.json"
             self.last_timing = json.loads(timing.read_text()) if timing.exists() else {}
             if len(seen) != wanted:
                 raise RuntimeError(f"the vLLM worker returned {len(seen)} of {wanted} prompts")
 
 
-def _follow(path: Path, process: subprocess.Popen) -> Iterator[dict[str, Any]]:
+def _follow(path: Path, process: subprocess.Popen, finished_marker: Path, grace_s: float = 60.0) -> Iterator[dict[str, Any]]:
     """The JSON lines of a file another process is appending to, until that process ends; a line is
-    taken only once its newline is there."""
-    buffer = ""
+    taken only once its newline is there (bytes are decoded a whole line at a time, so a character
+    split across two writes is never cut). A worker that wrote `finished_marker` (all its output) but
+    has not exited `grace_s` later is killed: an engine hanging at shutdown must not hang the round."""
+    buffer = b""
     handle = None
+    marked_at = None
     while True:
         finished = process.poll() is not None  # read after checking, so nothing written last is missed
         if handle is None and path.exists():
-            handle = path.open(encoding="utf-8")
+            handle = path.open("rb")
         if handle is not None:
             buffer += handle.read()
-            *lines, buffer = buffer.split("\n")
+            *lines, buffer = buffer.split(b"\n")
             for line in lines:
                 if line.strip():
-                    yield json.loads(line)
+                    yield json.loads(line.decode("utf-8"))
         if finished:
             break
+        if marked_at is None and finished_marker.exists():
+            marked_at = time.monotonic()
+        if marked_at is not None and time.monotonic() - marked_at > grace_s:
+            log.warning("vllm: the worker wrote all its results but has not exited after %.0f s; killing it", grace_s)
+            process.kill()
+            process.wait()
         time.sleep(0.2)
     if handle is not None:
         handle.close()
