@@ -77,7 +77,7 @@ def report(cfg: DictConfig) -> None:
     from rationale_loop.html_report import write_report
     from rationale_loop.loop import run_dir
 
-    print(f"[rationale_loop] wrote {write_report(run_dir(cfg))}")
+    print(f"[rationale_loop] wrote {write_report(run_dir(cfg), pairs_per_round=cfg.report.pairs)}")
 
 
 def compare(argv: list[str]) -> None:

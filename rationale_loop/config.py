@@ -146,6 +146,11 @@ class EvalConfig:
 
 
 @dataclass
+class ReportConfig:
+    pairs: int = 50  # pairs shown per round in report.html (the first ones of pairs.jsonl)
+
+
+@dataclass
 class InspectConfig:
     round: Optional[int] = None  # None: the last finished round
     pairs: int = 3  # items per page (pairs, invalid samples or unsolved questions)
@@ -171,6 +176,7 @@ class Config:
     verify: VerifyConfig = field(default_factory=VerifyConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     inspect: InspectConfig = field(default_factory=InspectConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
     # Go on with a run even though the config differs from the one its last finished round ran with.
     force: bool = False
     # Start a new run from a finished round of another: <run dir>/round_<k>. Needed on the first call
@@ -225,7 +231,7 @@ def to_container(cfg: DictConfig) -> dict[str, Any]:
 
 # Keys (and key prefixes) that say what to do now or where files go, not how the run's rounds are made:
 # they may change between calls (a run directory may be moved or renamed).
-NON_RUN_KEYS = ("rounds", "inspect", "force", "init_from", "run", "output_root", "model.cache_dir")
+NON_RUN_KEYS = ("rounds", "inspect", "report", "force", "init_from", "run", "output_root", "model.cache_dir")
 
 
 def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
