@@ -93,6 +93,8 @@ class Run:
         self.problems: dict[str, Problem] = {p.id: p for p in self.splits.pool}
         if cfg.init_from:
             fork(self.dir, cfg.init_from)
+        elif self.dir.exists():
+            write_rounds_index(self.dir)  # derived, so cheap to rebuild: a crash right after DONE leaves it stale
 
     # -- one round -------------------------------------------------------------------------------
     def run_round(self, k: int) -> dict[str, Any]:
@@ -129,7 +131,7 @@ class Run:
         if not saved.exists():  # died before its config was written: nothing in it to keep
             shutil.rmtree(out)
             return False
-        differences = config_differences(OmegaConf.to_container(OmegaConf.load(saved)), to_container(self.cfg))
+        differences = self._differences_from(saved)
         if not differences:
             log.info("%s was interrupted; going on from where it stopped", out)
             _remove_leftovers(out)
@@ -290,8 +292,7 @@ class Run:
     def _check_config_unchanged(self, previous: int) -> None:
         """Refuse to go on with a config that differs from the last finished round's, naming the keys,
         unless force=true: a run's rounds should be one recipe, and a silent change is a lost one."""
-        saved = OmegaConf.to_container(OmegaConf.load(round_dir(self.dir, previous) / "config.yaml"))
-        differences = config_differences(saved, to_container(self.cfg))
+        differences = self._differences_from(round_dir(self.dir, previous) / "config.yaml")
         if not differences:
             return
         listing = "\n  ".join(differences)
@@ -303,10 +304,13 @@ class Run:
             "go back to it, start a new run (run=NAME), or pass force=true to go on anyway"
         )
 
+    def _differences_from(self, saved_config: Path) -> list[str]:
+        """The recipe keys on which this call's config differs from a round's saved config.yaml."""
+        return config_differences(OmegaConf.to_container(OmegaConf.load(saved_config)), to_container(self.cfg))
+
     def _note_fork_differences(self, previous: int) -> None:
         """The first round of a fork may change the recipe: that is what forks are for. Say how."""
-        saved = OmegaConf.to_container(OmegaConf.load(round_dir(self.dir, previous) / "config.yaml"))
-        differences = config_differences(saved, to_container(self.cfg))
+        differences = self._differences_from(round_dir(self.dir, previous) / "config.yaml")
         log.info("forked run: config changes from %s:\n  %s", round_dir(self.dir, previous).resolve(), "\n  ".join(differences) or "none")
 
     def _base_model_path(self) -> Path | str:
@@ -321,10 +325,10 @@ class Run:
         key = sha256("\n".join(corpus).encode()).hexdigest()
         return build_tiny_model(model_cfg, corpus, key)
 
-    def _backend(self, checkpoint: Path, batch_size: int, model: Any = None, tokenizer: Any = None) -> Any:
+    def _backend(self, checkpoint: Path, batch_size: int) -> Any:
         from rationale_loop.generate import make_backend
 
-        return make_backend(self.cfg.generate, checkpoint, self.cfg.model.dtype, batch_size, model=model, tokenizer=tokenizer)
+        return make_backend(self.cfg.generate, checkpoint, self.cfg.model.dtype, batch_size)
 
     def _evaluate(self, out: Path) -> dict[str, Any]:
         """Greedy held-out accuracy of the round's checkpoint; read back from eval.jsonl when an
@@ -476,8 +480,6 @@ def _train_summary(result: Any) -> dict[str, Any]:
 
 def run_next_round(cfg: DictConfig) -> dict[str, Any]:
     run = Run(cfg)
-    if run.dir.exists():
-        write_rounds_index(run.dir)  # derived, so cheap to rebuild: a crash right after DONE leaves it stale
     k = next_round(run.dir)
     print(f"[rationale_loop] run {run.dir}: next is {describe_next(run.dir)}", flush=True)
     if k > cfg.rounds:
@@ -488,8 +490,6 @@ def run_next_round(cfg: DictConfig) -> dict[str, Any]:
 
 def run_loop(cfg: DictConfig) -> list[dict[str, Any]]:
     run = Run(cfg)
-    if run.dir.exists():
-        write_rounds_index(run.dir)  # derived, so cheap to rebuild: a crash right after DONE leaves it stale
     print(f"[rationale_loop] run {run.dir}: {cfg.rounds} round(s) after SFT; next is {describe_next(run.dir)}", flush=True)
     while (k := next_round(run.dir)) <= cfg.rounds:
         run.run_round(k)

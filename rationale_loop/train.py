@@ -115,9 +115,7 @@ def train(
     model.train()
     progress = tqdm(total=len(batches), initial=first_step - 1, desc=desc, disable=not sys.stderr.isatty(), leave=False)
     with neftune(accelerator.unwrap_model(model), cfg.neftune_alpha):
-        for step, batch_indices in enumerate(batches, start=1):
-            if step < first_step:
-                continue
+        for step, batch_indices in enumerate(batches[first_step - 1 :], start=first_step):
             micro_batches = [
                 objective.collate([kept[i] for i in batch_indices[j : j + cfg.micro_batch_size]], encoder)
                 for j in range(0, len(batch_indices), cfg.micro_batch_size)

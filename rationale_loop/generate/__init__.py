@@ -11,24 +11,17 @@ from rationale_loop.generate.base import Backend, Completion, Sampling
 __all__ = ["Backend", "Completion", "Sampling", "BACKENDS", "make_backend"]
 
 
-def _hf(cfg: Any, checkpoint: Path, dtype: str, batch_size: int, model: Any = None, tokenizer: Any = None) -> Backend:
-    import copy
-
+def _hf(cfg: Any, checkpoint: Path, dtype: str, batch_size: int) -> Backend:
     from rationale_loop.generate.hf import HFBackend
-    from rationale_loop.model import generation_dtype, load_model, load_tokenizer, torch_dtype
+    from rationale_loop.model import generation_dtype, load_model, load_tokenizer
 
     name = generation_dtype(cfg.dtype, dtype)
-    if model is None:
-        model, tokenizer = load_model(checkpoint, name), load_tokenizer(checkpoint)
-    elif model.dtype != torch_dtype(name):
-        # A cast copy: the caller's model (being trained, or to be saved) keeps its own dtype.
-        model = copy.deepcopy(model).to(torch_dtype(name))
+    model, tokenizer = load_model(checkpoint, name), load_tokenizer(checkpoint)
     return HFBackend(model, tokenizer, batch_size=batch_size)
 
 
-def _vllm(cfg: Any, checkpoint: Path, dtype: str, batch_size: int, model: Any = None, tokenizer: Any = None) -> Backend:
+def _vllm(cfg: Any, checkpoint: Path, dtype: str, batch_size: int) -> Backend:
     from rationale_loop.generate.vllm import VLLMBackend
-
     from rationale_loop.model import generation_dtype
 
     engine = {
@@ -44,11 +37,11 @@ def _vllm(cfg: Any, checkpoint: Path, dtype: str, batch_size: int, model: Any = 
 BACKENDS: dict[str, Callable[..., Backend]] = {"hf": _hf, "vllm": _vllm}
 
 
-def make_backend(cfg: Any, checkpoint: Path, dtype: str, batch_size: int, model: Any = None, tokenizer: Any = None) -> Backend:
-    """The backend named by `cfg.backend` (a GenerateConfig) for the checkpoint on disk. The hf backend
-    reuses an already loaded model when given one; vllm always reads the checkpoint directory."""
+def make_backend(cfg: Any, checkpoint: Path, dtype: str, batch_size: int) -> Backend:
+    """The backend named by `cfg.backend` (a GenerateConfig) for the checkpoint on disk, in the
+    generation dtype that `cfg.dtype` picks."""
     try:
         factory = BACKENDS[cfg.backend]
     except KeyError:
         raise ValueError(f"generate.backend={cfg.backend!r} is unknown; known: {sorted(BACKENDS)}") from None
-    return factory(cfg, Path(checkpoint), dtype, batch_size, model=model, tokenizer=tokenizer)
+    return factory(cfg, Path(checkpoint), dtype, batch_size)
