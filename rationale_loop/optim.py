@@ -1,7 +1,10 @@
 """Optimizers and learning-rate schedules for the training stages.
 
-* `Adalite`: the optimizer of the Memphis-CoT-3B recipe (supertrainer2000's Adalite as it stood in
-  Jan-Feb 2024), written here from its update rule.
+* `Adalite`: the optimizer of the Memphis-CoT-3B recipe, written here from its update rule. Two
+  revisions of supertrainer2000's Adalite are selectable: `variant="january"` (the default: the
+  code as it stood in January 2024, commit 0750715, the one Memphis-CoT-3B was trained with) and
+  `variant="february"` (the February 2024 revision: per-column moment, eps outside it, floored
+  trust ratio).
 * `OPTIMIZERS` / `build_optimizer`: pick an optimizer by config name ("adalite", "adamw").
 * `cosine_with_warmup` / `warmup_steps`: linear warmup then cosine decay, as a `LambdaLR`.
 """
@@ -9,12 +12,13 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, NamedTuple
 
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
 __all__ = [
+    "ADALITE_VARIANTS",
     "Adalite",
     "OPTIMIZERS",
     "build_optimizer",
@@ -29,11 +33,11 @@ def _centralize(g: torch.Tensor) -> torch.Tensor:
     """Gradient centralization, returning a new tensor (the stored gradient is left alone).
 
     >= 2-D: subtract the mean over every dim but the first (one mean per output row).
-    1-D with more than one element: subtract the mean of the whole vector. The reference computed
-    `g.mean(dim=tuple(range(1, g.dim())))`, which for a 1-D tensor is `dim=()`, and torch reduces
-    over *all* dims when given an empty dim tuple, so 1-D gradients (norm weights, biases) were
-    centralized by their overall mean; its guard `sum(g.shape) > 1` only exempts 0-D and
-    single-element tensors. 0-D / single element: unchanged.
+    1-D with more than one element: subtract the mean of the whole vector. The reference (both
+    revisions) computed `g.mean(dim=tuple(range(1, g.dim())))`, which for a 1-D tensor is `dim=()`,
+    and torch reduces over *all* dims when given an empty dim tuple, so 1-D gradients (norm
+    weights, biases) were centralized by their overall mean; its guard `sum(g.shape) > 1` only
+    exempts 0-D and single-element tensors. 0-D / single element: unchanged.
     """
     if g.dim() >= 2:
         return g - g.mean(dim=tuple(range(1, g.dim())), keepdim=True)
@@ -42,61 +46,149 @@ def _centralize(g: torch.Tensor) -> torch.Tensor:
     return g
 
 
-def _factored_mean(u: torch.Tensor) -> torch.Tensor:
-    """The "row-mean" kept as Adalite's running second moment `c`.
+# --- the second moment `c`, per variant -------------------------------------------------------
+# January: one value per ROW (mean over every dim but the first), stored with shape (p.shape[0],).
+# February: one value per COLUMN (mean over every dim but the last), stored with shape (p.shape[-1],).
+# Both: 0-D and 1-D parameters keep a single 0-D scalar (the mean of the whole tensor).
 
-    >= 2-D, shape (..., n): mean over every dim but the LAST, giving shape (n,), i.e. one value per
-    column / input feature of an `nn.Linear` weight (out, in); it broadcasts back against (..., n).
-    1-D and 0-D: the mean of the whole tensor, a 0-D scalar shared by every element.
-    This is what the reference computes with `u.mean(dim=tuple(range(u.dim() - 1)))` (its comment
-    says "all dims except first", but the code keeps the last; for 1-D the empty dim tuple means a
-    full reduction in torch).
+
+def _row_mean(u: torch.Tensor) -> torch.Tensor:
+    """January: mean over every dim but the first, shape (u.shape[0],); 0-D / 1-D: a 0-D scalar.
+
+    For a 1-D tensor this is what torch gives for `u.mean(dim=tuple(range(1, 1)))`: the empty dim
+    tuple reduces over all dims. (The January reference did exactly that for 1-D params: its `c`
+    started as zeros of shape (n,), became a scalar after the first step and was broadcast back;
+    as beta_1 = 0 the initial zeros never enter, so a scalar from the start is the same update.
+    For 0-D params the reference failed, taking `p.shape[0]`; here they get the same scalar.)
+    """
+    if u.dim() <= 1:
+        return u.mean()
+    return u.mean(dim=tuple(range(1, u.dim())))
+
+
+def _row_shape(p: torch.Tensor) -> tuple[int, ...]:
+    return () if p.dim() <= 1 else (p.shape[0],)
+
+
+def _row_expand(c: torch.Tensor, ndim: int) -> torch.Tensor:
+    """(rows,) -> (rows, 1, ..., 1), broadcastable against a tensor with `ndim` dims."""
+    return c if c.dim() == 0 else c.reshape(c.shape + (1,) * (ndim - 1))
+
+
+def _column_mean(u: torch.Tensor) -> torch.Tensor:
+    """February: mean over every dim but the last, shape (u.shape[-1],); 0-D / 1-D: a 0-D scalar.
+
+    For >= 2-D this is one value per column / input feature of an `nn.Linear` weight (out, in);
+    it broadcasts back against (..., n) as it is. The February reference computed
+    `u.mean(dim=tuple(range(u.dim() - 1)))` (its comment still said "all dims except first", but
+    the code keeps the last; for 1-D the empty dim tuple means a full reduction in torch).
     """
     if u.dim() <= 1:
         return u.mean()
     return u.mean(dim=tuple(range(u.dim() - 1)))
 
 
-def _factored_shape(p: torch.Tensor) -> tuple[int, ...]:
+def _column_shape(p: torch.Tensor) -> tuple[int, ...]:
     return () if p.dim() <= 1 else (p.shape[-1],)
 
 
+def _column_expand(c: torch.Tensor, ndim: int) -> torch.Tensor:
+    return c  # (n,) already broadcasts against (..., n)
+
+
+# --- the trust ratio |p| / |g|, per variant (only used where |p| != 0 and |g| != 0) -------------
+
+
+def _bare_ratio(p_norm: torch.Tensor, g_norm: torch.Tensor, group: dict[str, Any]) -> torch.Tensor:
+    """January: |p| / |g| with no floors."""
+    return p_norm / g_norm
+
+
+def _floored_ratio(p_norm: torch.Tensor, g_norm: torch.Tensor, group: dict[str, Any]) -> torch.Tensor:
+    """February: max(|p| / max(|g|, eps2), min_trust_ratio)."""
+    return (p_norm / g_norm.clamp(min=group["eps2"])).clamp(min=group["min_trust_ratio"])
+
+
+class _Variant(NamedTuple):
+    moment_shape: Callable[[torch.Tensor], tuple[int, ...]]  # shape of `c` for a parameter
+    expand: Callable[[torch.Tensor, int], torch.Tensor]  # `c` -> broadcastable against g
+    moment: Callable[[torch.Tensor], torch.Tensor]  # u -> the new `c`
+    eps_in_moment: bool  # eps added to u before the new `c` is taken (so `c` carries it)
+    trust_ratio: Callable[[torch.Tensor, torch.Tensor, dict[str, Any]], torch.Tensor]
+
+
+_VARIANTS: dict[str, _Variant] = {
+    "january": _Variant(_row_shape, _row_expand, _row_mean, True, _bare_ratio),
+    "february": _Variant(_column_shape, _column_expand, _column_mean, False, _floored_ratio),
+}
+ADALITE_VARIANTS: tuple[str, ...] = tuple(_VARIANTS)
+# State dicts saved before `variant` existed came from this class when it implemented only the
+# February revision; their param groups carry no "variant" key and are loaded as such.
+_LEGACY_VARIANT = "february"
+
+
+def _variant(name: Any) -> _Variant:
+    if not isinstance(name, str) or name not in _VARIANTS:
+        known = ", ".join(sorted(_VARIANTS))
+        raise ValueError(f"unknown Adalite variant {name!r}; known variants: {known}")
+    return _VARIANTS[name]
+
+
 class Adalite(torch.optim.Optimizer):
-    r"""Adalite (supertrainer2000, Jan-Feb 2024): factored adaptive step with a trust ratio.
+    r"""Adalite (supertrainer2000): factored adaptive step with a trust ratio, in its January 2024
+    form (the default, the one Memphis-CoT-3B was trained with) or its February 2024 revision.
 
     Per parameter `p` with gradient `g` at step `t` (t = 1, 2, ...), state `c` starting at 0:
 
     1. if `centralize`: `g <- centralize(g)` (see `_centralize`: >= 2-D, mean over all dims but
        the first; 1-D with > 1 element, the whole mean, as in the reference; 0-D untouched).
     2. `beta_t = 1 - t ** (-beta_decay)` (so `beta_1 = 0`: the first step uses `g^2` alone).
-    3. `u = (1 - beta_t) g^2 + beta_t c` with `c` broadcast; then `c <- factored_mean(u)`: for
-       >= 2-D params the mean over all dims but the last (shape `(p.shape[-1],)`), for 1-D and
-       0-D params the mean of the whole tensor (a scalar).
-    4. `u <- u + eps`; `m = g / sqrt(u)`.
+    3. `u = (1 - beta_t) g^2 + beta_t c`, with `c` broadcast back over the dims it averages, then
+       variant="january" (commit 0750715, the version used to train Memphis-CoT-3B):
+         `u <- u + eps`, THEN `c <- row_mean(u)`: the mean over all dims but the FIRST (shape
+         `(p.shape[0],)`, one value per output row of an `nn.Linear` weight), so `c` carries eps.
+       variant="february":
+         `c <- column_mean(u)`: the mean over all dims but the LAST (shape `(p.shape[-1],)`, one
+         value per column / input feature), THEN `u <- u + eps`, so `c` holds no eps.
+       Both: 0-D and 1-D params keep one 0-D scalar, the mean of the whole tensor. For 1-D that is
+       torch's rule for `u.mean(dim=tuple(range(1, 1)))` (an empty dim tuple reduces over all
+       dims), which is what both references computed; the January code failed on 0-D params
+       (it took `p.shape[0]`), here they get the same scalar moment.
+    4. `m = g / sqrt(u)`.
     5. `m <- m / max(1, RMS(m))`.
     6. if `|p| != 0` and `|g| != 0` (Frobenius norms, `g` the CENTRALIZED gradient):
-       `m <- m * max(|p| / max(|g|, eps2), min_trust_ratio)`, then
-       `m <- m + lambda_ * (p - p / |p|)` (pulls each tensor's norm toward 1).
+         january: `m <- m * |p| / |g|` (the bare trust ratio, no floors);
+         february: `m <- m * max(|p| / max(|g|, eps2), min_trust_ratio)`;
+       then `m <- m + lambda_ * (p - p / |p|)` (pulls each tensor's norm toward 1).
        Otherwise `m` is left as is (no trust ratio, no pull).
     7. `p <- p - lr * m`.
 
-    Facts behind choices that RECIPE.md leaves open (from supertrainer2000's
-    `supertrainer2k/optim/adalite.py`):
+    On ordinary gradients the first step is the same in both variants (`beta_1 = 0`, and eps
+    reaches `m` the same way); they part from the second step on (row vs column moment, eps
+    inside or outside `c`), or at once where the February floors bind (`|g| < eps2`).
+
+    Notes on the January form: with eps inside, `c` does not settle at the mean of `g^2` but
+    above it, by an offset that grows roughly like `eps * t**0.8` (each step adds eps and only
+    forgets a `t**-0.8` share); for small gradients this offset, not `g^2`, sets the step's scale.
+    With the bare ratio, a tiny `|g|` gives a huge `|p| / |g|`. Both are kept on purpose: they are
+    how the recipe's model was trained. February fixed both (and `eps2` / `min_trust_ratio`
+    exist only for it; the January variant ignores them).
+
+    Shared facts behind choices that RECIPE.md leaves open (from supertrainer2000's
+    `supertrainer2k/optim/adalite.py`, both revisions):
 
     * `|g|` is the norm of the centralized gradient: the reference centralizes `p.grad` in place
       before taking `g.norm()`. (This class does not modify `p.grad`; it uses a centralized copy.)
-    * `eps` is added to `u` AFTER the new `c` is taken, so `c` holds no eps. (Storing `c` with
-      eps, as a literal reading of RECIPE.md suggests, would make `c` grow by about
-      `eps * t**0.8` and swamp small gradients late in training.)
-    * the trust ratio carries the reference's clamps: the denominator is at least `eps2` (1e-3)
-      and the ratio at least `min_trust_ratio` (1e-3). Set both to 0 for the bare `|p| / |g|`.
     * no momentum (the reference's `momentum_beta` defaults to 0; it is not implemented here).
 
     Implementation notes: the norm checks are done with `torch.where` on device, so no host sync
     per parameter. fp16 / bf16 parameters are updated through fp32 math and keep `c` in fp32
     (the reference worked in the parameter dtype); other dtypes compute in their own dtype.
     Params with `grad is None` (e.g. frozen embeddings) and empty params are skipped; sparse
-    gradients are rejected.
+    gradients are rejected. `variant` is a param-group setting like the others, so
+    `load_state_dict` restores the saved one (torch's rule for every group setting); a saved state
+    with no "variant" (written before it existed) is February's. A `c` whose shape does not fit
+    the group's variant raises instead of broadcasting the wrong way.
 
     Args:
         params: iterable of parameters or param-group dicts.
@@ -106,8 +198,9 @@ class Adalite(torch.optim.Optimizer):
         lambda_: strength of the pull of each tensor's norm toward 1 ("Lambda" in the
             reference), in [0, 1]. Only applied where the trust ratio is.
         centralize: gradient centralization on/off.
-        eps2: lower bound on `|g|` in the trust ratio.
-        min_trust_ratio: lower bound on the trust ratio.
+        eps2: february only: lower bound on `|g|` in the trust ratio.
+        min_trust_ratio: february only: lower bound on the trust ratio.
+        variant: "january" (default) or "february"; anything else raises ValueError.
     """
 
     def __init__(
@@ -120,6 +213,7 @@ class Adalite(torch.optim.Optimizer):
         centralize: bool = True,
         eps2: float = 1e-3,
         min_trust_ratio: float = 1e-3,
+        variant: str = "january",
     ) -> None:
         if not lr >= 0.0:
             raise ValueError(f"invalid lr {lr!r}: must be >= 0")
@@ -133,6 +227,7 @@ class Adalite(torch.optim.Optimizer):
             raise ValueError(f"invalid eps2 {eps2!r}: must be >= 0")
         if not min_trust_ratio >= 0.0:
             raise ValueError(f"invalid min_trust_ratio {min_trust_ratio!r}: must be >= 0")
+        _variant(variant)
         defaults = dict(
             lr=lr,
             eps=eps,
@@ -141,13 +236,23 @@ class Adalite(torch.optim.Optimizer):
             centralize=centralize,
             eps2=eps2,
             min_trust_ratio=min_trust_ratio,
+            variant=variant,
         )
         super().__init__(params, defaults)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        super().add_param_group(param_group)
+        _variant(self.param_groups[-1]["variant"])  # a group may set its own; check it
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """torch casts every floating state tensor to its parameter's dtype on load; the second moment
         `c` of a bf16/fp16 parameter is kept in fp32 on purpose, so it is put back as saved (a resumed
-        run would otherwise differ from an uninterrupted one)."""
+        run would otherwise differ from an uninterrupted one). Saved groups without "variant" are
+        February's (the only algorithm this class had before the setting existed)."""
+        groups = [g if "variant" in g else {**g, "variant": _LEGACY_VARIANT} for g in state_dict["param_groups"]]
+        for g in groups:
+            _variant(g["variant"])
+        state_dict = {**state_dict, "param_groups": groups}
         saved = {int(index): entry["c"] for index, entry in state_dict["state"].items() if "c" in entry}
         super().load_state_dict(state_dict)
         params = [p for group in self.param_groups for p in group["params"]]
@@ -166,6 +271,7 @@ class Adalite(torch.optim.Optimizer):
             lr = group["lr"]
             eps = group["eps"]
             lambda_ = group["lambda_"]
+            variant = _variant(group["variant"])
             for p in group["params"]:
                 if p.grad is None or p.numel() == 0:
                     continue
@@ -176,7 +282,13 @@ class Adalite(torch.optim.Optimizer):
                 state = self.state[p]
                 if len(state) == 0:
                     state["step"] = 0
-                    state["c"] = torch.zeros(_factored_shape(p), dtype=dtype, device=p.device)
+                    state["c"] = torch.zeros(variant.moment_shape(p), dtype=dtype, device=p.device)
+                elif state["c"].shape != variant.moment_shape(p):
+                    raise RuntimeError(
+                        f"Adalite: second moment of shape {tuple(state['c'].shape)} does not fit the "
+                        f"{group['variant']!r} variant for a parameter of shape {tuple(p.shape)} "
+                        f"(expected {variant.moment_shape(p)}); was the state saved under the other variant?"
+                    )
                 state["step"] += 1
                 t = state["step"]
 
@@ -185,10 +297,15 @@ class Adalite(torch.optim.Optimizer):
                     g = _centralize(g)
                 beta = 1.0 - math.pow(t, -group["beta_decay"])
 
-                # u = (1 - beta) g^2 + beta c; the new c is taken before eps is added
-                u = g.square().mul_(1.0 - beta).add_(state["c"], alpha=beta)
-                state["c"] = _factored_mean(u)
-                u.add_(eps)
+                # u = (1 - beta) g^2 + beta c, c broadcast; eps goes in before (january) or after
+                # (february) the new c is taken
+                u = g.square().mul_(1.0 - beta).add_(variant.expand(state["c"], g.dim()), alpha=beta)
+                if variant.eps_in_moment:
+                    u.add_(eps)
+                    state["c"] = variant.moment(u)
+                else:
+                    state["c"] = variant.moment(u)
+                    u.add_(eps)
 
                 m = g * u.rsqrt()
                 m.div_(m.square().mean().sqrt().clamp(min=1.0))
@@ -198,9 +315,7 @@ class Adalite(torch.optim.Optimizer):
                 g_norm = torch.linalg.vector_norm(g)
                 ok = (p_norm != 0) & (g_norm != 0)
                 one = torch.ones_like(p_norm)
-                ratio = (p_norm / g_norm.clamp(min=group["eps2"]).where(ok, one)).clamp(
-                    min=group["min_trust_ratio"]
-                )
+                ratio = variant.trust_ratio(p_norm, g_norm.where(ok, one), group)
                 m.mul_(ratio.where(ok, one))
                 if lambda_ != 0.0:
                     pull = w - w / p_norm.where(ok, one)
@@ -234,7 +349,8 @@ def build_optimizer(name: str, params: Iterable[Any], lr: float, **kwargs: Any) 
     """Build the optimizer registered under `name` (case-insensitive).
 
     Extra keyword arguments go to that optimizer's constructor (e.g. `lambda_`, `eps`,
-    `beta_decay`, `centralize` for Adalite; `betas`, `eps`, `weight_decay` for AdamW).
+    `beta_decay`, `centralize`, `variant` ("january" / "february") for Adalite; `betas`, `eps`,
+    `weight_decay` for AdamW).
     Raises ValueError for an unknown name, listing the known ones.
     """
     key = str(name).strip().lower()

@@ -54,11 +54,12 @@ def test_memphis_cot_3b_carries_the_recipe():
     cfg = compose_config("experiment=memphis_cot_3b")
     assert cfg.model.source == "pretrained" and "stablelm-3b-4e1t" in cfg.model.path
     sft, rank = cfg.sft, cfg.rank
-    assert (sft.lr, sft.batch_size, sft.warmup_ratio, sft.max_length) == (1e-5, 128, 0.2, 4096)
+    assert (sft.lr, sft.epochs, sft.batch_size, sft.warmup_ratio, sft.max_length) == (1e-5, 2.0, 128, 0.2, 4096)
     assert (sft.mixce_eta, sft.neftune_alpha, sft.freeze_embeddings) == (0.75, 10.0, True)
     assert (rank.lr, rank.epochs, rank.batch_size, rank.warmup_ratio, rank.max_length) == (5e-7, 1.0, 128, 0.1, 1024)
     assert (rank.neftune_alpha, rank.freeze_embeddings) == (10.0, True)
     assert sft.optimizer == rank.optimizer == "adalite" and sft.adalite_lambda == rank.adalite_lambda == 0.01
+    assert sft.adalite_variant == rank.adalite_variant == "january"  # the code Memphis was trained with
     assert (cfg.objective.name, cfg.objective.rank_weight, cfg.objective.anchor) == ("memphis", 5.0, "gold")
     assert (cfg.generate.n, cfg.generate.temperature, cfg.generate.top_p, cfg.generate.max_new_tokens) == (8, 0.5, 0.8, 512)
     assert (cfg.average.method, cfg.average.factor, cfg.rounds) == ("slerp", 0.99, 3)
