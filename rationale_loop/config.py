@@ -64,7 +64,10 @@ class TaskConfig:
     sft_size: int = 1500
     pool_size: int = 1024
     eval_size: int = 1000
-    arith: ArithConfig = field(default_factory=ArithConfig)
+    arith: ArithConfig = field(default_factory=ArithConfig)  # tiny_arith: the SFT split's problems
+    # tiny_arith: the pool's and the eval split's problems (one distribution). A pool harder than the
+    # SFT set is STaR's setting: the rounds must learn what SFT did not show.
+    pool_arith: ArithConfig = field(default_factory=ArithConfig)
     data_dir: Optional[str] = None
     files: Dict[str, SplitSource] = field(default_factory=dict)  # keys: sft, pool, eval
 
@@ -75,6 +78,7 @@ class TrainConfig:
 
     lr: float = 1e-5
     epochs: float = 1.0
+    steps: int = 0  # optimizer steps of the stage, cycling through the items; 0: `epochs` decides
     batch_size: int = 128  # sequences (or groups) per optimizer step, reached by accumulation
     micro_batch_size: int = 8
     warmup_ratio: float = 0.2
@@ -83,6 +87,8 @@ class TrainConfig:
     optimizer: str = "adamw"  # adamw | adalite
     weight_decay: float = 0.0  # adamw
     adalite_lambda: float = 0.01  # adalite: the pull of each tensor's norm toward 1
+    # adalite: "january" (supertrainer2000 0750715, what Memphis-CoT-3B was trained with) or "february"
+    adalite_variant: str = "january"
     grad_clip: float = 1.0
     mixce_eta: float = 1.0  # 1.0 is plain cross-entropy
     neftune_alpha: float = 0.0
@@ -96,8 +102,11 @@ class TrainConfig:
 @dataclass
 class ObjectiveConfig:
     name: str = "memphis"  # memphis | star | spin | cpo_simpo
-    rank_weight: float = 5.0  # memphis: w in L = CE_anchor + w * rank
-    anchor: str = "gold"  # memphis: CE anchor on the "gold" rationale and answer, or the "chosen" completion
+    rank_weight: float = 5.0  # memphis: w in L = anchor_weight * CE_anchor + w * rank
+    anchor_weight: float = 1.0  # memphis: 1 in the recipe; 0 ranks without an anchor (an ablation)
+    # memphis: CE anchor on the "gold" rationale and answer, the "chosen" completion, or a "replay" of a
+    # gold SFT example (for a pool with answers but no rationales)
+    anchor: str = "gold"
     listwise: bool = False  # memphis: each chosen response faces all unique incorrect ones of its question
     beta: float = 1.0  # cpo_simpo: scale of the score gap; spin: DPO beta (recipe: 0.1)
     gamma: float = 0.0  # cpo_simpo: target margin
@@ -203,14 +212,16 @@ def validate(cfg: DictConfig | Config) -> None:
             )
         if not 0.0 <= train.warmup_ratio < 1.0:
             raise ConfigError(f"{stage}.warmup_ratio must be in [0, 1), got {train.warmup_ratio}")
+        if train.adalite_variant not in ("january", "february"):
+            raise ConfigError(f"{stage}.adalite_variant must be 'january' or 'february', got {train.adalite_variant!r}")
         if not 0.0 <= train.mixce_eta <= 1.0:
             raise ConfigError(f"{stage}.mixce_eta must be in [0, 1], got {train.mixce_eta}")
     if cfg.generate.n < 1:
         raise ConfigError(f"generate.n must be at least 1, got {cfg.generate.n}")
     if not 0.0 < cfg.generate.top_p <= 1.0:
         raise ConfigError(f"generate.top_p must be in (0, 1], got {cfg.generate.top_p}")
-    if cfg.objective.anchor not in ("gold", "chosen"):
-        raise ConfigError(f"objective.anchor must be 'gold' or 'chosen', got {cfg.objective.anchor!r}")
+    if cfg.objective.anchor not in ("gold", "chosen", "replay"):
+        raise ConfigError(f"objective.anchor must be 'gold', 'chosen' or 'replay', got {cfg.objective.anchor!r}")
     if cfg.objective.rationalize and cfg.objective.name != "star":
         raise ConfigError(f"objective.rationalize is STaR's and needs objective=star, not {cfg.objective.name!r}")
     if cfg.model.source not in ("tiny", "pretrained"):

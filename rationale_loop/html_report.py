@@ -16,9 +16,15 @@ from typing import Any
 from rationale_loop import plots
 from rationale_loop.loop import ROUND_SUMMARY_KEYS, read_rounds, round_dir
 from rationale_loop.records import JsonlRecords, Pair, atomic_writer
-from rationale_loop.report import format_value
+from rationale_loop.report import format_value, standard_error
 
-COLUMN_TITLES = {"eval_accuracy": "accuracy", "eval_questions": "eval questions", "pass_at_n": "pass@n", "train_loss": "train loss"}
+COLUMN_TITLES = {
+    "eval_accuracy": "accuracy", "eval_questions": "eval questions", "pass_at_n": "pass@n", "train_loss": "train loss",
+    "train_items": "train items", "train_steps": "optimizer steps",
+    "rank_term_first": "rank term, first step", "rank_term_last": "rank term, last step",
+    "pair_margin_before": "margin s_c - s_r before", "pair_margin_after": "margin after",
+    "pairs_ranked_right_before": "own pairs ranked right before", "pairs_ranked_right_after": "ranked right after",
+}
 
 CSS = """
 body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1200px; padding: 0 1rem; color: #222; }
@@ -76,9 +82,14 @@ def _rounds_table(rows: list[dict[str, Any]]) -> str:
     lines = []
     for row in rows:
         cells = [("0 (SFT)" if row["round"] == 0 else str(row["round"]))]
-        cells += [format_value(row.get(key)) for key in ROUND_SUMMARY_KEYS[1:]]
+        cells += [_accuracy_cell(row) if key == "eval_accuracy" else format_value(row.get(key)) for key in ROUND_SUMMARY_KEYS[1:]]
         lines.append("<tr>" + "".join(f"<td>{escape(cell)}</td>" for cell in cells) + "</tr>")
     return f'<table class="rounds">\n<thead><tr>{header}</tr></thead>\n<tbody>\n' + "\n".join(lines) + "\n</tbody>\n</table>"
+
+
+def _accuracy_cell(row: dict[str, Any]) -> str:
+    error = standard_error(row.get("eval_accuracy"), row.get("eval_questions"))
+    return format_value(row.get("eval_accuracy")) + ("" if error is None else f" ± {error:.3f}")
 
 
 def _plots_section(run: Path, rows: list[dict[str, Any]]) -> str:

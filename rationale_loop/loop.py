@@ -20,7 +20,7 @@ import shutil
 from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -47,7 +47,12 @@ log = logging.getLogger(__name__)
 DONE = "DONE"
 TRAIN_STATE = "train_state.pt"  # a resumable training state, while training runs
 TRAIN_SUMMARY = "train.json"  # the training phase's losses and counts, written just before the checkpoint
-ROUND_SUMMARY_KEYS = ("round", "eval_accuracy", "eval_questions", "samples", "valid", "correct", "pass_at_n", "pairs", "train_loss")
+ROUND_SUMMARY_KEYS = (
+    "round", "eval_accuracy", "eval_questions", "samples", "valid", "correct", "pass_at_n", "pairs", "train_loss",
+    # what the round trained on, and whether its ranking reached the weights (rationale_loop/diagnostics.py)
+    "train_items", "train_steps", "rank_term_first", "rank_term_last",
+    "pair_margin_before", "pair_margin_after", "pairs_ranked_right_before", "pairs_ranked_right_after",
+)
 
 
 def run_dir(cfg: DictConfig) -> Path:
@@ -162,14 +167,19 @@ class Run:
 
     def _self_train(self, k: int, out: Path) -> dict[str, Any]:
         from rationale_loop.generate import Sampling
+        from rationale_loop.objectives import build_objective
 
         start = round_dir(self.dir, k - 1) / "checkpoint"
         gen = self.cfg.generate
         sampling = Sampling(gen.n, gen.temperature, gen.top_p, gen.max_new_tokens, seed=self.cfg.seed + k)
         backends = _Lazy(lambda: self._backend(start, gen.batch_size))
         if not (out / "generations.jsonl").exists():
-            log.info("round %d: sampling %d x %d completions from %s", k, len(self.splits.pool), gen.n, start)
-            self._generate(backends.get(), sampling, out)
+            if getattr(build_objective(self.cfg.objective), "uses_samples", True):
+                log.info("round %d: sampling %d x %d completions from %s", k, len(self.splits.pool), gen.n, start)
+                self._generate(backends.get(), sampling, out)
+            else:  # the file contract holds, with nothing in it
+                log.info("round %d: objective %s uses no samples; the pool is not sampled", k, self.cfg.objective.name)
+                write_jsonl_atomic(out / "generations.jsonl", [])
             crash_point("generated")
         if not (out / "stats.json").exists():
             self._mine(backends, sampling, out)
@@ -208,6 +218,7 @@ class Run:
         """Pairs and stats, one question at a time from generations.jsonl so memory stays flat as the
         pool grows; stats.json is written last and marks the phase done."""
         from rationale_loop.mine import mine_question
+        from rationale_loop.objectives import build_objective
         from rationale_loop.stats import SampleStats
 
         counts = SampleStats(n=sampling.n)
@@ -222,6 +233,9 @@ class Run:
 
         written = write_jsonl_atomic(out / "pairs.jsonl", pairs())
         stats = {**counts.result(), "pairs": written}
+        if getattr(build_objective(self.cfg.objective), "samples_sft_questions", False):
+            sft_samples = self._sample_sft_questions(backends.get(), sampling)
+            stats["sft_samples"] = write_jsonl_atomic(out / "sft_generations.jsonl", sft_samples)
         if self.cfg.objective.rationalize:
             rationalizations = self._rationalize(backends.get(), solved, sampling)
             write_jsonl_atomic(out / "rationalizations.jsonl", rationalizations)
@@ -236,7 +250,9 @@ class Run:
         pairs = list(JsonlRecords(out / "pairs.jsonl", Pair))
         rationalizations = list(JsonlRecords(out / "rationalizations.jsonl", Generation)) if (out / "rationalizations.jsonl").exists() else []
         generations = JsonlRecords(out / "generations.jsonl", Generation)
-        items = objective.items(RoundData(self.problems, generations, pairs, self.fmt, rationalizations))
+        sft_samples = JsonlRecords(out / "sft_generations.jsonl", Generation) if (out / "sft_generations.jsonl").exists() else []
+        items = objective.items(RoundData(self.problems, generations, pairs, self.fmt, rationalizations=rationalizations,
+                                          sft=self.splits.sft, sft_generations=sft_samples, seed=self.cfg.seed + k))
         # Reuse the generation backend's model when it is the training dtype; with vLLM, generation ran
         # in its own process and its memory is already free.
         backend = backends.peek()
@@ -244,17 +260,29 @@ class Run:
         if model is None or model.dtype != torch_dtype(self.cfg.model.dtype):
             model, tokenizer = load_model(start, self.cfg.model.dtype), load_tokenizer(start)
         backends.drop()
-        self._train_and_save(model, tokenizer, items, objective, self.cfg.rank, self.cfg.seed + k, f"round {k}", out, average_with=start)
+
+        def rank_own_pairs(current: Any, when: str) -> dict[str, Any]:
+            from rationale_loop.diagnostics import pair_margins, ranking_summary
+
+            margins = pair_margins(current, tokenizer, pairs, self.cfg.rank.max_length, self.cfg.rank.micro_batch_size)
+            return ranking_summary(margins, when)
+
+        self._train_and_save(model, tokenizer, items, objective, self.cfg.rank, self.cfg.seed + k, f"round {k}", out,
+                             average_with=start, measure=rank_own_pairs)
 
     def _train_and_save(
         self, model: Any, tokenizer: Any, items: Any, objective: Any, train_cfg: Any, seed: int, desc: str, out: Path,
-        average_with: Path | None = None,
+        average_with: Path | None = None, measure: Callable[[Any, str], dict[str, Any]] | None = None,
     ) -> None:
         """Train, then write the summary and, last, the checkpoint (atomically): a round whose
-        checkpoint exists has finished training."""
+        checkpoint exists has finished training. `measure(model, "before" | "after")` adds diagnostics
+        of the starting model (measured before any resumed state is loaded, so always the round's start)
+        and of the model that is saved."""
+        from rationale_loop.diagnostics import term_at_ends
         from rationale_loop.model import save_checkpoint
         from rationale_loop.train import train
 
+        before = measure(model, "before") if measure else {}
         log_dir = self.dir / "tensorboard" / out.name
         result = train(model, tokenizer, items, objective, train_cfg, seed=seed, desc=desc, state_path=out / TRAIN_STATE, log_dir=log_dir)
         if average_with is not None and self.cfg.average.method != "none":
@@ -264,10 +292,28 @@ class Run:
             averaged = average_into(model, load_weights(average_with), self.cfg.average.method, self.cfg.average.factor)
             log.info("%s: %s-averaged %d tensors with %s (factor %.3f toward the new weights)",
                      desc, self.cfg.average.method, averaged, average_with, self.cfg.average.factor)
-        write_json_atomic(out / TRAIN_SUMMARY, _train_summary(result))
+        summary = _train_summary(result)
+        if measure:
+            summary.update({**before, **measure(model, "after"), **term_at_ends(result.history, "rank")})
+            log.info("%s: own pairs ranked right %s -> %s, mean margin s_c - s_r %s -> %s; rank term %s -> %s",
+                     desc, *(_fmt(summary.get(key)) for key in (
+                         "pairs_ranked_right_before", "pairs_ranked_right_after", "pair_margin_before", "pair_margin_after",
+                         "rank_term_first", "rank_term_last")))
+        write_json_atomic(out / TRAIN_SUMMARY, summary)
         save_checkpoint(model, tokenizer, out / "checkpoint")
         (out / TRAIN_STATE).unlink(missing_ok=True)  # the checkpoint supersedes it (and it can be large)
         crash_point("trained")
+
+    def _sample_sft_questions(self, backend: Any, sampling: Any) -> list[Generation]:
+        """One sample of the round's starting model per SFT question (SPIN's rejected side)."""
+        from dataclasses import replace
+
+        from rationale_loop.rollouts import sample_and_judge
+
+        log.info("sampling the %d SFT questions once each (the objective plays against its SFT data)", len(self.splits.sft))
+        once = replace(sampling, n=1)
+        groups = sample_and_judge(backend, self.splits.sft, self.fmt, once, self.cfg.verify.kind, desc="sample SFT questions")
+        return sorted((g for group in groups for g in group), key=lambda g: g.question_id)
 
     def _rationalize(self, backend: Any, solved: set[str], sampling: Any) -> list[Generation]:
         """STaR's rationalization: ask every question with no correct sample again, the gold answer
@@ -465,6 +511,10 @@ def fork(run: Path, init_from: str | Path) -> None:
     log.info("forked %s from %s: rounds 0..%d are shared, round %d starts from its checkpoint", run, origin["from"], k, k + 1)
 
 
+def _fmt(value: Any) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
 def _train_summary(result: Any) -> dict[str, Any]:
     data = asdict(result)
     history = data.pop("history")
@@ -473,6 +523,7 @@ def _train_summary(result: Any) -> dict[str, Any]:
         "train_items": data["items"],
         "train_dropped_too_long": data["dropped_too_long"],
         "train_steps": data["steps"],
+        "train_tokens": data["tokens"],
         "train_seconds": round(data["seconds"], 2),
         "train_history": history,
     }

@@ -33,12 +33,14 @@ class SFTItem:
 
 @dataclass(frozen=True)
 class RankItem:
-    """One ranking group: a correct response, its incorrect ones, and the CE anchor's target."""
+    """One ranking group: a correct response, its incorrect ones, and the CE anchor's target (under
+    `anchor_prompt` when the anchor is another question's, as a replayed SFT example is)."""
 
     prompt: str
     chosen: str
     rejected: tuple[str, ...]
     anchor: str
+    anchor_prompt: str | None = None
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,10 @@ class RoundData:
     # star with rationalization: correct samples found with the gold answer as a hint; their
     # `prompt` is the prompt without the hint, which is what they are trained on.
     rationalizations: Sequence[Generation] = ()
+    sft: Sequence[Problem] = ()  # the SFT set's gold examples, for objective.anchor=replay and spin
+    # spin: one sample of the round's starting model per SFT question (sft_generations.jsonl)
+    sft_generations: Iterable[Generation] = ()
+    seed: int = 0  # the round's seed: which SFT examples are replayed
 
 
 class Objective(Protocol):
@@ -141,6 +147,18 @@ class StarObjective(SupervisedObjective):
         return items
 
 
+@register("sft")
+class ContinuedSFTObjective(SupervisedObjective):
+    """No self-training: SFT continued on the SFT set's gold examples, the baseline a round has to beat
+    for the same compute. It uses none of the round's samples, so the round samples none
+    (`uses_samples`)."""
+
+    uses_samples = False
+
+    def items(self, data: RoundData) -> list[SFTItem]:
+        return [SFTItem(data.fmt.prompt(p.question), data.fmt.response(p.rationale, p.answer)) for p in data.sft if p.rationale]
+
+
 def pairwise_sigmoid_loss(margin: torch.Tensor) -> torch.Tensor:
     """-log sigmoid(margin), the pairwise ranking loss shared by cpo_simpo and spin."""
     return -torch.nn.functional.logsigmoid(margin)
@@ -153,7 +171,7 @@ class _RankedGroups:
     def encode(self, item: RankItem, encoder: Encoder) -> tuple[Encoded, list[Encoded], Encoded] | None:
         chosen = encoder.encode(item.prompt, item.chosen)
         rejected = [encoder.encode(item.prompt, r) for r in item.rejected]
-        anchor = encoder.encode(item.prompt, item.anchor)
+        anchor = encoder.encode(item.anchor_prompt or item.prompt, item.anchor)
         if chosen is None or anchor is None or any(r is None for r in rejected):
             return None
         return chosen, rejected, anchor  # type: ignore[return-value]
@@ -170,8 +188,11 @@ class _RankedGroups:
         groups = len(batch["group_sizes"])
         return {"anchor": _learned_tokens(batch["labels"][-groups:]), "rank": groups}
 
-    def scores(self, model: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(chosen scores [G], rejected scores [G, K], rejected mask [G, K], anchor NLL sum)."""
+    def scores(
+        self, model: torch.nn.Module, batch: dict[str, Any], mixce_eta: float = 1.0
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(chosen scores [G], rejected scores [G, K], rejected mask [G, K], anchor (Mix)CE sum). The
+        anchor is a token-level CE like SFT's, so `mixce_eta` (the stage's) mixes it the same way."""
         sizes = batch["group_sizes"]
         groups, negatives = len(sizes), sum(sizes)
         logits = _forward(model, batch)
@@ -186,8 +207,8 @@ class _RankedGroups:
             rejected[g, :size] = scores[offset : offset + size]
             mask[g, :size] = True
             offset += size
-        anchor_logprobs, _ = token_logprobs(logits[ranked:], batch["labels"][ranked:])
-        return scores[:groups], rejected, mask, -anchor_logprobs.sum()
+        anchor_logprobs, anchor_mask = token_logprobs(logits[ranked:], batch["labels"][ranked:])
+        return scores[:groups], rejected, mask, mixce_token_losses(anchor_logprobs, anchor_mask, mixce_eta).sum()
 
 
 def _unique_incorrect(generations: Iterable[Generation]) -> dict[str, tuple[str, ...]]:
@@ -201,23 +222,42 @@ def _unique_incorrect(generations: Iterable[Generation]) -> dict[str, tuple[str,
 
 def _rank_items(data: RoundData, anchor: str, listwise: bool = False) -> list[RankItem]:
     """One group per mined pair; listwise, the chosen response faces every unique incorrect response of
-    its question (the rank loss then averages over them) instead of its one paired rejection."""
+    its question (the rank loss then averages over them) instead of its one paired rejection.
+
+    The CE anchor: "gold", the question's gold rationale and answer (the first Memphis card); "chosen",
+    the chosen completion (the later card); "replay", a gold SFT example, each pair its own, drawn by a
+    seeded shuffle of the SFT set (for a pool whose questions have an answer but no rationale)."""
     negatives = _unique_incorrect(data.generations) if listwise else {}
+    replayed = _replay_order(data) if anchor == "replay" else []
     items = []
-    for pair in data.pairs:
+    for index, pair in enumerate(data.pairs):
+        anchor_prompt = None
         if anchor == "gold":
             problem = data.problems[pair.question_id]
             if not problem.rationale:
                 raise ValueError(
                     f"objective.anchor=gold needs a gold rationale, but {pair.question_id} has none; "
-                    "use objective.anchor=chosen for this task"
+                    "use objective.anchor=chosen or objective.anchor=replay for this task"
                 )
             target = data.fmt.response(problem.rationale, problem.answer)
+        elif anchor == "replay":
+            example = replayed[index % len(replayed)]
+            anchor_prompt, target = data.fmt.prompt(example.question), data.fmt.response(example.rationale, example.answer)
         else:
             target = pair.chosen
         rejected = negatives.get(pair.question_id, (pair.rejected,)) if listwise else (pair.rejected,)
-        items.append(RankItem(pair.prompt, pair.chosen, rejected, target))
+        items.append(RankItem(pair.prompt, pair.chosen, rejected, target, anchor_prompt))
     return items
+
+
+def _replay_order(data: RoundData) -> list[Problem]:
+    import random
+
+    examples = [p for p in data.sft if p.rationale]
+    if not examples:
+        raise ValueError("objective.anchor=replay needs SFT examples with gold rationales, and the task has none")
+    random.Random(f"replay/{data.seed}").shuffle(examples)
+    return examples
 
 
 @register("memphis")
@@ -228,13 +268,13 @@ class MemphisObjective(_RankedGroups):
 
     def __init__(self, cfg: ObjectiveConfig):
         self.cfg = cfg
-        self.coefficients = {"anchor": 1.0, "rank": float(cfg.rank_weight)}
+        self.coefficients = {"anchor": float(cfg.anchor_weight), "rank": float(cfg.rank_weight)}
 
     def items(self, data: RoundData) -> list[RankItem]:
         return _rank_items(data, self.cfg.anchor, self.cfg.listwise)
 
     def loss_sums(self, model: torch.nn.Module, batch: dict[str, Any], train: TrainConfig) -> dict[str, torch.Tensor]:
-        chosen, rejected, mask, anchor_nll = self.scores(model, batch)
+        chosen, rejected, mask, anchor_nll = self.scores(model, batch, train.mixce_eta)
         return {"anchor": anchor_nll, "rank": rank_loss(chosen, rejected, mask).sum()}
 
 
@@ -253,7 +293,7 @@ class CpoSimpoObjective(_RankedGroups):
         return _rank_items(data, "chosen")
 
     def loss_sums(self, model: torch.nn.Module, batch: dict[str, Any], train: TrainConfig) -> dict[str, torch.Tensor]:
-        chosen, rejected, _, anchor_nll = self.scores(model, batch)
+        chosen, rejected, _, anchor_nll = self.scores(model, batch, train.mixce_eta)
         margin = self.cfg.beta * (chosen - rejected[:, 0]) - self.cfg.gamma
         return {"rank": pairwise_sigmoid_loss(margin).sum(), "anchor": anchor_nll}
 
@@ -264,23 +304,29 @@ class SpinObjective:
     a frozen reference (the round's starting model):
     -log sigmoid(beta * ((pi_gold - ref_gold) - (pi_gen - ref_gen))), on summed log-probabilities.
 
+    SPIN plays against its SFT data: every question with a gold response, the SFT set's (sampled for
+    it in each round: `samples_sft_questions`) and the pool's where the task has them.
+
     The reference log-probabilities are computed once, before the first update, by `prepare`: the
     same numbers as a frozen copy would give, without holding a second model in memory.
     """
+
+    samples_sft_questions = True
 
     def __init__(self, cfg: ObjectiveConfig):
         self.cfg = cfg
         self.coefficients = {"dpo": 1.0}
 
     def items(self, data: RoundData) -> list[RankItem]:
+        problems = {**{p.id: p for p in data.sft}, **data.problems}
         first_sample = {}
-        for sample in data.generations:
+        for sample in itertools.chain(data.generations, data.sft_generations):
             current = first_sample.get(sample.question_id)
             if current is None or sample.sample_index < current.sample_index:
                 first_sample[sample.question_id] = sample
         items = []
         for question_id, sample in first_sample.items():
-            problem = data.problems[question_id]
+            problem = problems[question_id]
             if not problem.rationale:
                 continue  # no gold response to prefer
             gold = data.fmt.response(problem.rationale, problem.answer)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import statistics
 from collections import Counter
@@ -25,14 +26,39 @@ def format_value(value: Any) -> str:
     return str(value)
 
 
+def standard_error(accuracy: float | None, questions: int | None) -> float | None:
+    """The binomial standard error of an accuracy measured on `questions` questions."""
+    if accuracy is None or not questions:
+        return None
+    return math.sqrt(accuracy * (1.0 - accuracy) / questions)
+
+
 def rounds_table(run: Path) -> Table:
+    """Held-out accuracy with its standard error per round, what the round sampled and trained on, and
+    whether its ranking reached the weights: its own pairs ranked right, before -> after its training."""
     table = Table(title=f"held-out accuracy per round  ({run})")
-    for column in ("round", "accuracy", "samples", "valid", "correct", "pass@n", "pairs", "train loss"):
+    columns = ("round", "accuracy ± SE", "samples", "correct", "pass@n", "pairs", "train items", "steps",
+               "rank term first -> last", "own pairs ranked right", "margin s_c - s_r", "train loss")
+    for column in columns:
         table.add_column(column, justify="right", no_wrap=True)
     for row in read_rounds(run):
         label = "0 (SFT)" if row["round"] == 0 else str(row["round"])
-        table.add_row(label, *(format_value(row.get(c)) for c in ("eval_accuracy", "samples", "valid", "correct", "pass_at_n", "pairs", "train_loss")))
+        error = standard_error(row.get("eval_accuracy"), row.get("eval_questions"))
+        accuracy = format_value(row.get("eval_accuracy")) + ("" if error is None else f" ± {error:.3f}")
+        table.add_row(
+            label, accuracy, *(format_value(row.get(c)) for c in ("samples", "correct", "pass_at_n", "pairs", "train_items", "train_steps")),
+            _change(row, "rank_term_first", "rank_term_last"),
+            _change(row, "pairs_ranked_right_before", "pairs_ranked_right_after"),
+            _change(row, "pair_margin_before", "pair_margin_after"),
+            format_value(row.get("train_loss")),
+        )
     return table
+
+
+def _change(row: dict[str, Any], before: str, after: str) -> str:
+    if row.get(before) is None and row.get(after) is None:
+        return "-"
+    return f"{format_value(row.get(before))} -> {format_value(row.get(after))}"
 
 
 def print_rounds(run: Path, console: Console | None = None) -> None:

@@ -42,18 +42,23 @@ class TrainResult:
     seconds: float
     mean_loss: float | None
     history: list[dict[str, float]] = field(default_factory=list)
+    tokens: int = 0  # non-padding tokens forwarded by this process over the whole phase (compute spent)
 
 
 def optimizer_settings(cfg: TrainConfig) -> dict[str, Any]:
     """The TrainConfig keys that belong to the chosen optimizer, as its constructor names them."""
-    per_optimizer = {"adamw": {"weight_decay": cfg.weight_decay}, "adalite": {"lambda_": cfg.adalite_lambda}}
+    per_optimizer = {
+        "adamw": {"weight_decay": cfg.weight_decay},
+        "adalite": {"lambda_": cfg.adalite_lambda, "variant": cfg.adalite_variant},
+    }
     return per_optimizer.get(cfg.optimizer.lower(), {})
 
 
-def _schedule_order(count: int, epochs: float, batch_size: int, seed: int) -> list[list[int]]:
-    """Item indices per optimizer step: ceil(epochs * count) items from seeded permutations (one per
-    epoch), cut into batches; the last batch may be smaller."""
-    wanted = max(1, math.ceil(epochs * count))
+def _schedule_order(count: int, epochs: float, batch_size: int, seed: int, steps: int = 0) -> list[list[int]]:
+    """Item indices per optimizer step: ceil(epochs * count) items (or, with `steps`, exactly
+    steps * batch_size) from seeded permutations (one per epoch), cut into batches; the last batch
+    may be smaller."""
+    wanted = steps * batch_size if steps > 0 else max(1, math.ceil(epochs * count))
     rng = random.Random(seed)
     order: list[int] = []
     while len(order) < wanted:
@@ -100,13 +105,14 @@ def train(
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(cfg.optimizer, parameters, lr=cfg.lr, **optimizer_settings(cfg))
-    batches = _schedule_order(len(kept), cfg.epochs, cfg.batch_size, seed)
+    batches = _schedule_order(len(kept), cfg.epochs, cfg.batch_size, seed, cfg.steps)
     scheduler = cosine_with_warmup(optimizer, len(batches), cfg.warmup_ratio, cfg.min_lr_ratio)
     history: list[dict[str, float]] = []
     earlier_seconds = 0.0  # spent by the interrupted calls this one resumes
+    tokens = 0
     resumed = _load_state(state_path, accelerator, model, optimizer, scheduler, len(batches), desc)
     if resumed is not None:
-        history, earlier_seconds = resumed["history"], resumed["seconds"]
+        history, earlier_seconds, tokens = resumed["history"], resumed["seconds"], resumed.get("tokens", 0)
     model, optimizer = accelerator.prepare(model, optimizer)
     first_step = len(history) + 1
     writer = _tensorboard(log_dir, first_step, accelerator)
@@ -121,6 +127,7 @@ def train(
                 for j in range(0, len(batch_indices), cfg.micro_batch_size)
             ]
             step_terms = accumulate_gradients(model, objective, micro_batches, cfg, accelerator)
+            tokens += sum(int(micro["attention_mask"].sum()) for micro in micro_batches)
             if cfg.grad_clip > 0:
                 accelerator.clip_grad_norm_(parameters, cfg.grad_clip)
             optimizer.step()
@@ -140,7 +147,7 @@ def train(
                          " ".join(f"{n} {v:.4f}" for n, v in step_terms.items()))
             if state_path is not None and cfg.save_every > 0 and step % cfg.save_every == 0 and step < len(batches):
                 elapsed = earlier_seconds + time.perf_counter() - start
-                _save_state(state_path, accelerator, model, optimizer, scheduler, history, len(batches), elapsed)
+                _save_state(state_path, accelerator, model, optimizer, scheduler, history, len(batches), elapsed, tokens)
             crash_point("train_step")
     progress.close()
     if writer is not None:
@@ -155,6 +162,7 @@ def train(
         seconds=seconds,
         mean_loss=sum(r["loss"] for r in history) / len(history),
         history=history,
+        tokens=tokens,
     )
 
 
@@ -167,6 +175,7 @@ def _save_state(
     history: list[dict[str, float]],
     total_steps: int,
     seconds: float,
+    tokens: int,
 ) -> None:
     """Everything the rest of the run depends on, in one file written atomically by the main process:
     a crash while it is written leaves the previous state in place. The random states are every
@@ -181,6 +190,7 @@ def _save_state(
             "history": history,
             "total_steps": total_steps,
             "seconds": seconds,
+            "tokens": tokens,
             "rng": every_rng,
         }
         with atomic_writer(path, binary=True) as handle:

@@ -7,9 +7,9 @@ Registry keyed by `task.source`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from rationale_loop.config import TaskConfig
 from rationale_loop.records import Problem
@@ -35,13 +35,21 @@ class TaskSplits:
 
 
 def _tiny_arith(cfg: TaskConfig) -> TaskSplits:
+    """STaR's setting: worked rationales are few (the SFT split), questions with a checkable answer are
+    many (the pool). Pool and eval problems carry their gold answer only: the generator knows their
+    rationales, but the task never hands them out, so no round can learn from one."""
     from rationale_loop.data.tiny_arith import ArithSpec, make_splits
 
-    a = cfg.arith
-    spec = ArithSpec(a.min_steps, a.max_steps, a.max_start, a.max_operand, a.max_value)
+    def spec(a: Any) -> ArithSpec:
+        return ArithSpec(a.min_steps, a.max_steps, a.max_start, a.max_operand, a.max_value)
+
+    sft_spec = spec(cfg.arith)
+    pool_spec = spec(cfg.pool_arith)
     # Eval first: its questions stay the same whatever the pool and SFT sizes are.
-    splits = make_splits(cfg.seed, {"eval": cfg.eval_size, "pool": cfg.pool_size, "sft": cfg.sft_size}, spec)
-    return TaskSplits(splits["sft"], splits["pool"], splits["eval"])
+    splits = make_splits(cfg.seed, {"eval": cfg.eval_size, "pool": cfg.pool_size, "sft": cfg.sft_size},
+                         {"eval": pool_spec, "pool": pool_spec, "sft": sft_spec})
+    answers_only = {name: [replace(p, rationale="") for p in splits[name]] for name in ("pool", "eval")}
+    return TaskSplits(splits["sft"], answers_only["pool"], answers_only["eval"])
 
 
 def _from_files(cfg: TaskConfig) -> TaskSplits:

@@ -62,18 +62,22 @@ def make_problem(rng: random.Random, spec: ArithSpec) -> tuple[str, str, str]:
     return " ".join(story), " ".join(reasoning), str(value)
 
 
-def make_splits(seed: int, sizes: dict[str, int], spec: ArithSpec | None = None) -> dict[str, list[Problem]]:
-    """Draw splits of the requested sizes, disjoint by question text.
+def make_splits(
+    seed: int, sizes: dict[str, int], spec: ArithSpec | dict[str, ArithSpec] | None = None
+) -> dict[str, list[Problem]]:
+    """Draw splits of the requested sizes, disjoint by question text; `spec` is one difficulty for
+    every split or one per split name.
 
     Each split has its own random stream seeded by (seed, split name), and splits are drawn in the
     order given, each skipping questions already taken. So a split's content depends only on its own
     size and on the splits before it: growing the pool or the SFT set never changes the eval set
     (listed first by the task).
     """
-    spec = spec or ArithSpec()
+    specs = spec if isinstance(spec, dict) else {split: spec or ArithSpec() for split in sizes}
     seen: set[str] = set()
     splits: dict[str, list[Problem]] = {}
     for split, size in sizes.items():
+        spec = specs[split]
         rng = random.Random(f"{seed}/{split}")
         problems: list[Problem] = []
         attempts = 0

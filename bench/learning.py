@@ -1,0 +1,247 @@
+"""Which parts of the loop pull their weight: arms of the embedded default at equal compute.
+
+Every arm starts from the same SFT checkpoint (the embedded default's round 0, trained once here) and
+runs the same number of rounds with the same number of optimizer steps per round (`--steps`), each
+step forwarding the same number of sequences: a ranked group (chosen, rejected, anchor) is 3 sequences,
+a SPIN pair 2, a STaR or SFT example 1, so their batches hold 1x, 1.5x and 3x as many items. Training
+tokens actually forwarded are recorded per round (`train_tokens`) so the equality can be checked.
+
+Arms (overrides of the embedded default, whose objective is memphis):
+  memphis           rank + CE anchor (the default)
+  anchor_only       w = 0: the anchor alone
+  rank_only         the rank term alone (anchor weight 0)
+  star              CE on the model's own correct responses
+  star_rationalize  star, plus unsolved questions retried with the answer as a hint
+  cpo_simpo         TRL's CPO-SimPO
+  spin              SPIN against the round's starting model, on the SFT set
+  sft_continued     no self-training: SFT continued on the SFT set
+  adalite, mixce_0.75, neftune_10   the recipe's own pieces on the memphis objective
+
+Round 1 samples the same pool from the same checkpoint with the same seed in every arm, so it is
+sampled once per seed and shared. Held-out accuracy is over the same eval questions for every arm;
+the standard error of an arm's mean combines the spread over seeds and the binomial error of the
+question sample: sqrt(var_seeds / k + p (1 - p) / n).
+
+    .venv/bin/python bench/learning.py [--seeds 0 1 2] [--rounds 3] [--steps 24] [--arms memphis star ...]
+
+Writes bench/results/learning.json and bench/results/learning.png, and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import platform
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from hydra import compose, initialize_config_dir  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+
+from rationale_loop.cli import CONFIG_DIR  # noqa: E402
+from rationale_loop.config import register_configs  # noqa: E402
+from rationale_loop.loop import read_rounds, round_dir, run_loop  # noqa: E402
+
+ARMS: dict[str, list[str]] = {
+    "memphis": [],
+    "anchor_only": ["objective.rank_weight=0"],
+    "rank_only": ["objective.anchor_weight=0"],
+    "star": ["objective=star"],
+    "star_rationalize": ["objective=star", "objective.rationalize=true"],
+    "cpo_simpo": ["objective=cpo_simpo"],
+    "spin": ["objective=spin"],
+    "sft_continued": ["objective=sft"],
+    "adalite": ["rank.optimizer=adalite"],
+    "mixce_0.75": ["rank.mixce_eta=0.75"],
+    "neftune_10": ["rank.neftune_alpha=10"],
+}
+SEQUENCES_PER_ITEM = {"star": 1, "star_rationalize": 1, "sft_continued": 1, "spin": 2}  # others: 3
+SAMPLES_ROUND_ONE = {arm for arm in ARMS if arm != "sft_continued"}  # arms whose round 1 samples the pool
+
+
+def compose_config(*overrides: str) -> Any:
+    register_configs()
+    with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
+        return compose("config", overrides=list(overrides))
+
+
+def arm_overrides(arm: str, steps: int, groups_per_step: int) -> list[str]:
+    """The arm's own overrides, plus a batch that forwards 3 * groups_per_step sequences per step."""
+    batch = groups_per_step * 3 // SEQUENCES_PER_ITEM.get(arm, 3)
+    return [*ARMS[arm], f"rank.steps={steps}", f"rank.batch_size={batch}", f"rank.micro_batch_size={batch}"]
+
+
+def train_sft(work: Path, name: str, extra: list[str]) -> Path:
+    run = work / name
+    if not (run / "round_00" / "DONE").exists():
+        cfg = compose_config(f"output_root={work}", f"model.cache_dir={work}/models", f"run={name}", "rounds=0", *extra)
+        run_loop(cfg)
+    return run
+
+
+def share_round_one(donor: Path, run: Path, cfg: Any) -> bool:
+    """Start `run`'s round 1 from `donor`'s samples: the same start, pool, sampling and seed give the same
+    samples. The round is laid out as an interrupted round with this config, which the loop finishes."""
+    source = round_dir(donor, 1) / "generations.jsonl"
+    target = round_dir(run, 1)
+    if not source.exists() or target.exists():
+        return False
+    target.mkdir(parents=True)
+    (target / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    shutil.copyfile(source, target / "generations.jsonl")
+    return True
+
+
+def run_arm(work: Path, sft_run: Path, arm: str, seed: int, rounds: int, steps: int, groups: int, donors: dict[int, Path]) -> dict:
+    name = f"{arm}/seed{seed}"
+    run = work / name
+    cfg = compose_config(f"output_root={work}", f"model.cache_dir={work}/models", f"run={name}", f"rounds={rounds}",
+                         f"seed={seed}", f"init_from={sft_run / 'round_00'}", *arm_overrides(arm, steps, groups))
+    if arm in SAMPLES_ROUND_ONE and seed in donors:
+        share_round_one(donors[seed], run, cfg)
+    started = time.perf_counter()
+    run_loop(cfg)
+    if arm in SAMPLES_ROUND_ONE:
+        donors.setdefault(seed, run)
+    rows = read_rounds(run)
+    metrics = [json.loads((round_dir(run, r["round"]) / "metrics.json").read_text()) for r in rows]
+    return {
+        "arm": arm,
+        "seed": seed,
+        "seconds": time.perf_counter() - started,
+        "accuracy": [r["eval_accuracy"] for r in rows],
+        "eval_questions": rows[0]["eval_questions"],
+        "train_tokens": [m.get("train_tokens") for m in metrics[1:]],
+        "train_items": [m.get("train_items") for m in metrics[1:]],
+        "pairs": [m.get("pairs") for m in metrics[1:]],
+        "pairs_ranked_right": [[m.get("pairs_ranked_right_before"), m.get("pairs_ranked_right_after")] for m in metrics[1:]],
+    }
+
+
+def mean_and_error(accuracies: list[float], questions: int) -> tuple[float, float]:
+    mean = statistics.fmean(accuracies)
+    seeds = statistics.variance(accuracies) / len(accuracies) if len(accuracies) > 1 else 0.0
+    return mean, math.sqrt(seeds + mean * (1 - mean) / questions)
+
+
+def summarize(results: list[dict], arms: list[str]) -> dict[str, list[dict[str, float]]]:
+    summary = {}
+    for arm in arms:
+        runs = [r for r in results if r["arm"] == arm]
+        if not runs:
+            continue
+        rounds = min(len(r["accuracy"]) for r in runs)
+        summary[arm] = []
+        for k in range(rounds):
+            mean, error = mean_and_error([r["accuracy"][k] for r in runs], runs[0]["eval_questions"])
+            summary[arm].append({"round": k, "mean": mean, "se": error, "seeds": len(runs)})
+    return summary
+
+
+def plot(summary: dict[str, list[dict[str, float]]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(8, 5))
+    for arm, rows in summary.items():
+        rounds = [row["round"] for row in rows]
+        axes.errorbar([r + 0.02 * list(summary).index(arm) for r in rounds], [row["mean"] for row in rows],
+                      yerr=[row["se"] for row in rows], marker="o", capsize=3, label=arm,
+                      linewidth=2.5 if arm in ("memphis", "sft_continued") else 1.2)
+    axes.set_xlabel("round (0 = SFT)")
+    axes.set_ylabel("held-out accuracy (mean over seeds, ±1 SE)")
+    axes.set_xticks(sorted({row["round"] for rows in summary.values() for row in rows}))
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8, ncol=2)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
+def table(summary: dict[str, list[dict[str, float]]]) -> str:
+    rounds = max(len(rows) for rows in summary.values())
+    lines = ["| arm | " + " | ".join("SFT" if k == 0 else f"round {k}" for k in range(rounds)) + " |",
+             "|---|" + "---|" * rounds]
+    for arm, rows in summary.items():
+        lines.append(f"| {arm} | " + " | ".join(f"{row['mean']:.3f} ± {row['se']:.3f}" for row in rows) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=24, help="optimizer steps per round, every arm")
+    parser.add_argument("--groups", type=int, default=32, help="ranked groups per step (3 sequences each); other arms match the sequences")
+    parser.add_argument("--work", default=str(ROOT / "outputs/bench/learning"), help="where the arms' runs go")
+    parser.add_argument("--out", default=str(ROOT / "bench/results/learning.json"))
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    work = Path(args.work)
+
+    started = time.perf_counter()
+    sft_run = train_sft(work, "sft", [])
+    # Trained to convergence? The same SFT with twice the epochs, from the same base model.
+    base_epochs = compose_config().sft.epochs
+    longer = train_sft(work, "sft-2x-epochs", [f"sft.epochs={2 * base_epochs}"])
+    convergence = {"epochs": base_epochs, "accuracy": read_rounds(sft_run)[0]["eval_accuracy"],
+                   "epochs_2x": 2 * base_epochs, "accuracy_2x": read_rounds(longer)[0]["eval_accuracy"]}
+    print(f"SFT: {convergence['accuracy']:.3f} after {base_epochs:g} epochs, {convergence['accuracy_2x']:.3f} after {2 * base_epochs:g}")
+
+    results, donors = [], {}
+    out = Path(args.out)
+    for seed in args.seeds:
+        # the arms that sample round 1 first, so that they share one sample of it
+        for arm in sorted(args.arms, key=lambda a: a not in SAMPLES_ROUND_ONE):
+            result = run_arm(work, sft_run, arm, seed, args.rounds, args.steps, args.groups, donors)
+            results.append(result)
+            print(f"{arm:>18} seed {seed}: " + " ".join(f"{a:.3f}" for a in result["accuracy"]) + f"  ({result['seconds']:.0f} s)", flush=True)
+            summary = summarize(results, args.arms)
+            _write(out, args, convergence, results, summary, time.perf_counter() - started)
+
+    summary = summarize(results, args.arms)
+    print(table(summary))
+    if "memphis" in summary and "sft_continued" in summary:
+        a, b = summary["memphis"][-1], summary["sft_continued"][-1]
+        gap, error = a["mean"] - b["mean"], math.sqrt(a["se"] ** 2 + b["se"] ** 2)
+        print(f"last round: memphis - sft_continued = {gap:+.3f} ± {error:.3f} ({gap / error:.1f} SE)")
+    plot(summary, out.with_suffix(".png"))
+    print(f"wrote {out} and {out.with_suffix('.png')}")
+
+
+def _write(out: Path, args: Any, convergence: dict, results: list[dict], summary: dict, seconds: float) -> None:
+    import torch
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    data = {
+        "machine": {"cpu": cpu, "threads": torch.get_num_threads(), "torch": torch.__version__, "platform": platform.platform()},
+        "command": "bench/learning.py " + " ".join(sys.argv[1:]),
+        "compute": {"steps_per_round": args.steps, "sequences_per_step": 3 * args.groups,
+                    "rule": "equal optimizer steps per round, each forwarding the same number of sequences"},
+        "rounds": args.rounds,
+        "seeds": args.seeds,
+        "sft_convergence": convergence,
+        "summary": summary,
+        "runs": results,
+        "seconds": seconds,
+    }
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(out)
+
+
+if __name__ == "__main__":
+    main()

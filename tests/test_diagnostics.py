@@ -1,0 +1,99 @@
+"""The learning signal reaches the weights: a rank stage raises the fraction of its own pairs the model
+ranks right, and the per-round diagnostics say so."""
+
+import math
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from rationale_loop.config import ObjectiveConfig, TrainConfig
+from rationale_loop.data.formats import TINYCOT
+from rationale_loop.diagnostics import pair_margins, ranking_summary, term_at_ends
+from rationale_loop.model import train_tokenizer
+from rationale_loop.objectives import MemphisObjective, RoundData
+from rationale_loop.records import Pair, Problem
+from rationale_loop.train import train
+
+
+def _pairs() -> list[Pair]:
+    """Pairs in the shape a round mines: the same question, a right and a wrong last step."""
+    pairs = []
+    for a in range(2, 26):
+        b = a % 7 + 1
+        prompt = TINYCOT.prompt(f"Ann has {a} pens. She finds {b} more. How many pens does Ann have now?")
+        right, wrong = a + b, a + b + (1 if a % 2 else -1)
+        pairs.append(Pair(f"q{a}", prompt, TINYCOT.response(f"{a} + {b} = {right}.", str(right)),
+                          TINYCOT.response(f"{a} + {b} = {wrong}.", str(wrong)), 0, 1))
+    return pairs
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return train_tokenizer([p.prompt + p.chosen + p.rejected for p in _pairs()] * 3, vocab_size=300)
+
+
+def _model(tokenizer):
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=48, intermediate_size=96, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=128)
+    return LlamaForCausalLM(config)
+
+
+def test_a_rank_stage_raises_the_fraction_of_its_pairs_ranked_right(tokenizer):
+    pairs = _pairs()
+    model = _model(tokenizer)
+    before = ranking_summary(pair_margins(model, tokenizer, pairs, 128), "before")
+    objective = MemphisObjective(ObjectiveConfig(anchor="chosen"))
+    items = objective.items(RoundData({}, [], pairs, TINYCOT))
+    cfg = TrainConfig(lr=3e-3, epochs=24, batch_size=8, micro_batch_size=8, warmup_ratio=0.1, optimizer="adamw")
+    result = train(model, tokenizer, items, objective, cfg, seed=0, desc="rank")
+    after = ranking_summary(pair_margins(model, tokenizer, pairs, 128), "after")
+    ends = term_at_ends(result.history, "rank")
+
+    assert after["pairs_ranked_right_after"] >= before["pairs_ranked_right_before"] + 0.3, (before, after)
+    assert after["pairs_ranked_right_after"] >= 0.9
+    assert after["pair_margin_after"] > before["pair_margin_before"] + 0.1
+    assert after["pair_rank_loss_after"] < before["pair_rank_loss_before"]
+    assert ends["rank_term_last"] < ends["rank_term_first"] - 0.1, ends
+
+
+def test_margins_are_the_length_normalised_score_gap(tokenizer):
+    """pair_margins agrees with scoring each side on its own, unbatched."""
+    from rationale_loop.encode import Encoder
+    from rationale_loop.losses import sequence_logprobs
+
+    model, pairs = _model(tokenizer), _pairs()[:5]
+    model.eval()
+    encoder = Encoder(tokenizer, 128)
+
+    def score(prompt, response):
+        batch = encoder.collate([encoder.encode(prompt, response)])
+        with torch.no_grad():
+            total, count = sequence_logprobs(model(input_ids=batch["input_ids"]).logits, batch["labels"])
+        return float(total[0] / count[0])
+
+    expected = [score(p.prompt, p.chosen) - score(p.prompt, p.rejected) for p in pairs]
+    assert pair_margins(model, tokenizer, pairs, 128, batch_size=2) == pytest.approx(expected, abs=1e-5)
+
+
+def test_ranking_summary_by_hand():
+    summary = ranking_summary([2.0, -1.0, 0.0, 3.0], "after")
+    assert summary["pair_margin_after"] == pytest.approx(1.0)
+    assert summary["pairs_ranked_right_after"] == 0.5  # a tie is not ranked right
+    expected = sum(math.log(1 + math.exp(-m)) for m in (2.0, -1.0, 0.0, 3.0)) / 4
+    assert summary["pair_rank_loss_after"] == pytest.approx(expected)
+    assert ranking_summary([], "before") == {"pair_margin_before": None, "pairs_ranked_right_before": None, "pair_rank_loss_before": None}
+    assert term_at_ends([{"nll": 1.0}], "rank") == {"rank_term_first": None, "rank_term_last": None}
+
+
+def test_replayed_anchor_is_a_gold_sft_example_under_its_own_prompt():
+    pairs = _pairs()[:4]
+    sft = [Problem(f"s{i}", f"Question {i}?", f"{i} + 1 = {i + 1}.", str(i + 1)) for i in range(3)]
+    objective = MemphisObjective(ObjectiveConfig(anchor="replay"))
+    items = objective.items(RoundData({}, [], pairs, TINYCOT, sft=sft, seed=5))
+    gold = {TINYCOT.prompt(p.question): TINYCOT.response(p.rationale, p.answer) for p in sft}
+    assert [item.prompt for item in items] == [p.prompt for p in pairs]
+    assert all(gold[item.anchor_prompt] == item.anchor for item in items)
+    assert len({item.anchor_prompt for item in items[:3]}) == 3, "each pair replays its own example, cycling"
+    assert items == objective.items(RoundData({}, [], pairs, TINYCOT, sft=sft, seed=5))
