@@ -24,3 +24,8 @@ result = train(model, tok, ITEMS * 2, SupervisedObjective(), cfg, seed=0, desc="
 if int(os.environ.get("RANK", "0")) == 0:
     torch.save({k: v.clone() for k, v in model.state_dict().items()}, out / "final.pt")
     print("steps", result.steps, "mean loss", result.mean_loss)
+# Tear the gloo process group down before the interpreter does: left to exit, its threads are destroyed
+# while still joinable and the process can abort ("terminate called without an active exception").
+if torch.distributed.is_initialized():
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
