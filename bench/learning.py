@@ -6,7 +6,7 @@ step forwarding the same number of sequences: a ranked group (chosen, rejected, 
 a SPIN pair 2, a STaR or SFT example 1, so their batches hold 1x, 1.5x and 3x as many items. Training
 tokens actually forwarded are recorded per round (`train_tokens`) so the equality can be checked.
 
-Arms (overrides of the embedded default, whose objective is memphis):
+Arms (overrides of the embedded default, whose objective is star):
   memphis           rank + CE anchor (the default)
   anchor_only       w = 0: the anchor alone
   rank_only         the rank term alone (anchor weight 0)
@@ -51,18 +51,19 @@ from rationale_loop.cli import CONFIG_DIR  # noqa: E402
 from rationale_loop.config import register_configs  # noqa: E402
 from rationale_loop.loop import read_rounds, round_dir, run_loop  # noqa: E402
 
+MEMPHIS = ["objective=memphis"]  # with the embedded default's anchor on the chosen completion
 ARMS: dict[str, list[str]] = {
-    "memphis": [],
-    "anchor_only": ["objective.rank_weight=0"],
-    "rank_only": ["objective.anchor_weight=0"],
+    "memphis": MEMPHIS,
+    "anchor_only": [*MEMPHIS, "objective.rank_weight=0"],
+    "rank_only": [*MEMPHIS, "objective.anchor_weight=0"],
     "star": ["objective=star"],
     "star_rationalize": ["objective=star", "objective.rationalize=true"],
     "cpo_simpo": ["objective=cpo_simpo"],
     "spin": ["objective=spin"],
     "sft_continued": ["objective=sft"],
-    "adalite": ["rank.optimizer=adalite"],
-    "mixce_0.75": ["rank.mixce_eta=0.75"],
-    "neftune_10": ["rank.neftune_alpha=10"],
+    "adalite": [*MEMPHIS, "rank.optimizer=adalite"],
+    "mixce_0.75": [*MEMPHIS, "rank.mixce_eta=0.75"],
+    "neftune_10": [*MEMPHIS, "rank.neftune_alpha=10"],
 }
 SEQUENCES_PER_ITEM = {"star": 1, "star_rationalize": 1, "sft_continued": 1, "spin": 2}  # others: 3
 SAMPLES_ROUND_ONE = {arm for arm in ARMS if arm != "sft_continued"}  # arms whose round 1 samples the pool

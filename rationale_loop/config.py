@@ -42,6 +42,7 @@ class ArithConfig:
     max_start: int = 15
     max_operand: int = 9
     max_value: int = 60
+    answer: str = "final"  # "final": the count at the end; "running": the count after every event
 
 
 @dataclass

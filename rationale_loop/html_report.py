@@ -99,6 +99,8 @@ def _plots_section(run: Path, rows: list[dict[str, Any]]) -> str:
         ("plot-accuracy", "Held-out accuracy after SFT (round 0) and after every round", plots.accuracy_png(rows)),
         ("plot-pairs", "Number of preference pairs mined in each round", plots.pairs_png(rows)),
         ("plot-rates", "Valid and correct samples as fractions of all samples, per round", plots.rates_png(rows)),
+        ("plot-ranking", "Fraction of each round's own pairs the model ranks right (s_c > s_r), before and after the round's training",
+         plots.ranking_png(rows)),
         ("plot-loss", "Training loss per optimizer step: SFT and the self-training rounds in separate panels",
          plots.loss_png(plots.train_histories(run, rounds))),
         ("plot-lengths", "Histogram of chosen and rejected response lengths in tokens, all rounds",

@@ -102,6 +102,26 @@ def rates_png(rows: list[dict[str, Any]]) -> bytes:
     return _png(figure)
 
 
+def ranking_png(rows: list[dict[str, Any]]) -> bytes:
+    """Whether a round's training reached the weights: the fraction of the round's own pairs the model
+    ranks right (s_c > s_r) with the weights it started from and with the weights it saved."""
+    figure, ax = _figure("Own pairs ranked right, before and after each round")
+    measured = [row for row in _self_training_rows(rows) if row.get("pairs_ranked_right_before") is not None]
+    if measured:
+        rounds = [row["round"] for row in measured]
+        width = 0.38
+        ax.bar([k - width / 2 for k in rounds], [row["pairs_ranked_right_before"] for row in measured], width, label="before training")
+        ax.bar([k + width / 2 for k in rounds], [row["pairs_ranked_right_after"] for row in measured], width, label="after training")
+        ax.axhline(0.5, color="gray", linestyle=":", linewidth=1)
+        ax.legend(loc="lower right")
+    else:
+        _note(ax, NO_ROUNDS_YET)
+    _round_axis(ax, [row["round"] for row in rows])
+    ax.set_ylabel("fraction of pairs with s_c > s_r")
+    ax.set_ylim(0, FRACTION_TOP)
+    return _png(figure)
+
+
 def loss_png(histories: dict[int, list[dict[str, Any]]]) -> bytes:
     """SFT and the rounds in separate panels: their losses are different objectives on different
     scales (cross-entropy vs anchor + weighted ranking loss), and one axis would flatten the rounds."""

@@ -37,8 +37,9 @@ def two_round_run(tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("two_rounds")
     # Later overrides of a key win over SMALL's. Half SFT's epochs halves the fixture's time and still
-    # leaves a model right often enough, and wrong often enough, for both rounds to mine pairs.
-    cfg = compose_config(*SMALL, "rounds=2", "sft.epochs=2",
+    # leaves a model right often enough, and wrong often enough, for both rounds to mine pairs. memphis,
+    # not the embedded default's star, so that the rounds have a rank term for the report to show.
+    cfg = compose_config(*SMALL, "rounds=2", "sft.epochs=2", "objective=memphis",
                          f"output_root={root}/runs", f"model.cache_dir={root}/models", "run=two")
     run_loop(cfg)
     return root / "runs" / "two"

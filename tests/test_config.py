@@ -27,9 +27,14 @@ def test_every_experiment_composes_and_validates(experiment):
 
 def test_default_is_the_embedded_tiny_arith_experiment():
     cfg = compose_config()
-    assert cfg.model.source == "tiny" and cfg.task.name == "tiny_arith" and cfg.objective.name == "memphis"
-    assert cfg.objective.rank_weight == 5.0 and cfg.generate.n == 8
-    assert cfg.generate.temperature == 0.5 and cfg.generate.top_p == 0.8
+    assert cfg.model.source == "tiny" and cfg.task.name == "tiny_arith" and cfg.objective.name == "star"
+    assert cfg.task.pool_arith.answer == cfg.task.arith.answer == "running" and cfg.verify.kind == "exact"
+    assert cfg.generate.n == 8 and cfg.generate.temperature == 0.5 and cfg.generate.top_p == 0.8
+
+
+def test_memphis_on_the_embedded_default_keeps_the_recipes_weight_and_anchors_on_the_chosen_response():
+    cfg = compose_config("objective=memphis")
+    assert (cfg.objective.name, cfg.objective.rank_weight, cfg.objective.anchor) == ("memphis", 5.0, "chosen")
 
 
 @pytest.mark.parametrize("override", ["sft.lrr=1e-3", "generate.temprature=0.3"])

@@ -29,7 +29,10 @@ def sweep(two_round_run: Path) -> dict:
     runs = base.parent
     done = _cli("loop", "--multirun", *SMALL, "rounds=2", f"output_root={runs}", f"model.cache_dir={runs.parent}/models",
                 f"init_from={base}/round_1", "run=two-r1/${hydra:job.override_dirname}", "rank.lr=1e-4,3e-4",
-                f"hydra.sweep.dir={runs.parent}/sweeps")
+                f"hydra.sweep.dir={runs.parent}/sweeps",
+                # a file name has at most 255 bytes: leave the task's and the verifier's keys out of the name
+                "hydra.job.config.override_dirname.exclude_keys=[run,init_from,rounds,force,output_root,model.cache_dir,"
+                "task.sft_size,task.pool_size,task.eval_size,task.arith.answer,task.pool_arith.answer,verify]")
     assert done.returncode == 0, done.stderr[-3000:]
     # Each job's directory is named by its overrides (Hydra's override_dirname), the small config's too.
     jobs = [next((runs / "two-r1").glob(f"*rank.lr:{lr}+*")) for lr in ("0.0001", "0.0003")]

@@ -21,11 +21,12 @@ from rationale_loop.loop import read_rounds
 from rationale_loop.records import Generation, JsonlRecords, Pair, read_jsonl
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-PLOT_IDS = ("plot-accuracy", "plot-pairs", "plot-rates", "plot-loss", "plot-lengths")
+PLOT_IDS = ("plot-accuracy", "plot-pairs", "plot-rates", "plot-ranking", "plot-loss", "plot-lengths")
 PLOTS = {
     "accuracy": lambda run: plots.accuracy_png(read_rounds(run)),
     "pairs": lambda run: plots.pairs_png(read_rounds(run)),
     "rates": lambda run: plots.rates_png(read_rounds(run)),
+    "ranking": lambda run: plots.ranking_png(read_rounds(run)),
     "loss": lambda run: plots.loss_png(plots.train_histories(run, [0, 1, 2])),
     "lengths": lambda run: plots.lengths_png(*plots.all_pair_lengths(run, [1, 2])),
 }
@@ -109,6 +110,22 @@ def test_report_has_the_table_every_plot_and_the_pairs_of_both_rounds(report, tw
     first = next(read_jsonl(two_round_run / "round_02" / "pairs.jsonl"))
     assert first["chosen"] in dom.texts and first["rejected"] in dom.texts
     assert 'class="rounds"' in page and "0 (SFT)" in dom.texts
+
+
+def test_report_table_shows_each_rounds_diagnostics(report, two_round_run):
+    """Whether each round's ranking reached the weights, with the accuracy's standard error."""
+    from rationale_loop.report import format_value, standard_error
+
+    texts = Dom(report.read_text()).texts
+    for title in ("own pairs ranked right before", "ranked right after", "margin s_c - s_r before",
+                  "rank term, first step", "rank term, last step", "optimizer steps", "train items"):
+        assert title in texts, title
+    for k in (1, 2):
+        metrics = json.loads((two_round_run / f"round_{k:02d}" / "metrics.json").read_text())
+        for key in ("pairs_ranked_right_before", "pairs_ranked_right_after", "pair_margin_before", "rank_term_last"):
+            assert metrics[key] is not None and format_value(metrics[key]) in texts, (k, key)
+        error = standard_error(metrics["eval_accuracy"], metrics["eval_questions"])
+        assert f"{format_value(metrics['eval_accuracy'])} ± {error:.3f}" in texts
 
 
 def test_report_is_self_contained_without_scripts(report):

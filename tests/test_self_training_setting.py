@@ -44,13 +44,13 @@ def _with_pool_sentinel(real_load_task):
 @pytest.mark.parametrize(
     "overrides, reads_it",
     [
-        (["objective.anchor=chosen"], False),
-        (["objective.anchor=replay"], False),
+        (["objective=memphis", "objective.anchor=chosen"], False),
+        (["objective=memphis", "objective.anchor=replay"], False),
         (["objective=star", "objective.rationalize=true"], False),
         (["objective=cpo_simpo"], False),
         (["objective=sft"], False),
         # the control: the first Memphis card's anchor is the pool's gold rationale, so the spy must see it
-        (["objective.anchor=gold"], True),
+        (["objective=memphis", "objective.anchor=gold"], True),
     ],
     ids=["memphis-chosen", "memphis-replay", "star-rationalize", "cpo_simpo", "sft", "control-gold-anchor"],
 )

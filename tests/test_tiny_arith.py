@@ -33,3 +33,10 @@ def test_gold_rationales_do_the_arithmetic_they_claim():
 def test_load_task_checks_the_splits_are_disjoint():
     splits = load_task(TaskConfig(sft_size=100, pool_size=20, eval_size=20))
     assert len(splits.sft) == 100 and len(splits.pool) == 20 and len(splits.eval) == 20
+
+
+def test_running_answers_list_the_count_after_every_event():
+    for problem in make_splits(5, {"all": 200}, ArithSpec(answer="running"))["all"]:
+        results = re.findall(r"= (\d+)\.", problem.rationale)
+        assert problem.answer == ", ".join(results), problem
+        assert problem.question.endswith("after each event?")

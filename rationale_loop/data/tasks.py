@@ -41,7 +41,7 @@ def _tiny_arith(cfg: TaskConfig) -> TaskSplits:
     from rationale_loop.data.tiny_arith import ArithSpec, make_splits
 
     def spec(a: Any) -> ArithSpec:
-        return ArithSpec(a.min_steps, a.max_steps, a.max_start, a.max_operand, a.max_value)
+        return ArithSpec(a.min_steps, a.max_steps, a.max_start, a.max_operand, a.max_value, a.answer)
 
     sft_spec = spec(cfg.arith)
     pool_spec = spec(cfg.pool_arith)

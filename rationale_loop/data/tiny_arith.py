@@ -29,6 +29,14 @@ class ArithSpec:
     max_start: int = 15
     max_operand: int = 9
     max_value: int = 60  # no intermediate result goes above this (keeps every number at two digits)
+    # "final": the answer is the count at the end. "running": the count after every event, in order
+    # ("5, 15, 17"): with small numbers a wrong chain often lands on the right final count, and a
+    # round would learn from it as if it were right; a wrong chain rarely gets every count right.
+    answer: str = "final"
+
+    def __post_init__(self) -> None:
+        if self.answer not in ("final", "running"):
+            raise ValueError(f"task.arith.answer={self.answer!r} is unknown; known: final, running")
 
 
 def _step(rng: random.Random, value: int, name: str, item: str, spec: ArithSpec) -> tuple[str, str, int]:
@@ -53,11 +61,15 @@ def make_problem(rng: random.Random, spec: ArithSpec) -> tuple[str, str, str]:
     name, item = rng.choice(NAMES), rng.choice(ITEMS)
     value = rng.randint(2, spec.max_start)
     story = [f"{name} has {value} {item}."]
-    reasoning = []
+    reasoning, counts = [], []
     for _ in range(rng.randint(spec.min_steps, spec.max_steps)):
         sentence, working, value = _step(rng, value, name, item, spec)
         story.append(sentence)
         reasoning.append(working)
+        counts.append(str(value))
+    if spec.answer == "running":
+        story.append(f"How many {item} does {name} have after each event?")
+        return " ".join(story), " ".join(reasoning), ", ".join(counts)
     story.append(f"How many {item} does {name} have now?")
     return " ".join(story), " ".join(reasoning), str(value)
 
