@@ -86,6 +86,13 @@ def pairs_png(rows: list[dict[str, Any]]) -> bytes:
     return _png(figure)
 
 
+def _fraction_axis(ax: Any, rows: list[dict[str, Any]], label: str) -> None:
+    """Every round on x (SFT included, so the rounds' panels line up), a fraction from 0 on y."""
+    _round_axis(ax, [row["round"] for row in rows])
+    ax.set_ylabel(label)
+    ax.set_ylim(0, FRACTION_TOP)
+
+
 def rates_png(rows: list[dict[str, Any]]) -> bytes:
     figure, ax = _figure("Valid and correct samples per round")
     trained = [row for row in _self_training_rows(rows) if row.get("samples")]
@@ -96,9 +103,7 @@ def rates_png(rows: list[dict[str, Any]]) -> bytes:
         ax.legend(loc="center right")
     else:
         _note(ax, NO_ROUNDS_YET)
-    _round_axis(ax, [row["round"] for row in rows])
-    ax.set_ylabel("fraction of samples")
-    ax.set_ylim(0, FRACTION_TOP)
+    _fraction_axis(ax, rows, "fraction of samples")
     return _png(figure)
 
 
@@ -116,9 +121,7 @@ def ranking_png(rows: list[dict[str, Any]]) -> bytes:
         ax.legend(loc="lower right")
     else:
         _note(ax, NO_ROUNDS_YET)
-    _round_axis(ax, [row["round"] for row in rows])
-    ax.set_ylabel("fraction of pairs with s_c > s_r")
-    ax.set_ylim(0, FRACTION_TOP)
+    _fraction_axis(ax, rows, "fraction of pairs with s_c > s_r")
     return _png(figure)
 
 
