@@ -7,7 +7,7 @@ a SPIN pair 2, a STaR or SFT example 1, so their batches hold 1x, 1.5x and 3x as
 tokens actually forwarded are recorded per round (`train_tokens`) so the equality can be checked.
 
 Arms (overrides of the embedded default, whose objective is star):
-  memphis           rank + CE anchor (the default)
+  memphis           rank + CE anchor (the recipe's objective)
   anchor_only       w = 0: the anchor alone
   rank_only         the rank term alone (anchor weight 0)
   star              CE on the model's own correct responses

@@ -36,7 +36,7 @@ class ArithSpec:
 
     def __post_init__(self) -> None:
         if self.answer not in ("final", "running"):
-            raise ValueError(f"task.arith.answer={self.answer!r} is unknown; known: final, running")
+            raise ValueError(f"task.arith.answer / task.pool_arith.answer={self.answer!r} is unknown; known: final, running")
 
 
 def _step(rng: random.Random, value: int, name: str, item: str, spec: ArithSpec) -> tuple[str, str, int]:
