@@ -159,14 +159,15 @@ def normalize_text(text: str) -> str:
 # A minus sign counts only when glued to the digits and not preceded by a word character or a
 # closing bracket: "-3", "x=-3" and "($-3)" are negative, but "5-3" and "5 - 3" are subtraction.
 # Thousands groups must be exactly three digits and may not run on ("1,2345" is not 12345), so
-# lists like "1,2,3" are read as separate numbers.
+# lists like "1,2,3" are read as separate numbers. A fraction may be followed by sentence punctuation
+# ("3/4." and "2 1/2," are 3/4 and 5/2) but not run on into a decimal ("3/4.5" is not 3/4).
 _NUMBER_RE = re.compile(
     r"""
     (?P<sign>(?<![\w)\]}])-(?=\.?\d))?
     (?:
-        (?P<whole>\d+)\ (?P<mnum>\d+)/(?P<mden>\d+)(?![\d.,/])       # mixed number 2 1/2
+        (?P<whole>\d+)\ (?P<mnum>\d+)/(?P<mden>\d+)(?![\d/]|[.,]\d)  # mixed number 2 1/2
       | (?P<num>\d{1,3}(?:,\d{3})+(?![\d])(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+)
-        (?:\s*/\s*(?P<den>\d+)(?![\d.]))?                            # simple fraction 3/4
+        (?:\s*/\s*(?P<den>\d+)(?!\.?\d))?                            # simple fraction 3/4
     )
     """,
     re.VERBOSE,
