@@ -91,5 +91,5 @@ test-vllm: $(VLLM_STAMP) ## the vLLM backend's tests, in .venv-vllm
 test-all: $(STAMP) chromium ## every test except vllm and gpu, the slow ones included
 	$(BIN)/python -m pytest -q -m "not vllm and not gpu" $(ARGS)
 
-clean-run: ## delete outputs/runs/$(RUN)
-	rm -rf outputs/runs/$(RUN)
+clean-run: $(STAMP) ## delete outputs/runs/$(RUN) (refused for an empty RUN, a path out of outputs/runs, or a run in use)
+	$(RL) clean '$(RUN)'

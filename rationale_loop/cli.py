@@ -6,10 +6,16 @@
     inspect  one round's stats and pairs (inspect.round=k)
     report   write the run's report.html: rounds table, plots, a sample of each round's pairs
     compare  runs side by side (plain paths, not Hydra overrides): compare RUN_DIR... | compare --forks-of RUN_DIR
+    clean    delete a run directory (a plain path under outputs/runs): clean NAME [--root DIR]
+
+The tool's own errors (a bad config value, a broken data file, a run in use) print one line and exit 1;
+RATIONALE_LOOP_DEBUG=1 (or Hydra's HYDRA_FULL_ERROR=1) shows their traceback too.
 """
 
 from __future__ import annotations
 
+import functools
+import os
 import sys
 from pathlib import Path
 from typing import Callable
@@ -18,6 +24,7 @@ import hydra
 from omegaconf import DictConfig
 
 from rationale_loop.config import register_configs
+from rationale_loop.errors import UserError
 
 # An absolute path: under `python -m`, Hydra would read a relative one as a Python module name.
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
@@ -25,9 +32,29 @@ CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 COMMANDS: dict[str, Callable[[DictConfig], None]] = {}
 
 
+def _debugging() -> bool:
+    return any(os.environ.get(name, "") not in ("", "0") for name in ("RATIONALE_LOOP_DEBUG", "HYDRA_FULL_ERROR"))
+
+
+def reporting_errors(fn: Callable[..., None]) -> Callable[..., None]:
+    """A UserError becomes one line on stderr and exit status 1. SystemExit, unlike an exception,
+    passes through Hydra's own error handling untouched."""
+
+    @functools.wraps(fn)
+    def run(*args: object) -> None:
+        try:
+            fn(*args)
+        except UserError as error:
+            if _debugging():
+                raise
+            raise SystemExit(f"rationale_loop: error: {error}") from None
+
+    return run
+
+
 def command(name: str) -> Callable[[Callable[[DictConfig], None]], Callable[[DictConfig], None]]:
     def add(fn: Callable[[DictConfig], None]) -> Callable[[DictConfig], None]:
-        COMMANDS[name] = fn
+        COMMANDS[name] = reporting_errors(fn)
         return fn
 
     return add
@@ -35,13 +62,10 @@ def command(name: str) -> Callable[[Callable[[DictConfig], None]], Callable[[Dic
 
 @command("sft")
 def sft(cfg: DictConfig) -> None:
-    from rationale_loop.loop import Run, is_done, run_dir
+    from rationale_loop.loop import run_dir, run_sft
     from rationale_loop.report import print_rounds
 
-    if is_done(run_dir(cfg), 0):
-        print(f"[rationale_loop] {run_dir(cfg)}/round_00 is already done; SFT is not run again")
-    else:
-        Run(cfg).run_round(0)
+    run_sft(cfg)
     print_rounds(run_dir(cfg))
 
 
@@ -80,6 +104,7 @@ def report(cfg: DictConfig) -> None:
     print(f"[rationale_loop] wrote {write_report(run_dir(cfg), pairs_per_round=cfg.report.pairs)}")
 
 
+@reporting_errors
 def compare(argv: list[str]) -> None:
     """Not a Hydra command: it reads finished runs and takes their directories."""
     import argparse
@@ -100,13 +125,30 @@ def compare(argv: list[str]) -> None:
     compare_runs(runs)
 
 
+@reporting_errors
+def clean(argv: list[str]) -> None:
+    """Not a Hydra command either: `make clean-run RUN=name` deletes one run, refusing anything else."""
+    import argparse
+
+    from rationale_loop.cleanup import delete_run
+
+    parser = argparse.ArgumentParser(prog="python -m rationale_loop clean", description="delete one run directory")
+    parser.add_argument("run", help="the run's name, as given to run= (a path relative to --root)")
+    parser.add_argument("--root", default="outputs/runs", help="where runs live (output_root)")
+    arguments = parser.parse_args(argv)
+    print(f"[rationale_loop] deleted {delete_run(arguments.root, arguments.run)}")
+
+
+PLAIN_COMMANDS = {"compare": compare, "clean": clean}
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv if argv is None else argv)
-    if len(argv) >= 2 and argv[1] == "compare":
-        compare(argv[2:])
+    if len(argv) >= 2 and argv[1] in PLAIN_COMMANDS:
+        PLAIN_COMMANDS[argv[1]](argv[2:])
         return
     if len(argv) < 2 or argv[1] not in COMMANDS:
-        names = ", ".join([*COMMANDS, "compare"])
+        names = ", ".join([*COMMANDS, *PLAIN_COMMANDS])
         raise SystemExit(f"usage: python -m rationale_loop <{names}> [hydra overrides]\n{__doc__}")
     name = argv.pop(1)
     sys.argv = argv

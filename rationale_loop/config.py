@@ -8,11 +8,15 @@ shrinks them to the embedded default that runs on a 2-core CPU.
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
+
+from rationale_loop.errors import UserError
 
 
 @dataclass
@@ -23,6 +27,9 @@ class ModelConfig:
     path: Optional[str] = None
     cache_dir: str = "outputs/models"
     dtype: str = "float32"
+    # Run the Python code a hub model ships with its weights (some architectures need it). Off unless
+    # turned on here: that code runs with the user's rights.
+    trust_remote_code: bool = False
     # Shape of the tiny model (source=tiny only).
     hidden_size: int = 128
     intermediate_size: int = 384
@@ -142,6 +149,9 @@ class GenerateConfig:
     gpu_memory_utilization: float = 0.9
     max_model_len: Optional[int] = None
     enforce_eager: bool = False
+    # A prompt whose tokens plus max_new_tokens exceed the model's context: "skip" it (counted in the
+    # round's stats and the eval metrics) or "error" (stop, naming the question).
+    too_long: str = "skip"
 
 
 @dataclass
@@ -196,45 +206,157 @@ class Config:
 
 def register_configs() -> None:
     ConfigStore.instance().store(name="base_config", node=Config)
+    if not OmegaConf.has_resolver("run_directory"):
+        OmegaConf.register_new_resolver("run_directory", _run_directory_or_exit)
 
 
-class ConfigError(ValueError):
+def _run_directory_or_exit(output_root: str, run: str) -> str:
+    """Hydra's run directory (conf/config.yaml), checked before Hydra creates it. Hydra would print a
+    resolver's exception under two screens of traceback; SystemExit passes through it as one line."""
+    from rationale_loop.paths import RunPathError, run_directory
+
+    try:
+        return run_directory(output_root, run)
+    except RunPathError as error:
+        raise SystemExit(f"rationale_loop: error: {error}") from None
+
+
+class ConfigError(UserError, ValueError):
     """A config that composes but cannot run; the message names the key."""
 
 
+def unknown_keys(cfg: DictConfig, schema: type = None, prefix: str = "") -> list[str]:
+    """Keys of `cfg` that the schema does not have: Hydra lets `+key=value` add one even to a
+    structured config, and a misspelt key added that way would otherwise be ignored in silence."""
+    schema = schema or Config
+    hints = typing.get_type_hints(schema)
+    unknown = []
+    for key in cfg:
+        if key == "hydra" and not prefix:
+            continue
+        if key not in hints:
+            unknown.append(f"{prefix}{key}")
+        elif dataclasses.is_dataclass(hints[key]) and isinstance(cfg[key], DictConfig):
+            unknown += unknown_keys(cfg[key], hints[key], f"{prefix}{key}.")
+    return unknown
+
+
 def validate(cfg: DictConfig | Config) -> None:
-    """Cross-field checks that the schema's types cannot express."""
+    """Every check the config alone allows, made before any work: a value found wrong after SFT or
+    generation has run costs that work, and a library's message about it would not name the key."""
+    cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.structured(cfg)
+    extra = unknown_keys(cfg)
+    if extra:
+        raise ConfigError(f"unknown config key(s) {', '.join(extra)} (added with '+'?): no part of the tool reads them")
+    from rationale_loop.paths import RunPathError, check_output_root, check_run_name
+
+    try:
+        check_output_root(cfg.output_root)
+        check_run_name(cfg.run)
+    except RunPathError as error:
+        raise ConfigError(str(error)) from None
+    _check_ranges(cfg)
+    _check_names(cfg)
+    _check_combinations(cfg)
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def _one_of(key: str, value: Any, known: Any) -> None:
+    _require(value in known, f"{key}={value!r} is unknown; known: {', '.join(sorted(map(str, known)))}")
+
+
+def _check_ranges(cfg: DictConfig) -> None:
     for stage in ("sft", "rank"):
-        train = cfg[stage] if isinstance(cfg, DictConfig) else getattr(cfg, stage)
-        if train.micro_batch_size <= 0 or train.batch_size % train.micro_batch_size:
-            raise ConfigError(
-                f"{stage}.batch_size ({train.batch_size}) must be a positive multiple of "
-                f"{stage}.micro_batch_size ({train.micro_batch_size})"
-            )
-        if not 0.0 <= train.warmup_ratio < 1.0:
-            raise ConfigError(f"{stage}.warmup_ratio must be in [0, 1), got {train.warmup_ratio}")
-        if train.adalite_variant not in ("january", "february"):
-            raise ConfigError(f"{stage}.adalite_variant must be 'january' or 'february', got {train.adalite_variant!r}")
-        if not 0.0 <= train.mixce_eta <= 1.0:
-            raise ConfigError(f"{stage}.mixce_eta must be in [0, 1], got {train.mixce_eta}")
-    if cfg.generate.n < 1:
-        raise ConfigError(f"generate.n must be at least 1, got {cfg.generate.n}")
-    if not 0.0 < cfg.generate.top_p <= 1.0:
-        raise ConfigError(f"generate.top_p must be in (0, 1], got {cfg.generate.top_p}")
-    if cfg.objective.anchor not in ("gold", "chosen", "replay"):
-        raise ConfigError(f"objective.anchor must be 'gold', 'chosen' or 'replay', got {cfg.objective.anchor!r}")
-    if cfg.objective.rationalize and cfg.objective.name != "star":
-        raise ConfigError(f"objective.rationalize is STaR's and needs objective=star, not {cfg.objective.name!r}")
-    if cfg.model.source not in ("tiny", "pretrained"):
-        raise ConfigError(f"model.source must be 'tiny' or 'pretrained', got {cfg.model.source!r}")
-    if cfg.model.source == "pretrained" and not cfg.model.path:
-        raise ConfigError("model.path is required when model.source=pretrained")
-    if cfg.average.method not in ("none", "slerp", "linear"):
-        raise ConfigError(f"average.method must be none, slerp or linear, got {cfg.average.method!r}")
-    if not 0.0 <= cfg.average.factor <= 1.0:
-        raise ConfigError(f"average.factor must be in [0, 1], got {cfg.average.factor}")
-    if cfg.rounds < 0:
-        raise ConfigError(f"rounds must be >= 0, got {cfg.rounds}")
+        train = cfg[stage]
+        _require(train.micro_batch_size > 0 and train.batch_size > 0 and train.batch_size % train.micro_batch_size == 0,
+                 f"{stage}.batch_size ({train.batch_size}) must be a positive multiple of "
+                 f"{stage}.micro_batch_size ({train.micro_batch_size})")
+        _require(train.lr > 0, f"{stage}.lr must be positive, got {train.lr}")
+        _require(train.steps >= 0, f"{stage}.steps must be >= 0 (0: epochs decide), got {train.steps}")
+        _require(train.steps > 0 or train.epochs > 0, f"{stage}.epochs must be positive when {stage}.steps is 0, got {train.epochs}")
+        _require(0.0 <= train.warmup_ratio < 1.0, f"{stage}.warmup_ratio must be in [0, 1), got {train.warmup_ratio}")
+        _require(0.0 <= train.min_lr_ratio <= 1.0, f"{stage}.min_lr_ratio must be in [0, 1], got {train.min_lr_ratio}")
+        _require(train.max_length > 0, f"{stage}.max_length must be positive, got {train.max_length}")
+        _require(train.grad_clip >= 0, f"{stage}.grad_clip must be >= 0 (0: no clipping), got {train.grad_clip}")
+        _require(train.weight_decay >= 0, f"{stage}.weight_decay must be >= 0, got {train.weight_decay}")
+        _require(0.0 <= train.mixce_eta <= 1.0, f"{stage}.mixce_eta must be in [0, 1], got {train.mixce_eta}")
+        _require(train.neftune_alpha >= 0, f"{stage}.neftune_alpha must be >= 0 (0: off), got {train.neftune_alpha}")
+        _require(train.log_every >= 1, f"{stage}.log_every must be at least 1, got {train.log_every}")
+        _require(train.save_every >= 0, f"{stage}.save_every must be >= 0 (0: never), got {train.save_every}")
+        _one_of(f"{stage}.adalite_variant", train.adalite_variant, ("january", "february"))
+    gen = cfg.generate
+    _require(gen.n >= 1, f"generate.n must be at least 1, got {gen.n}")
+    _require(gen.temperature >= 0, f"generate.temperature must be >= 0 (0: greedy), got {gen.temperature}")
+    _require(0.0 < gen.top_p <= 1.0, f"generate.top_p must be in (0, 1], got {gen.top_p}")
+    _require(gen.max_new_tokens >= 1, f"generate.max_new_tokens must be at least 1, got {gen.max_new_tokens}")
+    _require(gen.batch_size >= 1, f"generate.batch_size must be at least 1, got {gen.batch_size}")
+    _require(gen.tensor_parallel_size >= 1, f"generate.tensor_parallel_size must be at least 1, got {gen.tensor_parallel_size}")
+    _require(0.0 < gen.gpu_memory_utilization <= 1.0, f"generate.gpu_memory_utilization must be in (0, 1], got {gen.gpu_memory_utilization}")
+    _one_of("generate.too_long", gen.too_long, ("skip", "error"))
+    _require(cfg.eval.max_new_tokens >= 1, f"eval.max_new_tokens must be at least 1, got {cfg.eval.max_new_tokens}")
+    _require(cfg.eval.batch_size >= 1, f"eval.batch_size must be at least 1, got {cfg.eval.batch_size}")
+    for split in ("sft_size", "pool_size", "eval_size"):
+        value = cfg.task[split]
+        _require(cfg.task.source != "tiny_arith" or value > 0, f"task.{split} must be positive for the generated task, got {value}")
+    objective = cfg.objective
+    _require(objective.rank_weight >= 0 and objective.anchor_weight >= 0,
+             f"objective.rank_weight and objective.anchor_weight must be >= 0, got {objective.rank_weight} and {objective.anchor_weight}")
+    _require(objective.beta > 0, f"objective.beta must be positive, got {objective.beta}")
+    _require(0.0 <= cfg.average.factor <= 1.0, f"average.factor must be in [0, 1], got {cfg.average.factor}")
+    _require(cfg.rounds >= 0, f"rounds must be >= 0, got {cfg.rounds}")
+    _require(cfg.report.pairs >= 0, f"report.pairs must be >= 0, got {cfg.report.pairs}")
+
+
+def _check_names(cfg: DictConfig) -> None:
+    """Every name a later phase looks up in a registry, looked up now."""
+    from rationale_loop.data.formats import FORMATS
+    from rationale_loop.data.public import LOADERS
+    from rationale_loop.data.tasks import TASKS
+    from rationale_loop.generate import BACKENDS
+    from rationale_loop.objectives import OBJECTIVES
+    from rationale_loop.optim import OPTIMIZERS
+    from rationale_loop.verify import VERIFIERS
+
+    _one_of("objective.name", cfg.objective.name, OBJECTIVES)
+    _one_of("objective.anchor", cfg.objective.anchor, ("gold", "chosen", "replay"))
+    _one_of("generate.backend", cfg.generate.backend, BACKENDS)
+    _one_of("verify.kind", cfg.verify.kind, VERIFIERS)
+    _one_of("task.prompt_format", cfg.task.prompt_format, FORMATS)
+    _one_of("task.source", cfg.task.source, TASKS)
+    _one_of("task.arith.answer", cfg.task.arith.answer, ("final", "running"))
+    _one_of("task.pool_arith.answer", cfg.task.pool_arith.answer, ("final", "running"))
+    for split, source in cfg.task.files.items():
+        _one_of(f"task.files.{split}", split, ("sft", "pool", "eval"))
+        _one_of(f"task.files.{split}.loader", source.loader, LOADERS)
+    _one_of("model.source", cfg.model.source, ("tiny", "pretrained"))
+    dtypes = ("float32", "bfloat16", "float16")
+    _one_of("model.dtype", cfg.model.dtype, dtypes)
+    _one_of("generate.dtype", cfg.generate.dtype, ("auto", *dtypes))
+    for stage in ("sft", "rank"):
+        _one_of(f"{stage}.optimizer", str(cfg[stage].optimizer).lower(), OPTIMIZERS)
+    _one_of("average.method", cfg.average.method, ("none", "slerp", "linear"))
+
+
+# Objectives that train on pairs of a correct and an incorrect sample of one question.
+PAIR_OBJECTIVES = ("memphis", "cpo_simpo")
+
+
+def _check_combinations(cfg: DictConfig) -> None:
+    gen, objective = cfg.generate, cfg.objective
+    _require(not (gen.temperature == 0 and gen.n > 1),
+             f"generate.temperature=0 is greedy: its generate.n={gen.n} samples of a question would all be the same; "
+             "set a temperature above 0 or n=1")
+    _require(not (objective.name in PAIR_OBJECTIVES and gen.n < 2),
+             f"objective={objective.name} trains on pairs of a correct and an incorrect sample of one question, "
+             f"which generate.n={gen.n} cannot give; set generate.n to 2 or more")
+    _require(not (objective.rationalize and objective.name != "star"),
+             f"objective.rationalize is STaR's and needs objective=star, not {objective.name!r}")
+    _require(not (cfg.model.source == "pretrained" and not cfg.model.path), "model.path is required when model.source=pretrained")
+    _require(not (cfg.task.source == "files" and not cfg.task.files), "task.source=files needs task.files (sft, pool and eval)")
 
 
 def to_container(cfg: DictConfig) -> dict[str, Any]:

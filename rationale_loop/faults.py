@@ -11,19 +11,26 @@ dictionary lookup. The points a round passes:
     train_step    after each optimizer step (and the training state saved at that step, if any)
     trained       after the round's checkpoint is saved, before evaluation
     evaluated     after eval.jsonl is written, before metrics.json and DONE
+
+`RATIONALE_LOOP_WAIT_AT=<point>:<file>` makes the process stop at the named point (every time it passes
+it) until <file> exists: a test holds one process inside a phase while it starts another on the same run.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import time
 from collections import Counter
+from pathlib import Path
 
 KILL_AT = "RATIONALE_LOOP_KILL_AT"
+WAIT_AT = "RATIONALE_LOOP_WAIT_AT"
 _passes: Counter[str] = Counter()
 
 
 def crash_point(name: str) -> None:
+    _wait_if_asked(name)
     wanted = os.environ.get(KILL_AT)
     if not wanted:
         return
@@ -33,3 +40,12 @@ def crash_point(name: str) -> None:
     _passes[name] += 1
     if _passes[name] == int(hit or 1):
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _wait_if_asked(name: str) -> None:
+    wanted = os.environ.get(WAIT_AT)
+    if not wanted:
+        return
+    point, _, release = wanted.partition(":")
+    while point == name and not Path(release).exists():
+        time.sleep(0.1)

@@ -16,8 +16,8 @@ import json
 import logging
 import os
 import re
-import shutil
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -28,6 +28,9 @@ from rationale_loop.config import ConfigError, config_differences, to_container,
 from rationale_loop.data.formats import ReasoningFormat, get_format
 from rationale_loop.data.tasks import TaskSplits, load_task
 from rationale_loop.faults import crash_point
+from rationale_loop.errors import DataError, UserError
+from rationale_loop.integrity import DONE, check_checkpoint, mark_done
+from rationale_loop.paths import remove
 from rationale_loop.records import (
     Generation,
     JsonlRecords,
@@ -44,7 +47,6 @@ from rationale_loop.records import (
 
 log = logging.getLogger(__name__)
 
-DONE = "DONE"
 TRAIN_STATE = "train_state.pt"  # a resumable training state, while training runs
 TRAIN_SUMMARY = "train.json"  # the training phase's losses and counts, written just before the checkpoint
 ROUND_SUMMARY_KEYS = (
@@ -52,6 +54,7 @@ ROUND_SUMMARY_KEYS = (
     # what the round trained on, and whether its ranking reached the weights (rationale_loop/diagnostics.py)
     "train_items", "train_steps", "rank_term_first", "rank_term_last",
     "pair_margin_before", "pair_margin_after", "pairs_ranked_right_before", "pairs_ranked_right_after",
+    "note",  # why a round trained on nothing (degenerate_round_note), absent when it trained
 )
 
 
@@ -95,7 +98,9 @@ class Run:
         self.dir = run_dir(cfg)
         self.fmt: ReasoningFormat = get_format(cfg.task.prompt_format)
         self.splits: TaskSplits = load_task(cfg.task)
+        check_task_fits_config(cfg, self.splits)
         self.problems: dict[str, Problem] = {p.id: p for p in self.splits.pool}
+        self._fits: dict[tuple[int, int], tuple[list[Problem], int]] = {}
         if cfg.init_from:
             fork(self.dir, cfg.init_from)
         elif self.dir.exists():
@@ -106,9 +111,9 @@ class Run:
         """Run round k, or finish it where an interrupted call left it: every phase's output is a file
         written atomically, and a phase whose file is there is not run again."""
         if is_done(self.dir, k):
-            raise RuntimeError(f"{round_dir(self.dir, k)} is finished (DONE) and is never rewritten")
+            raise UserError(f"{round_dir(self.dir, k)} is finished (DONE) and is never rewritten")
         if k > 0 and not is_done(self.dir, k - 1):
-            raise RuntimeError(f"round {k} needs round {k - 1} finished first ({round_dir(self.dir, k - 1)} has no DONE)")
+            raise UserError(f"round {k} needs round {k - 1} finished first ({round_dir(self.dir, k - 1)} has no DONE)")
         out = round_dir(self.dir, k)
         if not self._resumable(out):
             if k > 0 and round_dir(self.dir, k - 1).is_symlink():
@@ -122,7 +127,7 @@ class Run:
         summary = self._sft(out) if k == 0 else self._self_train(k, out)
         summary["round"] = k
         write_json_atomic(out / "metrics.json", summary)
-        (out / DONE).write_text("")
+        mark_done(out)
         write_rounds_index(self.dir)
         self._log_round(summary)
         return summary
@@ -134,7 +139,7 @@ class Run:
             return False
         saved = out / "config.yaml"
         if not saved.exists():  # died before its config was written: nothing in it to keep
-            shutil.rmtree(out)
+            remove(out, inside=self.dir)
             return False
         differences = self._differences_from(saved)
         if not differences:
@@ -148,8 +153,8 @@ class Run:
                 "go back to it to finish the round, or pass force=true to clear the round and start it again"
             )
         log.warning("force=true: clearing the interrupted %s, which started with another config:\n  %s", out, listing)
-        shutil.rmtree(out)
-        shutil.rmtree(self.dir / "tensorboard" / out.name, ignore_errors=True)
+        remove(out, inside=self.dir)
+        remove(self.dir / "tensorboard" / out.name, inside=self.dir / "tensorboard")
         return False
 
     def _sft(self, out: Path) -> dict[str, Any]:
@@ -159,7 +164,8 @@ class Run:
             from rationale_loop.objectives import SFTItem, SupervisedObjective
 
             log.info("round 0 (SFT): base model %s, %d SFT examples", base, len(self.splits.sft))
-            model, tokenizer = load_model(base, self.cfg.model.dtype), load_tokenizer(base)
+            trust = self.cfg.model.trust_remote_code
+            model, tokenizer = load_model(base, self.cfg.model.dtype, trust), load_tokenizer(base, trust)
             items = [SFTItem(self.fmt.prompt(p.question), self.fmt.response(p.rationale, p.answer)) for p in self.splits.sft]
             self._train_and_save(model, tokenizer, items, SupervisedObjective(), self.cfg.sft, self.cfg.seed, "sft", out)
         metrics = self._evaluate(out)
@@ -170,19 +176,24 @@ class Run:
         from rationale_loop.objectives import build_objective
 
         start = round_dir(self.dir, k - 1) / "checkpoint"
+        check_checkpoint(start.parent, f"round {k - 1}, the start of round {k}")
         gen = self.cfg.generate
         sampling = Sampling(gen.n, gen.temperature, gen.top_p, gen.max_new_tokens, seed=self.cfg.seed + k)
         backends = _Lazy(lambda: self._backend(start, gen.batch_size))
+        pool, too_long = self._fitting(self.splits.pool, gen.max_new_tokens, start, f"round {k}: the pool")
         if not (out / "generations.jsonl").exists():
-            if getattr(build_objective(self.cfg.objective), "uses_samples", True):
-                log.info("round %d: sampling %d x %d completions from %s", k, len(self.splits.pool), gen.n, start)
-                self._generate(backends.get(), sampling, out)
+            if not pool:
+                log.warning("round %d: no question of the pool can be asked; nothing is sampled", k)
+                write_jsonl_atomic(out / "generations.jsonl", [])
+            elif getattr(build_objective(self.cfg.objective), "uses_samples", True):
+                log.info("round %d: sampling %d x %d completions from %s", k, len(pool), gen.n, start)
+                self._generate(backends.get(), pool, sampling, out)
             else:  # the file contract holds, with nothing in it
                 log.info("round %d: objective %s uses no samples; the pool is not sampled", k, self.cfg.objective.name)
                 write_jsonl_atomic(out / "generations.jsonl", [])
             crash_point("generated")
         if not (out / "stats.json").exists():
-            self._mine(backends, sampling, out)
+            self._mine(backends, pool, too_long, sampling, out)
             crash_point("mined")
         stats = json.loads((out / "stats.json").read_text())
         log.info("round %d: %s", k, ", ".join(f"{key} {value}" for key, value in stats.items()))
@@ -190,9 +201,14 @@ class Run:
             self._rank_train(k, start, backends, out)
         backends.drop()
         metrics = self._evaluate(out)
-        return {**metrics, **stats, **json.loads((out / TRAIN_SUMMARY).read_text())}
+        summary = {**metrics, **stats, **json.loads((out / TRAIN_SUMMARY).read_text())}
+        note = degenerate_round_note(summary, len(self.splits.pool))
+        if note:
+            log.warning("round %d: %s; its checkpoint is its starting model, and the loop goes on", k, note)
+            summary["note"] = note
+        return summary
 
-    def _generate(self, backend: Any, sampling: Any, out: Path) -> None:
+    def _generate(self, backend: Any, pool: list[Problem], sampling: Any, out: Path) -> None:
         """Sample and judge the pool, appending each question's samples as they come, so a crash loses
         at most the batch in flight; a resumed call keeps the questions already complete. The file
         appears, sorted by question and sample, only when the whole pool is done."""
@@ -200,21 +216,21 @@ class Run:
 
         partial = out / "generations.jsonl.partial"
         done = keep_complete_questions(partial, sampling.n)
-        index_of = {p.id: i for i, p in enumerate(self.splits.pool)}
+        index_of = {p.id: i for i, p in enumerate(pool)}
         if done:
-            log.info("resuming generation: %d of %d questions were already sampled", len(done), len(self.splits.pool))
+            log.info("resuming generation: %d of %d questions were already sampled", len(done), len(pool))
         unknown = sorted(done - index_of.keys())
         if unknown:
-            raise RuntimeError(f"{partial} holds samples of questions that are not in the pool now ({unknown[:3]}...): "
+            raise DataError(f"{partial} holds samples of questions that are not in the pool now ({unknown[:3]}...): "
                                "the task's data changed since the round started; restore it, or delete the file to sample again")
         skip = {index_of[q] for q in done}
-        for group in sample_and_judge(backend, self.splits.pool, self.fmt, sampling, self.cfg.verify.kind, skip=skip):
+        for group in sample_and_judge(backend, pool, self.fmt, sampling, self.cfg.verify.kind, skip=skip):
             append_jsonl(partial, group)
             crash_point("generate")
         sort_jsonl(partial, out / "generations.jsonl", key=lambda row: (row["question_id"], row["sample_index"]))
         partial.unlink()
 
-    def _mine(self, backends: "_Lazy", sampling: Any, out: Path) -> None:
+    def _mine(self, backends: "_Lazy", pool: list[Problem], too_long: int, sampling: Any, out: Path) -> None:
         """Pairs and stats, one question at a time from generations.jsonl so memory stays flat as the
         pool grows; stats.json is written last and marks the phase done."""
         from rationale_loop.mine import mine_question
@@ -232,12 +248,12 @@ class Run:
                 yield from mine_question(group, self.problems[group[0].question_id])
 
         written = write_jsonl_atomic(out / "pairs.jsonl", pairs())
-        stats = {**counts.result(), "pairs": written}
+        stats = {**counts.result(), "pairs": written, "skipped_too_long": too_long}
         if getattr(build_objective(self.cfg.objective), "samples_sft_questions", False):
             sft_samples = self._sample_sft_questions(backends.get(), sampling)
             stats["sft_samples"] = write_jsonl_atomic(out / "sft_generations.jsonl", sft_samples)
         if self.cfg.objective.rationalize:
-            rationalizations = self._rationalize(backends.get(), solved, sampling)
+            rationalizations = self._rationalize(backends.get(), pool, solved, sampling)
             write_jsonl_atomic(out / "rationalizations.jsonl", rationalizations)
             stats["rationalized"] = len(rationalizations)
         write_json_atomic(out / "stats.json", stats)
@@ -258,7 +274,8 @@ class Run:
         backend = backends.peek()
         model, tokenizer = getattr(backend, "model", None), getattr(backend, "tokenizer", None)
         if model is None or model.dtype != torch_dtype(self.cfg.model.dtype):
-            model, tokenizer = load_model(start, self.cfg.model.dtype), load_tokenizer(start)
+            trust = self.cfg.model.trust_remote_code
+            model, tokenizer = load_model(start, self.cfg.model.dtype, trust), load_tokenizer(start, trust)
         backends.drop()
 
         def rank_own_pairs(current: Any, when: str) -> dict[str, Any]:
@@ -315,14 +332,14 @@ class Run:
         groups = sample_and_judge(backend, self.splits.sft, self.fmt, once, self.cfg.verify.kind, desc="sample SFT questions")
         return sorted((g for group in groups for g in group), key=lambda g: g.question_id)
 
-    def _rationalize(self, backend: Any, solved: set[str], sampling: Any) -> list[Generation]:
+    def _rationalize(self, backend: Any, pool: list[Problem], solved: set[str], sampling: Any) -> list[Generation]:
         """STaR's rationalization: ask every question with no correct sample again, the gold answer
         given as a hint; keep the samples that reach it, recorded under the prompt without the hint."""
         from dataclasses import replace
 
         from rationale_loop.rollouts import judge
 
-        unsolved = [p for p in self.splits.pool if p.id not in solved]
+        unsolved = [p for p in pool if p.id not in solved]
         prompts = [self.fmt.hinted_prompt(p.question, p.answer) for p in unsolved]
         log.info("rationalization: %d unsolved questions asked again with the answer as a hint", len(unsolved))
         kept = []
@@ -374,7 +391,7 @@ class Run:
     def _backend(self, checkpoint: Path, batch_size: int) -> Any:
         from rationale_loop.generate import make_backend
 
-        return make_backend(self.cfg.generate, checkpoint, self.cfg.model.dtype, batch_size)
+        return make_backend(self.cfg.generate, checkpoint, self.cfg.model.dtype, batch_size, self.cfg.model.trust_remote_code)
 
     def _evaluate(self, out: Path) -> dict[str, Any]:
         """Greedy held-out accuracy of the round's checkpoint; read back from eval.jsonl when an
@@ -382,13 +399,30 @@ class Run:
         from rationale_loop.evaluate import evaluate, metrics_from_file
 
         samples = out / "eval.jsonl"
+        questions, too_long = self._fitting(self.splits.eval, self.cfg.eval.max_new_tokens, out / "checkpoint", "evaluation")
         if samples.exists():
-            return metrics_from_file(samples)
+            return {**metrics_from_file(samples), "eval_skipped_too_long": too_long}
         backend = self._backend(out / "checkpoint", self.cfg.eval.batch_size)
-        metrics = evaluate(backend, self.splits.eval, self.fmt, self.cfg.verify.kind, self.cfg.eval.max_new_tokens, samples)
+        metrics = evaluate(backend, questions, self.fmt, self.cfg.verify.kind, self.cfg.eval.max_new_tokens, samples)
+        metrics["eval_skipped_too_long"] = too_long
         log.info("held-out accuracy %.3f (%d questions, %.3f valid)", metrics["eval_accuracy"], metrics["eval_questions"], metrics["eval_valid"])
         crash_point("evaluated")
         return metrics
+
+    def _fitting(self, problems: list[Problem], max_new_tokens: int, checkpoint: Path, what: str) -> tuple[list[Problem], int]:
+        """The problems whose prompt fits the model's context with max_new_tokens to spare, and the
+        count of the others (rationale_loop/prompt_budget.py). Every round's model has its base's
+        tokenizer and context, so the answer is worked out once per split and budget."""
+        from rationale_loop.model import load_tokenizer
+        from rationale_loop.prompt_budget import context_length, fitting
+
+        key = (id(problems), max_new_tokens)
+        if key not in self._fits:
+            engine_limit = self.cfg.generate.max_model_len if self.cfg.generate.backend == "vllm" else None
+            context = context_length(checkpoint, engine_limit)
+            tokenizer = load_tokenizer(checkpoint, self.cfg.model.trust_remote_code) if context else None
+            self._fits[key] = fitting(problems, self.fmt, tokenizer, context, max_new_tokens, self.cfg.generate.too_long, what)
+        return self._fits[key]
 
     def _log_round(self, summary: dict[str, Any]) -> None:
         """Round-level scalars to TensorBoard (tensorboard/rounds), one point per round."""
@@ -404,10 +438,8 @@ def _remove_leftovers(out: Path) -> None:
     """What a kill in the middle of an atomic write leaves: temporary files and checkpoint staging
     directories (model-sized), and a partial generation file whose sorted copy was already written."""
     for leftover in out.glob(".*"):
-        if leftover.is_dir():
-            shutil.rmtree(leftover)
-        elif leftover.name.endswith(".tmp"):
-            leftover.unlink()
+        if leftover.is_dir() or leftover.name.endswith(".tmp"):
+            remove(leftover, inside=out)
     if (out / "generations.jsonl").exists():
         (out / "generations.jsonl.partial").unlink(missing_ok=True)
 
@@ -511,6 +543,46 @@ def fork(run: Path, init_from: str | Path) -> None:
     log.info("forked %s from %s: rounds 0..%d are shared, round %d starts from its checkpoint", run, origin["from"], k, k + 1)
 
 
+def check_task_fits_config(cfg: DictConfig, splits: TaskSplits) -> None:
+    """What the config asks of the task's data, checked once the data is loaded and before any work:
+    the verifier reads every gold answer, and a gold anchor has gold rationales to anchor on."""
+    from rationale_loop.verify import is_correct
+
+    for split, problems in (("pool", splits.pool), ("eval", splits.eval)):
+        for problem in problems:
+            try:
+                readable = is_correct(cfg.verify.kind, problem.answer, problem.answer)
+            except ValueError as error:
+                readable, why = False, f" ({error})"
+            else:
+                why = ""
+            if not readable:
+                raise ConfigError(f"verify.kind={cfg.verify.kind} cannot check the {split} question {problem.id}: its gold answer "
+                                  f"{problem.answer!r} does not match itself{why}; pick the verifier that fits task {cfg.task.name}")
+    if cfg.objective.name == "memphis" and cfg.objective.anchor == "gold":
+        missing = [p.id for p in splits.pool if not p.rationale]
+        if missing:
+            raise ConfigError(f"objective.anchor=gold needs gold rationales, but {len(missing)} pool question(s) have none "
+                              f"(e.g. {missing[0]}); use objective.anchor=chosen or objective.anchor=replay for task {cfg.task.name}")
+    if cfg.objective.anchor == "replay" and cfg.objective.name == "memphis" and not any(p.rationale for p in splits.sft):
+        raise ConfigError("objective.anchor=replay needs SFT examples with gold rationales, and the task has none")
+
+
+def degenerate_round_note(summary: dict[str, Any], pool_size: int) -> str | None:
+    """Why a round trained on nothing, in words, or None when it trained."""
+    if summary.get("train_items"):
+        return None
+    if pool_size == 0:
+        return "the pool is empty"
+    if summary.get("skipped_too_long", 0) >= pool_size:
+        return f"every question of the pool is too long for the model's context ({pool_size} skipped)"
+    if summary.get("samples") and not summary.get("valid"):
+        return "no sample was valid (see invalid_reasons)"
+    if summary.get("samples") and not summary.get("pairs"):
+        return "no pair could be mined (no question had both a correct and an incorrect sample)"
+    return "there was nothing to train on"
+
+
 def _fmt(value: Any) -> str:
     return "-" if value is None else f"{value:.3f}"
 
@@ -529,22 +601,42 @@ def _train_summary(result: Any) -> dict[str, Any]:
     }
 
 
+@contextmanager
+def open_run(cfg: DictConfig) -> Iterator["Run"]:
+    """The run, held by this process alone (rationale_loop/lock.py) while the block runs: every command
+    that writes a run opens it this way. The config is checked first, so a bad one is refused before the
+    run directory is even created."""
+    from rationale_loop.lock import run_lock
+
+    validate(cfg)
+    with run_lock(run_dir(cfg)):
+        yield Run(cfg)
+
+
+def run_sft(cfg: DictConfig) -> None:
+    with open_run(cfg) as run:
+        if is_done(run.dir, 0):
+            print(f"[rationale_loop] {run.dir}/round_00 is already done; SFT is not run again", flush=True)
+        else:
+            run.run_round(0)
+
+
 def run_next_round(cfg: DictConfig) -> dict[str, Any]:
-    run = Run(cfg)
-    k = next_round(run.dir)
-    print(f"[rationale_loop] run {run.dir}: next is {describe_next(run.dir)}", flush=True)
-    if k > cfg.rounds:
-        print(f"[rationale_loop] all {cfg.rounds} round(s) of {run.dir} are done; raise rounds= to go on", flush=True)
-        return {}
-    return run.run_round(k)
+    with open_run(cfg) as run:
+        k = next_round(run.dir)
+        print(f"[rationale_loop] run {run.dir}: next is {describe_next(run.dir)}", flush=True)
+        if k > cfg.rounds:
+            print(f"[rationale_loop] all {cfg.rounds} round(s) of {run.dir} are done; raise rounds= to go on", flush=True)
+            return {}
+        return run.run_round(k)
 
 
 def run_loop(cfg: DictConfig) -> list[dict[str, Any]]:
-    run = Run(cfg)
-    print(f"[rationale_loop] run {run.dir}: {cfg.rounds} round(s) after SFT; next is {describe_next(run.dir)}", flush=True)
-    while (k := next_round(run.dir)) <= cfg.rounds:
-        run.run_round(k)
-    return read_rounds(run.dir)
+    with open_run(cfg) as run:
+        print(f"[rationale_loop] run {run.dir}: {cfg.rounds} round(s) after SFT; next is {describe_next(run.dir)}", flush=True)
+        while (k := next_round(run.dir)) <= cfg.rounds:
+            run.run_round(k)
+        return read_rounds(run.dir)
 
 
 def read_rounds(run: Path) -> list[dict[str, Any]]:

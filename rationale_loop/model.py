@@ -23,6 +23,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from rationale_loop.config import ModelConfig
+from rationale_loop.errors import CheckpointError, NonFiniteError
+from rationale_loop.paths import remove
 from rationale_loop.records import fsync_directory
 
 log = logging.getLogger(__name__)
@@ -94,6 +96,9 @@ def save_checkpoint(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
     """save_pretrained into a temporary sibling, then rename: a half-written checkpoint never has the
     final name, so it is never loaded."""
     target = Path(target)
+    broken = non_finite_tensors(model)
+    if broken:
+        raise NonFiniteError(f"not saving {target}: {len(broken)} tensor(s) hold NaN or infinity, first {broken[0]}")
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
     try:
@@ -103,8 +108,8 @@ def save_checkpoint(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
             with written.open("rb") as handle:
                 os.fsync(handle.fileno())
         fsync_directory(staging)
-        if target.exists():
-            shutil.rmtree(target)
+        if target.exists() or target.is_symlink():
+            remove(target, inside=target.parent)
         staging.rename(target)
         fsync_directory(target.parent)
     except BaseException:
@@ -140,17 +145,35 @@ def generation_dtype(setting: str, model_dtype: str) -> str:
     return model_dtype
 
 
-def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
+def load_tokenizer(path: str | Path, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as error:
+        raise CheckpointError(f"the tokenizer at {path} does not load: {_first_line(error)}") from error
     if tokenizer.pad_token_id is None:
         # Padding is always masked out, so any id works; EOS is the usual choice for models without one.
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
 
-def load_model(path: str | Path, dtype: str = "float32") -> PreTrainedModel:
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype(dtype))
-    return model
+def load_model(path: str | Path, dtype: str = "float32", trust_remote_code: bool = False) -> PreTrainedModel:
+    """Weights from safetensors only (a pickled .bin can run code when loaded), and the model's own
+    Python code only when model.trust_remote_code says so."""
+    try:
+        return AutoModelForCausalLM.from_pretrained(
+            str(path), dtype=torch_dtype(dtype), use_safetensors=True, trust_remote_code=trust_remote_code
+        )
+    except (OSError, ValueError, RuntimeError) as error:
+        raise CheckpointError(f"the model at {path} does not load: {_first_line(error)}") from error
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+def non_finite_tensors(model: torch.nn.Module) -> list[str]:
+    """Names of the floating-point tensors of the model holding a NaN or an infinity."""
+    return [name for name, tensor in model.state_dict().items() if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
 
 
 def load_weights(checkpoint: str | Path) -> dict[str, torch.Tensor]:

@@ -13,6 +13,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, Callable, Iterable, Iterator
 
+from rationale_loop.errors import DataError
+
 
 @dataclass(frozen=True)
 class Problem:
@@ -66,20 +68,31 @@ def from_dict(cls: type, data: dict[str, Any], *, where: str = "") -> Any:
     required = {f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING}
     missing = sorted(n for n in required if n not in data)
     if missing:
-        raise ValueError(f"{where}: missing field(s) {missing} for {cls.__name__}")
+        raise DataError(f"{where}: missing field(s) {missing} for {cls.__name__}")
     return cls(**{k: v for k, v in data.items() if k in names})
 
 
-def _numbered_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number in the file, row) for every non-empty line; a broken line raises naming both."""
-    with path.open(encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
+def _numbered_rows(path: Path, strip_bom: bool = False) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number in the file, row) for every non-empty line; a broken line raises naming both.
+    `strip_bom` drops a UTF-8 byte order mark at the start of the file, as "utf-8-sig" does."""
+    # Bytes, decoded one line at a time: a text-mode file raises its UnicodeDecodeError from the
+    # iterator, with a position in its read buffer and neither the file nor the line.
+    with path.open("rb") as handle:
+        for line_number, raw in enumerate(handle, start=1):
+            if line_number == 1 and strip_bom:
+                raw = raw.removeprefix(b"\xef\xbb\xbf")
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                column = len(raw[: error.start].decode("utf-8")) + 1
+                bad = raw[error.start]
+                raise DataError(f"{path}:{line_number}: not valid UTF-8 (byte 0x{bad:02x} at column {column})") from None
             if not line.strip():
                 continue
             try:
                 yield line_number, json.loads(line)
             except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{line_number}: not valid JSON ({error.msg})") from None
+                raise DataError(f"{path}:{line_number}: not valid JSON ({error.msg})") from None
 
 
 def read_jsonl(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
@@ -133,9 +146,14 @@ def write_jsonl_atomic(path: str | os.PathLike[str], rows: Iterable[Any]) -> int
 
 
 def write_json_atomic(path: str | os.PathLike[str], data: Any) -> None:
+    """Strict JSON: a NaN or an infinity is refused (naming the file) rather than written as the bare
+    `NaN` that no JSON reader but Python's accepts."""
+    try:
+        text = json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False)
+    except ValueError as error:
+        raise ValueError(f"not writing {path}: {error}") from None
     with atomic_writer(path) as handle:
-        json.dump(data, handle, indent=2, ensure_ascii=False)
-        handle.write("\n")
+        handle.write(text + "\n")
 
 
 def append_jsonl(path: str | os.PathLike[str], rows: Iterable[Any]) -> None:

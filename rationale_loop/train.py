@@ -25,8 +25,9 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rationale_loop.config import TrainConfig
 from rationale_loop.encode import Encoder
+from rationale_loop.errors import CheckpointError, NonFiniteError
 from rationale_loop.faults import crash_point
-from rationale_loop.model import freeze_embeddings, neftune
+from rationale_loop.model import freeze_embeddings, neftune, non_finite_tensors
 from rationale_loop.objectives import Objective
 from rationale_loop.optim import build_optimizer, cosine_with_warmup
 from rationale_loop.records import atomic_writer
@@ -128,8 +129,9 @@ def train(
             ]
             step_terms = accumulate_gradients(model, objective, micro_batches, cfg, accelerator)
             tokens += sum(int(micro["attention_mask"].sum()) for micro in micro_batches)
-            if cfg.grad_clip > 0:
-                accelerator.clip_grad_norm_(parameters, cfg.grad_clip)
+            # Clipping at infinity clips nothing and still returns the norm the finiteness check needs.
+            grad_norm = accelerator.clip_grad_norm_(parameters, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+            _refuse_non_finite(step_terms, grad_norm, accelerator, desc, step, len(batches), batch_indices, state_path)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -166,6 +168,30 @@ def train(
     )
 
 
+def _refuse_non_finite(
+    terms: dict[str, float], grad_norm: Any, accelerator: Accelerator, desc: str, step: int, steps: int,
+    batch: list[int], state_path: Path | None,
+) -> None:
+    """Stop before the optimizer applies a step whose loss or gradient is not finite: one such step
+    turns every weight into NaN, and the run would save, evaluate and go on from them. Every process
+    decides alike (a NaN on one process spreads to all through the gradient all-reduce, and the loss
+    verdict is all-reduced too), so none waits forever for the others."""
+    bad = torch.tensor([0.0 if all(math.isfinite(v) for v in terms.values()) else 1.0], device=accelerator.device)
+    if accelerator.num_processes > 1:
+        bad = accelerator.reduce(bad, reduction="sum")
+    norm = float(grad_norm)
+    if bad.item() == 0 and math.isfinite(norm):
+        return
+    shown = ", ".join(f"{name} {value:.4g}" for name, value in terms.items())
+    where = f"the last good state is {state_path}, and a retry resumes from it" if state_path is not None and state_path.exists() \
+        else "no state of this phase was saved, so a retry starts it over"
+    raise NonFiniteError(
+        f"{desc}: the loss or gradient is not finite at step {step} of {steps} ({shown}; gradient norm {norm:.4g}; "
+        f"batch items {batch[:8]}{' ...' if len(batch) > 8 else ''}); nothing of this step was applied, nothing was saved; "
+        f"{where}. Lower the learning rate, or check the data of those items"
+    )
+
+
 def _save_state(
     path: Path,
     accelerator: Accelerator,
@@ -183,6 +209,7 @@ def _save_state(
     rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None}
     every_rng = gather_object([rng]) if accelerator.num_processes > 1 else [rng]
     if accelerator.is_main_process:
+        _check_finite_weights(accelerator.unwrap_model(model), path)
         state = {
             "model": accelerator.unwrap_model(model).state_dict(),
             "optimizer": optimizer.state_dict(),
@@ -196,6 +223,14 @@ def _save_state(
         with atomic_writer(path, binary=True) as handle:
             torch.save(state, handle)
     accelerator.wait_for_everyone()
+
+
+def _check_finite_weights(model: torch.nn.Module, path: Path) -> None:
+    """Finite losses and gradients can still step a weight to infinity (a huge learning rate): such
+    weights are never saved as a state to resume from."""
+    broken = non_finite_tensors(model)
+    if broken:
+        raise NonFiniteError(f"not saving {path}: {len(broken)} tensor(s) are not finite, first {broken[0]}; lower the learning rate")
 
 
 def _load_state(
@@ -212,8 +247,13 @@ def _load_state(
     if not path.exists():
         raise RuntimeError(f"{path} is on the main process's disk but not on process {accelerator.process_index}'s: "
                            "the run directory must be on a file system every process shares")
-    # Our own file, written by _save_state: it holds plain tensors, dicts and lists only.
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    # Our own file, written by _save_state: plain tensors, dicts, lists and numbers, which is all that
+    # weights_only loading accepts. A file holding anything else (a planted pickle) is refused unrun.
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise CheckpointError(f"{path} is not a training state this tool wrote ({type(error).__name__}); "
+                              "delete it to start this phase over") from None
     done = len(state["history"])
     if state["total_steps"] != total_steps:
         raise RuntimeError(

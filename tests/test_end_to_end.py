@@ -8,6 +8,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from rationale_loop.errors import UserError
 from rationale_loop.loop import next_round, run_loop
 from rationale_loop.records import Generation, Pair, read_jsonl
 
@@ -84,7 +85,7 @@ def test_a_finished_round_is_never_rewritten(small_run):
     from rationale_loop.loop import Run
 
     stamp = (run / "round_01" / "DONE").stat().st_mtime_ns
-    with pytest.raises(RuntimeError, match="never rewritten"):
+    with pytest.raises(UserError, match="never rewritten"):
         Run(cfg).run_round(1)
     assert (run / "round_01" / "DONE").stat().st_mtime_ns == stamp
 

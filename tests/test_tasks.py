@@ -3,6 +3,7 @@
 import pytest
 
 from rationale_loop.data.tasks import load_task
+from rationale_loop.errors import DataError
 
 from test_config import compose_config
 
@@ -32,5 +33,5 @@ def test_a_test_file_never_feeds_a_training_split(shared_data):
 
 def test_missing_file_names_the_key(tmp_path):
     cfg = compose_config("task=gsm8k", f"task.data_dir={tmp_path}")
-    with pytest.raises(FileNotFoundError, match="task.files.sft.path"):
+    with pytest.raises(DataError, match="task.files.sft.path"):
         load_task(cfg.task)

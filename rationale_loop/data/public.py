@@ -7,9 +7,10 @@ index for SVAMP) padded to five digits: "gsm8k/test/00012", "svamp/SVAMP/00999",
 Ids depend only on the file name and the item's position, so they are stable across runs as long
 as the file is unchanged.
 
-Bad input (a line that is not JSON, an item that is not an object, a missing or mistyped field, an
-AQuA answer letter with no matching option) raises ValueError naming the file and the line number
-(or the array index for SVAMP), so a broken download is found at load time, not mid-run.
+Bad input (bytes that are not UTF-8, a line that is not JSON, an item that is not an object, a
+missing or mistyped field, an AQuA answer letter with no matching option) raises ValueError naming
+the file and the line number (or, for a bad SVAMP item, its array index), so a broken download is
+found at load time, not mid-run.
 
 The answer conventions are chosen for the verifiers in `rationale_loop.verify`:
 
@@ -27,7 +28,8 @@ import re
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from rationale_loop.records import Problem
+from rationale_loop.errors import DataError
+from rationale_loop.records import Problem, _numbered_rows
 
 __all__ = ["LOADERS", "load_aqua", "load_gsm8k", "load_svamp"]
 
@@ -35,27 +37,41 @@ PathLike = str | os.PathLike[str]
 
 
 def _jsonl_objects(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, object) for every non-blank line; anything else raises naming file:line."""
-    with path.open(encoding="utf-8-sig") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                item = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{line_number}: not valid JSON ({error.msg})") from None
-            if not isinstance(item, dict):
-                kind = type(item).__name__
-                raise ValueError(f"{path}:{line_number}: expected a JSON object, got {kind}")
-            yield line_number, item
+    """(line number, object) for every non-blank line; anything else (bytes that are not UTF-8, a
+    line that is not JSON or not an object) raises naming file:line."""
+    for line_number, item in _numbered_rows(path, strip_bom=True):
+        if not isinstance(item, dict):
+            kind = type(item).__name__
+            raise DataError(f"{path}:{line_number}: expected a JSON object, got {kind}")
+        yield line_number, item
+
+
+def _json_document(path: Path) -> Any:
+    """A whole-file JSON document (a leading byte order mark allowed); bytes that are not UTF-8 or
+    a JSON syntax error raise naming file:line."""
+    # Decoded here from bytes rather than by a text-mode file: its UnicodeDecodeError names only a
+    # byte position, neither the file nor the line.
+    raw = path.read_bytes().removeprefix(b"\xef\xbb\xbf")
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as error:
+        line_number = raw.count(b"\n", 0, error.start) + 1
+        line_start = raw.rfind(b"\n", 0, error.start) + 1
+        column = len(raw[line_start : error.start].decode("utf-8")) + 1
+        bad = raw[error.start]
+        raise DataError(
+            f"{path}:{line_number}: not valid UTF-8 (byte 0x{bad:02x} at column {column})"
+        ) from None
+    except json.JSONDecodeError as error:
+        raise DataError(f"{path}:{error.lineno}: not valid JSON ({error.msg})") from None
 
 
 def _field(item: dict[str, Any], name: str, kind: type | tuple[type, ...], where: str) -> Any:
     if name not in item:
-        raise ValueError(f"{where}: missing field {name!r}")
+        raise DataError(f"{where}: missing field {name!r}")
     value = item[name]
     if not isinstance(value, kind) or isinstance(value, bool):
-        raise ValueError(f"{where}: field {name!r} has type {type(value).__name__}")
+        raise DataError(f"{where}: field {name!r} has type {type(value).__name__}")
     return value
 
 
@@ -91,13 +107,13 @@ def load_gsm8k(path: PathLike) -> list[Problem]:
         question = _field(item, "question", str, where)
         solution = _field(item, "answer", str, where)
         if "####" not in solution:
-            raise ValueError(f"{where}: field 'answer' has no '####' final-answer marker")
+            raise DataError(f"{where}: field 'answer' has no '####' final-answer marker")
         rationale, _, answer = solution.rpartition("####")
         answer = answer.strip()
         if _THOUSANDS_RE.fullmatch(answer):
             answer = answer.replace(",", "")
         if not _GSM8K_ANSWER_RE.fullmatch(answer):
-            raise ValueError(f"{where}: final answer after '####' is not a number: {answer!r}")
+            raise DataError(f"{where}: final answer after '####' is not a number: {answer!r}")
         problems.append(
             Problem(
                 id=f"gsm8k/{path.stem}/{index:05d}",
@@ -133,23 +149,19 @@ def load_svamp(path: PathLike) -> list[Problem]:
       (51.0 -> "51").
     """
     path = Path(path)
-    try:
-        with path.open(encoding="utf-8-sig") as handle:
-            items = json.load(handle)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path}:{error.lineno}: not valid JSON ({error.msg})") from None
+    items = _json_document(path)
     if not isinstance(items, list):
-        raise ValueError(f"{path}: expected a JSON array, got {type(items).__name__}")
+        raise DataError(f"{path}: expected a JSON array, got {type(items).__name__}")
     problems = []
     for index, item in enumerate(items):
         where = f"{path}[{index}]"
         if not isinstance(item, dict):
-            raise ValueError(f"{where}: expected a JSON object, got {type(item).__name__}")
+            raise DataError(f"{where}: expected a JSON object, got {type(item).__name__}")
         body = _field(item, "Body", str, where)
         question = _field(item, "Question", str, where)
         answer = _field(item, "Answer", (int, float), where)
         if not math.isfinite(answer):
-            raise ValueError(f"{where}: field 'Answer' is not a finite number: {answer!r}")
+            raise DataError(f"{where}: field 'Answer' is not a finite number: {answer!r}")
         problems.append(
             Problem(
                 id=f"svamp/{path.stem}/{index:05d}",
@@ -187,18 +199,18 @@ def load_aqua(path: PathLike) -> list[Problem]:
         rationale = _field(item, "rationale", str, where)
         correct = _field(item, "correct", str, where).strip().upper()
         if not raw_options:
-            raise ValueError(f"{where}: field 'options' is empty")
+            raise DataError(f"{where}: field 'options' is empty")
         options: dict[str, str] = {}
         for raw in raw_options:
             match = _OPTION_RE.match(raw) if isinstance(raw, str) else None
             if match is None:
-                raise ValueError(f"{where}: option {raw!r} is not of the form 'A)text'")
+                raise DataError(f"{where}: option {raw!r} is not of the form 'A)text'")
             letter = match.group("letter").upper()
             if letter in options:
-                raise ValueError(f"{where}: option letter {letter} appears twice")
+                raise DataError(f"{where}: option letter {letter} appears twice")
             options[letter] = f"{letter}) {match.group('text')}".rstrip()
         if correct not in options:
-            raise ValueError(
+            raise DataError(
                 f"{where}: correct letter {correct!r} is not one of the options {sorted(options)}"
             )
         problems.append(

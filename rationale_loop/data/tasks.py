@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from rationale_loop.config import TaskConfig
+from rationale_loop.errors import DataError
 from rationale_loop.records import Problem
 
 
@@ -27,11 +28,11 @@ class TaskSplits:
         for name, split in (("pool", self.pool), ("eval", self.eval)):
             leaked = [p.id for p in split if p.question in sft_questions]
             if leaked:
-                raise ValueError(f"task {task}: {len(leaked)} {name} question(s) also in the SFT split, e.g. {leaked[:3]}")
+                raise DataError(f"task {task}: {len(leaked)} {name} question(s) also in the SFT split, e.g. {leaked[:3]}")
         pool_questions = {p.question for p in self.pool}
         leaked = [p.id for p in self.eval if p.question in pool_questions]
         if leaked:
-            raise ValueError(f"task {task}: {len(leaked)} eval question(s) also in the pool, e.g. {leaked[:3]}")
+            raise DataError(f"task {task}: {len(leaked)} eval question(s) also in the pool, e.g. {leaked[:3]}")
 
 
 def _tiny_arith(cfg: TaskConfig) -> TaskSplits:
@@ -62,23 +63,23 @@ def _from_files(cfg: TaskConfig) -> TaskSplits:
     splits = {}
     for split, size in (("sft", cfg.sft_size), ("pool", cfg.pool_size), ("eval", cfg.eval_size)):
         if split not in cfg.files:
-            raise ValueError(f"task.files.{split} is missing: say which file the {split} split comes from")
+            raise DataError(f"task.files.{split} is missing: say which file the {split} split comes from")
         source = cfg.files[split]
         if source.loader not in LOADERS:
-            raise ValueError(f"task.files.{split}.loader={source.loader!r} is unknown; known: {sorted(LOADERS)}")
+            raise DataError(f"task.files.{split}.loader={source.loader!r} is unknown; known: {sorted(LOADERS)}")
         path = Path(source.path)
         if not path.is_absolute():
             path = Path(cfg.data_dir or ".") / path
         if not path.exists():
-            raise FileNotFoundError(f"task.files.{split}.path: {path} does not exist (task.data_dir={cfg.data_dir!r})")
+            raise DataError(f"task.files.{split}.path: {path} does not exist (task.data_dir={cfg.data_dir!r})")
         if split != "eval" and path.stem == "test":
-            raise ValueError(f"task.files.{split}.path={path}: a test file never feeds a training split")
+            raise DataError(f"task.files.{split}.path={path}: a test file never feeds a training split")
         if path not in loaded:
             loaded[path] = LOADERS[source.loader](path)
         items = loaded[path][source.start :]
         splits[split] = items[:size] if size > 0 else items
         if size > 0 and len(splits[split]) < size:
-            raise ValueError(f"task.{split}_size={size} but {path} has only {len(items)} items from start={source.start}")
+            raise DataError(f"task.{split}_size={size} but {path} has only {len(items)} items from start={source.start}")
     return TaskSplits(splits["sft"], splits["pool"], splits["eval"])
 
 
@@ -89,7 +90,7 @@ def load_task(cfg: TaskConfig) -> TaskSplits:
     try:
         loader = TASKS[cfg.source]
     except KeyError:
-        raise ValueError(f"task.source={cfg.source!r} is unknown; known: {sorted(TASKS)}") from None
+        raise DataError(f"task.source={cfg.source!r} is unknown; known: {sorted(TASKS)}") from None
     splits = loader(cfg)
     splits.check_disjoint(cfg.name)
     return splits

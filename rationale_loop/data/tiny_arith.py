@@ -14,6 +14,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from rationale_loop.config import ConfigError
 from rationale_loop.records import Problem
 
 NAMES = ["Ann", "Ben", "Cara", "Dev", "Eli", "Fay", "Gus", "Hana", "Ivo", "Jun", "Kai", "Lea", "Max", "Nia", "Omar", "Pia"]
@@ -36,7 +37,7 @@ class ArithSpec:
 
     def __post_init__(self) -> None:
         if self.answer not in ("final", "running"):
-            raise ValueError(f"task.arith.answer / task.pool_arith.answer={self.answer!r} is unknown; known: final, running")
+            raise ConfigError(f"task.arith.answer / task.pool_arith.answer={self.answer!r} is unknown; known: final, running")
 
 
 def _step(rng: random.Random, value: int, name: str, item: str, spec: ArithSpec) -> tuple[str, str, int]:
@@ -96,7 +97,7 @@ def make_splits(
         while len(problems) < size:
             attempts += 1
             if attempts > 50 * size + 1000:
-                raise ValueError(f"tiny_arith: cannot draw {size} distinct questions for split {split!r}; widen the spec")
+                raise ConfigError(f"tiny_arith: cannot draw {size} distinct questions for split {split!r}; widen the spec")
             question, rationale, answer = make_problem(rng, spec)
             if question in seen:
                 continue

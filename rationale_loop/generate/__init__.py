@@ -11,16 +11,16 @@ from rationale_loop.generate.base import Backend, Completion, Sampling
 __all__ = ["Backend", "Completion", "Sampling", "BACKENDS", "make_backend"]
 
 
-def _hf(cfg: Any, checkpoint: Path, dtype: str, batch_size: int) -> Backend:
+def _hf(cfg: Any, checkpoint: Path, dtype: str, batch_size: int, trust_remote_code: bool) -> Backend:
     from rationale_loop.generate.hf import HFBackend
     from rationale_loop.model import generation_dtype, load_model, load_tokenizer
 
     name = generation_dtype(cfg.dtype, dtype)
-    model, tokenizer = load_model(checkpoint, name), load_tokenizer(checkpoint)
+    model, tokenizer = load_model(checkpoint, name, trust_remote_code), load_tokenizer(checkpoint, trust_remote_code)
     return HFBackend(model, tokenizer, batch_size=batch_size)
 
 
-def _vllm(cfg: Any, checkpoint: Path, dtype: str, batch_size: int) -> Backend:
+def _vllm(cfg: Any, checkpoint: Path, dtype: str, batch_size: int, trust_remote_code: bool) -> Backend:
     from rationale_loop.generate.vllm import VLLMBackend
     from rationale_loop.model import generation_dtype
 
@@ -30,6 +30,7 @@ def _vllm(cfg: Any, checkpoint: Path, dtype: str, batch_size: int) -> Backend:
         "gpu_memory_utilization": cfg.gpu_memory_utilization,
         "max_model_len": cfg.max_model_len,
         "enforce_eager": cfg.enforce_eager,
+        "trust_remote_code": trust_remote_code,
     }
     return VLLMBackend(checkpoint, engine, python=cfg.python, chunk_size=batch_size)
 
@@ -37,11 +38,11 @@ def _vllm(cfg: Any, checkpoint: Path, dtype: str, batch_size: int) -> Backend:
 BACKENDS: dict[str, Callable[..., Backend]] = {"hf": _hf, "vllm": _vllm}
 
 
-def make_backend(cfg: Any, checkpoint: Path, dtype: str, batch_size: int) -> Backend:
+def make_backend(cfg: Any, checkpoint: Path, dtype: str, batch_size: int, trust_remote_code: bool = False) -> Backend:
     """The backend named by `cfg.backend` (a GenerateConfig) for the checkpoint on disk, in the
     generation dtype that `cfg.dtype` picks."""
     try:
         factory = BACKENDS[cfg.backend]
     except KeyError:
         raise ValueError(f"generate.backend={cfg.backend!r} is unknown; known: {sorted(BACKENDS)}") from None
-    return factory(cfg, Path(checkpoint), dtype, batch_size)
+    return factory(cfg, Path(checkpoint), dtype, batch_size, trust_remote_code)

@@ -1,0 +1,90 @@
+"""Bad config values are refused before any work, by a ConfigError that names the key; the command
+line prints the tool's own errors as one line and exits 1."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from rationale_loop.config import ConfigError, validate
+
+from test_config import compose_config
+
+# (overrides, a piece of the message that names the key)
+BAD = [
+    (["generate.temperature=-0.5"], "generate.temperature must be >= 0"),
+    (["generate.temperature=0"], "generate.temperature=0 is greedy"),  # with the default n=8
+    (["generate.max_new_tokens=0"], "generate.max_new_tokens"),
+    (["generate.batch_size=0"], "generate.batch_size"),
+    (["eval.batch_size=0"], "eval.batch_size"),
+    (["rank.lr=-1e-4"], "rank.lr must be positive"),
+    (["sft.lr=0"], "sft.lr must be positive"),
+    (["sft.epochs=0"], "sft.epochs must be positive"),
+    (["objective.name=nope"], "objective.name='nope' is unknown"),
+    (["generate.backend=nope"], "generate.backend='nope' is unknown"),
+    (["rank.optimizer=sgdx"], "rank.optimizer='sgdx' is unknown"),
+    (["model.dtype=float8"], "model.dtype='float8' is unknown"),
+    (["generate.dtype=int4"], "generate.dtype='int4' is unknown"),
+    (["verify.kind=nope"], "verify.kind='nope' is unknown"),
+    (["task.prompt_format=nope"], "task.prompt_format='nope' is unknown"),
+    (["objective=memphis", "generate.n=1"], "generate.n=1 cannot give"),
+    (["objective=cpo_simpo", "generate.n=1"], "generate.n=1 cannot give"),
+    (["+foo=1"], "unknown config key(s) foo"),
+    (["+sft.bar=2"], "unknown config key(s) sft.bar"),
+    (["run=../../x"], "leaves output_root"),
+    (["run=/tmp/abs"], "absolute path"),
+    (["run=''"], "a run needs a name"),
+    (["output_root=/"], "give runs a directory of their own"),
+    (["task.pool_size=0"], "task.pool_size must be positive"),
+    (["generate.too_long=maybe"], "generate.too_long='maybe' is unknown"),
+    (["sft.grad_clip=-1"], "sft.grad_clip"),
+    (["objective.beta=0"], "objective.beta must be positive"),
+]
+
+
+@pytest.mark.parametrize("overrides, message", BAD, ids=[" ".join(o) for o, _ in BAD])
+def test_a_bad_value_is_refused_naming_the_key(overrides, message):
+    cfg = compose_config(*overrides)
+    with pytest.raises(ConfigError) as error:
+        validate(cfg)
+    assert message in str(error.value)
+
+
+@pytest.mark.parametrize("overrides", [
+    ["objective=star", "generate.n=1"],  # STaR keeps correct samples: one per question is enough
+    ["generate.temperature=0", "generate.n=1"],
+    ["run=sweep-r1/rank.lr:1e-07+objective:star"],  # the run names make sweep gives its jobs
+])
+def test_good_combinations_pass(overrides):
+    validate(compose_config(*overrides))
+
+
+def _cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "rationale_loop", *args], capture_output=True, text=True, check=False, cwd=cwd)
+
+
+def test_the_command_line_prints_a_config_error_as_one_line_before_any_work(tmp_path):
+    done = _cli("round", "generate.temperature=-1", f"output_root={tmp_path}/runs", "run=bad", f"model.cache_dir={tmp_path}/models")
+    assert done.returncode == 1
+    assert done.stderr.strip() == "rationale_loop: error: generate.temperature must be >= 0 (0: greedy), got -1.0"
+    assert not (tmp_path / "runs" / "bad" / "round_00").exists() and not (tmp_path / "models").exists()
+
+
+def test_an_escaping_run_name_is_refused_before_hydra_creates_a_directory(tmp_path):
+    root = tmp_path / "project" / "outputs" / "runs"
+    done = _cli("loop", f"output_root={root}", "run=../../escaped")
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "run='../../escaped' leaves output_root through '..'" in done.stderr
+    assert not (tmp_path / "project" / "escaped").exists()
+
+
+def test_the_debug_switch_shows_the_traceback(tmp_path):
+    import os
+
+    done = subprocess.run(
+        [sys.executable, "-m", "rationale_loop", "round", "generate.batch_size=0", f"output_root={tmp_path}/runs", "run=bad"],
+        capture_output=True, text=True, check=False, env={**os.environ, "RATIONALE_LOOP_DEBUG": "1"},
+    )
+    assert done.returncode != 0 and "Traceback" in done.stderr and "generate.batch_size" in done.stderr
