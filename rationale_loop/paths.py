@@ -36,7 +36,8 @@ def check_output_root(root: str) -> None:
         raise RunPathError("output_root is empty; it names the directory runs are written under (default outputs/runs)")
     resolved = Path(text).expanduser().resolve()
     if resolved == Path(resolved.anchor) or resolved == Path.home().resolve():
-        raise RunPathError(f"output_root={text!r} is {resolved}; give runs a directory of their own (default outputs/runs)")
+        raise RunPathError(f"output_root={text!r} is the file system root or the home directory ({resolved}); "
+                           "give runs a directory of their own (default outputs/runs)")
 
 
 def run_directory(output_root: str, run: str) -> str:

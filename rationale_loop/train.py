@@ -183,12 +183,11 @@ def _refuse_non_finite(
     if bad.item() == 0 and math.isfinite(norm):
         return
     shown = ", ".join(f"{name} {value:.4g}" for name, value in terms.items())
-    where = f"the last good state is {state_path}, and a retry resumes from it" if state_path is not None and state_path.exists() \
-        else "no state of this phase was saved, so a retry starts it over"
+    kept = f"the last good state, {state_path}, stays" if state_path is not None and state_path.exists() else "no state of this stage was saved"
     raise NonFiniteError(
         f"{desc}: the loss or gradient is not finite at step {step} of {steps} ({shown}; gradient norm {norm:.4g}; "
-        f"batch items {batch[:8]}{' ...' if len(batch) > 8 else ''}); nothing of this step was applied, nothing was saved; "
-        f"{where}. Lower the learning rate, or check the data of those items"
+        f"batch items {batch[:8]}{' ...' if len(batch) > 8 else ''}); nothing of this step was applied and {kept}. "
+        "Lower the learning rate (force=true starts the round over with the changed config), or check those items"
     )
 
 
