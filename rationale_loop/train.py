@@ -43,7 +43,7 @@ class TrainResult:
     seconds: float
     mean_loss: float | None
     history: list[dict[str, float]] = field(default_factory=list)
-    tokens: int = 0  # non-padding tokens forwarded by this process over the whole phase (compute spent)
+    tokens: int = 0  # non-padding tokens trained on over the whole phase, by all processes together
 
 
 def optimizer_settings(cfg: TrainConfig) -> dict[str, Any]:
@@ -96,14 +96,16 @@ def train(
         log.warning("%s: nothing to train on; the model is left as it was", desc)
         return TrainResult(items=0, dropped_too_long=dropped, steps=0, seconds=0.0, mean_loss=None)
 
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    model.to(accelerator.device)
     prepare = getattr(objective, "prepare", None)
     if prepare is not None:
-        # Objectives with a frozen reference (spin) score every item with the starting weights first.
+        # Objectives with a frozen reference (spin) score every item with the starting weights first,
+        # on the device that trains, before a resumed state replaces those weights.
         prepare(model, kept, encoder, cfg.micro_batch_size)
     torch.manual_seed(seed)
     if cfg.freeze_embeddings:
         freeze_embeddings(model)
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(cfg.optimizer, parameters, lr=cfg.lr, **optimizer_settings(cfg))
     batches = _schedule_order(len(kept), cfg.epochs, cfg.batch_size, seed, cfg.steps)
@@ -123,12 +125,13 @@ def train(
     progress = tqdm(total=len(batches), initial=first_step - 1, desc=desc, disable=not sys.stderr.isatty(), leave=False)
     with neftune(accelerator.unwrap_model(model), cfg.neftune_alpha):
         for step, batch_indices in enumerate(batches[first_step - 1 :], start=first_step):
+            share, weight = process_share(batch_indices, accelerator.process_index, accelerator.num_processes)
             micro_batches = [
-                objective.collate([kept[i] for i in batch_indices[j : j + cfg.micro_batch_size]], encoder)
-                for j in range(0, len(batch_indices), cfg.micro_batch_size)
+                objective.collate([kept[i] for i in share[j : j + cfg.micro_batch_size]], encoder)
+                for j in range(0, len(share), cfg.micro_batch_size)
             ]
-            step_terms = accumulate_gradients(model, objective, micro_batches, cfg, accelerator)
-            tokens += sum(int(micro["attention_mask"].sum()) for micro in micro_batches)
+            step_terms = accumulate_gradients(model, objective, micro_batches, cfg, accelerator, weight)
+            tokens += int(_sum_over_processes(accelerator, [weight * sum(int(m["attention_mask"].sum()) for m in micro_batches)])[0])
             # Clipping at infinity clips nothing and still returns the norm the finiteness check needs.
             grad_norm = accelerator.clip_grad_norm_(parameters, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
             _refuse_non_finite(step_terms, grad_norm, accelerator, desc, step, len(batches), batch_indices, state_path)
@@ -281,17 +284,35 @@ def _tensorboard(log_dir: Path | None, first_step: int, accelerator: Accelerator
     return SummaryWriter(log_dir=str(log_dir), purge_step=first_step)
 
 
+def process_share(batch: list[int], rank: int, processes: int) -> tuple[list[int], float]:
+    """The items of one optimizer step's batch that process `rank` of `processes` trains on, and their
+    weight. Items are dealt round-robin, so the shares differ in size by one at most and together are
+    the batch. A process dealt nothing (a last batch smaller than the number of processes) must still
+    take part in the gradient all-reduce: it forwards one item with weight 0, which adds nothing."""
+    share = batch[rank::processes]
+    return (share, 1.0) if share else (batch[:1], 0.0)
+
+
+def _sum_over_processes(accelerator: Accelerator, values: list[float]) -> list[float]:
+    if accelerator.num_processes == 1:
+        return values
+    summed = accelerator.reduce(torch.tensor(values, dtype=torch.float64, device=accelerator.device), reduction="sum")
+    return summed.tolist()
+
+
 def accumulate_gradients(
     model: torch.nn.Module,
     objective: Objective,
     micro_batches: list[dict[str, Any]],
     cfg: TrainConfig,
     accelerator: Accelerator,
+    weight: float = 1.0,
 ) -> dict[str, float]:
-    """Backward every micro-batch of one optimizer step so that the accumulated gradient is that of
-    sum_terms coefficient * (term's sum over the whole batch) / (term's units in the whole batch):
-    tokens weigh the same whichever micro-batch they fall in. Returns each term's batch mean."""
-    units = _global_units(accelerator, objective, micro_batches)
+    """Backward every micro-batch of this process's share of one optimizer step so that the gradient,
+    once all-reduced, is that of sum_terms coefficient * (term's sum over the whole batch, all processes)
+    / (term's units in the whole batch): tokens weigh the same whichever micro-batch or process they fall
+    in. Returns each term's mean over the whole batch (the same on every process)."""
+    units = _global_units(accelerator, objective, micro_batches, weight)
     terms = {name: 0.0 for name in objective.coefficients}
     for index, micro in enumerate(micro_batches):
         micro = {k: v.to(accelerator.device) if torch.is_tensor(v) else v for k, v in micro.items()}
@@ -301,21 +322,21 @@ def accumulate_gradients(
         with nullcontext() if sync else accelerator.no_sync(model):
             sums = objective.loss_sums(model, micro, cfg)
             loss = sum(
-                objective.coefficients[name] * term * accelerator.num_processes / max(units[name], 1)
+                weight * objective.coefficients[name] * term * accelerator.num_processes / max(units[name], 1)
                 for name, term in sums.items()
             )
             accelerator.backward(loss)
         for name, term in sums.items():
-            terms[name] += float(term.detach()) / max(units[name], 1)
-    return terms
+            terms[name] += weight * float(term.detach()) / max(units[name], 1)
+    return dict(zip(terms, _sum_over_processes(accelerator, list(terms.values()))))
 
 
-def _global_units(accelerator: Accelerator, objective: Objective, micro_batches: list[dict[str, Any]]) -> dict[str, int]:
+def _global_units(accelerator: Accelerator, objective: Objective, micro_batches: list[dict[str, Any]], weight: float) -> dict[str, int]:
     """Units per loss term over the whole accumulated batch, summed over processes."""
     units = {name: 0 for name in objective.coefficients}
     for micro in micro_batches:
         for name, count in objective.units(micro).items():
-            units[name] += count
+            units[name] += int(count * weight)
     if accelerator.num_processes > 1:
         counts = torch.tensor([units[n] for n in units], device=accelerator.device)
         counts = accelerator.reduce(counts, reduction="sum")

@@ -93,3 +93,41 @@ def test_two_process_ddp_training_killed_and_resumed_ends_with_the_weights_of_an
     a, b = (torch.load(tmp_path / name / "final.pt") for name in ("straight", "killed"))
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert straight.stdout.split("mean loss")[1] == resumed.stdout.split("mean loss")[1]
+
+
+def test_two_processes_split_every_batch_and_reach_the_one_process_weights(tmp_path):
+    """Under DDP each process trains on its own share of every optimizer step's batch (together the
+    whole batch, never an item twice), and the all-reduced gradient is the one-process gradient, so
+    both runs end with the same weights and log the same losses. The last step's batch has a single
+    item: the process dealt nothing still joins the all-reduce, adding nothing."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from rationale_loop.train import _schedule_order
+
+    job = Path(__file__).with_name("ddp_split_job.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, str(job), str(tmp_path / "one")], capture_output=True, text=True, env=env, check=False)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                          "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(job), str(tmp_path / "two")],
+                         capture_output=True, text=True, env=env, check=False)
+    assert two.returncode == 0, two.stderr[-3000:]
+
+    batches = _schedule_order(13, 1, 4, seed=0)
+    assert [len(b) for b in batches] == [4, 4, 4, 1]
+    assert json.loads((tmp_path / "one" / "shares_0.json").read_text()) == batches
+    shares = [json.loads((tmp_path / "two" / f"shares_{rank}.json").read_text()) for rank in (0, 1)]
+    for step, batch in enumerate(batches):
+        first, second = shares[0][step], shares[1][step]
+        assert not set(first) & set(second) and sorted(first + second) == sorted(batch), f"step {step + 1}"
+        assert abs(len(first) - len(second)) <= 1
+    assert shares[1][-1] == [], "the second process is dealt nothing of the one-item batch"
+
+    a, b = (torch.load(tmp_path / name / "final.pt") for name in ("one", "two"))
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+    losses = [[r["loss"] for r in json.loads((tmp_path / name / "history.json").read_text())] for name in ("one", "two")]
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5), "the logged loss is the whole batch's, not one process's share"

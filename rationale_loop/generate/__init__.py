@@ -17,7 +17,14 @@ def _hf(cfg: Any, checkpoint: Path, dtype: str, batch_size: int, trust_remote_co
 
     name = generation_dtype(cfg.dtype, dtype)
     model, tokenizer = load_model(checkpoint, name, trust_remote_code), load_tokenizer(checkpoint, trust_remote_code)
-    return HFBackend(model, tokenizer, batch_size=batch_size)
+    return HFBackend(model.to(generation_device()), tokenizer, batch_size=batch_size)
+
+
+def generation_device() -> str:
+    """The GPU when there is one: generation and evaluation are most of a round's time."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _vllm(cfg: Any, checkpoint: Path, dtype: str, batch_size: int, trust_remote_code: bool) -> Backend:
