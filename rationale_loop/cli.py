@@ -7,6 +7,7 @@
     report   write the run's report.html: rounds table, plots, a sample of each round's pairs
     compare  runs side by side (plain paths, not Hydra overrides): compare RUN_DIR... | compare --forks-of RUN_DIR
     clean    delete a run directory (a plain path under outputs/runs): clean NAME [--root DIR]
+    export   a finished round as a publishable folder with a model card: export RUN_DIR [--round K] [--out DIR]
 
 The tool's own errors (a bad config value, a broken data file, a run in use) print one line and exit 1;
 RATIONALE_LOOP_DEBUG=1 (or Hydra's HYDRA_FULL_ERROR=1) shows their traceback too.
@@ -139,7 +140,24 @@ def clean(argv: list[str]) -> None:
     print(f"[rationale_loop] deleted {delete_run(arguments.root, arguments.run)}")
 
 
-PLAIN_COMMANDS = {"compare": compare, "clean": clean}
+@reporting_errors
+def export(argv: list[str]) -> None:
+    """`make export RUN=name [ROUND=k]`: a finished round as a folder to publish, with its model card."""
+    import argparse
+
+    from rationale_loop.export import export_round
+
+    parser = argparse.ArgumentParser(prog="python -m rationale_loop export", description="a round's model, tokenizer and model card")
+    parser.add_argument("run", type=Path, help="the run directory (outputs/runs/NAME)")
+    parser.add_argument("--round", type=int, default=None, help="the round to export (default: the last finished)")
+    parser.add_argument("--out", type=Path, default=None, help="where (default: outputs/exports/NAME-round_K)")
+    arguments = parser.parse_args(argv)
+    if not arguments.run.is_dir():
+        parser.error(f"no such run directory: {arguments.run}")
+    print(f"[rationale_loop] exported to {export_round(arguments.run, arguments.round, arguments.out)}")
+
+
+PLAIN_COMMANDS = {"compare": compare, "clean": clean, "export": export}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
@@ -123,6 +123,22 @@ class ObjectiveConfig:
 
 
 @dataclass
+class PeftConfig:
+    """Adapters for both training stages (rationale_loop/adapters.py): none (full finetuning), lora, or
+    qlora (LoRA on a 4-bit base; needs a CUDA GPU and bitsandbytes)."""
+
+    method: str = "none"
+    r: int = 16
+    alpha: float = 32.0
+    dropout: float = 0.05
+    # Module names as the model calls them (Llama, Mistral, Qwen, StableLM), or ["all-linear"]: every
+    # linear layer but the output head.
+    target_modules: List[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+
+
+@dataclass
 class AverageConfig:
     """Weight averaging across rounds (see rationale_loop/merge.py)."""
 
@@ -191,6 +207,7 @@ class Config:
     sft: TrainConfig = field(default_factory=TrainConfig)
     rank: TrainConfig = field(default_factory=TrainConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    peft: PeftConfig = field(default_factory=PeftConfig)
     average: AverageConfig = field(default_factory=AverageConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     verify: VerifyConfig = field(default_factory=VerifyConfig)
@@ -308,6 +325,10 @@ def _check_ranges(cfg: DictConfig) -> None:
     _require(objective.beta > 0, f"objective.beta must be positive, got {objective.beta}")
     _require(0.0 <= cfg.average.factor <= 1.0, f"average.factor must be in [0, 1], got {cfg.average.factor}")
     _require(cfg.rounds >= 0, f"rounds must be >= 0, got {cfg.rounds}")
+    _require(cfg.peft.r >= 1, f"peft.r must be at least 1, got {cfg.peft.r}")
+    _require(cfg.peft.alpha > 0, f"peft.alpha must be positive, got {cfg.peft.alpha}")
+    _require(0.0 <= cfg.peft.dropout < 1.0, f"peft.dropout must be in [0, 1), got {cfg.peft.dropout}")
+    _require(len(cfg.peft.target_modules) > 0, "peft.target_modules is empty: name the modules that get an adapter")
     _require(cfg.report.pairs >= 0, f"report.pairs must be >= 0, got {cfg.report.pairs}")
 
 
@@ -339,6 +360,7 @@ def _check_names(cfg: DictConfig) -> None:
     for stage in ("sft", "rank"):
         _one_of(f"{stage}.optimizer", str(cfg[stage].optimizer).lower(), OPTIMIZERS)
     _one_of("average.method", cfg.average.method, ("none", "slerp", "linear"))
+    _one_of("peft.method", cfg.peft.method, ("none", "lora", "qlora"))
 
 
 # Objectives that train on pairs of a correct and an incorrect sample of one question.
@@ -357,6 +379,14 @@ def _check_combinations(cfg: DictConfig) -> None:
              f"objective.rationalize is STaR's and needs objective=star, not {objective.name!r}")
     _require(not (cfg.model.source == "pretrained" and not cfg.model.path), "model.path is required when model.source=pretrained")
     _require(not (cfg.task.source == "files" and not cfg.task.files), "task.source=files needs task.files (sft, pool and eval)")
+    if cfg.peft.method == "qlora":
+        import importlib.util
+
+        import torch
+
+        _require(torch.cuda.is_available(), "peft=qlora loads the base in 4 bits with bitsandbytes, which needs a CUDA GPU; "
+                                            "this machine has none (peft=lora trains an adapter on the full-precision base)")
+        _require(importlib.util.find_spec("bitsandbytes") is not None, "peft=qlora needs bitsandbytes: pip install bitsandbytes")
 
 
 def to_container(cfg: DictConfig) -> dict[str, Any]:

@@ -160,14 +160,15 @@ class Run:
     def _sft(self, out: Path) -> dict[str, Any]:
         base = self._base_model_path()
         if not (out / "checkpoint").exists():
-            from rationale_loop.model import load_model, load_tokenizer
+            from rationale_loop.adapters import load_for_training
+            from rationale_loop.model import load_tokenizer
             from rationale_loop.objectives import SFTItem, SupervisedObjective
 
             log.info("round 0 (SFT): base model %s, %d SFT examples", base, len(self.splits.sft))
-            trust = self.cfg.model.trust_remote_code
-            model, tokenizer = load_model(base, self.cfg.model.dtype, trust), load_tokenizer(base, trust)
+            model = load_for_training(base, self.cfg.model, self.cfg.peft)
+            tokenizer = load_tokenizer(base, self.cfg.model.trust_remote_code)
             items = [SFTItem(self.fmt.prompt(p.question), self.fmt.response(p.rationale, p.answer)) for p in self.splits.sft]
-            self._train_and_save(model, tokenizer, items, SupervisedObjective(), self.cfg.sft, self.cfg.seed, "sft", out)
+            self._train_and_save(model, tokenizer, items, SupervisedObjective(), self.cfg.sft, self.cfg.seed, "sft", out, start=base)
         metrics = self._evaluate(out)
         return {**metrics, "base_model": str(base), **json.loads((out / TRAIN_SUMMARY).read_text())}
 
@@ -259,7 +260,8 @@ class Run:
         write_json_atomic(out / "stats.json", stats)
 
     def _rank_train(self, k: int, start: Path, backends: "_Lazy", out: Path) -> None:
-        from rationale_loop.model import load_model, load_tokenizer, torch_dtype
+        from rationale_loop.adapters import load_for_training
+        from rationale_loop.model import load_tokenizer, torch_dtype
         from rationale_loop.objectives import RoundData, build_objective
 
         objective = build_objective(self.cfg.objective)
@@ -273,9 +275,9 @@ class Run:
         # in its own process and its memory is already free.
         backend = backends.peek()
         model, tokenizer = getattr(backend, "model", None), getattr(backend, "tokenizer", None)
-        if model is None or model.dtype != torch_dtype(self.cfg.model.dtype):
-            trust = self.cfg.model.trust_remote_code
-            model, tokenizer = load_model(start, self.cfg.model.dtype, trust), load_tokenizer(start, trust)
+        if model is None or model.dtype != torch_dtype(self.cfg.model.dtype) or self.cfg.peft.method == "qlora":
+            model = load_for_training(start, self.cfg.model, self.cfg.peft)
+            tokenizer = load_tokenizer(start, self.cfg.model.trust_remote_code)
         backends.drop()
 
         def rank_own_pairs(current: Any, when: str) -> dict[str, Any]:
@@ -285,11 +287,11 @@ class Run:
             return ranking_summary(margins, when)
 
         self._train_and_save(model, tokenizer, items, objective, self.cfg.rank, self.cfg.seed + k, f"round {k}", out,
-                             average_with=start, measure=rank_own_pairs)
+                             start=start, average_with=start, measure=rank_own_pairs)
 
     def _train_and_save(
         self, model: Any, tokenizer: Any, items: Any, objective: Any, train_cfg: Any, seed: int, desc: str, out: Path,
-        average_with: Path | None = None, measure: Callable[[Any, str], dict[str, Any]] | None = None,
+        start: str | Path, average_with: Path | None = None, measure: Callable[[Any, str], dict[str, Any]] | None = None,
     ) -> None:
         """Train, then write the summary and, last, the checkpoint (atomically): a round whose
         checkpoint exists has finished training. `measure(model, "before" | "after")` adds diagnostics
@@ -299,9 +301,13 @@ class Run:
         from rationale_loop.model import save_checkpoint
         from rationale_loop.train import train
 
+        from rationale_loop.adapters import attach, merge
+
         before = measure(model, "before") if measure else {}
         log_dir = self.dir / "tensorboard" / out.name
+        model = attach(model, self.cfg.peft, seed)
         result = train(model, tokenizer, items, objective, train_cfg, seed=seed, desc=desc, state_path=out / TRAIN_STATE, log_dir=log_dir)
+        model = merge(model, self.cfg.peft, out / "adapter", start, self.cfg.model)
         if average_with is not None and self.cfg.average.method != "none":
             from rationale_loop.merge import average_into
             from rationale_loop.model import load_weights

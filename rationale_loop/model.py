@@ -95,18 +95,27 @@ def build_tiny_model(cfg: ModelConfig, corpus: list[str], corpus_key: str) -> Pa
 def save_checkpoint(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, target: Path) -> None:
     """save_pretrained into a temporary sibling, then rename: a half-written checkpoint never has the
     final name, so it is never loaded."""
-    target = Path(target)
     broken = non_finite_tensors(model)
     if broken:
         raise NonFiniteError(f"not saving {target}: {len(broken)} tensor(s) hold NaN or infinity, first {broken[0]}")
+    with save_directory(target) as staging:
+        model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+
+
+@contextmanager
+def save_directory(target: Path) -> Iterator[Path]:
+    """A staging directory beside `target` to write into; when the block ends, its files are made
+    durable and it is renamed to `target` (replacing one that is there). An error leaves `target` as it was."""
+    target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
     try:
-        model.save_pretrained(staging, safe_serialization=True)
-        tokenizer.save_pretrained(staging)
-        for written in staging.iterdir():  # durable before the rename makes the checkpoint count as finished
-            with written.open("rb") as handle:
-                os.fsync(handle.fileno())
+        yield staging
+        for written in staging.rglob("*"):  # durable before the rename makes the directory count as finished
+            if written.is_file():
+                with written.open("rb") as handle:
+                    os.fsync(handle.fileno())
         fsync_directory(staging)
         if target.exists() or target.is_symlink():
             remove(target, inside=target.parent)

@@ -213,7 +213,8 @@ def _save_state(
     if accelerator.is_main_process:
         _check_finite_weights(accelerator.unwrap_model(model), path)
         state = {
-            "model": accelerator.unwrap_model(model).state_dict(),
+            # What trains, not what stays put: with an adapter, the adapter alone (megabytes, not the model).
+            "model": trainable_state(accelerator.unwrap_model(model)),
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "history": history,
@@ -225,6 +226,11 @@ def _save_state(
         with atomic_writer(path, binary=True) as handle:
             torch.save(state, handle)
     accelerator.wait_for_everyone()
+
+
+def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The tensors a training stage changes, by their state_dict names."""
+    return {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
 
 
 def _check_finite_weights(model: torch.nn.Module, path: Path) -> None:
@@ -264,7 +270,11 @@ def _load_state(
         )
     if len(state["rng"]) != accelerator.num_processes:
         raise RuntimeError(f"{path} was saved by {len(state['rng'])} process(es); resume it with as many, not {accelerator.num_processes}")
-    model.load_state_dict(state["model"])
+    missing = set(trainable_state(model)) - set(state["model"])
+    if missing:
+        raise CheckpointError(f"{path} lacks {len(missing)} trained tensor(s) (e.g. {sorted(missing)[0]}): it belongs to "
+                              "another model or adapter setting; delete it to start this phase over")
+    model.load_state_dict(state["model"], strict=False)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     rng = state["rng"][accelerator.process_index]
