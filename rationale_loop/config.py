@@ -38,6 +38,12 @@ class ModelConfig:
     vocab_size: int = 384
     max_position_embeddings: int = 256
     init_seed: int = 0
+    # More of the shape, for building stand-ins of real models (conf/model/qwen2_5_0_5b_shape.yaml):
+    architecture: str = "llama"  # llama | qwen2 (q/k/v biases)
+    num_kv_heads: int = 0  # grouped-query attention; 0: as many as num_heads
+    tie_embeddings: bool = False
+    rope_theta: float = 10000.0
+    model_vocab_size: int = 0  # the embedding's rows; 0: the trained tokenizer's size (at most vocab_size)
 
 
 @dataclass
@@ -101,6 +107,12 @@ class TrainConfig:
     mixce_eta: float = 1.0  # 1.0 is plain cross-entropy
     neftune_alpha: float = 0.0
     freeze_embeddings: bool = False
+    # "bf16": forward and backward under bf16 autocast, weights and optimizer state stay in model.dtype
+    # (on a GPU, or a CPU with native bf16); "no": model.dtype throughout.
+    mixed_precision: str = "no"
+    # Recompute activations in the backward pass instead of keeping them: less memory, about a third
+    # more compute. Same gradients.
+    gradient_checkpointing: bool = False
     log_every: int = 10
     # Optimizer steps between resumable training states (round_k/train_state.pt, deleted once the
     # phase ends); a crash then costs at most this many steps. 0: never saved, a crash restarts the phase.
@@ -136,6 +148,20 @@ class PeftConfig:
     target_modules: List[str] = field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     )
+
+
+@dataclass
+class LaunchConfig:
+    """How a round's training phase runs (rationale_loop/launch.py): "local", inside this process; or
+    as a worker (`python -m rationale_loop.worker <run> <round>`) started by `accelerate launch` on
+    `num_processes` processes: "ddp" (data parallel), "fsdp" (sharded), "deepspeed" (ZeRO). Multi-node
+    runs take accelerate's own settings through `config_file` and `extra_args`."""
+
+    kind: str = "local"
+    num_processes: int = 2
+    config_file: Optional[str] = None  # an `accelerate config` file; its settings apply before extra_args
+    extra_args: List[str] = field(default_factory=list)  # more `accelerate launch` flags, as written
+    zero_stage: int = 2  # deepspeed only
 
 
 @dataclass
@@ -208,6 +234,7 @@ class Config:
     rank: TrainConfig = field(default_factory=TrainConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     peft: PeftConfig = field(default_factory=PeftConfig)
+    launch: LaunchConfig = field(default_factory=LaunchConfig)
     average: AverageConfig = field(default_factory=AverageConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     verify: VerifyConfig = field(default_factory=VerifyConfig)
@@ -305,6 +332,7 @@ def _check_ranges(cfg: DictConfig) -> None:
         _require(train.log_every >= 1, f"{stage}.log_every must be at least 1, got {train.log_every}")
         _require(train.save_every >= 0, f"{stage}.save_every must be >= 0 (0: never), got {train.save_every}")
         _one_of(f"{stage}.adalite_variant", train.adalite_variant, ("january", "february"))
+        _one_of(f"{stage}.mixed_precision", train.mixed_precision, ("no", "bf16"))
     gen = cfg.generate
     _require(gen.n >= 1, f"generate.n must be at least 1, got {gen.n}")
     _require(gen.temperature >= 0, f"generate.temperature must be >= 0 (0: greedy), got {gen.temperature}")
@@ -328,6 +356,7 @@ def _check_ranges(cfg: DictConfig) -> None:
     _require(cfg.peft.r >= 1, f"peft.r must be at least 1, got {cfg.peft.r}")
     _require(cfg.peft.alpha > 0, f"peft.alpha must be positive, got {cfg.peft.alpha}")
     _require(0.0 <= cfg.peft.dropout < 1.0, f"peft.dropout must be in [0, 1), got {cfg.peft.dropout}")
+    _require(cfg.launch.num_processes >= 1, f"launch.num_processes must be at least 1, got {cfg.launch.num_processes}")
     _require(len(cfg.peft.target_modules) > 0, "peft.target_modules is empty: name the modules that get an adapter")
     _require(cfg.report.pairs >= 0, f"report.pairs must be >= 0, got {cfg.report.pairs}")
 
@@ -354,6 +383,7 @@ def _check_names(cfg: DictConfig) -> None:
         _one_of(f"task.files.{split}", split, ("sft", "pool", "eval"))
         _one_of(f"task.files.{split}.loader", source.loader, LOADERS)
     _one_of("model.source", cfg.model.source, ("tiny", "pretrained"))
+    _one_of("model.architecture", cfg.model.architecture, ("llama", "qwen2"))
     dtypes = ("float32", "bfloat16", "float16")
     _one_of("model.dtype", cfg.model.dtype, dtypes)
     _one_of("generate.dtype", cfg.generate.dtype, ("auto", *dtypes))
@@ -361,6 +391,7 @@ def _check_names(cfg: DictConfig) -> None:
         _one_of(f"{stage}.optimizer", str(cfg[stage].optimizer).lower(), OPTIMIZERS)
     _one_of("average.method", cfg.average.method, ("none", "slerp", "linear"))
     _one_of("peft.method", cfg.peft.method, ("none", "lora", "qlora"))
+    _one_of("launch.kind", cfg.launch.kind, ("local", "ddp", "fsdp", "deepspeed"))
 
 
 # Objectives that train on pairs of a correct and an incorrect sample of one question.
@@ -395,7 +426,7 @@ def to_container(cfg: DictConfig) -> dict[str, Any]:
 
 # Keys (and key prefixes) that say what to do now or where files go, not how the run's rounds are made:
 # they may change between calls (a run directory may be moved or renamed).
-NON_RUN_KEYS = ("rounds", "inspect", "report", "force", "init_from", "run", "output_root", "model.cache_dir")
+NON_RUN_KEYS = ("rounds", "inspect", "report", "force", "init_from", "run", "output_root", "model.cache_dir", "launch")
 
 
 def flatten(data: Any, prefix: str = "") -> dict[str, Any]:

@@ -92,7 +92,7 @@ def describe_next(run: Path) -> str:
 class Run:
     """Everything the rounds of one run share: the config, the task's splits, the prompt format."""
 
-    def __init__(self, cfg: DictConfig):
+    def __init__(self, cfg: DictConfig, rebuild_index: bool = True):
         validate(cfg)
         self.cfg = cfg
         self.dir = run_dir(cfg)
@@ -103,7 +103,7 @@ class Run:
         self._fits: dict[tuple[int, int], tuple[list[Problem], int]] = {}
         if cfg.init_from:
             fork(self.dir, cfg.init_from)
-        elif self.dir.exists():
+        elif self.dir.exists() and rebuild_index:
             write_rounds_index(self.dir)  # derived, so cheap to rebuild: a crash right after DONE leaves it stale
 
     # -- one round -------------------------------------------------------------------------------
@@ -160,17 +160,40 @@ class Run:
     def _sft(self, out: Path) -> dict[str, Any]:
         base = self._base_model_path()
         if not (out / "checkpoint").exists():
-            from rationale_loop.adapters import load_for_training
-            from rationale_loop.model import load_tokenizer
-            from rationale_loop.objectives import SFTItem, SupervisedObjective
-
-            log.info("round 0 (SFT): base model %s, %d SFT examples", base, len(self.splits.sft))
-            model = load_for_training(base, self.cfg.model, self.cfg.peft)
-            tokenizer = load_tokenizer(base, self.cfg.model.trust_remote_code)
-            items = [SFTItem(self.fmt.prompt(p.question), self.fmt.response(p.rationale, p.answer)) for p in self.splits.sft]
-            self._train_and_save(model, tokenizer, items, SupervisedObjective(), self.cfg.sft, self.cfg.seed, "sft", out, start=base)
+            self._train(0, out, None)
         metrics = self._evaluate(out)
         return {**metrics, "base_model": str(base), **json.loads((out / TRAIN_SUMMARY).read_text())}
+
+    def _train(self, k: int, out: Path, backends: "_Lazy | None") -> None:
+        """Round k's training phase, in this process or as a worker under accelerate (launch=)."""
+        if self.cfg.launch.kind == "local":
+            self.train_phase(k, backends)
+            return
+        from rationale_loop.launch import run_training_worker
+
+        if backends is not None:
+            backends.drop()  # the workers load their own copy; this one's memory is not needed meanwhile
+        run_training_worker(self.cfg.launch, self.dir, k)
+        if not (out / "checkpoint").exists():
+            raise UserError(f"round {k}: the training worker exited without writing {out / 'checkpoint'}")
+
+    def train_phase(self, k: int, backends: "_Lazy | None" = None) -> None:
+        """Train round k (SFT for round 0) from its inputs on disk and save its checkpoint. With
+        `backends`, the generation backend's model is reused when it can be."""
+        out = round_dir(self.dir, k)
+        if k > 0:
+            self._rank_train(k, round_dir(self.dir, k - 1) / "checkpoint", backends or _Lazy(lambda: None), out)
+            return
+        from rationale_loop.adapters import load_for_training
+        from rationale_loop.model import load_tokenizer
+        from rationale_loop.objectives import SFTItem, SupervisedObjective
+
+        base = self._base_model_path()
+        log.info("round 0 (SFT): base model %s, %d SFT examples", base, len(self.splits.sft))
+        model = load_for_training(base, self.cfg.model, self.cfg.peft)
+        tokenizer = load_tokenizer(base, self.cfg.model.trust_remote_code)
+        items = [SFTItem(self.fmt.prompt(p.question), self.fmt.response(p.rationale, p.answer)) for p in self.splits.sft]
+        self._train_and_save(model, tokenizer, items, SupervisedObjective(), self.cfg.sft, self.cfg.seed, "sft", out, start=base)
 
     def _self_train(self, k: int, out: Path) -> dict[str, Any]:
         from rationale_loop.generate import Sampling
@@ -199,7 +222,7 @@ class Run:
         stats = json.loads((out / "stats.json").read_text())
         log.info("round %d: %s", k, ", ".join(f"{key} {value}" for key, value in stats.items()))
         if not (out / "checkpoint").exists():
-            self._rank_train(k, start, backends, out)
+            self._train(k, out, backends)
         backends.drop()
         metrics = self._evaluate(out)
         summary = {**metrics, **stats, **json.loads((out / TRAIN_SUMMARY).read_text())}
@@ -301,12 +324,16 @@ class Run:
         from rationale_loop.model import save_checkpoint
         from rationale_loop.train import train
 
+        from accelerate import PartialState
+
         from rationale_loop.adapters import attach, merge
 
         before = measure(model, "before") if measure else {}
         log_dir = self.dir / "tensorboard" / out.name
         model = attach(model, self.cfg.peft, seed)
         result = train(model, tokenizer, items, objective, train_cfg, seed=seed, desc=desc, state_path=out / TRAIN_STATE, log_dir=log_dir)
+        if not PartialState().is_main_process:
+            return  # under a launcher, the main process merges, measures and writes; the others are done
         model = merge(model, self.cfg.peft, out / "adapter", start, self.cfg.model)
         if average_with is not None and self.cfg.average.method != "none":
             from rationale_loop.merge import average_into
@@ -602,6 +629,7 @@ def _train_summary(result: Any) -> dict[str, Any]:
         "train_dropped_too_long": data["dropped_too_long"],
         "train_steps": data["steps"],
         "train_tokens": data["tokens"],
+        "train_processes": data["processes"],
         "train_seconds": round(data["seconds"], 2),
         "train_history": history,
     }

@@ -29,7 +29,8 @@ from rationale_loop.records import fsync_directory
 
 log = logging.getLogger(__name__)
 
-TINY_SHAPE_KEYS = ("hidden_size", "intermediate_size", "num_layers", "num_heads", "vocab_size", "max_position_embeddings", "init_seed")
+TINY_SHAPE_KEYS = ("hidden_size", "intermediate_size", "num_layers", "num_heads", "vocab_size", "max_position_embeddings", "init_seed",
+                   "architecture", "num_kv_heads", "tie_embeddings", "rope_theta", "model_vocab_size")
 SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>"}
 
 
@@ -69,25 +70,27 @@ def build_tiny_model(cfg: ModelConfig, corpus: list[str], corpus_key: str) -> Pa
     if (target / "config.json").exists():
         log.info("tiny model: using cached %s", target)
         return target
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
 
     log.info("tiny model: building %s (tokenizer trained on %d texts)", target, len(corpus))
     tokenizer = train_tokenizer(corpus, cfg.vocab_size)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
+    config_class = {"llama": LlamaConfig, "qwen2": Qwen2Config}[cfg.architecture]
+    config = config_class(
+        vocab_size=max(len(tokenizer), cfg.model_vocab_size),
         hidden_size=cfg.hidden_size,
         intermediate_size=cfg.intermediate_size,
         num_hidden_layers=cfg.num_layers,
         num_attention_heads=cfg.num_heads,
-        num_key_value_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_kv_heads or cfg.num_heads,
         max_position_embeddings=cfg.max_position_embeddings,
+        rope_theta=cfg.rope_theta,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=False,
+        tie_word_embeddings=cfg.tie_embeddings,
     )
     torch.manual_seed(cfg.init_seed)
-    model = LlamaForCausalLM(config)
+    model = AutoModelForCausalLM.from_config(config)
     save_checkpoint(model, tokenizer, target)
     return target
 

@@ -44,6 +44,7 @@ class TrainResult:
     mean_loss: float | None
     history: list[dict[str, float]] = field(default_factory=list)
     tokens: int = 0  # non-padding tokens trained on over the whole phase, by all processes together
+    processes: int = 1  # how many processes shared the work
 
 
 def optimizer_settings(cfg: TrainConfig) -> dict[str, Any]:
@@ -98,6 +99,9 @@ def train(
 
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     model.to(accelerator.device)
+    if cfg.gradient_checkpointing:
+        # Non-reentrant: works with frozen embeddings and adapters (no input that requires grad needed).
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     prepare = getattr(objective, "prepare", None)
     if prepare is not None:
         # Objectives with a frozen reference (spin) score every item with the starting weights first,
@@ -147,7 +151,7 @@ def train(
                 for name, value in record.items():
                     if name != "step":
                         writer.add_scalar(f"train/{name}", value, step)
-            if step % cfg.log_every == 0 or step == len(batches):
+            if accelerator.is_main_process and (step % cfg.log_every == 0 or step == len(batches)):
                 log.info("%s step %d/%d loss %.4f %s", desc, step, len(batches), step_loss,
                          " ".join(f"{n} {v:.4f}" for n, v in step_terms.items()))
             if state_path is not None and cfg.save_every > 0 and step % cfg.save_every == 0 and step < len(batches):
@@ -168,6 +172,7 @@ def train(
         mean_loss=sum(r["loss"] for r in history) / len(history),
         history=history,
         tokens=tokens,
+        processes=accelerator.num_processes,
     )
 
 
@@ -330,7 +335,10 @@ def accumulate_gradients(
         # the last micro-batch.
         sync = index == len(micro_batches) - 1
         with nullcontext() if sync else accelerator.no_sync(model):
-            sums = objective.loss_sums(model, micro, cfg)
+            # Autocast here, not through Accelerator(mixed_precision=...): accelerate fixes that once per
+            # process, and SFT and the rank stage may differ.
+            with torch.autocast(accelerator.device.type, dtype=torch.bfloat16, enabled=cfg.mixed_precision == "bf16"):
+                sums = objective.loss_sums(model, micro, cfg)
             loss = sum(
                 weight * objective.coefficients[name] * term * accelerator.num_processes / max(units[name], 1)
                 for name, term in sums.items()

@@ -131,3 +131,19 @@ def test_two_processes_split_every_batch_and_reach_the_one_process_weights(tmp_p
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
     losses = [[r["loss"] for r in json.loads((tmp_path / name / "history.json").read_text())] for name in ("one", "two")]
     assert losses[0] == pytest.approx(losses[1], rel=1e-5), "the logged loss is the whole batch's, not one process's share"
+
+
+def test_gradient_checkpointing_gives_the_same_weights_and_bf16_autocast_trains(tokenizer):
+    def trained(**settings):
+        model = tiny_model(tokenizer)
+        cfg = TrainConfig(lr=1e-2, epochs=3, batch_size=2, micro_batch_size=1, max_length=256, save_every=0, **settings)
+        result = train(model, tokenizer, ITEMS, SupervisedObjective(), cfg, seed=0, desc="sft")
+        return model.state_dict(), result
+
+    plain, _ = trained()
+    checkpointed, _ = trained(gradient_checkpointing=True)
+    assert max((plain[k] - checkpointed[k]).abs().max().item() for k in plain) < 1e-6
+    mixed, result = trained(mixed_precision="bf16")
+    assert all(t.dtype == torch.float32 for t in mixed.values()), "autocast leaves the weights in model.dtype"
+    assert result.history[-1]["loss"] < result.history[0]["loss"]
+    assert max((plain[k] - mixed[k]).abs().max().item() for k in plain) > 0, "bf16 autocast changed the arithmetic"

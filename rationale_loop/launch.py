@@ -1,0 +1,47 @@
+"""A round's training phase as its own processes.
+
+Hydra's process never runs under a distributed launcher: with `launch=ddp|fsdp|deepspeed` it starts
+`accelerate launch ... -m rationale_loop.worker <run> <round>` and waits. Every worker process rebuilds
+the phase's training items from the round directory (the files the earlier phases wrote and the round's
+config.yaml), so nothing but paths crosses the boundary; each trains on its share of every batch, and the
+main process writes train.json, the adapter and the checkpoint. A worker killed mid-phase leaves the
+training state of its last save, and the next call resumes from it, as in process.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from rationale_loop.errors import UserError
+
+log = logging.getLogger(__name__)
+
+KIND_FLAGS = {"ddp": ["--multi_gpu"], "fsdp": ["--use_fsdp"], "deepspeed": ["--use_deepspeed"]}
+
+
+def launch_command(cfg: Any, run: Path, k: int) -> list[str]:
+    """The `accelerate launch` command line for round k's training phase."""
+    flags = [*KIND_FLAGS[cfg.kind], "--num_processes", str(cfg.num_processes)]
+    if cfg.kind == "deepspeed":
+        flags += ["--zero_stage", str(cfg.zero_stage)]
+    if cfg.config_file:
+        flags = ["--config_file", str(cfg.config_file), *flags]
+    if "--num_machines" not in cfg.extra_args and not cfg.config_file:
+        flags += ["--num_machines", "1"]
+    # Without these accelerate guesses (and warns): mixed precision comes from model.dtype, not the launcher.
+    flags += ["--mixed_precision", "no", "--dynamo_backend", "no"]
+    return [sys.executable, "-m", "accelerate.commands.launch", *flags, *map(str, cfg.extra_args),
+            "-m", "rationale_loop.worker", str(run), str(k)]
+
+
+def run_training_worker(cfg: Any, run: Path, k: int) -> None:
+    command = launch_command(cfg, run, k)
+    log.info("round %d: training in %d %s process(es): %s", k, cfg.num_processes, cfg.kind, " ".join(command))
+    finished = subprocess.run(command, check=False)
+    if finished.returncode != 0:
+        raise UserError(f"round {k}: the training worker ({cfg.kind}, {cfg.num_processes} processes) failed with exit "
+                        f"status {finished.returncode} (its output is above); the next call resumes from its last saved state")

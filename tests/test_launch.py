@@ -1,0 +1,56 @@
+"""launch=ddp: the Hydra process starts each round's training phase as a worker under `accelerate
+launch` with 2 real processes (gloo on CPU), which share every batch; the run ends as the in-process run
+does, and the round's record says how many processes trained it."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from safetensors.torch import load_file
+
+from rationale_loop.launch import launch_command
+from rationale_loop.loop import run_loop
+
+from test_config import compose_config
+from test_run_safety import QUICK
+
+
+def test_ddp_worker_rounds_match_the_in_process_run(tmp_path):
+    # objective=sft: round 1 trains without needing samples (a 3-step SFT model writes few valid ones).
+    common = [*QUICK, "rounds=1", "objective=sft", "rank.steps=2", f"output_root={tmp_path}/runs", f"model.cache_dir={tmp_path}/models"]
+    local = run_loop(compose_config(*common, "run=local"))
+    ddp = run_loop(compose_config(*common, "run=ddp", "launch=ddp"))
+    assert [r["round"] for r in ddp] == [r["round"] for r in local] == [0, 1]
+    for k in (0, 1):
+        summary = json.loads((tmp_path / f"runs/ddp/round_{k:02d}/train.json").read_text())
+        assert summary["train_processes"] == 2
+        assert json.loads((tmp_path / f"runs/local/round_{k:02d}/train.json").read_text())["train_processes"] == 1
+        a, b = (load_file(str(tmp_path / f"runs/{run}/round_{k:02d}/checkpoint/model.safetensors")) for run in ("local", "ddp"))
+        assert max((a[n] - b[n]).abs().max().item() for n in a) < 1e-4, f"round {k}"
+
+
+def test_launch_command_names_the_kind_and_processes(tmp_path):
+    cfg = compose_config("launch=deepspeed", "launch.num_processes=8", "launch.extra_args=[--main_process_port,29600]").launch
+    command = launch_command(cfg, tmp_path / "run", 3)
+    assert command[command.index("--num_processes") + 1] == "8" and "--use_deepspeed" in command
+    assert command[command.index("--zero_stage") + 1] == "2" and "29600" in command
+    assert command[-4:] == ["-m", "rationale_loop.worker", str(tmp_path / "run"), "3"]
+
+
+def test_a_killed_worker_fails_the_round_in_words_and_the_next_call_resumes_it(tmp_path, monkeypatch, capfd):
+    import pytest
+
+    from rationale_loop.errors import UserError
+    from rationale_loop.faults import KILL_AT
+
+    overrides = [*QUICK, "launch=ddp", "sft.save_every=1", f"output_root={tmp_path}/runs", f"model.cache_dir={tmp_path}/models", "run=k"]
+    monkeypatch.setenv(KILL_AT, "train_step:2")  # only the workers train, so only they pass this point
+    with pytest.raises(UserError, match="the training worker \\(ddp, 2 processes\\) failed"):
+        run_loop(compose_config(*overrides))
+    assert (tmp_path / "runs/k/round_00/train_state.pt").exists() and not (tmp_path / "runs/k/round_00/checkpoint").exists()
+    monkeypatch.delenv(KILL_AT)
+    capfd.readouterr()
+    assert [r["round"] for r in run_loop(compose_config(*overrides))] == [0]
+    captured = capfd.readouterr()
+    assert (captured.out + captured.err).count("sft: resuming from step 2 of 3") == 2, "both worker processes resume from the saved step"

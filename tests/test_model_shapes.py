@@ -1,0 +1,30 @@
+"""conf/model/qwen2_5_0_5b_shape.yaml builds Qwen2.5-0.5B's architecture: the same parameter count as the
+published model (494,032,768), grouped-query attention with 2 key/value heads, a tied embedding."""
+
+import torch
+from transformers import AutoModelForCausalLM, Qwen2Config
+
+from test_config import compose_config
+
+
+def test_the_qwen_shaped_model_has_qwen2_5_0_5b_parameters():
+    cfg = compose_config("model=qwen2_5_0_5b_shape").model
+    config = Qwen2Config(vocab_size=cfg.model_vocab_size, hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
+                         num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.num_kv_heads,
+                         tie_word_embeddings=cfg.tie_embeddings, rope_theta=cfg.rope_theta)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    assert sum(p.numel() for p in model.parameters()) == 494_032_768
+    attention = model.model.layers[0].self_attn
+    assert attention.k_proj.out_features == 2 * cfg.hidden_size // cfg.num_heads and attention.q_proj.bias is not None
+
+
+def test_a_small_qwen2_shape_builds_and_trains_through_the_tiny_path(tmp_path):
+    from rationale_loop.model import build_tiny_model, load_model
+
+    cfg = compose_config("model.architecture=qwen2", "model.num_kv_heads=2", "model.tie_embeddings=true",
+                         "model.model_vocab_size=1000", f"model.cache_dir={tmp_path}").model
+    path = build_tiny_model(cfg, ["### User:\nAnn has 3 pens.\n\n### Rationale:\n3.\n\n### Answer:\n3"] * 10, "key")
+    model = load_model(path)
+    assert type(model).__name__ == "Qwen2ForCausalLM" and model.config.vocab_size == 1000
+    assert model.get_input_embeddings().weight.data_ptr() == model.get_output_embeddings().weight.data_ptr()
