@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any, Sequence
 
 import torch
 from transformers import PreTrainedTokenizerBase
@@ -46,6 +47,21 @@ class Encoder:
         if len(prompt_ids) + len(response_ids) > self.max_length:
             return None
         return Encoded(prompt_ids + response_ids, [IGNORE_INDEX] * len(prompt_ids) + response_ids)
+
+    def encode_segments(self, segments: Sequence[Any]) -> Encoded | None:
+        """Ids and labels for a rendered conversation: each segment (text, learned) tokenized on its
+        own, so the boundary between what is learned and what is not is exact; BOS in front. None when
+        it is longer than max_length. End-of-turn markers are inside the learned segments' text (an EOS
+        written as the tokenizer's EOS string becomes its id)."""
+        ids = list(self.prompt_ids(""))
+        labels = [IGNORE_INDEX] * len(ids)
+        for segment in segments:
+            piece = self.tokenizer(segment.text, add_special_tokens=False)["input_ids"]
+            ids += piece
+            labels += piece if segment.learned else [IGNORE_INDEX] * len(piece)
+        if len(ids) > self.max_length:
+            return None
+        return Encoded(ids, labels)
 
     def collate(self, examples: list[Encoded]) -> dict[str, torch.Tensor]:
         """Right-pad a list of examples into input_ids, attention_mask and labels tensors."""

@@ -30,6 +30,26 @@ class Problem:
     answer: str
 
 
+@dataclass(frozen=True)
+class Turn:
+    """One turn of a conversation. `learned` overrides the default (assistant turns are learned, the
+    rest are not); None keeps it."""
+
+    role: str  # "user" or "assistant" (the system text is the conversation's)
+    content: str
+    learned: bool | None = None
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """What the SFT stage learns from when it is not a reasoning problem: chat and instruction data,
+    rendered by a turn template (rationale_loop/data/templates.py)."""
+
+    turns: tuple[Turn, ...]
+    system: str | None = None
+    id: str = ""
+
+
 @dataclass
 class Generation:
     """One sampled completion for one question, as written to generations.jsonl."""
