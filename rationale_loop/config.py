@@ -87,6 +87,28 @@ class TaskConfig:
 
 
 @dataclass
+class DataSourceConfig:
+    """One source of chat or instruction data for the SFT stage (rationale_loop/data/sources.py)."""
+
+    path: str = ""  # a .json/.jsonl/.parquet/.csv file, a save_to_disk folder, or a hub id
+    schema: str = "sharegpt"  # sharegpt | messages | alpaca | airoboros | tinycot | gsm8k
+    split: str = "train"
+    max_rows: int = 0  # the first rows only; 0: all
+    priority: int = 0  # higher wins when two sources hold the same instruction
+
+
+@dataclass
+class DataConfig:
+    """Chat and instruction data mixed into SFT beside the task's reasoning examples."""
+
+    sources: Dict[str, DataSourceConfig] = field(default_factory=dict)
+    # Turn templates (rationale_loop/data/templates.py); the first is the checkpoint tokenizer's chat_template.
+    formats: List[str] = field(default_factory=lambda: ["memphis"])
+    multi_format: str = "all"  # all: every conversation in every format (bagel); sample: one format each, seeded
+    decontaminate_ngram: int = 13  # drop a conversation sharing a word n-gram with a held-out question; 0: off
+
+
+@dataclass
 class TrainConfig:
     """One training stage (SFT or a round's rank finetuning)."""
 
@@ -230,6 +252,7 @@ class Config:
     output_root: str = "outputs/runs"
     model: ModelConfig = field(default_factory=ModelConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
+    data: DataConfig = field(default_factory=DataConfig)
     sft: TrainConfig = field(default_factory=TrainConfig)
     rank: TrainConfig = field(default_factory=TrainConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
@@ -392,6 +415,15 @@ def _check_names(cfg: DictConfig) -> None:
     _one_of("average.method", cfg.average.method, ("none", "slerp", "linear"))
     _one_of("peft.method", cfg.peft.method, ("none", "lora", "qlora"))
     _one_of("launch.kind", cfg.launch.kind, ("local", "ddp", "fsdp", "deepspeed"))
+    from rationale_loop.data.sources import ADAPTERS
+    from rationale_loop.data.templates import TEMPLATES
+
+    for name in cfg.data.formats:
+        _one_of("data.formats", name, TEMPLATES)
+    _one_of("data.multi_format", cfg.data.multi_format, ("all", "sample"))
+    for name, source in cfg.data.sources.items():
+        _one_of(f"data.sources.{name}.schema", source.schema, ADAPTERS)
+        _require(bool(source.path), f"data.sources.{name}.path is empty: name a file, a folder or a hub id")
 
 
 # Objectives that train on pairs of a correct and an incorrect sample of one question.

@@ -160,6 +160,7 @@ class Run:
     def _sft(self, out: Path) -> dict[str, Any]:
         base = self._base_model_path()
         if not (out / "checkpoint").exists():
+            self._prepare_sft_mix(base, out)
             self._train(0, out, None)
         metrics = self._evaluate(out)
         return {**metrics, "base_model": str(base), **json.loads((out / TRAIN_SUMMARY).read_text())}
@@ -177,6 +178,18 @@ class Run:
         if not (out / "checkpoint").exists():
             raise UserError(f"round {k}: the training worker exited without writing {out / 'checkpoint'}")
 
+    def _prepare_sft_mix(self, base: str | Path, out: Path) -> None:
+        """The chat and instruction sources of data=, prepared once into round_00 (sources.py)."""
+        from rationale_loop.data.sources import MIX_MANIFEST, prepare_sft_mix
+        from rationale_loop.model import load_tokenizer
+
+        if not self.cfg.data.sources or (out / MIX_MANIFEST).exists():
+            return
+        tokenizer = load_tokenizer(base, self.cfg.model.trust_remote_code)
+        manifest = prepare_sft_mix(self.cfg.data, [p.question for p in self.splits.eval], tokenizer, out, self.cfg.seed)
+        log.info("SFT data mix: %d rendered rows; per source %s; per format %s", manifest["rendered_rows"],
+                 {name: entry["kept"] for name, entry in manifest["sources"].items()}, manifest["formats"])
+
     def train_phase(self, k: int, backends: "_Lazy | None" = None) -> None:
         """Train round k (SFT for round 0) from its inputs on disk and save its checkpoint. With
         `backends`, the generation backend's model is reused when it can be."""
@@ -192,7 +205,17 @@ class Run:
         log.info("round 0 (SFT): base model %s, %d SFT examples", base, len(self.splits.sft))
         model = load_for_training(base, self.cfg.model, self.cfg.peft)
         tokenizer = load_tokenizer(base, self.cfg.model.trust_remote_code)
+        from rationale_loop.data.sources import read_sft_mix
+
         items = [SFTItem(self.fmt.prompt(p.question), self.fmt.response(p.rationale, p.answer)) for p in self.splits.sft]
+        mixed = read_sft_mix(out)
+        if mixed:
+            from rationale_loop.data.templates import get_template
+
+            items += mixed
+            # Plain transformers and vLLM's chat endpoint then render chats as the model was trained on them.
+            tokenizer.chat_template = get_template(self.cfg.data.formats[0]).chat_template()
+            log.info("round 0 (SFT): %d task examples and %d rendered conversation rows", len(self.splits.sft), len(mixed))
         self._train_and_save(model, tokenizer, items, SupervisedObjective(), self.cfg.sft, self.cfg.seed, "sft", out, start=base)
 
     def _self_train(self, k: int, out: Path) -> dict[str, Any]:

@@ -26,6 +26,13 @@ from rationale_loop.records import Generation, Pair, Problem
 
 
 @dataclass(frozen=True)
+class ConversationItem:
+    """A rendered conversation (rationale_loop/data/templates.py): segments of text, each learned or not."""
+
+    segments: tuple[Any, ...]
+
+
+@dataclass(frozen=True)
 class SFTItem:
     prompt: str
     response: str
@@ -112,7 +119,9 @@ class SupervisedObjective:
     def items(self, data: RoundData) -> list[SFTItem]:
         raise NotImplementedError("SupervisedObjective trains on items given to it directly")
 
-    def encode(self, item: SFTItem, encoder: Encoder) -> Encoded | None:
+    def encode(self, item: "SFTItem | ConversationItem", encoder: Encoder) -> Encoded | None:
+        if isinstance(item, ConversationItem):
+            return encoder.encode_segments(item.segments)
         return encoder.encode(item.prompt, item.response)
 
     def collate(self, encoded: list[Encoded], encoder: Encoder) -> dict[str, Any]:

@@ -41,6 +41,10 @@ BAD = [
     (["generate.too_long=maybe"], "generate.too_long='maybe' is unknown"),
     (["sft.grad_clip=-1"], "sft.grad_clip"),
     (["objective.beta=0"], "objective.beta must be positive"),
+    (["data.formats=[memphis,nope]"], "data.formats='nope' is unknown"),
+    (["data=chat_mix", "data.sources.subtraction.schema=csvish"], "data.sources.subtraction.schema='csvish' is unknown"),
+    (["launch.kind=slurm"], "launch.kind='slurm' is unknown"),
+    (["peft=lora", "peft.r=0"], "peft.r must be at least 1"),
 ]
 
 

@@ -1,0 +1,211 @@
+"""Chat and instruction data for the SFT stage: sources read through the `datasets` library, each row
+mapped by its schema's adapter onto a Conversation (records.py), deduplicated across sources (the
+higher-priority copy wins) and decontaminated against the evaluation questions.
+
+Schemas (`data.sources.<name>.schema`):
+  sharegpt   {"conversations": [{"from": "system"|"human"|"gpt", "value": ...}]}
+  messages   {"messages": [{"role": "system"|"user"|"assistant", "content": ...}]}
+  alpaca     {"instruction", "input" (optional), "output"}
+  airoboros  {"instruction", "response"}, with an optional "system"
+  tinycot    {"prompt", "rationale", "target"}: a reasoning problem, its reply in the reasoning layout
+  gsm8k      {"question", "answer"}: the rationale before "####", the answer after it
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from rationale_loop.data.formats import ReasoningFormat, TINYCOT
+from rationale_loop.errors import DataError
+from rationale_loop.records import Conversation, Turn
+
+ROLE_OF = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "bot": "assistant"}
+
+
+def _turns(entries: Iterable[dict[str, Any]], role_key: str, text_key: str, where: str) -> Conversation:
+    system, turns = None, []
+    for entry in entries:
+        role = ROLE_OF.get(str(entry.get(role_key, "")).lower())
+        if role is None:
+            raise DataError(f"{where}: unknown role {entry.get(role_key)!r} (known: {', '.join(sorted(ROLE_OF))})")
+        text = str(entry.get(text_key) or "").strip()
+        if role == "system":
+            system = text
+        else:
+            turns.append(Turn(role, text))
+    return Conversation(tuple(turns), system)
+
+
+def _reasoning_reply(fmt: ReasoningFormat, rationale: str, answer: str) -> str:
+    return f"{fmt.rationale_header}\n{fmt.response(rationale, answer)}"
+
+
+def _gsm8k(row: dict[str, Any], where: str) -> Conversation:
+    rationale, marker, answer = str(row["answer"]).rpartition("####")
+    if not marker:
+        raise DataError(f"{where}: field 'answer' has no '####' final-answer marker")
+    rationale = re.sub(r"<<[^<>]*>>", "", rationale)
+    return Conversation((Turn("user", str(row["question"]).strip()), Turn("assistant", _reasoning_reply(TINYCOT, rationale, answer))))
+
+
+ADAPTERS: dict[str, tuple[tuple[str, ...], Callable[[dict[str, Any], str], Conversation]]] = {
+    "sharegpt": (("conversations",), lambda row, where: _turns(row["conversations"], "from", "value", where)),
+    "messages": (("messages",), lambda row, where: _turns(row["messages"], "role", "content", where)),
+    "alpaca": (("instruction", "output"), lambda row, where: Conversation((
+        Turn("user", "\n\n".join(p for p in (str(row["instruction"]).strip(), str(row.get("input") or "").strip()) if p)),
+        Turn("assistant", str(row["output"]).strip())))),
+    "airoboros": (("instruction", "response"), lambda row, where: Conversation((
+        Turn("user", str(row["instruction"]).strip()), Turn("assistant", str(row["response"]).strip())), row.get("system") or None)),
+    "tinycot": (("prompt", "rationale", "target"), lambda row, where: Conversation((
+        Turn("user", str(row["prompt"]).strip()),
+        Turn("assistant", _reasoning_reply(TINYCOT, str(row["rationale"]), str(row["target"])))))),
+    "gsm8k": (("question", "answer"), _gsm8k),
+}
+
+
+def load_rows(path: str, split: str = "train") -> Any:
+    """A source's rows as a `datasets.Dataset`: a JSON, JSON lines, Parquet or CSV file, a folder written by
+    save_to_disk, or (with a network) a hub id."""
+    import datasets
+
+    local = Path(path)
+    builders = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
+    try:
+        if local.is_dir() and (local / "dataset_info.json").exists():
+            return datasets.load_from_disk(str(local))
+        if local.is_file() and local.suffix in builders:
+            return datasets.load_dataset(builders[local.suffix], data_files=str(local), split=split)
+        if local.exists():
+            raise DataError(f"{path}: not a file datasets can read (.json, .jsonl, .parquet, .csv, or a save_to_disk folder)")
+        return datasets.load_dataset(path, split=split)
+    except DataError:
+        raise
+    except Exception as error:  # datasets names neither the line nor, often, the file
+        if local.is_file() and local.suffix in (".json", ".jsonl"):
+            from rationale_loop.records import read_jsonl
+
+            for _ in read_jsonl(local):  # raises naming the first broken line
+                pass
+        raise DataError(f"{path}: cannot be read ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})") from None
+
+
+def conversations(source_name: str, path: str, schema: str, max_rows: int = 0, split: str = "train") -> list[Conversation]:
+    """Every row of a source as a Conversation (the first max_rows, if set), each keeping where it came from."""
+    try:
+        required, adapt = ADAPTERS[schema]
+    except KeyError:
+        raise DataError(f"data.sources.{source_name}.schema={schema!r} is unknown; known: {', '.join(sorted(ADAPTERS))}") from None
+    rows = load_rows(path, split)
+    missing = [key for key in required if key not in rows.column_names]
+    if missing:
+        raise DataError(f"{path}: schema {schema} needs column(s) {missing}; the file has {rows.column_names}")
+    out = []
+    for index, row in enumerate(rows):
+        if max_rows and index >= max_rows:
+            break
+        conversation = adapt(row, f"{path}: row {index + 1}")
+        if any(t.role == "assistant" for t in conversation.turns):
+            out.append(Conversation(conversation.turns, conversation.system, id=f"{source_name}/{index:06d}"))
+    return out
+
+
+def instruction_key(conversation: Conversation) -> str:
+    """uuid5 of the first user turn, normalized (case and whitespace): the identity dedup goes by."""
+    first = next((t.content for t in conversation.turns if t.role == "user"), "")
+    return str(uuid.uuid5(uuid.NAMESPACE_OID, " ".join(first.lower().split())))
+
+
+@dataclass
+class Mixed:
+    conversations: list[Conversation]
+    kept: dict[str, int] = field(default_factory=dict)
+    duplicates: dict[str, int] = field(default_factory=dict)
+    contaminated: dict[str, int] = field(default_factory=dict)
+
+
+def _ngrams(text: str, n: int) -> set[tuple[str, ...]]:
+    words = re.findall(r"\w+", text.lower())
+    return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
+
+
+def mix(sources: list[tuple[str, int, list[Conversation]]], evaluation_texts: Iterable[str], ngram: int = 13) -> Mixed:
+    """Sources (name, priority, conversations) merged: higher priority first, the first copy of an
+    instruction wins; a conversation sharing a word n-gram with an evaluation text is dropped."""
+    banned: set[tuple[str, ...]] = set()
+    for text in evaluation_texts:
+        banned |= _ngrams(text, ngram)
+    seen: set[str] = set()
+    result = Mixed([])
+    for name, _, items in sorted(sources, key=lambda source: -source[1]):
+        result.kept[name] = result.duplicates[name] = result.contaminated[name] = 0
+        for conversation in items:
+            key = instruction_key(conversation)
+            if key in seen:
+                result.duplicates[name] += 1
+                continue
+            seen.add(key)
+            text = " ".join(t.content for t in conversation.turns)
+            if banned and _ngrams(text, ngram) & banned:
+                result.contaminated[name] += 1
+                continue
+            result.kept[name] += 1
+            result.conversations.append(conversation)
+    return result
+
+
+MIX_ROWS = "sft_mix.jsonl"
+MIX_MANIFEST = "data_manifest.json"
+
+
+def prepare_sft_mix(data_cfg: Any, evaluation_texts: Iterable[str], tokenizer: Any, out: Path, seed: int) -> dict[str, Any]:
+    """Load, adapt, dedup and decontaminate the configured sources once, render each conversation in the
+    configured formats, and write the rendered rows (sft_mix.jsonl: id, format, segments) and a manifest
+    (data_manifest.json: rows per source after each filter, rows per format, token-length percentiles)
+    into the round directory. The manifest is written last: its presence says the mix is complete, and a
+    failed preparation leaves nothing a later stage reads."""
+    import random
+
+    from rationale_loop.data.templates import get_template
+    from rationale_loop.records import write_json_atomic, write_jsonl_atomic
+
+    loaded = []
+    for name, source in data_cfg.sources.items():
+        items = conversations(name, source.path, source.schema, source.max_rows, source.split)
+        loaded.append((name, source.priority, items))
+    merged = mix(loaded, evaluation_texts if data_cfg.decontaminate_ngram > 0 else [], data_cfg.decontaminate_ngram or 13)
+    rng = random.Random(f"formats/{seed}")
+    rows, per_format, lengths = [], {name: 0 for name in data_cfg.formats}, []
+    for conversation in merged.conversations:
+        formats = list(data_cfg.formats) if data_cfg.multi_format == "all" else [rng.choice(list(data_cfg.formats))]
+        for name in formats:
+            segments = get_template(name).segments(conversation, tokenizer.eos_token)
+            rows.append({"id": conversation.id, "format": name, "segments": [[s.text, s.learned] for s in segments]})
+            per_format[name] += 1
+            lengths.append(len(tokenizer("".join(s.text for s in segments), add_special_tokens=False)["input_ids"]))
+    lengths.sort()
+    manifest = {
+        "sources": {name: {"path": data_cfg.sources[name].path, "schema": data_cfg.sources[name].schema, "rows": len(items),
+                           "duplicates": merged.duplicates[name], "contaminated": merged.contaminated[name], "kept": merged.kept[name]}
+                    for name, _, items in loaded},
+        "formats": per_format,
+        "rendered_rows": len(rows),
+        "token_length_percentiles": {f"p{q}": lengths[min(len(lengths) - 1, len(lengths) * q // 100)] for q in (50, 90, 99, 100)} if lengths else {},
+    }
+    write_jsonl_atomic(out / MIX_ROWS, rows)
+    write_json_atomic(out / MIX_MANIFEST, manifest)
+    return manifest
+
+
+def read_sft_mix(out: Path) -> list[Any]:
+    """The rendered rows prepare_sft_mix wrote, as training items."""
+    from rationale_loop.data.templates import Segment
+    from rationale_loop.objectives import ConversationItem
+    from rationale_loop.records import read_jsonl
+
+    if not (out / MIX_MANIFEST).exists():
+        return []
+    return [ConversationItem(tuple(Segment(text, learned) for text, learned in row["segments"])) for row in read_jsonl(out / MIX_ROWS)]

@@ -1,0 +1,111 @@
+"""Chat and instruction sources: every schema loads through `datasets` from small files written here (and
+GSM8K from the real file), dedup keeps the higher-priority copy, a planted held-out question is removed,
+a malformed line names its file and line and leaves nothing behind, and `data=chat_mix` trains SFT on
+the task plus chats in three formats, then a round."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from rationale_loop.data.sources import MIX_MANIFEST, MIX_ROWS, conversations, mix, prepare_sft_mix
+from rationale_loop.errors import DataError
+from rationale_loop.records import Conversation, Turn
+
+ROWS = {
+    "sharegpt": {"conversations": [{"from": "system", "value": "Be kind."}, {"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"}]},
+    "messages": {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
+                              {"role": "user", "content": "Bye"}, {"role": "assistant", "content": "Bye now"}]},
+    "alpaca": {"instruction": "Add 2 and 3.", "input": "Show the step.", "output": "2 + 3 = 5."},
+    "airoboros": {"instruction": "Name a color.", "response": "Blue.", "system": "Answer briefly."},
+    "tinycot": {"prompt": "Ann has 2 pens and finds 3.", "rationale": "2 + 3 = 5.", "target": "5"},
+    "gsm8k": {"question": "Ann has 2 pens and finds 3.", "answer": "2 + 3 = <<2+3=5>>5\n#### 5"},
+}
+EXPECTED = {
+    "sharegpt": Conversation((Turn("user", "Hi"), Turn("assistant", "Hello")), "Be kind."),
+    "messages": Conversation((Turn("user", "Hi"), Turn("assistant", "Hello"), Turn("user", "Bye"), Turn("assistant", "Bye now"))),
+    "alpaca": Conversation((Turn("user", "Add 2 and 3.\n\nShow the step."), Turn("assistant", "2 + 3 = 5."))),
+    "airoboros": Conversation((Turn("user", "Name a color."), Turn("assistant", "Blue.")), "Answer briefly."),
+    "tinycot": Conversation((Turn("user", "Ann has 2 pens and finds 3."), Turn("assistant", "### Rationale:\n2 + 3 = 5.\n\n### Answer:\n5"))),
+    "gsm8k": Conversation((Turn("user", "Ann has 2 pens and finds 3."), Turn("assistant", "### Rationale:\n2 + 3 = 5\n\n### Answer:\n5"))),
+}
+
+
+def _write(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+@pytest.mark.parametrize("schema", sorted(ROWS))
+def test_every_schema_maps_onto_a_conversation(schema, tmp_path):
+    path = _write(tmp_path / f"{schema}.jsonl", [ROWS[schema]] * 2)
+    loaded = conversations("src", str(path), schema)
+    assert [(c.turns, c.system) for c in loaded] == [(EXPECTED[schema].turns, EXPECTED[schema].system)] * 2
+    assert [c.id for c in loaded] == ["src/000000", "src/000001"]
+
+
+def test_parquet_csv_and_saved_datasets_load_too(tmp_path):
+    import datasets
+
+    table = datasets.Dataset.from_list([ROWS["alpaca"]] * 3)
+    table.to_parquet(str(tmp_path / "a.parquet"))
+    table.to_csv(str(tmp_path / "a.csv"))
+    table.save_to_disk(str(tmp_path / "saved"))
+    for path in ("a.parquet", "a.csv", "saved"):
+        loaded = conversations("src", str(tmp_path / path), "alpaca", max_rows=2)
+        assert [c.turns for c in loaded] == [EXPECTED["alpaca"].turns] * 2, path
+
+
+def test_the_real_gsm8k_train_file_loads(shared_data):
+    loaded = conversations("gsm8k", str(shared_data / "gsm8k" / "train.jsonl"), "gsm8k", max_rows=5)
+    assert len(loaded) == 5 and all(c.turns[1].content.startswith("### Rationale:\n") and "<<" not in c.turns[1].content for c in loaded)
+
+
+def test_dedup_keeps_the_higher_priority_copy_and_decontamination_drops_a_planted_test_question(shared_data):
+    test_question = json.loads((shared_data / "gsm8k" / "test.jsonl").read_text().splitlines()[0])["question"]
+    low = [Conversation((Turn("user", "Same question?"), Turn("assistant", "low")), id="low/0")]
+    high = [Conversation((Turn("user", "  same QUESTION? "), Turn("assistant", "high")), id="high/0"),
+            Conversation((Turn("user", f"Please solve: {test_question}"), Turn("assistant", "x")), id="high/1")]
+    merged = mix([("low", 0, low), ("high", 5, high)], [test_question])
+    assert [c.id for c in merged.conversations] == ["high/0"]
+    assert merged.duplicates == {"high": 0, "low": 1} and merged.contaminated == {"high": 1, "low": 0}
+
+
+def test_a_malformed_line_names_file_and_line_and_leaves_nothing(tmp_path):
+    from omegaconf import OmegaConf
+
+    from rationale_loop.model import train_tokenizer
+
+    path = tmp_path / "chats.jsonl"
+    path.write_text(json.dumps(ROWS["sharegpt"]) + "\n" + '{"conversations": [\n')
+    cfg = OmegaConf.create({"sources": {"chats": {"path": str(path), "schema": "sharegpt", "split": "train", "max_rows": 0, "priority": 0}},
+                            "formats": ["memphis"], "multi_format": "all", "decontaminate_ngram": 13})
+    tokenizer = train_tokenizer(["Hi Hello"] * 5, vocab_size=300)
+    with pytest.raises(DataError, match=rf"{path}:2: not valid JSON"):
+        prepare_sft_mix(cfg, [], tokenizer, tmp_path / "round_00", seed=0)
+    assert not (tmp_path / "round_00" / MIX_MANIFEST).exists() and not (tmp_path / "round_00" / MIX_ROWS).exists()
+
+
+def test_sft_on_a_chat_mix_in_three_formats_then_a_round(tmp_path):
+    from transformers import AutoTokenizer
+
+    from rationale_loop.data.templates import get_template
+    from rationale_loop.loop import run_loop
+
+    from test_config import compose_config
+    from test_run_safety import QUICK
+
+    rows = run_loop(compose_config(*QUICK, "rounds=1", "data=chat_mix", "objective=sft", "rank.steps=2",
+                                   f"output_root={tmp_path}/runs", f"model.cache_dir={tmp_path}/models", "run=mix"))
+    assert [r["round"] for r in rows] == [0, 1]
+    out = tmp_path / "runs" / "mix" / "round_00"
+    manifest = json.loads((out / MIX_MANIFEST).read_text())
+    assert manifest["sources"]["counting_chats"]["kept"] == 24 and manifest["sources"]["subtraction"]["duplicates"] == 1
+    assert manifest["formats"] == {"memphis": 48, "alpaca": 48, "chat-ml": 48} and manifest["rendered_rows"] == 144
+    trained = json.loads((out / "train.json").read_text())
+    # Rows over sft.max_length (256; the tiny tokenizer spells chat words byte by byte) are dropped and counted.
+    assert trained["train_items"] + trained["train_dropped_too_long"] == 64 + 144 and trained["train_items"] > 64 + 100
+    tokenizer = AutoTokenizer.from_pretrained(str(tmp_path / "runs" / "mix" / "round_01" / "checkpoint"))
+    assert tokenizer.chat_template == get_template("memphis").chat_template()
