@@ -106,6 +106,8 @@ class DataConfig:
     formats: List[str] = field(default_factory=lambda: ["memphis"])
     multi_format: str = "all"  # all: every conversation in every format (bagel); sample: one format each, seeded
     decontaminate_ngram: int = 13  # drop a conversation sharing a word n-gram with a held-out question; 0: off
+    # drop a conversation whose instruction is a held-out question reworded (MinHash Jaccard estimate); 1.0: off
+    near_duplicate_threshold: float = 0.7
 
 
 @dataclass

@@ -177,25 +177,41 @@ class _RankedGroups:
     """Shared by the objectives that score a chosen response against rejected ones in one forward
     pass: encoding, collation (chosen, then rejected, then anchors) and length-normalised scores."""
 
-    def encode(self, item: RankItem, encoder: Encoder) -> tuple[Encoded, list[Encoded], Encoded] | None:
+    share_anchor = True  # an anchor that is the chosen response is read off the chosen row (see encode)
+
+    def encode(self, item: RankItem, encoder: Encoder) -> tuple[Encoded, list[Encoded], Encoded | None] | None:
+        """The chosen row, the rejected rows and the anchor row; None for the anchor when it is the
+        chosen response under the same prompt (anchor=chosen, cpo_simpo): its NLL then comes from the
+        chosen row, which is forwarded anyway, instead of forwarding the same tokens twice."""
         chosen = encoder.encode(item.prompt, item.chosen)
         rejected = [encoder.encode(item.prompt, r) for r in item.rejected]
-        anchor = encoder.encode(item.anchor_prompt or item.prompt, item.anchor)
-        if chosen is None or anchor is None or any(r is None for r in rejected):
+        reused = self.share_anchor and item.anchor == item.chosen and (item.anchor_prompt is None or item.anchor_prompt == item.prompt)
+        anchor = None if reused else encoder.encode(item.anchor_prompt or item.prompt, item.anchor)
+        if chosen is None or (anchor is None and not reused) or any(r is None for r in rejected):
             return None
         return chosen, rejected, anchor  # type: ignore[return-value]
 
-    def collate(self, encoded: list[tuple[Encoded, list[Encoded], Encoded]], encoder: Encoder) -> dict[str, Any]:
+    def collate(self, encoded: list[tuple[Encoded, list[Encoded], Encoded | None]], encoder: Encoder) -> dict[str, Any]:
         chosen = [c for c, _, _ in encoded]
         rejected = [r for _, rs, _ in encoded for r in rs]
-        anchors = [a for _, _, a in encoded]
+        anchors = [a for _, _, a in encoded if a is not None]
         batch = encoder.collate(chosen + rejected + anchors)
         batch["group_sizes"] = [len(rs) for _, rs, _ in encoded]
+        # Which groups take their anchor from their chosen row (the rest have a row of their own, in order).
+        batch["anchor_is_chosen"] = [a is None for _, _, a in encoded]
         return batch
 
+    @staticmethod
+    def _anchor_rows(batch: dict[str, Any]) -> tuple[list[int], slice]:
+        """The chosen rows that double as anchors, and the slice of the anchor rows of their own."""
+        reused = [g for g, flag in enumerate(batch.get("anchor_is_chosen", [])) if flag]
+        ranked = len(batch["group_sizes"]) + sum(batch["group_sizes"])
+        return reused, slice(ranked, None)
+
     def units(self, batch: dict[str, Any]) -> dict[str, int]:
-        groups = len(batch["group_sizes"])
-        return {"anchor": _learned_tokens(batch["labels"][-groups:]), "rank": groups}
+        reused, own = self._anchor_rows(batch)
+        labels = batch["labels"]
+        return {"anchor": _learned_tokens(labels[reused]) + _learned_tokens(labels[own]), "rank": len(batch["group_sizes"])}
 
     def scores(
         self, model: torch.nn.Module, batch: dict[str, Any], mixce_eta: float = 1.0
@@ -216,8 +232,12 @@ class _RankedGroups:
             rejected[g, :size] = scores[offset : offset + size]
             mask[g, :size] = True
             offset += size
-        anchor_logprobs, anchor_mask = token_logprobs(logits[ranked:], batch["labels"][ranked:])
-        return scores[:groups], rejected, mask, mixce_token_losses(anchor_logprobs, anchor_mask, mixce_eta).sum()
+        reused, own = self._anchor_rows(batch)
+        anchor_nll = logits.new_zeros(())
+        for rows in (reused, own):
+            anchor_logprobs, anchor_mask = token_logprobs(logits[rows], batch["labels"][rows])
+            anchor_nll = anchor_nll + mixce_token_losses(anchor_logprobs, anchor_mask, mixce_eta).sum()
+        return scores[:groups], rejected, mask, anchor_nll
 
 
 def _unique_incorrect(generations: Iterable[Generation]) -> dict[str, tuple[str, ...]]:

@@ -45,6 +45,7 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
     tokens: int = 0  # non-padding tokens trained on over the whole phase, by all processes together
     processes: int = 1  # how many processes shared the work
+    padding_fraction: float = 0.0  # of the token positions forwarded, the share that was padding
 
 
 def optimizer_settings(cfg: TrainConfig) -> dict[str, Any]:
@@ -116,10 +117,12 @@ def train(
     scheduler = cosine_with_warmup(optimizer, len(batches), cfg.warmup_ratio, cfg.min_lr_ratio)
     history: list[dict[str, float]] = []
     earlier_seconds = 0.0  # spent by the interrupted calls this one resumes
-    tokens = 0
+    tokens = padded = 0
+    lengths = [item_length(e) for e in kept]
     resumed = _load_state(state_path, accelerator, model, optimizer, scheduler, len(batches), desc)
     if resumed is not None:
         history, earlier_seconds, tokens = resumed["history"], resumed["seconds"], resumed.get("tokens", 0)
+        padded = resumed.get("padded", 0)
     model, optimizer = accelerator.prepare(model, optimizer)
     first_step = len(history) + 1
     writer = _tensorboard(log_dir, first_step, accelerator)
@@ -129,13 +132,21 @@ def train(
     progress = tqdm(total=len(batches), initial=first_step - 1, desc=desc, disable=not sys.stderr.isatty(), leave=False)
     with neftune(accelerator.unwrap_model(model), cfg.neftune_alpha):
         for step, batch_indices in enumerate(batches[first_step - 1 :], start=first_step):
-            share, weight = process_share(batch_indices, accelerator.process_index, accelerator.num_processes)
+            # Sorted by length before it is dealt and cut into micro-batches: rows of like length pad little.
+            # The step's gradient is a token-weighted sum over the whole batch, so the order does not change it.
+            ordered = sorted(batch_indices, key=lambda i: lengths[i])
+            share, weight = process_share(ordered, accelerator.process_index, accelerator.num_processes)
             micro_batches = [
                 objective.collate([kept[i] for i in share[j : j + cfg.micro_batch_size]], encoder)
                 for j in range(0, len(share), cfg.micro_batch_size)
             ]
             step_terms = accumulate_gradients(model, objective, micro_batches, cfg, accelerator, weight)
-            tokens += int(_sum_over_processes(accelerator, [weight * sum(int(m["attention_mask"].sum()) for m in micro_batches)])[0])
+            real, forwarded = _sum_over_processes(accelerator, [
+                weight * sum(int(m["attention_mask"].sum()) for m in micro_batches),
+                weight * sum(m["attention_mask"].numel() for m in micro_batches),
+            ])
+            tokens += int(real)
+            padded += int(forwarded - real)
             # Clipping at infinity clips nothing and still returns the norm the finiteness check needs.
             grad_norm = accelerator.clip_grad_norm_(parameters, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
             _refuse_non_finite(step_terms, grad_norm, accelerator, desc, step, len(batches), batch_indices, state_path)
@@ -156,7 +167,7 @@ def train(
                          " ".join(f"{n} {v:.4f}" for n, v in step_terms.items()))
             if state_path is not None and cfg.save_every > 0 and step % cfg.save_every == 0 and step < len(batches):
                 elapsed = earlier_seconds + time.perf_counter() - start
-                _save_state(state_path, accelerator, model, optimizer, scheduler, history, len(batches), elapsed, tokens)
+                _save_state(state_path, accelerator, model, optimizer, scheduler, history, len(batches), elapsed, tokens, padded)
             crash_point("train_step")
     progress.close()
     if writer is not None:
@@ -173,6 +184,7 @@ def train(
         history=history,
         tokens=tokens,
         processes=accelerator.num_processes,
+        padding_fraction=padded / (tokens + padded) if tokens + padded else 0.0,
     )
 
 
@@ -209,6 +221,7 @@ def _save_state(
     total_steps: int,
     seconds: float,
     tokens: int,
+    padded: int,
 ) -> None:
     """Everything the rest of the run depends on, in one file written atomically by the main process:
     a crash while it is written leaves the previous state in place. The random states are every
@@ -226,6 +239,7 @@ def _save_state(
             "total_steps": total_steps,
             "seconds": seconds,
             "tokens": tokens,
+            "padded": padded,
             "rng": every_rng,
         }
         with atomic_writer(path, binary=True) as handle:
@@ -297,6 +311,15 @@ def _tensorboard(log_dir: Path | None, first_step: int, accelerator: Accelerator
 
     # purge_step: a resumed or restarted phase drops the events an interrupted one logged from this step on.
     return SummaryWriter(log_dir=str(log_dir), purge_step=first_step)
+
+
+def item_length(encoded: Any) -> int:
+    """The padded width an encoded item asks of its micro-batch: its longest row."""
+    if hasattr(encoded, "input_ids"):
+        return len(encoded.input_ids)
+    if isinstance(encoded, (tuple, list)):
+        return max((item_length(part) for part in encoded), default=0)
+    return 0
 
 
 def process_share(batch: list[int], rank: int, processes: int) -> tuple[list[int], float]:

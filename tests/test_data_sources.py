@@ -68,9 +68,15 @@ def test_dedup_keeps_the_higher_priority_copy_and_decontamination_drops_a_plante
     low = [Conversation((Turn("user", "Same question?"), Turn("assistant", "low")), id="low/0")]
     high = [Conversation((Turn("user", "  same QUESTION? "), Turn("assistant", "high")), id="high/0"),
             Conversation((Turn("user", f"Please solve: {test_question}"), Turn("assistant", "x")), id="high/1")]
+    # Reworded a little (every twelfth word replaced): no 13-gram survives, the near-duplicate path catches it.
+    words = test_question.split()
+    for i in range(6, len(words), 12):
+        words[i] = "something"
+    high.append(Conversation((Turn("user", " ".join(words)), Turn("assistant", "y")), id="high/2"))
     merged = mix([("low", 0, low), ("high", 5, high)], [test_question])
     assert [c.id for c in merged.conversations] == ["high/0"]
     assert merged.duplicates == {"high": 0, "low": 1} and merged.contaminated == {"high": 1, "low": 0}
+    assert merged.near_duplicates == {"high": 1, "low": 0}
 
 
 def test_a_malformed_line_names_file_and_line_and_leaves_nothing(tmp_path):

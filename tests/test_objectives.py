@@ -160,3 +160,30 @@ def test_listwise_loss_averages_negatives_in_one_forward(model, tokenizer):
     with torch.no_grad():
         got = loss_of(memphis, model, [item], tokenizer)
     assert got.item() == pytest.approx(expected_rank - s[0], abs=1e-5)  # anchor on chosen = -s_c
+
+
+@pytest.mark.parametrize("name", ["memphis", "cpo_simpo"])
+def test_an_anchor_read_off_the_chosen_row_equals_its_own_forward(name, model, tokenizer):
+    """anchor=chosen (and cpo_simpo's NLL) reuse the chosen row instead of forwarding it twice: fewer
+    rows, the same loss and gradient as the unshared computation; a gold anchor keeps its own row."""
+    from rationale_loop.objectives import RankItem
+
+    other = TINYCOT.response("3 + 2 = 7 apples in all.", "7")
+    items = [RankItem(PROMPT, CHOSEN, (REJECTED,), CHOSEN), RankItem(PROMPT, other, (REJECTED,), other),
+             RankItem(PROMPT, CHOSEN, (other,), TINYCOT.response("Ann has 3. 3 + 2 = 5.", "5"))]
+    results = []
+    for share in (True, False):
+        objective = build_objective(ObjectiveConfig(name=name, anchor="chosen"))
+        objective.share_anchor = share
+        model.zero_grad()
+        encoder = Encoder(tokenizer, 256)
+        batch = objective.collate([objective.encode(item, encoder) for item in items], encoder)
+        units, sums = objective.units(batch), objective.loss_sums(model, batch, TrainConfig())
+        loss = sum(objective.coefficients[n] * sums[n] / units[n] for n in sums)
+        loss.backward()
+        results.append((batch["input_ids"].shape[0], units, float(loss), [p.grad.clone() for p in model.parameters()]))
+    (rows_shared, units_shared, loss_shared, grads_shared), (rows_own, units_own, loss_own, grads_own) = results
+    assert rows_shared == rows_own - 2, "two of the three anchors are the chosen rows"
+    assert units_shared == units_own
+    assert loss_shared == pytest.approx(loss_own, rel=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(grads_shared, grads_own))

@@ -119,7 +119,7 @@ def test_two_processes_split_every_batch_and_reach_the_one_process_weights(tmp_p
 
     batches = _schedule_order(13, 1, 4, seed=0)
     assert [len(b) for b in batches] == [4, 4, 4, 1]
-    assert json.loads((tmp_path / "one" / "shares_0.json").read_text()) == batches
+    assert [sorted(step) for step in json.loads((tmp_path / "one" / "shares_0.json").read_text())] == [sorted(b) for b in batches]
     shares = [json.loads((tmp_path / "two" / f"shares_{rank}.json").read_text()) for rank in (0, 1)]
     for step, batch in enumerate(batches):
         first, second = shares[0][step], shares[1][step]

@@ -124,33 +124,34 @@ class Mixed:
     conversations: list[Conversation]
     kept: dict[str, int] = field(default_factory=dict)
     duplicates: dict[str, int] = field(default_factory=dict)
-    contaminated: dict[str, int] = field(default_factory=dict)
+    contaminated: dict[str, int] = field(default_factory=dict)  # a shared word n-gram with a held-out text
+    near_duplicates: dict[str, int] = field(default_factory=dict)  # the instruction is a held-out text reworded
 
 
-def _ngrams(text: str, n: int) -> set[tuple[str, ...]]:
-    words = re.findall(r"\w+", text.lower())
-    return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
-
-
-def mix(sources: list[tuple[str, int, list[Conversation]]], evaluation_texts: Iterable[str], ngram: int = 13) -> Mixed:
+def mix(sources: list[tuple[str, int, list[Conversation]]], evaluation_texts: Iterable[str], ngram: int = 13,
+        near_duplicate: float = 0.7) -> Mixed:
     """Sources (name, priority, conversations) merged: higher priority first, the first copy of an
-    instruction wins; a conversation sharing a word n-gram with an evaluation text is dropped."""
-    banned: set[tuple[str, ...]] = set()
-    for text in evaluation_texts:
-        banned |= _ngrams(text, ngram)
+    instruction wins; a conversation sharing a word n-gram with an evaluation text, or whose first user
+    turn is a near-duplicate of one (MinHash, estimated Jaccard >= near_duplicate), is dropped."""
+    from rationale_loop.data.decontaminate import Contamination
+
+    guard = Contamination(ngram=ngram, threshold=near_duplicate).add(evaluation_texts)
     seen: set[str] = set()
     result = Mixed([])
     for name, _, items in sorted(sources, key=lambda source: -source[1]):
-        result.kept[name] = result.duplicates[name] = result.contaminated[name] = 0
+        result.kept[name] = result.duplicates[name] = result.contaminated[name] = result.near_duplicates[name] = 0
         for conversation in items:
             key = instruction_key(conversation)
             if key in seen:
                 result.duplicates[name] += 1
                 continue
             seen.add(key)
-            text = " ".join(t.content for t in conversation.turns)
-            if banned and _ngrams(text, ngram) & banned:
+            if guard.reason(" ".join(t.content for t in conversation.turns)) == "ngram":
                 result.contaminated[name] += 1
+                continue
+            first = next((t.content for t in conversation.turns if t.role == "user"), "")
+            if guard.reason(first) == "near_duplicate":
+                result.near_duplicates[name] += 1
                 continue
             result.kept[name] += 1
             result.conversations.append(conversation)
@@ -176,7 +177,8 @@ def prepare_sft_mix(data_cfg: Any, evaluation_texts: Iterable[str], tokenizer: A
     for name, source in data_cfg.sources.items():
         items = conversations(name, source.path, source.schema, source.max_rows, source.split)
         loaded.append((name, source.priority, items))
-    merged = mix(loaded, evaluation_texts if data_cfg.decontaminate_ngram > 0 else [], data_cfg.decontaminate_ngram or 13)
+    merged = mix(loaded, evaluation_texts if data_cfg.decontaminate_ngram > 0 else [], data_cfg.decontaminate_ngram or 13,
+                 data_cfg.near_duplicate_threshold)
     rng = random.Random(f"formats/{seed}")
     rows, per_format, lengths = [], {name: 0 for name in data_cfg.formats}, []
     for conversation in merged.conversations:
@@ -189,7 +191,8 @@ def prepare_sft_mix(data_cfg: Any, evaluation_texts: Iterable[str], tokenizer: A
     lengths.sort()
     manifest = {
         "sources": {name: {"path": data_cfg.sources[name].path, "schema": data_cfg.sources[name].schema, "rows": len(items),
-                           "duplicates": merged.duplicates[name], "contaminated": merged.contaminated[name], "kept": merged.kept[name]}
+                           "duplicates": merged.duplicates[name], "contaminated": merged.contaminated[name],
+                           "near_duplicates": merged.near_duplicates[name], "kept": merged.kept[name]}
                     for name, _, items in loaded},
         "formats": per_format,
         "rendered_rows": len(rows),
