@@ -137,6 +137,9 @@ class TrainConfig:
     # Recompute activations in the backward pass instead of keeping them: less memory, about a third
     # more compute. Same gradients.
     gradient_checkpointing: bool = False
+    # Sort each optimizer step's batch by length before cutting it into micro-batches: less padding, the
+    # same gradient (a token-weighted sum over the whole batch). false: the drawn order.
+    sort_by_length: bool = True
     log_every: int = 10
     # Optimizer steps between resumable training states (round_k/train_state.pt, deleted once the
     # phase ends); a crash then costs at most this many steps. 0: never saved, a crash restarts the phase.

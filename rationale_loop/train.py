@@ -134,7 +134,7 @@ def train(
         for step, batch_indices in enumerate(batches[first_step - 1 :], start=first_step):
             # Sorted by length before it is dealt and cut into micro-batches: rows of like length pad little.
             # The step's gradient is a token-weighted sum over the whole batch, so the order does not change it.
-            ordered = sorted(batch_indices, key=lambda i: lengths[i])
+            ordered = sorted(batch_indices, key=lambda i: lengths[i]) if cfg.sort_by_length else batch_indices
             share, weight = process_share(ordered, accelerator.process_index, accelerator.num_processes)
             micro_batches = [
                 objective.collate([kept[i] for i in share[j : j + cfg.micro_batch_size]], encoder)
