@@ -134,7 +134,9 @@ def train(
         for step, batch_indices in enumerate(batches[first_step - 1 :], start=first_step):
             # Sorted by length before it is dealt and cut into micro-batches: rows of like length pad little.
             # The step's gradient is a token-weighted sum over the whole batch, so the order does not change it.
-            ordered = sorted(batch_indices, key=lambda i: lengths[i]) if cfg.sort_by_length else batch_indices
+            # (With one micro-batch on one process there is nothing to gain, and the drawn order is kept.)
+            sort = cfg.sort_by_length and (accelerator.num_processes > 1 or cfg.micro_batch_size < len(batch_indices))
+            ordered = sorted(batch_indices, key=lambda i: lengths[i]) if sort else batch_indices
             share, weight = process_share(ordered, accelerator.process_index, accelerator.num_processes)
             micro_batches = [
                 objective.collate([kept[i] for i in share[j : j + cfg.micro_batch_size]], encoder)

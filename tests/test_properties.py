@@ -28,7 +28,9 @@ from rationale_loop.verify import (
 
 # No example database: it would write .hypothesis/ into the checkout. No deadline: the machine is
 # shared and math_verify's first import is slow.
-BASE = settings(database=None, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# derandomize: the same examples every run, so CI never fails on a case no earlier run tried (a property
+# that fails there was found here first, and fixed or kept as an @example).
+BASE = settings(database=None, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 
 
 def fast(n: int) -> settings:
@@ -333,6 +335,8 @@ _letters = st.sampled_from("ABCDE")
 # Option text: starts with a digit (so it cannot itself be read as a letter) and holds no marker.
 _option_text = st.from_regex(r"\A[0-9][0-9a-z ,%]{0,14}\Z").map(str.strip).filter(
     lambda t: not any(word in t for word in ("answer", "option", "choice"))
+    # normalize_text drops articles, so "0 a" is "0" while "0a" stays "0a": not the same text either way.
+    and not any(word in ("a", "an", "the") for word in t.split())
 )
 _LETTER_ONLY_GOLDS = ["{L}", "({L})", "{L})", "{L}.", "{L}:", " {L} ", "( {L} )"]
 _OPTION_GOLDS = ["{L}) {T}", "{L}){T}", "({L}) {T}", "({L}){T}", "{L}. {T}", "{L}: {T}"]
