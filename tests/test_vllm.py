@@ -61,6 +61,13 @@ def test_vllm_greedy_matches_hf_greedy(vllm_run):
     vllm = dict(make_backend(cfg.generate, checkpoint, "float32", 8).generate(prompts, greedy))
     same = sum(hf[i][0].text == vllm[i][0].text for i in range(len(prompts)))
     assert same >= len(prompts) - 1, [(hf[i][0].text, vllm[i][0].text) for i in range(len(prompts))]
+    # With a stop string both end there and leave it out (generate.stop).
+    stopped = Sampling(n=1, temperature=0.0, max_new_tokens=48, stop=("### Answer:",))
+    hf = dict(make_backend(compose_config(*SMALL).generate, checkpoint, "float32", 8).generate(prompts, stopped))
+    vllm = dict(make_backend(cfg.generate, checkpoint, "float32", 8).generate(prompts, stopped))
+    assert all("### Answer:" not in vllm[i][0].text and vllm[i][0].finish_reason == "stop" for i in range(len(prompts)))
+    same = sum(hf[i][0].text == vllm[i][0].text for i in range(len(prompts)))
+    assert same >= len(prompts) - 1, [(hf[i][0].text, vllm[i][0].text) for i in range(len(prompts))]
 
 
 def test_vllm_generation_killed_mid_pool_resumes_without_losing_or_duplicating_a_line(vllm_run, tmp_path):

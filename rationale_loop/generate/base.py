@@ -17,6 +17,9 @@ class Sampling:
     top_p: float = 1.0
     max_new_tokens: int = 512
     seed: int = 0
+    # Text that ends a completion where it first appears (and is not part of it): the start of the next
+    # turn, for a model that would otherwise go on writing the conversation.
+    stop: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
 """Generation through transformers `generate`: prompts batched by length, left padding, KV cache,
-n samples per prompt expanded inside one call, stopping at EOS."""
+n samples per prompt expanded inside one call, stopping at EOS or at a stop string."""
 
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ class HFBackend:
             num_return_sequences=sampling.n,
             pad_token_id=self.pad_id,
             eos_token_id=self.eos_id,
+            stop_strings=list(sampling.stop) or None,
             use_cache=True,
         )
 
@@ -68,16 +69,27 @@ class HFBackend:
             input_ids[row, width - len(ids) :] = torch.tensor(ids)
             attention_mask[row, width - len(ids) :] = 1
         device = self.model.device
+        # Stop strings are matched on decoded text, so generate needs the tokenizer for them.
+        extra = {"tokenizer": self.tokenizer} if sampling.stop else {}
         output = self.model.generate(
-            input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), generation_config=config
+            input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), generation_config=config, **extra
         )
         new_tokens = output[:, width:].tolist()
-        return [self._completion(tokens, sampling.max_new_tokens) for tokens in new_tokens]
+        return [self._completion(tokens, sampling.max_new_tokens, sampling.stop) for tokens in new_tokens]
 
-    def _completion(self, tokens: list[int], max_new_tokens: int) -> Completion:
+    def _completion(self, tokens: list[int], max_new_tokens: int, stop: Sequence[str] = ()) -> Completion:
         if self.eos_id in tokens:
             end = tokens.index(self.eos_id)
             text = self.tokenizer.decode(tokens[:end], skip_special_tokens=True)
-            return Completion(text, "stop", end + 1)
+            return cut_at_stop(Completion(text, "stop", end + 1), stop)
         text = self.tokenizer.decode(tokens, skip_special_tokens=True)
-        return Completion(text, "length", min(len(tokens), max_new_tokens))
+        return cut_at_stop(Completion(text, "length", min(len(tokens), max_new_tokens)), stop)
+
+
+def cut_at_stop(completion: Completion, stop: Sequence[str]) -> Completion:
+    """The completion up to its first stop string, which ended it ("stop"); transformers keeps the
+    string in its output, vLLM does not: both backends return what vLLM returns."""
+    cuts = [completion.text.find(s) for s in stop if s and s in completion.text]
+    if not cuts:
+        return completion
+    return Completion(completion.text[: min(cuts)], "stop", completion.num_tokens)

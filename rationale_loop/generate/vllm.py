@@ -175,6 +175,7 @@ def _run_worker(request_path: str, results_path: str) -> None:
         temperature=0.0 if greedy else sampling.temperature,
         top_p=1.0 if greedy else sampling.top_p,
         max_tokens=sampling.max_new_tokens,
+        stop=list(sampling.stop) or None,
     )
     with open(results_path, "a", encoding="utf-8") as handle:
         for chunk_number, start in enumerate(range(0, len(prompts), chunk_size)):
