@@ -170,7 +170,7 @@ def model_card(run: Path, k: int) -> str:
         ]
     lines += [
         "## Results", "",
-        f"Greedy accuracy on the held-out questions after each stage (standard error sqrt(p(1-p)/n)):", "",
+        "Greedy accuracy on the held-out questions after each stage (standard error sqrt(p(1-p)/n)):", "",
         *results, "",
         "## Use", "",
         "```python",

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 
-import torch
 from safetensors.torch import load_file
 
 from rationale_loop.launch import launch_command

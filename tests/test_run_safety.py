@@ -16,7 +16,7 @@ import pytest
 from rationale_loop.cleanup import delete_run
 from rationale_loop.errors import RunLockedError, UserError
 from rationale_loop.faults import KILL_AT, WAIT_AT
-from rationale_loop.lock import LOCK_FILE, lock_holder, run_lock
+from rationale_loop.lock import lock_holder, run_lock
 from rationale_loop.paths import RunPathError, remove
 
 from test_end_to_end import SMALL

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable
 
-from rationale_loop.records import Conversation, Turn
+from rationale_loop.records import Conversation
 
 EOS = "{eos}"  # stands for the tokenizer's EOS token in a format string
 
