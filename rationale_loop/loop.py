@@ -198,6 +198,7 @@ class Run:
             self._rank_train(k, round_dir(self.dir, k - 1) / "checkpoint", backends or _Lazy(lambda: None), out)
             return
         from rationale_loop.adapters import load_for_training
+        from rationale_loop.data.sources import read_sft_mix
         from rationale_loop.model import load_tokenizer
         from rationale_loop.objectives import SFTItem, SupervisedObjective
 
@@ -205,8 +206,6 @@ class Run:
         log.info("round 0 (SFT): base model %s, %d SFT examples", base, len(self.splits.sft))
         model = load_for_training(base, self.cfg.model, self.cfg.peft)
         tokenizer = load_tokenizer(base, self.cfg.model.trust_remote_code)
-        from rationale_loop.data.sources import read_sft_mix
-
         items = [SFTItem(self.fmt.prompt(p.question), self.fmt.response(p.rationale, p.answer)) for p in self.splits.sft]
         mixed = read_sft_mix(out)
         if mixed:
@@ -344,12 +343,11 @@ class Run:
         of the starting model (measured before any resumed state is loaded, so always the round's start)
         and of the model that is saved."""
         from rationale_loop.diagnostics import term_at_ends
-        from rationale_loop.model import save_checkpoint
-        from rationale_loop.train import train
-
         from accelerate import PartialState
 
         from rationale_loop.adapters import attach, merge
+        from rationale_loop.model import save_checkpoint
+        from rationale_loop.train import train
 
         before = measure(model, "before") if measure else {}
         log_dir = self.dir / "tensorboard" / out.name
@@ -606,7 +604,12 @@ def check_task_fits_config(cfg: DictConfig, splits: TaskSplits) -> None:
     from rationale_loop.verify import is_correct
 
     for split, problems in (("pool", splits.pool), ("eval", splits.eval)):
+        # Each distinct gold once (the first question that has it): golds repeat a lot, and a verifier
+        # such as `math` is slow enough for this to count on a large pool.
+        first_with = {}
         for problem in problems:
+            first_with.setdefault(problem.answer, problem)
+        for problem in first_with.values():
             try:
                 readable = is_correct(cfg.verify.kind, problem.answer, problem.answer)
             except ValueError as error:

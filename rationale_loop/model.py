@@ -98,9 +98,7 @@ def build_tiny_model(cfg: ModelConfig, corpus: list[str], corpus_key: str) -> Pa
 def save_checkpoint(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, target: Path) -> None:
     """save_pretrained into a temporary sibling, then rename: a half-written checkpoint never has the
     final name, so it is never loaded."""
-    broken = non_finite_tensors(model)
-    if broken:
-        raise NonFiniteError(f"not saving {target}: {len(broken)} tensor(s) hold NaN or infinity, first {broken[0]}")
+    refuse_non_finite_weights(model, target)
     with save_directory(target) as staging:
         model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
@@ -183,9 +181,13 @@ def _first_line(error: BaseException) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
-def non_finite_tensors(model: torch.nn.Module) -> list[str]:
-    """Names of the floating-point tensors of the model holding a NaN or an infinity."""
-    return [name for name, tensor in model.state_dict().items() if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+def refuse_non_finite_weights(model: torch.nn.Module, target: Path) -> None:
+    """Never save a NaN or an infinity, as a checkpoint or as a state to resume from: finite losses and
+    gradients can still step a weight to infinity (a huge learning rate)."""
+    broken = [name for name, tensor in model.state_dict().items() if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+    if broken:
+        raise NonFiniteError(f"not saving {target}: {len(broken)} tensor(s) hold NaN or infinity, first {broken[0]}; "
+                             "lower the learning rate")
 
 
 def load_weights(checkpoint: str | Path) -> dict[str, torch.Tensor]:

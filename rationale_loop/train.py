@@ -27,7 +27,7 @@ from rationale_loop.config import TrainConfig
 from rationale_loop.encode import Encoder
 from rationale_loop.errors import CheckpointError, NonFiniteError
 from rationale_loop.faults import crash_point
-from rationale_loop.model import freeze_embeddings, neftune, non_finite_tensors
+from rationale_loop.model import freeze_embeddings, neftune, refuse_non_finite_weights
 from rationale_loop.objectives import Objective
 from rationale_loop.optim import build_optimizer, cosine_with_warmup
 from rationale_loop.records import atomic_writer
@@ -151,7 +151,7 @@ def train(
             padded += int(forwarded - real)
             # Clipping at infinity clips nothing and still returns the norm the finiteness check needs.
             grad_norm = accelerator.clip_grad_norm_(parameters, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
-            _refuse_non_finite(step_terms, grad_norm, accelerator, desc, step, len(batches), batch_indices, state_path)
+            _refuse_non_finite(step_terms, grad_norm, desc, step, len(batches), batch_indices, state_path)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -191,18 +191,15 @@ def train(
 
 
 def _refuse_non_finite(
-    terms: dict[str, float], grad_norm: Any, accelerator: Accelerator, desc: str, step: int, steps: int,
+    terms: dict[str, float], grad_norm: Any, desc: str, step: int, steps: int,
     batch: list[int], state_path: Path | None,
 ) -> None:
     """Stop before the optimizer applies a step whose loss or gradient is not finite: one such step
     turns every weight into NaN, and the run would save, evaluate and go on from them. Every process
-    decides alike (a NaN on one process spreads to all through the gradient all-reduce, and the loss
-    verdict is all-reduced too), so none waits forever for the others."""
-    bad = torch.tensor([0.0 if all(math.isfinite(v) for v in terms.values()) else 1.0], device=accelerator.device)
-    if accelerator.num_processes > 1:
-        bad = accelerator.reduce(bad, reduction="sum")
+    decides alike, so none waits forever for the others: `terms` are already summed over processes
+    (accumulate_gradients), and the gradient norm is taken after the all-reduce."""
     norm = float(grad_norm)
-    if bad.item() == 0 and math.isfinite(norm):
+    if all(math.isfinite(v) for v in terms.values()) and math.isfinite(norm):
         return
     shown = ", ".join(f"{name} {value:.4g}" for name, value in terms.items())
     kept = f"the last good state, {state_path}, stays" if state_path is not None and state_path.exists() else "no state of this stage was saved"
@@ -231,7 +228,7 @@ def _save_state(
     rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None}
     every_rng = gather_object([rng]) if accelerator.num_processes > 1 else [rng]
     if accelerator.is_main_process:
-        _check_finite_weights(accelerator.unwrap_model(model), path)
+        refuse_non_finite_weights(accelerator.unwrap_model(model), path)
         state = {
             # What trains, not what stays put: with an adapter, the adapter alone (megabytes, not the model).
             "model": trainable_state(accelerator.unwrap_model(model)),
@@ -252,14 +249,6 @@ def _save_state(
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The tensors a training stage changes, by their state_dict names."""
     return {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
-
-
-def _check_finite_weights(model: torch.nn.Module, path: Path) -> None:
-    """Finite losses and gradients can still step a weight to infinity (a huge learning rate): such
-    weights are never saved as a state to resume from."""
-    broken = non_finite_tensors(model)
-    if broken:
-        raise NonFiniteError(f"not saving {path}: {len(broken)} tensor(s) are not finite, first {broken[0]}; lower the learning rate")
 
 
 def _load_state(
@@ -380,9 +369,5 @@ def _global_units(accelerator: Accelerator, objective: Objective, micro_batches:
     for micro in micro_batches:
         for name, count in objective.units(micro).items():
             units[name] += int(count * weight)
-    if accelerator.num_processes > 1:
-        counts = torch.tensor([units[n] for n in units], device=accelerator.device)
-        counts = accelerator.reduce(counts, reduction="sum")
-        units = {n: int(c) for n, c in zip(units, counts.tolist())}
-    return units
+    return {name: int(count) for name, count in zip(units, _sum_over_processes(accelerator, list(units.values())))}
 

@@ -105,24 +105,22 @@ def load_gsm8k(path: PathLike) -> list[Problem]:
     for index, (line_number, item) in enumerate(_jsonl_objects(path)):
         where = f"{path}:{line_number}"
         question = _field(item, "question", str, where)
-        solution = _field(item, "answer", str, where)
-        if "####" not in solution:
-            raise DataError(f"{where}: field 'answer' has no '####' final-answer marker")
-        rationale, _, answer = solution.rpartition("####")
-        answer = answer.strip()
-        if _THOUSANDS_RE.fullmatch(answer):
-            answer = answer.replace(",", "")
-        if not _GSM8K_ANSWER_RE.fullmatch(answer):
-            raise DataError(f"{where}: final answer after '####' is not a number: {answer!r}")
-        problems.append(
-            Problem(
-                id=f"gsm8k/{path.stem}/{index:05d}",
-                question=question.strip(),
-                rationale=_CALCULATOR_MARK_RE.sub("", rationale).strip(),
-                answer=answer,
-            )
-        )
+        rationale, answer = split_gsm8k_solution(_field(item, "answer", str, where), where)
+        problems.append(Problem(id=f"gsm8k/{path.stem}/{index:05d}", question=question.strip(), rationale=rationale, answer=answer))
     return problems
+
+
+def split_gsm8k_solution(solution: str, where: str) -> tuple[str, str]:
+    """A GSM8K `answer` field as (rationale, answer), by the rules above."""
+    if "####" not in solution:
+        raise DataError(f"{where}: field 'answer' has no '####' final-answer marker")
+    rationale, _, answer = solution.rpartition("####")
+    answer = answer.strip()
+    if _THOUSANDS_RE.fullmatch(answer):
+        answer = answer.replace(",", "")
+    if not _GSM8K_ANSWER_RE.fullmatch(answer):
+        raise DataError(f"{where}: final answer after '####' is not a number: {answer!r}")
+    return _CALCULATOR_MARK_RE.sub("", rationale).strip(), answer
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,7 +13,6 @@ Schemas (`data.sources.<name>.schema`):
 
 from __future__ import annotations
 
-import re
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,10 +44,9 @@ def _reasoning_reply(fmt: ReasoningFormat, rationale: str, answer: str) -> str:
 
 
 def _gsm8k(row: dict[str, Any], where: str) -> Conversation:
-    rationale, marker, answer = str(row["answer"]).rpartition("####")
-    if not marker:
-        raise DataError(f"{where}: field 'answer' has no '####' final-answer marker")
-    rationale = re.sub(r"<<[^<>]*>>", "", rationale)
+    from rationale_loop.data.public import split_gsm8k_solution
+
+    rationale, answer = split_gsm8k_solution(str(row["answer"]), where)
     return Conversation((Turn("user", str(row["question"]).strip()), Turn("assistant", _reasoning_reply(TINYCOT, rationale, answer))))
 
 
