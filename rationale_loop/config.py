@@ -73,6 +73,9 @@ class TaskConfig:
     # "tiny_arith": generated from the seed; "files": each split read from `files` below.
     source: str = "tiny_arith"
     prompt_format: str = "tinycot"
+    # The answer checker this task's gold answers need (verify.py); `verify=task`, the default, uses it,
+    # and `verify=<kind>` overrides it.
+    verifier: str = "numeric"
     seed: int = 1234
     # Split sizes; 0 or less means "all" for file-backed tasks.
     sft_size: int = 1500
@@ -405,6 +408,7 @@ def _check_names(cfg: DictConfig) -> None:
     _one_of("objective.name", cfg.objective.name, OBJECTIVES)
     _one_of("objective.anchor", cfg.objective.anchor, ("gold", "chosen", "replay"))
     _one_of("generate.backend", cfg.generate.backend, BACKENDS)
+    _one_of("task.verifier", cfg.task.verifier, VERIFIERS)
     _one_of("verify.kind", cfg.verify.kind, VERIFIERS)
     _one_of("task.prompt_format", cfg.task.prompt_format, FORMATS)
     _one_of("task.source", cfg.task.source, TASKS)

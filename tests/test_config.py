@@ -37,6 +37,20 @@ def test_memphis_on_the_embedded_default_keeps_the_recipes_weight_and_anchors_on
     assert (cfg.objective.name, cfg.objective.rank_weight, cfg.objective.anchor) == ("memphis", 5.0, "chosen")
 
 
+@pytest.mark.parametrize("overrides, kind", [
+    ([], "exact"),  # tiny_arith's running counts
+    (["task=aqua"], "choice"),
+    (["task=gsm8k"], "numeric"),
+    (["task=svamp"], "numeric"),
+    (["task=aqua", "verify=numeric"], "numeric"),  # a verify= group choice overrides the task's
+    (["task=aqua", "experiment=none"], "choice"),
+])
+def test_the_task_names_its_verifier_and_verify_overrides_it(overrides, kind):
+    cfg = compose_config(*overrides)
+    validate(cfg)
+    assert cfg.verify.kind == kind
+
+
 @pytest.mark.parametrize("override", ["sft.lrr=1e-3", "generate.temprature=0.3"])
 def test_misspelt_key_fails_naming_it(override):
     with pytest.raises((ConfigCompositionException, ConfigKeyError)) as error:
