@@ -215,8 +215,8 @@ class GenerateConfig:
     # Weights' dtype while generating: "auto" is bf16 where it is faster (a CPU with native bf16, a GPU),
     # else the model's dtype. Training always uses model.dtype.
     dtype: str = "auto"
-    # Strings that end a completion where they appear, e.g. ["\n### User:"] for a pretrained model that
-    # goes on to write the next turn after its answer (both backends; the string is not kept).
+    # Strings that end a completion where they appear (both backends; the string is not kept), besides
+    # the prompt format's own end of turn ("\n### User:"), which always ends it.
     stop: List[str] = field(default_factory=list)
     # vllm only: the engine's settings, and the interpreter of its worker process (default: this one).
     python: Optional[str] = None

@@ -224,7 +224,7 @@ class Run:
         start = round_dir(self.dir, k - 1) / "checkpoint"
         check_checkpoint(start.parent, f"round {k - 1}, the start of round {k}")
         gen = self.cfg.generate
-        sampling = Sampling(gen.n, gen.temperature, gen.top_p, gen.max_new_tokens, seed=self.cfg.seed + k, stop=tuple(gen.stop))
+        sampling = Sampling(gen.n, gen.temperature, gen.top_p, gen.max_new_tokens, seed=self.cfg.seed + k, stop=self._stop())
         backends = _Lazy(lambda: self._backend(start, gen.batch_size))
         pool, too_long = self._fitting(self.splits.pool, gen.max_new_tokens, start, f"round {k}: the pool")
         if not (out / "generations.jsonl").exists():
@@ -442,6 +442,10 @@ class Run:
         key = sha256("\n".join(corpus).encode()).hexdigest()
         return build_tiny_model(model_cfg, corpus, key)
 
+    def _stop(self) -> tuple[str, ...]:
+        """Stop strings for every sample and evaluation: the configured ones and the format's end of turn."""
+        return tuple(dict.fromkeys([*self.cfg.generate.stop, *self.fmt.stop]))
+
     def _backend(self, checkpoint: Path, batch_size: int) -> Any:
         from rationale_loop.generate import make_backend
 
@@ -458,7 +462,7 @@ class Run:
             return {**metrics_from_file(samples), "eval_skipped_too_long": too_long}
         backend = self._backend(out / "checkpoint", self.cfg.eval.batch_size)
         metrics = evaluate(backend, questions, self.fmt, self.cfg.verify.kind, self.cfg.eval.max_new_tokens, samples,
-                           stop=tuple(self.cfg.generate.stop))
+                           stop=self._stop())
         metrics["eval_skipped_too_long"] = too_long
         log.info("held-out accuracy %.3f (%d questions, %.3f valid)", metrics["eval_accuracy"], metrics["eval_questions"], metrics["eval_valid"])
         crash_point("evaluated")

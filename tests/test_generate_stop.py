@@ -31,3 +31,22 @@ def test_cut_at_stop_takes_the_earliest_string():
     done = cut_at_stop(Completion("a b ### User: c USER: d", "length", 9), ("USER:", "### User:"))
     assert done == Completion("a b ", "stop", 9)
     assert cut_at_stop(Completion("plain", "stop", 2), ("USER:",)) == Completion("plain", "stop", 2)
+
+
+def test_every_sample_stops_at_the_formats_end_of_turn_besides_the_configured_strings(tmp_path):
+    """A pretrained model that writes the next `### User:` turn after its answer is stopped there without
+    anyone configuring it; generate.stop adds to that stop, it does not replace it."""
+    from hydra import compose, initialize_config_dir
+
+    from rationale_loop.cli import CONFIG_DIR
+    from rationale_loop.config import register_configs
+    from rationale_loop.loop import Run
+
+    register_configs()
+    with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
+        plain = compose("config", overrides=[f"output_root={tmp_path}", "task.pool_size=8", "task.eval_size=8", "task.sft_size=8"])
+        extra = compose("config", overrides=[f"output_root={tmp_path}", "task.pool_size=8", "task.eval_size=8", "task.sft_size=8",
+                                             "generate.stop=[USER:,'\n### User:']"])
+    assert TINYCOT.stop == ("\n### User:",)
+    assert Run(plain, rebuild_index=False)._stop() == ("\n### User:",)
+    assert Run(extra, rebuild_index=False)._stop() == ("USER:", "\n### User:")

@@ -40,6 +40,12 @@ class ReasoningFormat:
     rationale_header: str
     answer_header: str
 
+    @property
+    def stop(self) -> tuple[str, ...]:
+        """Where a completion ends when the model writes on past its answer: the next turn's header.
+        (A pretrained model often does; nothing after the answer's line is read anyway.)"""
+        return (f"\n{self.user_header}",)
+
     def prompt(self, question: str) -> str:
         return f"{self.user_header}\n{question.strip()}\n\n{self.rationale_header}\n"
 
