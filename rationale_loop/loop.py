@@ -114,6 +114,18 @@ class Run:
             raise UserError(f"{round_dir(self.dir, k)} is finished (DONE) and is never rewritten")
         if k > 0 and not is_done(self.dir, k - 1):
             raise UserError(f"round {k} needs round {k - 1} finished first ({round_dir(self.dir, k - 1)} has no DONE)")
+        out = self._open_round(k)
+        summary = self._sft(out) if k == 0 else self._self_train(k, out)
+        summary["round"] = k
+        write_json_atomic(out / "metrics.json", summary)
+        mark_done(out)
+        write_rounds_index(self.dir)
+        self._log_round(summary)
+        return summary
+
+    def _open_round(self, k: int) -> Path:
+        """Round k's directory, ready to (go on) work in: an interrupted call's with the same config, or
+        a new one holding this config."""
         out = round_dir(self.dir, k)
         if not self._resumable(out):
             if k > 0 and round_dir(self.dir, k - 1).is_symlink():
@@ -124,13 +136,15 @@ class Run:
             # Each round keeps its own resolved config: Hydra's .hydra/ is overwritten on every call.
             with atomic_writer(out / "config.yaml") as handle:
                 handle.write(OmegaConf.to_yaml(self.cfg, resolve=True))
-        summary = self._sft(out) if k == 0 else self._self_train(k, out)
-        summary["round"] = k
-        write_json_atomic(out / "metrics.json", summary)
-        mark_done(out)
-        write_rounds_index(self.dir)
-        self._log_round(summary)
-        return summary
+        return out
+
+    def prepare_data(self) -> Path:
+        """Prepare the SFT data mix into round 0, as SFT would and once (`make data`); SFT then reads it."""
+        out = round_dir(self.dir, 0)
+        if not is_done(self.dir, 0):
+            out = self._open_round(0)
+            self._prepare_sft_mix(self._base_model_path(), out)
+        return out
 
     def _resumable(self, out: Path) -> bool:
         """True when `out` holds an interrupted run of this round with this config, to be finished. A
@@ -685,6 +699,17 @@ def run_sft(cfg: DictConfig) -> None:
             print(f"[rationale_loop] {run.dir}/round_00 is already done; SFT is not run again", flush=True)
         else:
             run.run_round(0)
+
+
+def run_data(cfg: DictConfig) -> str:
+    """Prepare the run's SFT data (or read it back once prepared) and describe it (data/preview.py)."""
+    from rationale_loop.data.preview import preview
+
+    with open_run(cfg) as run:
+        out = run.prepare_data()
+        first = run.splits.sft[0] if run.splits.sft else None
+        example = (run.fmt.prompt(first.question), run.fmt.response(first.rationale, first.answer)) if first else ("", "")
+        return f"[rationale_loop] SFT data of {run.dir} (prepared in {out}):\n\n" + preview(out, example, len(run.splits.sft))
 
 
 def run_next_round(cfg: DictConfig) -> dict[str, Any]:

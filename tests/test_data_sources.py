@@ -1,7 +1,7 @@
 """Chat and instruction sources: every schema loads through `datasets` from small files written here (and
 GSM8K from the real file), dedup keeps the higher-priority copy, a planted held-out question is removed,
 a malformed line names its file and line and leaves nothing behind, and `data=chat_mix` trains SFT on
-the task plus chats in three formats, then a round."""
+the task plus chats in three formats (prepared and previewed first by `make data`), then a round."""
 
 from __future__ import annotations
 
@@ -98,15 +98,24 @@ def test_sft_on_a_chat_mix_in_three_formats_then_a_round(tmp_path):
     from transformers import AutoTokenizer
 
     from rationale_loop.data.templates import get_template
-    from rationale_loop.loop import run_loop
+    from rationale_loop.loop import run_data, run_loop
 
     from test_config import compose_config
     from test_run_safety import QUICK
 
-    rows = run_loop(compose_config(*QUICK, "rounds=1", "data=chat_mix", "objective=sft", "rank.steps=2",
-                                   f"output_root={tmp_path}/runs", f"model.cache_dir={tmp_path}/models", "run=mix"))
-    assert [r["round"] for r in rows] == [0, 1]
+    cfg = compose_config(*QUICK, "rounds=1", "data=chat_mix", "objective=sft", "rank.steps=2",
+                         f"output_root={tmp_path}/runs", f"model.cache_dir={tmp_path}/models", "run=mix")
+    # `make data` first: prepared into round 0 and previewed; SFT then reads that preparation, not its own.
+    shown = run_data(cfg)
     out = tmp_path / "runs" / "mix" / "round_00"
+    prepared = (out / MIX_MANIFEST).stat().st_mtime_ns
+    assert "counting_chats  sharegpt    24           0                    0                0    24" in shown
+    assert "--- one row in chat-ml" in shown and "⟦Ann starts with 7 apples. 7 + 4 = 11. Ann has 11 apples now.<|im_end|>⟧" in shown
+    assert "\n### Assistant:\n⟦" in shown and "<|im_start|>user\nAnd if half" in shown, "prompts are shown unmarked"
+    rows = run_loop(cfg)
+    assert [r["round"] for r in rows] == [0, 1]
+    assert (out / MIX_MANIFEST).stat().st_mtime_ns == prepared
+    assert run_data(cfg).count("--- one row in") == 3, "a finished run's data is read back"
     manifest = json.loads((out / MIX_MANIFEST).read_text())
     assert manifest["sources"]["counting_chats"]["kept"] == 24 and manifest["sources"]["subtraction"]["duplicates"] == 1
     assert manifest["formats"] == {"memphis": 48, "alpaca": 48, "chat-ml": 48} and manifest["rendered_rows"] == 144

@@ -1,0 +1,74 @@
+"""`make data`: what the SFT stage will learn from, as a person checks it before spending compute on it.
+
+The manifest of a prepared mix as tables (rows per source after each filter, rows per format, token
+lengths), then one rendered row per format with the learned tokens marked ⟦like this⟧: the loss is on
+those and on nothing else.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+LEARNED_OPEN, LEARNED_CLOSE = "⟦", "⟧"
+
+
+def table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """A plain-text table, columns padded to their widest cell, numbers right-aligned."""
+    cells = [[str(h) for h in header], *[[str(c) for c in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    numeric = [all(row[i].replace(".", "", 1).isdigit() for row in cells[1:]) and len(cells) > 1 for i in range(len(header))]
+
+    def line(row: list[str]) -> str:
+        return "  ".join(c.rjust(w) if num else c.ljust(w) for c, w, num in zip(row, widths, numeric)).rstrip()
+
+    return "\n".join([line(cells[0]), line(["-" * w for w in widths]), *map(line, cells[1:])])
+
+
+def marked(segments: Iterable[tuple[str, bool]]) -> str:
+    """The rendered text with every learned segment between ⟦ and ⟧."""
+    return "".join(f"{LEARNED_OPEN}{text}{LEARNED_CLOSE}" if learned else text for text, learned in segments)
+
+
+def describe_mix(manifest: dict[str, Any], rows: Iterable[dict[str, Any]]) -> str:
+    sources = manifest["sources"]
+    parts = [
+        "Sources (rows after each filter, in priority order of loading):",
+        table(["source", "schema", "rows", "duplicates", "n-gram contaminated", "near-duplicates", "kept"],
+              [[name, s["schema"], s["rows"], s["duplicates"], s["contaminated"], s["near_duplicates"], s["kept"]]
+               for name, s in sources.items()]),
+        "",
+        f"Rendered rows: {manifest['rendered_rows']}",
+        table(["format", "rows"], list(manifest["formats"].items())),
+    ]
+    if manifest.get("token_length_percentiles"):
+        lengths = manifest["token_length_percentiles"]
+        parts += ["", "Tokens per rendered row:", table(list(lengths), [list(lengths.values())])]
+    shown: set[str] = set()
+    for row in rows:
+        if row["format"] in shown:
+            continue
+        shown.add(row["format"])
+        parts += ["", f"--- one row in {row['format']} (id {row['id']}); ⟦...⟧ is learned ---", marked(row["segments"])]
+    return "\n".join(parts)
+
+
+def describe_task_example(prompt: str, response: str, count: int) -> str:
+    return "\n".join([f"Task examples: {count}, each the prompt with its worked response learned.",
+                      "--- one task example; ⟦...⟧ is learned ---", marked([(prompt, False), (response, True)])])
+
+
+def preview(out: Path, task_example: tuple[str, str], task_count: int) -> str:
+    """Everything SFT in round directory `out` learns from: the task's examples and, when data= lists
+    sources, the prepared mix (read from the files the SFT stage reads)."""
+    from rationale_loop.data.sources import MIX_MANIFEST, MIX_ROWS
+    from rationale_loop.records import read_jsonl
+    import json
+
+    parts = [describe_task_example(*task_example, task_count)]
+    manifest = out / MIX_MANIFEST
+    if manifest.exists():
+        parts += ["", describe_mix(json.loads(manifest.read_text()), read_jsonl(out / MIX_ROWS))]
+    else:
+        parts += ["", "No chat or instruction sources (data=none): SFT learns from the task's examples only."]
+    return "\n".join(parts)
