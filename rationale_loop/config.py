@@ -94,7 +94,7 @@ class DataSourceConfig:
     """One source of chat or instruction data for the SFT stage (rationale_loop/data/sources.py)."""
 
     path: str = ""  # a .json/.jsonl/.parquet/.csv file, a save_to_disk folder, or a hub id
-    schema: str = "sharegpt"  # sharegpt | messages | alpaca | airoboros | tinycot | gsm8k
+    schema: str = "sharegpt"  # sharegpt | messages | alpaca | airoboros | tinycot | gsm8k | text (plain, packed)
     split: str = "train"
     max_rows: int = 0  # the first rows only; 0: all
     priority: int = 0  # higher wins when two sources hold the same instruction
@@ -427,14 +427,14 @@ def _check_names(cfg: DictConfig) -> None:
     _one_of("average.method", cfg.average.method, ("none", "slerp", "linear"))
     _one_of("peft.method", cfg.peft.method, ("none", "lora", "qlora"))
     _one_of("launch.kind", cfg.launch.kind, ("local", "ddp", "fsdp", "deepspeed"))
-    from rationale_loop.data.sources import ADAPTERS
+    from rationale_loop.data.sources import ADAPTERS, TEXT_SCHEMA
     from rationale_loop.data.templates import TEMPLATES
 
     for name in cfg.data.formats:
         _one_of("data.formats", name, TEMPLATES)
     _one_of("data.multi_format", cfg.data.multi_format, ("all", "sample"))
     for name, source in cfg.data.sources.items():
-        _one_of(f"data.sources.{name}.schema", source.schema, ADAPTERS)
+        _one_of(f"data.sources.{name}.schema", source.schema, [*ADAPTERS, TEXT_SCHEMA])
         _require(bool(source.path), f"data.sources.{name}.path is empty: name a file, a folder or a hub id")
 
 

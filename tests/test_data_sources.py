@@ -79,6 +79,36 @@ def test_dedup_keeps_the_higher_priority_copy_and_decontamination_drops_a_plante
     assert merged.near_duplicates == {"high": 1, "low": 0}
 
 
+def test_plain_text_is_deduplicated_decontaminated_and_packed_with_every_token_learned(tmp_path):
+    from omegaconf import OmegaConf
+
+    from rationale_loop.data.templates import Segment
+    from rationale_loop.encode import Encoder
+    from rationale_loop.model import train_tokenizer
+
+    held_out = "Ann has 14 coins and she gets 4 coins from a friend and then she uses 2 of the coins today"
+    story = " ".join(f"Chapter {i}: the river ran past the mill and the miller counted {i} sacks of grain." for i in range(40))
+    docs = [{"text": story}, {"text": "A short note about apples."}, {"text": "a SHORT note   about apples."},
+            {"text": f"Notes. {held_out}. The end."}, {"text": "  "}]
+    path = _write(tmp_path / "books.jsonl", docs)
+    cfg = OmegaConf.create({"sources": {"books": {"path": str(path), "schema": "text", "split": "train", "max_rows": 0, "priority": 0}},
+                            "formats": ["memphis"], "multi_format": "all", "decontaminate_ngram": 13, "near_duplicate_threshold": 0.7})
+    tokenizer = train_tokenizer([story, "A short note about apples.", held_out] * 3, vocab_size=300)
+    manifest = prepare_sft_mix(cfg, [held_out], tokenizer, tmp_path / "round_00", seed=0, pack_length=64)
+    source = manifest["sources"]["books"]
+    assert (source["rows"], source["duplicates"], source["contaminated"], source["kept"]) == (4, 1, 1, 2)
+    rows = [json.loads(line) for line in (tmp_path / "round_00" / MIX_ROWS).read_text().splitlines()]
+    assert manifest["formats"] == {"memphis": 0, "text": len(rows)} and len(rows) > 5, "the long story fills several rows"
+    assert all(row["format"] == "text" and len(row["segments"]) == 1 and row["segments"][0][1] is True for row in rows)
+    encoder = Encoder(tokenizer, max_length=64)
+    encoded = [encoder.encode_segments([Segment(*row["segments"][0])]) for row in rows]
+    assert all(e is not None for e in encoded), "no packed row is over the length"
+    assert sum(len(e.input_ids) for e in encoded[:-1]) / (len(encoded) - 1) > 56, "rows are full, not padded"
+    joined = "".join(row["segments"][0][0] for row in rows)
+    assert " ".join(joined.split()).startswith(" ".join(story.split()[:30])) and "apples" in joined and "miller" in joined
+    assert joined.count(tokenizer.eos_token) == 2 and held_out not in joined
+
+
 def test_a_malformed_line_names_file_and_line_and_leaves_nothing(tmp_path):
     from omegaconf import OmegaConf
 

@@ -9,6 +9,8 @@ Schemas (`data.sources.<name>.schema`):
   airoboros  {"instruction", "response"}, with an optional "system"
   tinycot    {"prompt", "rationale", "target"}: a reasoning problem, its reply in the reasoning layout
   gsm8k      {"question", "answer"}: the rationale before "####", the answer after it
+  text       {"text"}: plain text (books, articles), every token learned; documents are joined with EOS and
+             packed into rows of the SFT stage's length, so no row is mostly padding
 """
 
 from __future__ import annotations
@@ -65,6 +67,36 @@ ADAPTERS: dict[str, tuple[tuple[str, ...], Callable[[dict[str, Any], str], Conve
 }
 
 
+TEXT_SCHEMA = "text"
+
+
+def documents(source_name: str, path: str, max_rows: int = 0, split: str = "train") -> list[tuple[str, str]]:
+    """A plain-text source's documents as (id, text), the first max_rows if set; empty ones skipped."""
+    rows = load_rows(path, split)
+    if "text" not in rows.column_names:
+        raise DataError(f"{path}: schema text needs column(s) ['text']; the file has {rows.column_names}")
+    out = []
+    for index, row in enumerate(rows):
+        if max_rows and index >= max_rows:
+            break
+        if str(row["text"] or "").strip():
+            out.append((f"{source_name}/{index:06d}", str(row["text"])))
+    return out
+
+
+def pack(texts: Iterable[str], tokenizer: Any, length: int) -> list[str]:
+    """Documents joined by EOS and cut into pieces of at most `length` tokens once BOS is added in front.
+    A piece is cut at a token boundary and decoded back to text; a few tokens of slack cover the
+    re-tokenization of its edges, so no piece is dropped as too long."""
+    eos = tokenizer.eos_token or ""
+    ids: list[int] = []
+    for text in texts:
+        ids += tokenizer(text.strip() + eos, add_special_tokens=False)["input_ids"]
+    size = max(1, length - 1 - 4)
+    pieces = (tokenizer.decode(ids[i : i + size]) for i in range(0, len(ids), size))
+    return [piece for piece in pieces if piece.strip()]
+
+
 def load_rows(path: str, split: str = "train") -> Any:
     """A source's rows as a `datasets.Dataset`: a JSON, JSON lines, Parquet or CSV file, a folder written by
     save_to_disk, or (with a network) a hub id."""
@@ -119,7 +151,7 @@ def instruction_key(conversation: Conversation) -> str:
 
 @dataclass
 class Mixed:
-    conversations: list[Conversation]
+    conversations: list[Any]  # Conversations; for plain-text sources (mix_documents), the documents' texts
     kept: dict[str, int] = field(default_factory=dict)
     duplicates: dict[str, int] = field(default_factory=dict)
     contaminated: dict[str, int] = field(default_factory=dict)  # a shared word n-gram with a held-out text
@@ -156,13 +188,40 @@ def mix(sources: list[tuple[str, int, list[Conversation]]], evaluation_texts: It
     return result
 
 
+def mix_documents(sources: list[tuple[str, int, list[tuple[str, str]]]], evaluation_texts: Iterable[str],
+                  ngram: int = 13) -> Mixed:
+    """Plain-text sources merged like conversations: higher priority first, the first copy of a document
+    (normalized) wins, and a document sharing a word n-gram with an evaluation text is dropped. (A long
+    document is no near-duplicate of a question, so the MinHash check is for instructions only.)
+    `conversations` of the result holds the kept documents' texts."""
+    from rationale_loop.data.decontaminate import Contamination
+
+    guard = Contamination(ngram=ngram, threshold=1.0).add(evaluation_texts)
+    seen: set[str] = set()
+    result = Mixed([])
+    for name, _, items in sorted(sources, key=lambda source: -source[1]):
+        result.kept[name] = result.duplicates[name] = result.contaminated[name] = result.near_duplicates[name] = 0
+        for _, text in items:
+            key = str(uuid.uuid5(uuid.NAMESPACE_OID, " ".join(text.lower().split())))
+            if key in seen:
+                result.duplicates[name] += 1
+            elif guard.reason(text) == "ngram":
+                result.contaminated[name] += 1
+            else:
+                result.kept[name] += 1
+                result.conversations.append(text)
+            seen.add(key)
+    return result
+
+
 MIX_ROWS = "sft_mix.jsonl"
 MIX_MANIFEST = "data_manifest.json"
 
 
-def prepare_sft_mix(data_cfg: Any, evaluation_texts: Iterable[str], tokenizer: Any, out: Path, seed: int) -> dict[str, Any]:
+def prepare_sft_mix(data_cfg: Any, evaluation_texts: Iterable[str], tokenizer: Any, out: Path, seed: int,
+                    pack_length: int = 2048) -> dict[str, Any]:
     """Load, adapt, dedup and decontaminate the configured sources once, render each conversation in the
-    configured formats, and write the rendered rows (sft_mix.jsonl: id, format, segments) and a manifest
+    configured formats (plain text is packed into rows of pack_length tokens instead), and write the rendered rows (sft_mix.jsonl: id, format, segments) and a manifest
     (data_manifest.json: rows per source after each filter, rows per format, token-length percentiles)
     into the round directory. The manifest is written last: its presence says the mix is complete, and a
     failed preparation leaves nothing a later stage reads."""
@@ -171,12 +230,15 @@ def prepare_sft_mix(data_cfg: Any, evaluation_texts: Iterable[str], tokenizer: A
     from rationale_loop.data.templates import get_template
     from rationale_loop.records import write_json_atomic, write_jsonl_atomic
 
-    loaded = []
+    evaluation_texts = list(evaluation_texts) if data_cfg.decontaminate_ngram > 0 else []
+    loaded, texts = [], []
     for name, source in data_cfg.sources.items():
-        items = conversations(name, source.path, source.schema, source.max_rows, source.split)
-        loaded.append((name, source.priority, items))
-    merged = mix(loaded, evaluation_texts if data_cfg.decontaminate_ngram > 0 else [], data_cfg.decontaminate_ngram or 13,
-                 data_cfg.near_duplicate_threshold)
+        if source.schema == TEXT_SCHEMA:
+            texts.append((name, source.priority, documents(name, source.path, source.max_rows, source.split)))
+        else:
+            loaded.append((name, source.priority, conversations(name, source.path, source.schema, source.max_rows, source.split)))
+    merged = mix(loaded, evaluation_texts, data_cfg.decontaminate_ngram or 13, data_cfg.near_duplicate_threshold)
+    plain = mix_documents(texts, evaluation_texts, data_cfg.decontaminate_ngram or 13)
     rng = random.Random(f"formats/{seed}")
     rows, per_format, lengths = [], {name: 0 for name in data_cfg.formats}, []
     for conversation in merged.conversations:
@@ -186,12 +248,17 @@ def prepare_sft_mix(data_cfg: Any, evaluation_texts: Iterable[str], tokenizer: A
             rows.append({"id": conversation.id, "format": name, "segments": [[s.text, s.learned] for s in segments]})
             per_format[name] += 1
             lengths.append(len(tokenizer("".join(s.text for s in segments), add_special_tokens=False)["input_ids"]))
+    if texts:
+        for index, piece in enumerate(pack(plain.conversations, tokenizer, pack_length)):
+            rows.append({"id": f"text/{index:06d}", "format": TEXT_SCHEMA, "segments": [[piece, True]]})
+            lengths.append(len(tokenizer(piece, add_special_tokens=False)["input_ids"]))
+        per_format[TEXT_SCHEMA] = len(rows) - sum(per_format.values())
     lengths.sort()
     manifest = {
         "sources": {name: {"path": data_cfg.sources[name].path, "schema": data_cfg.sources[name].schema, "rows": len(items),
-                           "duplicates": merged.duplicates[name], "contaminated": merged.contaminated[name],
-                           "near_duplicates": merged.near_duplicates[name], "kept": merged.kept[name]}
-                    for name, _, items in loaded},
+                           "duplicates": filtered.duplicates[name], "contaminated": filtered.contaminated[name],
+                           "near_duplicates": filtered.near_duplicates[name], "kept": filtered.kept[name]}
+                    for filtered, sources in ((merged, loaded), (plain, texts)) for name, _, items in sources},
         "formats": per_format,
         "rendered_rows": len(rows),
         "token_length_percentiles": {f"p{q}": lengths[min(len(lengths) - 1, len(lengths) * q // 100)] for q in (50, 90, 99, 100)} if lengths else {},
