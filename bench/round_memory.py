@@ -1,4 +1,5 @@
-"""Peak memory of one whole round (generate, verify, mine, train, evaluate) as the question pool grows.
+"""Wall time, where it goes, and peak memory of one whole round (generate and verify, mine, train,
+evaluate) as the question pool grows.
 
 Each pool size runs round 1 in its own process, forked from the same SFT round (round_00 of --from-run,
 copied into a scratch run), and the process's peak resident set size is read from the kernel
@@ -21,6 +22,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+PHASES = ("generate", "mine", "train_phase", "evaluate")  # where a round's time goes (metrics.json)
 
 
 def peak_rss_of_round(source_run: Path, pool: int, scratch: Path) -> dict:
@@ -38,9 +40,10 @@ def peak_rss_of_round(source_run: Path, pool: int, scratch: Path) -> dict:
     seconds = time.perf_counter() - start
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"round with pool {pool} failed: {' '.join(command)}")
-    stats = json.loads((run / "round_01" / "stats.json").read_text())
-    return {"pool": pool, "samples": stats["samples"], "pairs": stats["pairs"], "seconds": seconds,
-            "peak_rss_mib": usage.ru_maxrss / 1024}
+    metrics = json.loads((run / "round_01" / "metrics.json").read_text())
+    return {"pool": pool, "samples": metrics["samples"], "pairs": metrics["pairs"], "seconds": seconds,
+            "peak_rss_mib": usage.ru_maxrss / 1024,
+            **{phase: metrics.get(f"{phase}_seconds") for phase in PHASES}}
 
 
 def main() -> None:
@@ -59,9 +62,11 @@ def main() -> None:
         row["peak_vs_first"] = row["peak_rss_mib"] / base
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"rows": rows}, indent=2) + "\n")
-    print(f"{'pool':>8}{'samples':>10}{'pairs':>8}{'seconds':>10}{'peak MiB':>10}{'vs first':>10}")
+    print(f"{'pool':>8}{'samples':>10}{'pairs':>8}{'seconds':>10}{'peak MiB':>10}{'vs first':>10}"
+          + "".join(f"{phase + ' s':>15}" for phase in PHASES))
     for row in rows:
-        print(f"{row['pool']:>8}{row['samples']:>10}{row['pairs']:>8}{row['seconds']:>10.1f}{row['peak_rss_mib']:>10.0f}{row['peak_vs_first']:>10.2f}")
+        print(f"{row['pool']:>8}{row['samples']:>10}{row['pairs']:>8}{row['seconds']:>10.1f}{row['peak_rss_mib']:>10.0f}{row['peak_vs_first']:>10.2f}"
+              + "".join(f"{row[phase] or 0:>15.1f}" for phase in PHASES))
     print(f"wrote {args.out}")
 
 

@@ -77,6 +77,16 @@ def run(stage: str, items, tokenizer, steps: int, sort: bool, share: bool) -> di
             "useful_tokens": useful_tokens(used, tokenizer, stage == "rank")}
 
 
+def machine_description(threads: int) -> dict:
+    """The CPU model, thread count and torch version (no host names or paths)."""
+    machine = {"cpu": platform.processor() or platform.machine(), "threads": threads, "torch": torch.__version__}
+    for line in (Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []):
+        if line.startswith("model name"):
+            machine["cpu"] = line.split(":", 1)[1].strip()
+            break
+    return machine
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=20)
@@ -108,13 +118,8 @@ def main() -> None:
         first = table[f"{stage}: {next(iter(names))}"]["median_seconds"]
         for name in names:
             table[f"{stage}: {name}"]["speedup_vs_first"] = round(first / table[f"{stage}: {name}"]["median_seconds"], 3)
-    machine = {"cpu": platform.processor() or platform.machine(), "threads": args.threads, "torch": torch.__version__}
-    for line in (Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []):
-        if line.startswith("model name"):
-            machine["cpu"] = line.split(":", 1)[1].strip()
-            break
     RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps({"machine": machine, "steps": args.steps, "repeats": args.repeats, "batch": 32, "micro_batch": 8,
+    RESULTS.write_text(json.dumps({"machine": machine_description(args.threads), "steps": args.steps, "repeats": args.repeats, "batch": 32, "micro_batch": 8,
                                    "results": table}, indent=2) + "\n")
     print(f"{'variant':42} {'median s':>9} {'useful tok/s':>13} {'padding':>8} {'speedup':>8}")
     for name, row in table.items():

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ValidationError
 
 from rationale_loop.errors import UserError
 
@@ -94,7 +95,7 @@ class DataSourceConfig:
     """One source of chat or instruction data for the SFT stage (rationale_loop/data/sources.py)."""
 
     path: str = ""  # a .json/.jsonl/.parquet/.csv file, a save_to_disk folder, or a hub id
-    schema: str = "sharegpt"  # sharegpt | messages | alpaca | airoboros | tinycot | gsm8k | text (plain, packed)
+    schema: str = "sharegpt"  # sharegpt | messages | alpaca | airoboros | tinycot | gsm8k | text (plain, packed) | preference
     split: str = "train"
     max_rows: int = 0  # the first rows only; 0: all
     priority: int = 0  # higher wins when two sources hold the same instruction
@@ -104,13 +105,35 @@ class DataSourceConfig:
 class DataConfig:
     """Chat and instruction data mixed into SFT beside the task's reasoning examples."""
 
-    sources: Dict[str, DataSourceConfig] = field(default_factory=dict)
+    # name -> DataSourceConfig's keys. Typed loosely so that a source can be added on the command line
+    # (`+data.sources.mine={path:...,schema:alpaca}`: OmegaConf refuses a plain dict into a dict of
+    # dataclasses); `source_configs` fills in the defaults and checks the keys.
+    sources: Dict[str, Any] = field(default_factory=dict)
     # Turn templates (rationale_loop/data/templates.py); the first is the checkpoint tokenizer's chat_template.
     formats: List[str] = field(default_factory=lambda: ["memphis"])
     multi_format: str = "all"  # all: every conversation in every format (bagel); sample: one format each, seeded
     decontaminate_ngram: int = 13  # drop a conversation sharing a word n-gram with a held-out question; 0: off
     # drop a conversation whose instruction is a held-out question reworded (MinHash Jaccard estimate); 1.0: off
     near_duplicate_threshold: float = 0.7
+    # Sources of schema preference: pairs each round's rank stage trains on beside its mined pairs; 0: all
+    # of them every round; n: n per round, the rounds taking turns through a seeded order.
+    preference_per_round: int = 0
+
+
+def source_configs(data: Any) -> dict[str, Any]:
+    """data.sources with DataSourceConfig's defaults filled in and its keys and types checked, by name."""
+    out = {}
+    for name, value in data.sources.items():
+        if not isinstance(value, (dict, DictConfig)):
+            raise ConfigError(f"data.sources.{name} must be a mapping of {', '.join(f.name for f in fields(DataSourceConfig))}; got {value!r}")
+        unknown = sorted(set(value) - {f.name for f in fields(DataSourceConfig)})
+        if unknown:
+            raise ConfigError(f"data.sources.{name}.{unknown[0]} is not a source key; known: {', '.join(f.name for f in fields(DataSourceConfig))}")
+        try:
+            out[name] = OmegaConf.merge(OmegaConf.structured(DataSourceConfig), value)
+        except ValidationError as error:
+            raise ConfigError(f"data.sources.{name}: {str(error).splitlines()[0]}") from None
+    return out
 
 
 @dataclass
@@ -427,15 +450,19 @@ def _check_names(cfg: DictConfig) -> None:
     _one_of("average.method", cfg.average.method, ("none", "slerp", "linear"))
     _one_of("peft.method", cfg.peft.method, ("none", "lora", "qlora"))
     _one_of("launch.kind", cfg.launch.kind, ("local", "ddp", "fsdp", "deepspeed"))
-    from rationale_loop.data.sources import ADAPTERS, TEXT_SCHEMA
+    from rationale_loop.data.sources import ADAPTERS, PREFERENCE_SCHEMA, TEXT_SCHEMA
     from rationale_loop.data.templates import TEMPLATES
 
     for name in cfg.data.formats:
         _one_of("data.formats", name, TEMPLATES)
     _one_of("data.multi_format", cfg.data.multi_format, ("all", "sample"))
-    for name, source in cfg.data.sources.items():
-        _one_of(f"data.sources.{name}.schema", source.schema, [*ADAPTERS, TEXT_SCHEMA])
+    for name, source in source_configs(cfg.data).items():
+        _one_of(f"data.sources.{name}.schema", source.schema, [*ADAPTERS, TEXT_SCHEMA, PREFERENCE_SCHEMA])
         _require(bool(source.path), f"data.sources.{name}.path is empty: name a file, a folder or a hub id")
+        _require(source.schema != PREFERENCE_SCHEMA or cfg.objective.name in ("memphis", "cpo_simpo"),
+                 f"data.sources.{name} holds preference pairs, which only a pair objective's rank stage trains on "
+                 f"(objective=memphis or cpo_simpo), not objective={cfg.objective.name}")
+    _require(cfg.data.preference_per_round >= 0, "data.preference_per_round must be >= 0 (0: every pair, every round)")
 
 
 # Objectives that train on pairs of a correct and an incorrect sample of one question.

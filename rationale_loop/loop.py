@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import re
+import time
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -242,6 +243,9 @@ class Run:
         sampling = Sampling(gen.n, gen.temperature, gen.top_p, gen.max_new_tokens, seed=self.cfg.seed + k, stop=self._stop())
         backends = _Lazy(lambda: self._backend(start, gen.batch_size))
         pool, too_long = self._fitting(self.splits.pool, gen.max_new_tokens, start, f"round {k}: the pool")
+        # Wall seconds of each phase this call ran (a phase finished by an earlier, interrupted call is absent).
+        phases: dict[str, float] = {}
+        clock = time.perf_counter()
         if not (out / "generations.jsonl").exists():
             if not pool:
                 log.warning("round %d: no question of the pool can be asked; nothing is sampled", k)
@@ -253,16 +257,24 @@ class Run:
                 log.info("round %d: objective %s uses no samples; the pool is not sampled", k, self.cfg.objective.name)
                 write_jsonl_atomic(out / "generations.jsonl", [])
             crash_point("generated")
+            phases["generate_seconds"] = time.perf_counter() - clock  # sampling and verifying the pool
         if not (out / "stats.json").exists():
+            clock = time.perf_counter()
             self._mine(backends, pool, too_long, sampling, out)
+            phases["mine_seconds"] = time.perf_counter() - clock
             crash_point("mined")
         stats = json.loads((out / "stats.json").read_text())
         log.info("round %d: %s", k, ", ".join(f"{key} {value}" for key, value in stats.items()))
         if not (out / "checkpoint").exists():
+            clock = time.perf_counter()
             self._train(k, out, backends)
+            phases["train_phase_seconds"] = time.perf_counter() - clock  # loading, training and saving
         backends.drop()
+        clock = time.perf_counter()
         metrics = self._evaluate(out)
-        summary = {**metrics, **stats, **json.loads((out / TRAIN_SUMMARY).read_text())}
+        phases["evaluate_seconds"] = time.perf_counter() - clock
+        summary = {**metrics, **stats, **json.loads((out / TRAIN_SUMMARY).read_text()),
+                   **{name: round(seconds, 2) for name, seconds in phases.items()}}
         note = degenerate_round_note(summary, len(self.splits.pool))
         if note:
             log.warning("round %d: %s; its checkpoint is its starting model, and the loop goes on", k, note)
@@ -330,7 +342,8 @@ class Run:
         generations = JsonlRecords(out / "generations.jsonl", Generation)
         sft_samples = JsonlRecords(out / "sft_generations.jsonl", Generation) if (out / "sft_generations.jsonl").exists() else []
         items = objective.items(RoundData(self.problems, generations, pairs, self.fmt, rationalizations=rationalizations,
-                                          sft=self.splits.sft, sft_generations=sft_samples, seed=self.cfg.seed + k))
+                                          sft=self.splits.sft, sft_generations=sft_samples, seed=self.cfg.seed + k,
+                                          preferences=self._preferences(k)))
         # Reuse the generation backend's model when it is the training dtype; with vLLM, generation ran
         # in its own process and its memory is already free.
         backend = backends.peek()
@@ -389,6 +402,24 @@ class Run:
         save_checkpoint(model, tokenizer, out / "checkpoint")
         (out / TRAIN_STATE).unlink(missing_ok=True)  # the checkpoint supersedes it (and it can be large)
         crash_point("trained")
+
+    def _preferences(self, k: int) -> list[tuple[str, str, str]]:
+        """Round k's share of data='s preference pairs (prepared in round 0): all of them, or with
+        data.preference_per_round = n, the next n of a seeded order, so the rounds go through them in turn."""
+        import random
+
+        from rationale_loop.data.sources import read_preference_pairs
+
+        rows = [(r["prompt"], r["chosen"], r["rejected"]) for r in read_preference_pairs(round_dir(self.dir, 0))]
+        n = self.cfg.data.preference_per_round
+        if not rows or n <= 0 or n >= len(rows):
+            chosen = rows
+        else:
+            random.Random(f"preferences/{self.cfg.seed}").shuffle(rows)
+            chosen = [rows[(index + (k - 1) * n) % len(rows)] for index in range(n)]
+        if chosen:
+            log.info("round %d: %d preference pairs from data= ranked beside the mined pairs", k, len(chosen))
+        return chosen
 
     def _sample_sft_questions(self, backend: Any, sampling: Any) -> list[Generation]:
         """One sample of the round's starting model per SFT question (SPIN's rejected side)."""

@@ -65,6 +65,9 @@ class RoundData:
     # spin: one sample of the round's starting model per SFT question (sft_generations.jsonl)
     sft_generations: Iterable[Generation] = ()
     seed: int = 0  # the round's seed: which SFT examples are replayed
+    # Preference pairs from data= (rendered prompt, chosen, rejected), ranked beside the mined pairs by
+    # the pair objectives, each anchored on its chosen reply (it has no gold).
+    preferences: Sequence[tuple[str, str, str]] = ()
 
 
 class Objective(Protocol):
@@ -250,8 +253,9 @@ def _unique_incorrect(generations: Iterable[Generation]) -> dict[str, tuple[str,
 
 
 def _rank_items(data: RoundData, anchor: str, listwise: bool = False) -> list[RankItem]:
-    """One group per mined pair; listwise, the chosen response faces every unique incorrect response of
-    its question (the rank loss then averages over them) instead of its one paired rejection.
+    """One group per mined pair, then one per preference pair from data=; listwise, the chosen response
+    faces every unique incorrect response of its question (the rank loss then averages over them)
+    instead of its one paired rejection.
 
     The CE anchor: "gold", the question's gold rationale and answer (the first Memphis card); "chosen",
     the chosen completion (the later card); "replay", a gold SFT example, each pair its own, drawn by a
@@ -276,6 +280,7 @@ def _rank_items(data: RoundData, anchor: str, listwise: bool = False) -> list[Ra
             target = pair.chosen
         rejected = negatives.get(pair.question_id, (pair.rejected,)) if listwise else (pair.rejected,)
         items.append(RankItem(pair.prompt, pair.chosen, rejected, target, anchor_prompt))
+    items += [RankItem(prompt, chosen, (rejected,), chosen) for prompt, chosen, rejected in data.preferences]
     return items
 
 

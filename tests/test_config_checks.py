@@ -44,6 +44,10 @@ BAD = [
     (["objective.beta=0"], "objective.beta must be positive"),
     (["data.formats=[memphis,nope]"], "data.formats='nope' is unknown"),
     (["data=chat_mix", "data.sources.subtraction.schema=csvish"], "data.sources.subtraction.schema='csvish' is unknown"),
+    (["+data.sources.mine={path:a.jsonl,shema:alpaca}"], "data.sources.mine.shema is not a source key"),
+    (["+data.sources.mine={path:a.jsonl,max_rows:many}"], "data.sources.mine: Value 'many' of type 'str' could not be converted to Integer"),
+    (["+data.sources.mine={schema:alpaca}"], "data.sources.mine.path is empty"),
+    (["data.preference_per_round=-1"], "data.preference_per_round must be >= 0"),
     (["launch.kind=slurm"], "launch.kind='slurm' is unknown"),
     (["peft=lora", "peft.r=0"], "peft.r must be at least 1"),
 ]

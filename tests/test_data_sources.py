@@ -154,3 +154,54 @@ def test_sft_on_a_chat_mix_in_three_formats_then_a_round(tmp_path):
     assert trained["train_items"] + trained["train_dropped_too_long"] == 64 + 144 and trained["train_items"] > 64 + 100
     tokenizer = AutoTokenizer.from_pretrained(str(tmp_path / "runs" / "mix" / "round_01" / "checkpoint"))
     assert tokenizer.chat_template == get_template("memphis").chat_template()
+
+
+PREFERENCE_ROWS = [
+    # orca_dpo_pairs: strings, the prompt under "question", a system prompt
+    {"system": "Answer briefly.", "question": "Ann has 2 pens and finds 3. How many?", "chosen": "2 + 3 = 5. She has 5.",
+     "rejected": "She has 6."},
+    # ultrafeedback_binarized: chosen and rejected as message lists
+    {"prompt": "Ben has 9 cards and loses 4. How many?",
+     "chosen": [{"role": "user", "content": "Ben has 9 cards and loses 4. How many?"}, {"role": "assistant", "content": "9 - 4 = 5."}],
+     "rejected": [{"role": "user", "content": "Ben has 9 cards and loses 4. How many?"}, {"role": "assistant", "content": "9 - 4 = 6."}]},
+]
+
+
+def test_preference_pairs_load_from_string_and_message_list_rows(tmp_path):
+    from rationale_loop.data.sources import preference_pairs
+
+    orca = _write(tmp_path / "orca.jsonl", PREFERENCE_ROWS[:1])
+    ultra = _write(tmp_path / "ultra.jsonl", PREFERENCE_ROWS[1:])
+    [(first, rejected)] = preference_pairs("orca", str(orca))
+    assert first == Conversation((Turn("user", "Ann has 2 pens and finds 3. How many?"), Turn("assistant", "2 + 3 = 5. She has 5.")),
+                                 "Answer briefly.", id="orca/000000") and rejected == "She has 6."
+    [(second, rejected)] = preference_pairs("ultra", str(ultra))
+    assert second.turns[1].content == "9 - 4 = 5." and second.system is None and rejected == "9 - 4 = 6."
+    with pytest.raises(DataError, match=r"schema preference needs column\(s\) \['rejected'\]"):
+        preference_pairs("bad", str(_write(tmp_path / "bad.jsonl", [{"prompt": "x", "chosen": "y"}])))
+
+
+def test_a_round_ranks_preference_pairs_beside_its_mined_pairs(tmp_path):
+    from rationale_loop.config import ConfigError, validate
+    from rationale_loop.data.sources import PREFERENCE_ROWS as PREFERENCE_FILE
+    from rationale_loop.loop import run_data, run_loop
+
+    from test_config import compose_config
+    from test_run_safety import QUICK
+
+    path = _write(tmp_path / "prefs.jsonl", PREFERENCE_ROWS)
+    overrides = [*QUICK, "rounds=1", "objective=memphis", "objective.anchor=chosen", "rank.steps=2", "data.formats=[chat-ml]",
+                 f"+data.sources.prefs={{path:'{path}',schema:preference}}",
+                 f"output_root={tmp_path}/runs", f"model.cache_dir={tmp_path}/models", "run=prefs"]
+    with pytest.raises(ConfigError, match="data.sources.prefs holds preference pairs, which only a pair objective"):
+        validate(compose_config(*overrides, "objective=star"))
+    cfg = compose_config(*overrides)
+    assert "Preference pairs for the rounds' rank stage: 2" in run_data(cfg)
+    rows = [json.loads(line) for line in (tmp_path / "runs" / "prefs" / "round_00" / PREFERENCE_FILE).read_text().splitlines()]
+    assert rows[0] == {"id": "prefs/000000",
+                       "prompt": "<|im_start|>system\nAnswer briefly.<|im_end|>\n<|im_start|>user\nAnn has 2 pens and finds 3. How many?<|im_end|>\n<|im_start|>assistant\n",
+                       "chosen": "2 + 3 = 5. She has 5.<|im_end|>", "rejected": "She has 6.<|im_end|>"}
+    run_loop(cfg)
+    round_one = tmp_path / "runs" / "prefs" / "round_01"
+    mined = json.loads((round_one / "stats.json").read_text())["pairs"]
+    assert json.loads((round_one / "train.json").read_text())["train_items"] == mined + 2

@@ -61,7 +61,7 @@ def describe_task_example(prompt: str, response: str, count: int) -> str:
 def preview(out: Path, task_example: tuple[str, str], task_count: int) -> str:
     """Everything SFT in round directory `out` learns from: the task's examples and, when data= lists
     sources, the prepared mix (read from the files the SFT stage reads)."""
-    from rationale_loop.data.sources import MIX_MANIFEST, MIX_ROWS
+    from rationale_loop.data.sources import MIX_MANIFEST, MIX_ROWS, read_preference_pairs
     from rationale_loop.records import read_jsonl
     import json
 
@@ -69,6 +69,12 @@ def preview(out: Path, task_example: tuple[str, str], task_count: int) -> str:
     manifest = out / MIX_MANIFEST
     if manifest.exists():
         parts += ["", describe_mix(json.loads(manifest.read_text()), read_jsonl(out / MIX_ROWS))]
+        pairs = read_preference_pairs(out)
+        if pairs:
+            first = pairs[0]
+            parts += ["", f"Preference pairs for the rounds' rank stage: {len(pairs)}",
+                      f"--- one pair (id {first['id']}) ---", first["prompt"] + LEARNED_OPEN + first["chosen"] + LEARNED_CLOSE,
+                      "--- its rejected reply ---", first["prompt"] + first["rejected"]]
     else:
         parts += ["", "No chat or instruction sources (data=none): SFT learns from the task's examples only."]
     return "\n".join(parts)

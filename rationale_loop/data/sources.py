@@ -11,6 +11,10 @@ Schemas (`data.sources.<name>.schema`):
   gsm8k      {"question", "answer"}: the rationale before "####", the answer after it
   text       {"text"}: plain text (books, articles), every token learned; documents are joined with EOS and
              packed into rows of the SFT stage's length, so no row is mostly padding
+  preference {"prompt" (or "question"), "chosen", "rejected"}, an optional "system": preference pairs, as
+             orca_dpo_pairs (strings) or ultrafeedback_binarized (chosen and rejected as message lists,
+             whose last assistant message is the reply) ship them. Not SFT data: each round's rank stage
+             trains on them beside the pairs it mines (pair objectives: memphis, cpo_simpo)
 """
 
 from __future__ import annotations
@@ -95,6 +99,40 @@ def pack(texts: Iterable[str], tokenizer: Any, length: int) -> list[str]:
     size = max(1, length - 1 - 4)
     pieces = (tokenizer.decode(ids[i : i + size]) for i in range(0, len(ids), size))
     return [piece for piece in pieces if piece.strip()]
+
+
+PREFERENCE_SCHEMA = "preference"
+
+
+def _reply(value: Any, where: str, column: str) -> str:
+    """A chosen or rejected reply: a string, or a message list whose last assistant message it is."""
+    if isinstance(value, str):
+        return value.strip()
+    replies = [m.get("content", "") for m in value or [] if isinstance(m, dict) and ROLE_OF.get(str(m.get("role", "")).lower()) == "assistant"]
+    if not replies:
+        raise DataError(f"{where}: {column} holds no assistant message")
+    return str(replies[-1]).strip()
+
+
+def preference_pairs(source_name: str, path: str, max_rows: int = 0, split: str = "train") -> list[tuple[Conversation, str]]:
+    """A preference source's rows as (conversation of the prompt and the chosen reply, rejected reply);
+    as a Conversation, a pair is deduplicated and decontaminated by the same rules as chat data."""
+    rows = load_rows(path, split)
+    missing = [c for c in ("chosen", "rejected") if c not in rows.column_names]
+    if "prompt" not in rows.column_names and "question" not in rows.column_names:
+        missing.insert(0, "prompt")
+    if missing:
+        raise DataError(f"{path}: schema preference needs column(s) {missing}; the file has {rows.column_names}")
+    out = []
+    for index, row in enumerate(rows):
+        if max_rows and index >= max_rows:
+            break
+        where = f"{path}: row {index + 1}"
+        prompt, chosen, rejected = str(row.get("prompt") or row.get("question") or "").strip(), _reply(row["chosen"], where, "chosen"), _reply(row["rejected"], where, "rejected")
+        if prompt and chosen and rejected and chosen != rejected:
+            turns = (Turn("user", prompt), Turn("assistant", chosen))
+            out.append((Conversation(turns, str(row.get("system") or "").strip() or None, id=f"{source_name}/{index:06d}"), rejected))
+    return out
 
 
 def load_rows(path: str, split: str = "train") -> Any:
@@ -216,12 +254,14 @@ def mix_documents(sources: list[tuple[str, int, list[tuple[str, str]]]], evaluat
 
 MIX_ROWS = "sft_mix.jsonl"
 MIX_MANIFEST = "data_manifest.json"
+PREFERENCE_ROWS = "preference_pairs.jsonl"
 
 
 def prepare_sft_mix(data_cfg: Any, evaluation_texts: Iterable[str], tokenizer: Any, out: Path, seed: int,
                     pack_length: int = 2048) -> dict[str, Any]:
     """Load, adapt, dedup and decontaminate the configured sources once, render each conversation in the
-    configured formats (plain text is packed into rows of pack_length tokens instead), and write the rendered rows (sft_mix.jsonl: id, format, segments) and a manifest
+    configured formats (plain text is packed into rows of pack_length tokens instead; preference pairs are
+    rendered in the first format into preference_pairs.jsonl, for the rounds' rank stage), and write the rendered rows (sft_mix.jsonl: id, format, segments) and a manifest
     (data_manifest.json: rows per source after each filter, rows per format, token-length percentiles)
     into the round directory. The manifest is written last: its presence says the mix is complete, and a
     failed preparation leaves nothing a later stage reads."""
@@ -231,14 +271,28 @@ def prepare_sft_mix(data_cfg: Any, evaluation_texts: Iterable[str], tokenizer: A
     from rationale_loop.records import write_json_atomic, write_jsonl_atomic
 
     evaluation_texts = list(evaluation_texts) if data_cfg.decontaminate_ngram > 0 else []
-    loaded, texts = [], []
-    for name, source in data_cfg.sources.items():
+    loaded, texts, preferences = [], [], []
+    rejected_of: dict[str, str] = {}
+    from rationale_loop.config import source_configs
+
+    configured = source_configs(data_cfg)
+    for name, source in configured.items():
         if source.schema == TEXT_SCHEMA:
             texts.append((name, source.priority, documents(name, source.path, source.max_rows, source.split)))
+        elif source.schema == PREFERENCE_SCHEMA:
+            pairs = preference_pairs(name, source.path, source.max_rows, source.split)
+            rejected_of.update((conversation.id, rejected) for conversation, rejected in pairs)
+            preferences.append((name, source.priority, [conversation for conversation, _ in pairs]))
         else:
             loaded.append((name, source.priority, conversations(name, source.path, source.schema, source.max_rows, source.split)))
     merged = mix(loaded, evaluation_texts, data_cfg.decontaminate_ngram or 13, data_cfg.near_duplicate_threshold)
     plain = mix_documents(texts, evaluation_texts, data_cfg.decontaminate_ngram or 13)
+    preferred = mix(preferences, evaluation_texts, data_cfg.decontaminate_ngram or 13, data_cfg.near_duplicate_threshold)
+    # Rendered in the first format: the prompt as a generation prompt, each reply as it would be learned.
+    template = get_template(data_cfg.formats[0])
+    pair_rows = [{"id": c.id, "prompt": template.prompt(Conversation(c.turns[:1], c.system), tokenizer.eos_token),
+                  "chosen": template.reply(c.turns[1].content, tokenizer.eos_token),
+                  "rejected": template.reply(rejected_of[c.id], tokenizer.eos_token)} for c in preferred.conversations]
     rng = random.Random(f"formats/{seed}")
     rows, per_format, lengths = [], {name: 0 for name in data_cfg.formats}, []
     for conversation in merged.conversations:
@@ -255,17 +309,28 @@ def prepare_sft_mix(data_cfg: Any, evaluation_texts: Iterable[str], tokenizer: A
         per_format[TEXT_SCHEMA] = len(rows) - sum(per_format.values())
     lengths.sort()
     manifest = {
-        "sources": {name: {"path": data_cfg.sources[name].path, "schema": data_cfg.sources[name].schema, "rows": len(items),
+        "sources": {name: {"path": configured[name].path, "schema": configured[name].schema, "rows": len(items),
                            "duplicates": filtered.duplicates[name], "contaminated": filtered.contaminated[name],
                            "near_duplicates": filtered.near_duplicates[name], "kept": filtered.kept[name]}
-                    for filtered, sources in ((merged, loaded), (plain, texts)) for name, _, items in sources},
+                    for filtered, group in ((merged, loaded), (plain, texts), (preferred, preferences)) for name, _, items in group},
+        "preference_pairs": len(pair_rows),
         "formats": per_format,
         "rendered_rows": len(rows),
         "token_length_percentiles": {f"p{q}": lengths[min(len(lengths) - 1, len(lengths) * q // 100)] for q in (50, 90, 99, 100)} if lengths else {},
     }
     write_jsonl_atomic(out / MIX_ROWS, rows)
+    write_jsonl_atomic(out / PREFERENCE_ROWS, pair_rows)
     write_json_atomic(out / MIX_MANIFEST, manifest)
     return manifest
+
+
+def read_preference_pairs(out: Path) -> list[dict[str, str]]:
+    """The rendered preference pairs prepare_sft_mix wrote (prompt, chosen, rejected), or none."""
+    from rationale_loop.records import read_jsonl
+
+    if not (out / MIX_MANIFEST).exists() or not (out / PREFERENCE_ROWS).exists():
+        return []
+    return list(read_jsonl(out / PREFERENCE_ROWS))
 
 
 def read_sft_mix(out: Path) -> list[Any]:

@@ -57,12 +57,15 @@ class TurnTemplate:
                 out.append(Segment(text, bool(turn.learned)))
                 first_user = False
             else:
-                out.append(Segment(self.assistant.replace("{content}", turn.content).replace(EOS, eos),
-                                   True if turn.learned is None else turn.learned))
+                out.append(Segment(self.reply(turn.content, eos), True if turn.learned is None else turn.learned))
                 out.append(Segment(self.separator, False))
         if out and out[-1].text == self.separator and not out[-1].learned:
             out.pop()  # nothing follows the last reply
         return [s for s in out if s.text]
+
+    def reply(self, content: str, eos: str) -> str:
+        """One assistant reply as it is learned: its text and the end of turn."""
+        return self.assistant.replace("{content}", content).replace(EOS, eos)
 
     def render(self, conversation: Conversation, eos: str) -> str:
         return "".join(s.text for s in self.segments(conversation, eos))

@@ -1,0 +1,164 @@
+"""The training stages against TRL and against this CPU's matmul peak, side by side in one run.
+
+For each model shape (the embedded default's 4 layers x 128, and a larger 8 layers x 512), the same
+random-weight Llama, the same tiny_arith rows in TinyCoT, the same batch, precision (fp32) and threads:
+  SFT stage   this project's `train` with SupervisedObjective   vs  TRL SFTTrainer (prompt/completion rows,
+              loss on the completion), both with NEFTune alpha 5, batch 16 in micro-batches of 8
+  rank stage  this project's cpo_simpo objective                vs  TRL CPOTrainer, loss_type "simpo"
+              (beta 1, gamma 0, NLL weight 0.2 on the chosen response), 8 pairs in micro-batches of 4
+TRL is set up to do the same work: gradient checkpointing off, fp32 (no bf16 autocast), no logging,
+saving or evaluation, its data prepared before the clock starts. Throughput counts the non-padding
+tokens of the rows a stage needs (SFT: prompt + response; rank: chosen + rejected), the same count
+for both sides; model FLOPs are 6 x (non-embedding parameters) per such token plus attention's
+12 x layers x hidden x row length, and utilization divides them by the fp32 matmul peak measured here
+(a 2048 x 2048 matmul, median of 5). Medians of --repeats runs, the two sides interleaved.
+
+TRL is installed for this benchmark only (`make bench` builds .venv-bench with it); the project never
+imports it. Usage:
+    .venv-bench/bin/python bench/against_trl.py [--steps 30] [--repeats 3] [--threads 2]
+Writes bench/results/against_trl.json and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from training_stages import items_and_tokenizer, machine_description  # noqa: E402
+from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
+
+from rationale_loop.config import ObjectiveConfig, TrainConfig  # noqa: E402
+from rationale_loop.encode import Encoder  # noqa: E402
+from rationale_loop.objectives import SupervisedObjective, build_objective  # noqa: E402
+from rationale_loop.train import train  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results" / "against_trl.json"
+SHAPES = {"embedded (4 x 128)": (4, 128), "larger (8 x 512)": (8, 512)}
+SFT_BATCH, SFT_MICRO, RANK_BATCH, RANK_MICRO = 16, 8, 8, 4
+NEFTUNE = 5.0
+
+
+def matmul_peak(dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float:
+    """FLOP/s of one large matmul in `dtype`, median of `repeats`."""
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    torch.matmul(a, b)  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.matmul(a, b)
+        times.append(time.perf_counter() - start)
+    return 2 * size**3 / statistics.median(times)
+
+
+def model_for(tokenizer, layers: int, hidden: int) -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=3 * hidden, num_hidden_layers=layers,
+                         num_attention_heads=hidden // 32, num_key_value_heads=hidden // 32, max_position_embeddings=256,
+                         tie_word_embeddings=False)
+    model = LlamaForCausalLM(config)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def row_lengths(items, tokenizer, rank: bool) -> list[int]:
+    encoder = Encoder(tokenizer, 256)
+    if not rank:
+        return [len(encoder.encode(i.prompt, i.response).input_ids) for i in items]
+    return [len(encoder.encode(i.prompt, r).input_ids) for i in items for r in (i.chosen, i.rejected[0])]
+
+
+def model_flops(lengths: list[int], layers: int, hidden: int, non_embedding_parameters: int) -> float:
+    return sum(6 * non_embedding_parameters * n + 12 * layers * hidden * n * n for n in lengths)
+
+
+def ours(stage: str, items, tokenizer, shape: tuple[int, int], steps: int) -> float:
+    batch, micro = (SFT_BATCH, SFT_MICRO) if stage == "sft" else (RANK_BATCH, RANK_MICRO)
+    cfg = TrainConfig(lr=1e-4, steps=steps, batch_size=batch, micro_batch_size=micro, max_length=256, save_every=0,
+                      optimizer="adamw", mixce_eta=1.0, freeze_embeddings=False, warmup_ratio=0.0,
+                      neftune_alpha=NEFTUNE if stage == "sft" else 0.0, log_every=10**9)
+    objective = SupervisedObjective() if stage == "sft" else build_objective(ObjectiveConfig(name="cpo_simpo", beta=1.0, gamma=0.0, alpha=0.2))
+    return train(model_for(tokenizer, *shape), tokenizer, items, objective, cfg, seed=0, desc=stage).seconds
+
+
+def theirs(stage: str, items, tokenizer, shape: tuple[int, int], steps: int) -> float:
+    import datasets
+
+    common = dict(per_device_train_batch_size=SFT_MICRO if stage == "sft" else RANK_MICRO, gradient_accumulation_steps=2,
+                  max_steps=steps, learning_rate=1e-4, lr_scheduler_type="cosine", warmup_steps=0, max_grad_norm=1.0,
+                  logging_steps=10**9, save_strategy="no", eval_strategy="no", report_to=[], use_cpu=True, bf16=False, fp16=False,
+                  gradient_checkpointing=False, dataloader_num_workers=0, disable_tqdm=True, seed=0, max_length=256,
+                  remove_unused_columns=True)
+    with tempfile.TemporaryDirectory() as out:
+        if stage == "sft":
+            from trl import SFTConfig, SFTTrainer
+
+            rows = datasets.Dataset.from_list([{"prompt": i.prompt, "completion": i.response} for i in items])
+            trainer = SFTTrainer(model=model_for(tokenizer, *shape), processing_class=tokenizer, train_dataset=rows,
+                                 args=SFTConfig(output_dir=out, neftune_noise_alpha=NEFTUNE, completion_only_loss=True, **common))
+        else:
+            from trl.experimental.cpo import CPOConfig, CPOTrainer
+
+            rows = datasets.Dataset.from_list([{"prompt": i.prompt, "chosen": i.chosen, "rejected": i.rejected[0]} for i in items])
+            trainer = CPOTrainer(model=model_for(tokenizer, *shape), processing_class=tokenizer, train_dataset=rows,
+                                 args=CPOConfig(output_dir=out, loss_type="simpo", beta=1.0, simpo_gamma=0.0, cpo_alpha=0.2, **common))
+        start = time.perf_counter()
+        trainer.train()
+        return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    logging.disable(logging.WARNING)
+    peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
+    sft, rank, tokenizer = items_and_tokenizer(args.steps * SFT_BATCH)
+    rank = rank[: args.steps * RANK_BATCH]
+    results = {}
+    for shape_name, shape in SHAPES.items():
+        probe = model_for(tokenizer, *shape)
+        embedding = probe.get_input_embeddings().weight.numel()
+        non_embedding = sum(p.numel() for p in probe.parameters()) - embedding
+        for stage, items in (("sft", sft), ("rank", rank)):
+            times: dict[str, list[float]] = {"rationale_loop": [], "trl": []}
+            for _ in range(args.repeats):  # interleaved: machine noise hits both sides alike
+                times["rationale_loop"].append(ours(stage, items, tokenizer, shape, args.steps))
+                times["trl"].append(theirs(stage, items, tokenizer, shape, args.steps))
+            lengths = row_lengths(items, tokenizer, stage == "rank")
+            flops = model_flops(lengths, *shape, non_embedding)
+            row = {"parameters": non_embedding + embedding, "useful_tokens": sum(lengths)}
+            for side, seconds in times.items():
+                median = statistics.median(seconds)
+                row[side] = {"median_seconds": round(median, 3), "tokens_per_second": round(sum(lengths) / median, 1),
+                             "mfu_fp32": round(flops / median / peaks["fp32"], 4), "seconds": [round(s, 3) for s in seconds]}
+            row["speedup_vs_trl"] = round(row["trl"]["median_seconds"] / row["rationale_loop"]["median_seconds"], 3)
+            results[f"{shape_name} {stage}"] = row
+            print(f"{shape_name} {stage}: {row['speedup_vs_trl']}x TRL", flush=True)
+    RESULTS.parent.mkdir(exist_ok=True)
+    import trl
+
+    RESULTS.write_text(json.dumps({"machine": {**machine_description(args.threads), "trl": trl.__version__}, "steps": args.steps, "repeats": args.repeats,
+                                   "matmul_peak_flops": {k: round(v) for k, v in peaks.items()}, "results": results}, indent=2) + "\n")
+    print(f"\nmatmul peak: fp32 {peaks['fp32'] / 1e9:.1f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:.1f} GFLOP/s ({args.threads} threads)")
+    print(f"{'model and stage':28} {'ours tok/s':>11} {'TRL tok/s':>10} {'ours/TRL':>9} {'ours MFU':>9} {'TRL MFU':>8}")
+    for name, row in results.items():
+        print(f"{name:28} {row['rationale_loop']['tokens_per_second']:11.0f} {row['trl']['tokens_per_second']:10.0f} "
+              f"{row['speedup_vs_trl']:8.2f}x {row['rationale_loop']['mfu_fp32']:9.1%} {row['trl']['mfu_fp32']:8.1%}")
+
+
+if __name__ == "__main__":
+    main()
