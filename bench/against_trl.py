@@ -1,27 +1,29 @@
 """The training stages against TRL and against this CPU's matmul peak, side by side in one run.
 
 For each model shape (the embedded default's 4 layers x 128, and a larger 8 layers x 512), the same
-random-weight Llama, the same tiny_arith rows in TinyCoT, the same batch, precision (fp32) and threads:
+random-weight Llama, the same tiny_arith rows in TinyCoT, the same batch, precision and threads:
   SFT stage   this project's `train` with SupervisedObjective   vs  TRL SFTTrainer (prompt/completion rows,
               loss on the completion), both with NEFTune alpha 5, batch 16 in micro-batches of 8
   rank stage  this project's cpo_simpo objective                vs  TRL CPOTrainer, loss_type "simpo"
               (beta 1, gamma 0, NLL weight 0.2 on the chosen response), 8 pairs in micro-batches of 4
-TRL is set up to do the same work: gradient checkpointing off, fp32 (no bf16 autocast), no logging,
+TRL is set up to do the same work: gradient checkpointing off, bf16 autocast only in the bf16 rows, no logging,
 saving or evaluation, its data prepared before the clock starts. Throughput counts the non-padding
 tokens of the rows a stage needs (SFT: prompt + response; rank: chosen + rejected), the same count
 for both sides; model FLOPs are 6 x (non-embedding parameters) per such token plus attention's
-12 x layers x hidden x row length, and utilization divides them by the fp32 matmul peak measured here
-(a 2048 x 2048 matmul, median of 5). Medians of --repeats runs, the two sides interleaved.
+12 x layers x hidden x row length, and utilization divides them by the matmul peak measured here
+(a 2048 x 2048 matmul, median of 5), or by the bf16 peak for the bf16 rows (autocast on both sides).
+The larger model runs a third of --steps. Medians of --repeats runs, the two sides interleaved.
 
 TRL is installed for this benchmark only (`make bench` builds .venv-bench with it); the project never
 imports it. Usage:
-    .venv-bench/bin/python bench/against_trl.py [--steps 30] [--repeats 3] [--threads 2]
+    .venv-bench/bin/python bench/against_trl.py [--steps 30] [--repeats 3] [--threads 2] [--precisions fp32 bf16]
 Writes bench/results/against_trl.json and prints a table.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import statistics
@@ -44,7 +46,8 @@ from rationale_loop.objectives import SupervisedObjective, build_objective  # no
 from rationale_loop.train import train  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "against_trl.json"
-SHAPES = {"embedded (4 x 128)": (4, 128), "larger (8 x 512)": (8, 512)}
+# name -> (layers, hidden, share of --steps): the larger model runs a third of the steps (its steps are long).
+SHAPES = {"embedded (4 x 128)": (4, 128, 1.0), "larger (8 x 512)": (8, 512, 1 / 3)}
 SFT_BATCH, SFT_MICRO, RANK_BATCH, RANK_MICRO = 16, 8, 8, 4
 NEFTUNE = 5.0
 
@@ -79,24 +82,26 @@ def row_lengths(items, tokenizer, rank: bool) -> list[int]:
 
 
 def model_flops(lengths: list[int], layers: int, hidden: int, non_embedding_parameters: int) -> float:
+    """Training FLOPs (forward and backward) of rows of these lengths: 6 per parameter per token, and
+    attention's scores and weighted sums, 12 x layers x hidden x length per token."""
     return sum(6 * non_embedding_parameters * n + 12 * layers * hidden * n * n for n in lengths)
 
 
-def ours(stage: str, items, tokenizer, shape: tuple[int, int], steps: int) -> float:
+def ours(stage: str, items, tokenizer, shape: tuple[int, int], steps: int, bf16: bool) -> float:
     batch, micro = (SFT_BATCH, SFT_MICRO) if stage == "sft" else (RANK_BATCH, RANK_MICRO)
     cfg = TrainConfig(lr=1e-4, steps=steps, batch_size=batch, micro_batch_size=micro, max_length=256, save_every=0,
                       optimizer="adamw", mixce_eta=1.0, freeze_embeddings=False, warmup_ratio=0.0,
-                      neftune_alpha=NEFTUNE if stage == "sft" else 0.0, log_every=10**9)
+                      neftune_alpha=NEFTUNE if stage == "sft" else 0.0, log_every=10**9, mixed_precision="bf16" if bf16 else "no")
     objective = SupervisedObjective() if stage == "sft" else build_objective(ObjectiveConfig(name="cpo_simpo", beta=1.0, gamma=0.0, alpha=0.2))
     return train(model_for(tokenizer, *shape), tokenizer, items, objective, cfg, seed=0, desc=stage).seconds
 
 
-def theirs(stage: str, items, tokenizer, shape: tuple[int, int], steps: int) -> float:
+def theirs(stage: str, items, tokenizer, shape: tuple[int, int], steps: int, bf16: bool) -> float:
     import datasets
 
     common = dict(per_device_train_batch_size=SFT_MICRO if stage == "sft" else RANK_MICRO, gradient_accumulation_steps=2,
                   max_steps=steps, learning_rate=1e-4, lr_scheduler_type="cosine", warmup_steps=0, max_grad_norm=1.0,
-                  logging_steps=10**9, save_strategy="no", eval_strategy="no", report_to=[], use_cpu=True, bf16=False, fp16=False,
+                  logging_steps=10**9, save_strategy="no", eval_strategy="no", report_to=[], use_cpu=True, bf16=bf16, fp16=False,
                   gradient_checkpointing=False, dataloader_num_workers=0, disable_tqdm=True, seed=0, max_length=256,
                   remove_unused_columns=True)
     with tempfile.TemporaryDirectory() as out:
@@ -122,6 +127,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"],
+                        help="bf16: autocast on both sides (the weights stay fp32); utilization against the bf16 peak")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     logging.disable(logging.WARNING)
@@ -129,35 +136,37 @@ def main() -> None:
     sft, rank, tokenizer = items_and_tokenizer(args.steps * SFT_BATCH)
     rank = rank[: args.steps * RANK_BATCH]
     results = {}
-    for shape_name, shape in SHAPES.items():
+    for (shape_name, (layers, hidden, share)), precision in itertools.product(SHAPES.items(), args.precisions):
+        shape, steps, bf16 = (layers, hidden), max(1, round(args.steps * share)), precision == "bf16"
         probe = model_for(tokenizer, *shape)
         embedding = probe.get_input_embeddings().weight.numel()
         non_embedding = sum(p.numel() for p in probe.parameters()) - embedding
-        for stage, items in (("sft", sft), ("rank", rank)):
+        for stage, items in (("sft", sft[: steps * SFT_BATCH]), ("rank", rank[: steps * RANK_BATCH])):
             times: dict[str, list[float]] = {"rationale_loop": [], "trl": []}
             for _ in range(args.repeats):  # interleaved: machine noise hits both sides alike
-                times["rationale_loop"].append(ours(stage, items, tokenizer, shape, args.steps))
-                times["trl"].append(theirs(stage, items, tokenizer, shape, args.steps))
+                times["rationale_loop"].append(ours(stage, items, tokenizer, shape, steps, bf16))
+                times["trl"].append(theirs(stage, items, tokenizer, shape, steps, bf16))
             lengths = row_lengths(items, tokenizer, stage == "rank")
             flops = model_flops(lengths, *shape, non_embedding)
-            row = {"parameters": non_embedding + embedding, "useful_tokens": sum(lengths)}
+            row = {"parameters": non_embedding + embedding, "steps": steps, "precision": precision, "useful_tokens": sum(lengths)}
             for side, seconds in times.items():
                 median = statistics.median(seconds)
                 row[side] = {"median_seconds": round(median, 3), "tokens_per_second": round(sum(lengths) / median, 1),
-                             "mfu_fp32": round(flops / median / peaks["fp32"], 4), "seconds": [round(s, 3) for s in seconds]}
+                             "mfu": round(flops / median / peaks[precision], 4), "seconds": [round(s, 3) for s in seconds]}
             row["speedup_vs_trl"] = round(row["trl"]["median_seconds"] / row["rationale_loop"]["median_seconds"], 3)
-            results[f"{shape_name} {stage}"] = row
-            print(f"{shape_name} {stage}: {row['speedup_vs_trl']}x TRL", flush=True)
+            results[f"{shape_name} {stage} {precision}"] = row
+            print(f"{shape_name} {stage} {precision}: {row['speedup_vs_trl']}x TRL", flush=True)
     RESULTS.parent.mkdir(exist_ok=True)
     import trl
 
     RESULTS.write_text(json.dumps({"machine": {**machine_description(args.threads), "trl": trl.__version__}, "steps": args.steps, "repeats": args.repeats,
                                    "matmul_peak_flops": {k: round(v) for k, v in peaks.items()}, "results": results}, indent=2) + "\n")
     print(f"\nmatmul peak: fp32 {peaks['fp32'] / 1e9:.1f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:.1f} GFLOP/s ({args.threads} threads)")
-    print(f"{'model and stage':28} {'ours tok/s':>11} {'TRL tok/s':>10} {'ours/TRL':>9} {'ours MFU':>9} {'TRL MFU':>8}")
+    print(f"{'model, stage, precision':33} {'ours tok/s':>11} {'TRL tok/s':>10} {'ours/TRL':>9} {'ours MFU':>9} {'TRL MFU':>8}")
     for name, row in results.items():
-        print(f"{name:28} {row['rationale_loop']['tokens_per_second']:11.0f} {row['trl']['tokens_per_second']:10.0f} "
-              f"{row['speedup_vs_trl']:8.2f}x {row['rationale_loop']['mfu_fp32']:9.1%} {row['trl']['mfu_fp32']:8.1%}")
+        print(f"{name:33} {row['rationale_loop']['tokens_per_second']:11.0f} {row['trl']['tokens_per_second']:10.0f} "
+              f"{row['speedup_vs_trl']:8.2f}x {row['rationale_loop']['mfu']:9.1%} {row['trl']['mfu']:8.1%}")
+    print("(MFU: model FLOPs per second over the matmul peak of the row's precision)")
 
 
 if __name__ == "__main__":
