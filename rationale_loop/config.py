@@ -97,7 +97,13 @@ class DataSourceConfig:
     path: str = ""  # a .json/.jsonl/.parquet/.csv file, a save_to_disk folder, or a hub id
     schema: str = "sharegpt"  # sharegpt | messages | alpaca | airoboros | tinycot | gsm8k | text (plain, packed) | preference
     split: str = "train"
-    max_rows: int = 0  # the first rows only; 0: all
+    max_rows: int = 0  # the first rows (after `exclude`) only; 0: all
+    # schema column -> the file's column, for a file whose columns are named otherwise
+    # (e.g. {instruction: post_title, output: comment}); applied before everything else
+    columns: Dict[str, str] = field(default_factory=dict)
+    # column -> regular expression: a row where it matches is dropped and counted (the recipe's
+    # reddit-instruct subset, in YAML: {post_title: '\[|\]'}: no brackets in the title)
+    exclude: Dict[str, str] = field(default_factory=dict)
     priority: int = 0  # higher wins when two sources hold the same instruction
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from rationale_loop.data.sources import MIX_MANIFEST, MIX_ROWS, conversations, mix, prepare_sft_mix
+from rationale_loop.data.sources import MIX_MANIFEST, MIX_ROWS, conversations, mix, prepare_sft_mix, select_rows
 from rationale_loop.errors import DataError
 from rationale_loop.records import Conversation, Turn
 
@@ -41,7 +41,7 @@ def _write(path: Path, rows: list[dict]) -> Path:
 @pytest.mark.parametrize("schema", sorted(ROWS))
 def test_every_schema_maps_onto_a_conversation(schema, tmp_path):
     path = _write(tmp_path / f"{schema}.jsonl", [ROWS[schema]] * 2)
-    loaded = conversations("src", str(path), schema)
+    loaded = conversations("src", select_rows(str(path)), schema)
     assert [(c.turns, c.system) for c in loaded] == [(EXPECTED[schema].turns, EXPECTED[schema].system)] * 2
     assert [c.id for c in loaded] == ["src/000000", "src/000001"]
 
@@ -54,12 +54,12 @@ def test_parquet_csv_and_saved_datasets_load_too(tmp_path):
     table.to_csv(str(tmp_path / "a.csv"))
     table.save_to_disk(str(tmp_path / "saved"))
     for path in ("a.parquet", "a.csv", "saved"):
-        loaded = conversations("src", str(tmp_path / path), "alpaca", max_rows=2)
+        loaded = conversations("src", select_rows(str(tmp_path / path), max_rows=2), "alpaca")
         assert [c.turns for c in loaded] == [EXPECTED["alpaca"].turns] * 2, path
 
 
 def test_the_real_gsm8k_train_file_loads(shared_data):
-    loaded = conversations("gsm8k", str(shared_data / "gsm8k" / "train.jsonl"), "gsm8k", max_rows=5)
+    loaded = conversations("gsm8k", select_rows(str(shared_data / "gsm8k" / "train.jsonl"), max_rows=5), "gsm8k")
     assert len(loaded) == 5 and all(c.turns[1].content.startswith("### Rationale:\n") and "<<" not in c.turns[1].content for c in loaded)
 
 
@@ -139,7 +139,7 @@ def test_sft_on_a_chat_mix_in_three_formats_then_a_round(tmp_path):
     shown = run_data(cfg)
     out = tmp_path / "runs" / "mix" / "round_00"
     prepared = (out / MIX_MANIFEST).stat().st_mtime_ns
-    assert "counting_chats  sharegpt    24           0                    0                0    24" in shown
+    assert "counting_chats  sharegpt           0    24           0                    0                0    24" in shown
     assert "--- one row in chat-ml" in shown and "⟦Ann starts with 7 apples. 7 + 4 = 11. Ann has 11 apples now.<|im_end|>⟧" in shown
     assert "\n### Assistant:\n⟦" in shown and "<|im_start|>user\nAnd if half" in shown, "prompts are shown unmarked"
     rows = run_loop(cfg)
@@ -168,17 +168,17 @@ PREFERENCE_ROWS = [
 
 
 def test_preference_pairs_load_from_string_and_message_list_rows(tmp_path):
-    from rationale_loop.data.sources import preference_pairs
+    from rationale_loop.data.sources import preference_pairs, select_rows
 
     orca = _write(tmp_path / "orca.jsonl", PREFERENCE_ROWS[:1])
     ultra = _write(tmp_path / "ultra.jsonl", PREFERENCE_ROWS[1:])
-    [(first, rejected)] = preference_pairs("orca", str(orca))
+    [(first, rejected)] = preference_pairs("orca", select_rows(str(orca)))
     assert first == Conversation((Turn("user", "Ann has 2 pens and finds 3. How many?"), Turn("assistant", "2 + 3 = 5. She has 5.")),
                                  "Answer briefly.", id="orca/000000") and rejected == "She has 6."
-    [(second, rejected)] = preference_pairs("ultra", str(ultra))
+    [(second, rejected)] = preference_pairs("ultra", select_rows(str(ultra)))
     assert second.turns[1].content == "9 - 4 = 5." and second.system is None and rejected == "9 - 4 = 6."
     with pytest.raises(DataError, match=r"schema preference needs column\(s\) \['rejected'\]"):
-        preference_pairs("bad", str(_write(tmp_path / "bad.jsonl", [{"prompt": "x", "chosen": "y"}])))
+        preference_pairs("bad", select_rows(str(_write(tmp_path / "bad.jsonl", [{"prompt": "x", "chosen": "y"}]))))
 
 
 def test_a_round_ranks_preference_pairs_beside_its_mined_pairs(tmp_path):
@@ -205,3 +205,21 @@ def test_a_round_ranks_preference_pairs_beside_its_mined_pairs(tmp_path):
     round_one = tmp_path / "runs" / "prefs" / "round_01"
     mined = json.loads((round_one / "stats.json").read_text())["pairs"]
     assert json.loads((round_one / "train.json").read_text())["train_items"] == mined + 2
+
+
+def test_column_renames_and_the_recipes_exclusion_filter_apply_before_the_row_cap(tmp_path):
+    """The recipe's reddit-instruct subset: 5,000 rows whose title has no brackets, from a file whose columns
+    are not alpaca's; here 2 rows of 4 clean ones, after 2 bracketed titles are dropped and counted."""
+    rows = [{"post_title": "[Serious] Why is the sky blue?", "comment": "Scattering."},
+            {"post_title": "How do magnets work?", "comment": "Aligned spins."},
+            {"post_title": "What is [this]?", "comment": "A thing."},
+            {"post_title": "Why do cats purr?", "comment": "Contentment, mostly."},
+            {"post_title": "Why is ice slippery?", "comment": "A thin water layer."}]
+    path = _write(tmp_path / "reddit.jsonl", rows)
+    selected = select_rows(str(path), max_rows=2, columns={"instruction": "post_title", "output": "comment"},
+                           exclude={"instruction": r"\[|\]"})
+    loaded = conversations("reddit", selected, "alpaca")
+    assert [c.turns[0].content for c in loaded] == ["How do magnets work?", "Why do cats purr?"]
+    assert [c.id for c in loaded] == ["reddit/000001", "reddit/000003"] and selected.excluded == 2
+    with pytest.raises(DataError, match=r"columns \['title'\] \(named in the source's `columns`\) are not in the file"):
+        select_rows(str(path), columns={"instruction": "title"})

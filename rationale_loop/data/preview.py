@@ -34,8 +34,8 @@ def describe_mix(manifest: dict[str, Any], rows: Iterable[dict[str, Any]]) -> st
     sources = manifest["sources"]
     parts = [
         "Sources (rows after each filter, in priority order of loading):",
-        table(["source", "schema", "rows", "duplicates", "n-gram contaminated", "near-duplicates", "kept"],
-              [[name, s["schema"], s["rows"], s["duplicates"], s["contaminated"], s["near_duplicates"], s["kept"]]
+        table(["source", "schema", "excluded", "rows", "duplicates", "n-gram contaminated", "near-duplicates", "kept"],
+              [[name, s["schema"], s.get("excluded", 0), s["rows"], s["duplicates"], s["contaminated"], s["near_duplicates"], s["kept"]]
                for name, s in sources.items()]),
         "",
         f"Rendered rows: {manifest['rendered_rows']}",

@@ -74,18 +74,10 @@ ADAPTERS: dict[str, tuple[tuple[str, ...], Callable[[dict[str, Any], str], Conve
 TEXT_SCHEMA = "text"
 
 
-def documents(source_name: str, path: str, max_rows: int = 0, split: str = "train") -> list[tuple[str, str]]:
-    """A plain-text source's documents as (id, text), the first max_rows if set; empty ones skipped."""
-    rows = load_rows(path, split)
-    if "text" not in rows.column_names:
-        raise DataError(f"{path}: schema text needs column(s) ['text']; the file has {rows.column_names}")
-    out = []
-    for index, row in enumerate(rows):
-        if max_rows and index >= max_rows:
-            break
-        if str(row["text"] or "").strip():
-            out.append((f"{source_name}/{index:06d}", str(row["text"])))
-    return out
+def documents(source_name: str, selected: "Selected") -> list[tuple[str, str]]:
+    """A plain-text source's documents as (id, text); empty ones skipped."""
+    selected.require(TEXT_SCHEMA, ["text"])
+    return [(f"{source_name}/{index:06d}", str(row["text"])) for index, row in selected.rows if str(row["text"] or "").strip()]
 
 
 def pack(texts: Iterable[str], tokenizer: Any, length: int) -> list[str]:
@@ -114,25 +106,63 @@ def _reply(value: Any, where: str, column: str) -> str:
     return str(replies[-1]).strip()
 
 
-def preference_pairs(source_name: str, path: str, max_rows: int = 0, split: str = "train") -> list[tuple[Conversation, str]]:
+def preference_pairs(source_name: str, selected: "Selected") -> list[tuple[Conversation, str]]:
     """A preference source's rows as (conversation of the prompt and the chosen reply, rejected reply);
     as a Conversation, a pair is deduplicated and decontaminated by the same rules as chat data."""
-    rows = load_rows(path, split)
-    missing = [c for c in ("chosen", "rejected") if c not in rows.column_names]
-    if "prompt" not in rows.column_names and "question" not in rows.column_names:
-        missing.insert(0, "prompt")
-    if missing:
-        raise DataError(f"{path}: schema preference needs column(s) {missing}; the file has {rows.column_names}")
+    prompt_column = "question" if "prompt" not in selected.column_names and "question" in selected.column_names else "prompt"
+    selected.require(PREFERENCE_SCHEMA, [prompt_column, "chosen", "rejected"])
     out = []
-    for index, row in enumerate(rows):
-        if max_rows and index >= max_rows:
-            break
-        where = f"{path}: row {index + 1}"
+    for index, row in selected.rows:
+        where = f"{selected.path}: row {index + 1}"
         prompt, chosen, rejected = str(row.get("prompt") or row.get("question") or "").strip(), _reply(row["chosen"], where, "chosen"), _reply(row["rejected"], where, "rejected")
         if prompt and chosen and rejected and chosen != rejected:
             turns = (Turn("user", prompt), Turn("assistant", chosen))
             out.append((Conversation(turns, str(row.get("system") or "").strip() or None, id=f"{source_name}/{index:06d}"), rejected))
     return out
+
+
+@dataclass
+class Selected:
+    """A source's rows after its column renames and exclusion filters, the first max_rows of them."""
+
+    path: str
+    column_names: list[str]
+    rows: list[tuple[int, dict[str, Any]]]  # (row number in the file, from 0; the row)
+    excluded: int = 0  # rows an exclusion filter dropped
+
+    def require(self, schema: str, columns: Iterable[str]) -> None:
+        missing = [c for c in columns if c not in self.column_names]
+        if missing:
+            raise DataError(f"{self.path}: schema {schema} needs column(s) {missing}; the file has {self.column_names}")
+
+
+def select_rows(path: str, split: str = "train", max_rows: int = 0, columns: dict[str, str] | None = None,
+                exclude: dict[str, str] | None = None) -> Selected:
+    """Load a source, rename its columns (`columns`: schema column -> the file's column, so any file fits a
+    schema), drop every row where a column matches its `exclude` regular expression (the recipe's
+    reddit-instruct subset: no brackets in the title), and keep the first max_rows of the rest."""
+    import re
+
+    rows = load_rows(path, split)
+    renames = {theirs: ours for ours, theirs in (columns or {}).items() if theirs != ours}
+    absent = [theirs for theirs in renames if theirs not in rows.column_names]
+    if absent:
+        raise DataError(f"{path}: columns {absent} (named in the source's `columns`) are not in the file; it has {rows.column_names}")
+    if renames:
+        rows = rows.rename_columns(renames)
+    patterns = {column: re.compile(pattern) for column, pattern in (exclude or {}).items()}
+    unknown = [c for c in patterns if c not in rows.column_names]
+    if unknown:
+        raise DataError(f"{path}: `exclude` names columns {unknown} that the file does not have; it has {rows.column_names}")
+    kept, excluded = [], 0
+    for index, row in enumerate(rows):
+        if max_rows and len(kept) >= max_rows:
+            break
+        if any(pattern.search(str(row[column] or "")) for column, pattern in patterns.items()):
+            excluded += 1
+        else:
+            kept.append((index, row))
+    return Selected(path, list(rows.column_names), kept, excluded)
 
 
 def load_rows(path: str, split: str = "train") -> Any:
@@ -161,21 +191,16 @@ def load_rows(path: str, split: str = "train") -> Any:
         raise DataError(f"{path}: cannot be read ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})") from None
 
 
-def conversations(source_name: str, path: str, schema: str, max_rows: int = 0, split: str = "train") -> list[Conversation]:
-    """Every row of a source as a Conversation (the first max_rows, if set), each keeping where it came from."""
+def conversations(source_name: str, selected: "Selected", schema: str) -> list[Conversation]:
+    """Every selected row of a chat or instruction source as a Conversation, each keeping where it came from."""
     try:
         required, adapt = ADAPTERS[schema]
     except KeyError:
         raise DataError(f"data.sources.{source_name}.schema={schema!r} is unknown; known: {', '.join(sorted(ADAPTERS))}") from None
-    rows = load_rows(path, split)
-    missing = [key for key in required if key not in rows.column_names]
-    if missing:
-        raise DataError(f"{path}: schema {schema} needs column(s) {missing}; the file has {rows.column_names}")
+    selected.require(schema, required)
     out = []
-    for index, row in enumerate(rows):
-        if max_rows and index >= max_rows:
-            break
-        conversation = adapt(row, f"{path}: row {index + 1}")
+    for index, row in selected.rows:
+        conversation = adapt(row, f"{selected.path}: row {index + 1}")
         if any(t.role == "assistant" for t in conversation.turns):
             out.append(Conversation(conversation.turns, conversation.system, id=f"{source_name}/{index:06d}"))
     return out
@@ -276,15 +301,18 @@ def prepare_sft_mix(data_cfg: Any, evaluation_texts: Iterable[str], tokenizer: A
     from rationale_loop.config import source_configs
 
     configured = source_configs(data_cfg)
+    excluded: dict[str, int] = {}
     for name, source in configured.items():
+        selected = select_rows(source.path, source.split, source.max_rows, source.columns, source.exclude)
+        excluded[name] = selected.excluded
         if source.schema == TEXT_SCHEMA:
-            texts.append((name, source.priority, documents(name, source.path, source.max_rows, source.split)))
+            texts.append((name, source.priority, documents(name, selected)))
         elif source.schema == PREFERENCE_SCHEMA:
-            pairs = preference_pairs(name, source.path, source.max_rows, source.split)
+            pairs = preference_pairs(name, selected)
             rejected_of.update((conversation.id, rejected) for conversation, rejected in pairs)
             preferences.append((name, source.priority, [conversation for conversation, _ in pairs]))
         else:
-            loaded.append((name, source.priority, conversations(name, source.path, source.schema, source.max_rows, source.split)))
+            loaded.append((name, source.priority, conversations(name, selected, source.schema)))
     merged = mix(loaded, evaluation_texts, data_cfg.decontaminate_ngram or 13, data_cfg.near_duplicate_threshold)
     plain = mix_documents(texts, evaluation_texts, data_cfg.decontaminate_ngram or 13)
     preferred = mix(preferences, evaluation_texts, data_cfg.decontaminate_ngram or 13, data_cfg.near_duplicate_threshold)
@@ -309,7 +337,7 @@ def prepare_sft_mix(data_cfg: Any, evaluation_texts: Iterable[str], tokenizer: A
         per_format[TEXT_SCHEMA] = len(rows) - sum(per_format.values())
     lengths.sort()
     manifest = {
-        "sources": {name: {"path": configured[name].path, "schema": configured[name].schema, "rows": len(items),
+        "sources": {name: {"path": configured[name].path, "schema": configured[name].schema, "excluded": excluded[name], "rows": len(items),
                            "duplicates": filtered.duplicates[name], "contaminated": filtered.contaminated[name],
                            "near_duplicates": filtered.near_duplicates[name], "kept": filtered.kept[name]}
                     for filtered, group in ((merged, loaded), (plain, texts), (preferred, preferences)) for name, _, items in group},
