@@ -139,7 +139,7 @@ def test_sft_on_a_chat_mix_in_three_formats_then_a_round(tmp_path):
     shown = run_data(cfg)
     out = tmp_path / "runs" / "mix" / "round_00"
     prepared = (out / MIX_MANIFEST).stat().st_mtime_ns
-    assert "counting_chats  sharegpt           0    24           0                    0                0    24" in shown
+    assert "counting_chats  sharegpt         0    24           0                    0                0    24" in shown
     assert "--- one row in chat-ml" in shown and "⟦Ann starts with 7 apples. 7 + 4 = 11. Ann has 11 apples now.<|im_end|>⟧" in shown
     assert "\n### Assistant:\n⟦" in shown and "<|im_start|>user\nAnd if half" in shown, "prompts are shown unmarked"
     rows = run_loop(cfg)
