@@ -142,11 +142,13 @@ class SupervisedObjective:
 class StarObjective(SupervisedObjective):
     """STaR / rejection-sampling finetuning: plain CE on the model's own correct responses (each unique
     response once), plus, with `rationalize`, the correct responses it found when given the gold answer
-    as a hint, trained on without the hint."""
+    as a hint, trained on without the hint. With `sft_replay`, the SFT set's gold examples join them:
+    the round then learns the new questions its samples solved without leaving the worked examples."""
 
     def __init__(self, cfg: ObjectiveConfig):
         super().__init__(cfg)
         self.rationalize = cfg.rationalize
+        self.sft_replay = cfg.sft_replay
 
     def items(self, data: RoundData) -> list[SFTItem]:
         seen: set[tuple[str, str]] = set()
@@ -156,6 +158,8 @@ class StarObjective(SupervisedObjective):
             if sample.correct and key not in seen:
                 seen.add(key)
                 items.append(SFTItem(sample.prompt, sample.completion))
+        if self.sft_replay:
+            items += [SFTItem(data.fmt.prompt(p.question), data.fmt.response(p.rationale, p.answer)) for p in data.sft if p.rationale]
         return items
 
 

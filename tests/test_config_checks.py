@@ -48,6 +48,7 @@ BAD = [
     (["+data.sources.mine={path:a.jsonl,max_rows:many}"], "data.sources.mine: Value 'many' of type 'str' could not be converted to Integer"),
     (["+data.sources.mine={schema:alpaca}"], "data.sources.mine.path is empty"),
     (["data.preference_per_round=-1"], "data.preference_per_round must be >= 0"),
+    (["objective=memphis", "objective.sft_replay=true"], "objective.sft_replay is a STaR option and needs objective=star"),
     (["launch.kind=slurm"], "launch.kind='slurm' is unknown"),
     (["peft=lora", "peft.r=0"], "peft.r must be at least 1"),
 ]

@@ -102,6 +102,17 @@ def test_star_trains_on_unique_correct_samples_and_rationalizations():
     assert [(i.prompt, i.response) for i in star.items(data)] == [(PROMPT, CHOSEN), (PROMPT, "hinted " + CHOSEN)]
 
 
+def test_star_with_sft_replay_adds_every_worked_sft_example_once():
+    make = lambda i, text, correct: Generation("q1", i, PROMPT, text, "r", "a", "5", "stop", True, correct, 3)
+    worked = Problem("s1", "Ben has 4 cards. He loses 1.", "4 - 1 = 3.", "3")
+    answer_only = Problem("s2", "Cara has 2 eggs.", "", "2")
+    data = RoundData({"q1": PROBLEM}, [make(0, CHOSEN, True), make(1, REJECTED, False)], [], TINYCOT, sft=[worked, answer_only])
+    replaying = build_objective(ObjectiveConfig(name="star", sft_replay=True))
+    assert [(i.prompt, i.response) for i in replaying.items(data)] == [
+        (PROMPT, CHOSEN), (TINYCOT.prompt(worked.question), TINYCOT.response(worked.rationale, worked.answer))]
+    assert len(build_objective(ObjectiveConfig(name="star")).items(data)) == 1
+
+
 def test_neftune_changes_training_forwards_only(model, tokenizer, tmp_path):
     from rationale_loop.generate import Sampling
     from rationale_loop.generate.hf import HFBackend
