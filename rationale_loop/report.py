@@ -61,8 +61,15 @@ def _change(row: dict[str, Any], before: str, after: str) -> str:
     return f"{format_value(row.get(before))} -> {format_value(row.get(after))}"
 
 
+def output_console() -> Console:
+    """The terminal as it is; piped to a file or a CI log, wide enough that no column of a round's table
+    is cut to "accur…" (rich would assume 80 columns)."""
+    console = Console()
+    return console if console.is_terminal else Console(width=max(console.width, 200))
+
+
 def print_rounds(run: Path, console: Console | None = None) -> None:
-    console = console or Console()
+    console = console or output_console()
     console.print(rounds_table(run))
     console.print(f"run directory: {run}")
 
@@ -80,7 +87,7 @@ class InspectFilter:
 
 
 def inspect_round(run: Path, k: int | None, view: InspectFilter = InspectFilter(), console: Console | None = None) -> None:
-    console = console or Console()
+    console = console or output_console()
     if k is None:
         k = max((row["round"] for row in read_rounds(run)), default=None)
         if k is None:
@@ -218,7 +225,7 @@ def forks_of(base: Path, root: Path) -> list[Path]:
 def compare_runs(runs: list[Path], console: Console | None = None) -> None:
     """One table per metric: a row per run, a column per round. Rounds a fork shares with its base
     (links to the base's rounds) are shown dim."""
-    console = console or Console()
+    console = console or output_console()
     runs = [Path(os.path.relpath(run.resolve())) for run in runs]  # one form, whether given absolute or relative
     rows = {run: {row["round"]: row for row in read_rounds(run)} for run in runs}
     last = max((k for by_round in rows.values() for k in by_round), default=-1)
