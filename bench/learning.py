@@ -10,7 +10,8 @@ Arms (overrides of the embedded default, whose objective is star):
   memphis           rank + CE anchor (the recipe's objective)
   anchor_only       w = 0: the anchor alone
   rank_only         the rank term alone (anchor weight 0)
-  star              CE on the model's own correct responses
+  star              CE on the model's own correct responses and the SFT set (the embedded default)
+  star_no_replay    CE on the model's own correct responses only
   star_rationalize  star, plus unsolved questions retried with the answer as a hint
   cpo_simpo         TRL's CPO-SimPO
   spin              SPIN against the round's starting model, on the SFT set
@@ -56,7 +57,8 @@ ARMS: dict[str, list[str]] = {
     "memphis": MEMPHIS,
     "anchor_only": [*MEMPHIS, "objective.rank_weight=0"],
     "rank_only": [*MEMPHIS, "objective.anchor_weight=0"],
-    "star": ["objective=star"],
+    "star": ["objective=star"],  # the embedded default: with the SFT set replayed (objective.sft_replay)
+    "star_no_replay": ["objective=star", "objective.sft_replay=false"],
     "star_rationalize": ["objective=star", "objective.rationalize=true"],
     "cpo_simpo": ["objective=cpo_simpo"],
     "spin": ["objective=spin"],
@@ -65,7 +67,7 @@ ARMS: dict[str, list[str]] = {
     "mixce_0.75": [*MEMPHIS, "rank.mixce_eta=0.75"],
     "neftune_10": [*MEMPHIS, "rank.neftune_alpha=10"],
 }
-SEQUENCES_PER_ITEM = {"star": 1, "star_rationalize": 1, "sft_continued": 1, "spin": 2}  # others: 3
+SEQUENCES_PER_ITEM = {"star": 1, "star_no_replay": 1, "star_rationalize": 1, "sft_continued": 1, "spin": 2}  # others: 3
 SAMPLES_ROUND_ONE = {arm for arm in ARMS if arm != "sft_continued"}  # arms whose round 1 samples the pool
 
 
@@ -193,12 +195,13 @@ def main() -> None:
 
     started = time.perf_counter()
     sft_run = train_sft(work, "sft", [])
-    # Trained to convergence? The same SFT with twice the epochs, from the same base model.
-    base_epochs = compose_config().sft.epochs
-    longer = train_sft(work, "sft-2x-epochs", [f"sft.epochs={2 * base_epochs}"])
-    convergence = {"epochs": base_epochs, "accuracy": read_rounds(sft_run)[0]["eval_accuracy"],
-                   "epochs_2x": 2 * base_epochs, "accuracy_2x": read_rounds(longer)[0]["eval_accuracy"]}
-    print(f"SFT: {convergence['accuracy']:.3f} after {base_epochs:g} epochs, {convergence['accuracy_2x']:.3f} after {2 * base_epochs:g}")
+    # Trained to convergence? The same SFT twice as long (steps, or epochs), from the same base model.
+    sft = compose_config().sft
+    key, base = ("sft.steps", sft.steps) if sft.steps > 0 else ("sft.epochs", sft.epochs)
+    longer = train_sft(work, "sft-2x", [f"{key}={2 * base}"])
+    convergence = {"length_key": key, "length": base, "accuracy": read_rounds(sft_run)[0]["eval_accuracy"],
+                   "length_2x": 2 * base, "accuracy_2x": read_rounds(longer)[0]["eval_accuracy"]}
+    print(f"SFT: {convergence['accuracy']:.3f} with {key}={base:g}, {convergence['accuracy_2x']:.3f} with {key}={2 * base:g}")
 
     results, donors = [], {}
     out = Path(args.out)

@@ -191,7 +191,9 @@ class ObjectiveConfig:
     gamma: float = 0.0  # cpo_simpo: target margin
     alpha: float = 0.2  # cpo_simpo: weight of the NLL on the chosen response
     rationalize: bool = False  # star: retry unsolved questions with the gold answer as a hint
-    sft_replay: bool = False  # star: train on the SFT set's gold examples too, beside the correct samples
+    # star: train on the SFT set's gold examples too, beside the correct samples (other objectives ignore
+    # it, as star ignores `anchor`: memphis's replay is anchor=replay)
+    sft_replay: bool = False
 
 
 @dataclass
@@ -486,8 +488,6 @@ def _check_combinations(cfg: DictConfig) -> None:
              f"which generate.n={gen.n} cannot give; set generate.n to 2 or more")
     _require(not (objective.rationalize and objective.name != "star"),
              f"objective.rationalize is STaR's and needs objective=star, not {objective.name!r}")
-    _require(not (objective.sft_replay and objective.name != "star"),
-             f"objective.sft_replay is a STaR option and needs objective=star, not {objective.name!r}")
     _require(not (cfg.model.source == "pretrained" and not cfg.model.path), "model.path is required when model.source=pretrained")
     _require(not (cfg.task.source == "files" and not cfg.task.files), "task.source=files needs task.files (sft, pool and eval)")
     if cfg.peft.method == "qlora":

@@ -21,7 +21,7 @@ BAD = [
     (["eval.batch_size=0"], "eval.batch_size"),
     (["rank.lr=-1e-4"], "rank.lr must be positive"),
     (["sft.lr=0"], "sft.lr must be positive"),
-    (["sft.epochs=0"], "sft.epochs must be positive"),
+    (["sft.steps=0", "sft.epochs=0"], "sft.epochs must be positive"),
     (["objective.name=nope"], "objective.name='nope' is unknown"),
     (["generate.backend=nope"], "generate.backend='nope' is unknown"),
     (["rank.optimizer=sgdx"], "rank.optimizer='sgdx' is unknown"),
@@ -48,7 +48,6 @@ BAD = [
     (["+data.sources.mine={path:a.jsonl,max_rows:many}"], "data.sources.mine: Value 'many' of type 'str' could not be converted to Integer"),
     (["+data.sources.mine={schema:alpaca}"], "data.sources.mine.path is empty"),
     (["data.preference_per_round=-1"], "data.preference_per_round must be >= 0"),
-    (["objective=memphis", "objective.sft_replay=true"], "objective.sft_replay is a STaR option and needs objective=star"),
     (["launch.kind=slurm"], "launch.kind='slurm' is unknown"),
     (["peft=lora", "peft.r=0"], "peft.r must be at least 1"),
 ]
