@@ -10,8 +10,8 @@ Arms (overrides of the embedded default, whose objective is star):
   memphis           rank + CE anchor (the recipe's objective)
   anchor_only       w = 0: the anchor alone
   rank_only         the rank term alone (anchor weight 0)
-  star              CE on the model's own correct responses and the SFT set (the embedded default)
-  star_no_replay    CE on the model's own correct responses only
+  star              CE on the model's own correct responses (the embedded default)
+  star_sft_replay   star, with the SFT set's worked examples beside them
   star_rationalize  star, plus unsolved questions retried with the answer as a hint
   cpo_simpo         TRL's CPO-SimPO
   spin              SPIN against the round's starting model, on the SFT set
@@ -57,8 +57,8 @@ ARMS: dict[str, list[str]] = {
     "memphis": MEMPHIS,
     "anchor_only": [*MEMPHIS, "objective.rank_weight=0"],
     "rank_only": [*MEMPHIS, "objective.anchor_weight=0"],
-    "star": ["objective=star"],  # the embedded default: with the SFT set replayed (objective.sft_replay)
-    "star_no_replay": ["objective=star", "objective.sft_replay=false"],
+    "star": ["objective=star"],  # the embedded default
+    "star_sft_replay": ["objective=star", "objective.sft_replay=true"],
     "star_rationalize": ["objective=star", "objective.rationalize=true"],
     "cpo_simpo": ["objective=cpo_simpo"],
     "spin": ["objective=spin"],
@@ -67,7 +67,7 @@ ARMS: dict[str, list[str]] = {
     "mixce_0.75": [*MEMPHIS, "rank.mixce_eta=0.75"],
     "neftune_10": [*MEMPHIS, "rank.neftune_alpha=10"],
 }
-SEQUENCES_PER_ITEM = {"star": 1, "star_no_replay": 1, "star_rationalize": 1, "sft_continued": 1, "spin": 2}  # others: 3
+SEQUENCES_PER_ITEM = {"star": 1, "star_sft_replay": 1, "star_rationalize": 1, "sft_continued": 1, "spin": 2}  # others: 3
 SAMPLES_ROUND_ONE = {arm for arm in ARMS if arm != "sft_continued"}  # arms whose round 1 samples the pool
 
 
