@@ -30,7 +30,7 @@ def test_default_is_the_embedded_tiny_arith_experiment():
     assert cfg.model.source == "tiny" and cfg.task.name == "tiny_arith" and cfg.objective.name == "star"
     assert cfg.task.pool_arith.answer == cfg.task.arith.answer == "running" and cfg.verify.kind == "exact"
     assert cfg.generate.n == 8 and cfg.generate.temperature == 1.0 and cfg.generate.top_p == 1.0
-    assert cfg.task.sft_size == 400 and cfg.sft.steps == 1000 and not cfg.objective.sft_replay and cfg.rank.steps == 60
+    assert cfg.task.sft_size == 400 and cfg.sft.steps == 1000 and cfg.sft.batch_size == 16 and not cfg.objective.sft_replay and cfg.rank.steps == 60
 
 
 def test_memphis_on_the_embedded_default_keeps_the_recipes_weight_and_anchors_on_the_chosen_response():
