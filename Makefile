@@ -74,7 +74,7 @@ inspect: $(STAMP) ## stats and pairs of round ROUND (default: the last finished)
 
 sweep: $(STAMP) ## a Hydra multirun of forks of round ROUND of RUN: ARGS="rank.lr=1e-7,5e-7 objective=memphis,star"
 	$(if $(ROUND),,$(error make sweep needs ROUND=k: the round of RUN that every job starts from))
-	$(RL) loop --multirun init_from=outputs/runs/$(RUN)/round_$(ROUND) 'run=$(RUN)-r$(ROUND)/$${hydra:job.override_dirname}' $(ARGS)
+	$(RL) loop --multirun init_from=outputs/runs/$(RUN)/round_$(ROUND) 'run=$(RUN)-r$(ROUND)/$${fitting_name:$${hydra:job.override_dirname}}' $(ARGS)
 
 compare: $(STAMP) ## runs side by side: RUN and every run forked from it, or RUNS="dir dir ..."
 	$(RL) compare $(if $(RUNS),$(RUNS),--forks-of outputs/runs/$(RUN))

@@ -318,6 +318,11 @@ def register_configs() -> None:
     ConfigStore.instance().store(name="base_config", node=Config)
     if not OmegaConf.has_resolver("run_directory"):
         OmegaConf.register_new_resolver("run_directory", _run_directory_or_exit)
+    if not OmegaConf.has_resolver("fitting_name"):
+        from rationale_loop.paths import fitting_name
+
+        # `run=base/${fitting_name:${hydra:job.override_dirname}}`: a sweep job's name, cut to fit a file name
+        OmegaConf.register_new_resolver("fitting_name", fitting_name)
 
 
 def _run_directory_or_exit(output_root: str, run: str) -> str:

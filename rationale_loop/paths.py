@@ -40,6 +40,24 @@ def check_output_root(root: str) -> None:
                            "give runs a directory of their own (default outputs/runs)")
 
 
+NAME_BYTES = 200  # a file name may have 255 bytes; leave room for what tools append (".tmp", "~1")
+
+
+def fitting_name(name: str) -> str:
+    """`name` as a file name that fits: unchanged when short, else the overrides that fit whole (cut at a
+    "+") and `+sha1:` with a hash of the whole name, so two long names stay apart and the result is still
+    a value Hydra's command line takes unquoted. A sweep names each job's run after its overrides (Hydra's
+    override_dirname), which with many overrides passes the file system's 255-byte limit."""
+    import hashlib
+
+    raw = str(name).encode()
+    if len(raw) <= NAME_BYTES:
+        return str(name)
+    tail = "+sha1:" + hashlib.sha1(raw).hexdigest()[:12]
+    head = raw[: NAME_BYTES - len(tail)].decode(errors="ignore")
+    return (head.rsplit("+", 1)[0] if "+" in head else head) + tail
+
+
 def run_directory(output_root: str, run: str) -> str:
     """<output_root>/<run> after both are checked: Hydra's run directory is this, so a bad name is
     refused before Hydra creates any directory."""

@@ -18,7 +18,7 @@ SMALL = [
     "rounds=1",
     "model.hidden_size=64", "model.intermediate_size=128", "model.num_layers=2", "model.num_heads=2",
     "task.sft_size=1500", "task.pool_size=32", "task.eval_size=32",
-    "sft.epochs=4", "sft.steps=0", "sft.batch_size=32", "sft.micro_batch_size=32", "sft.lr=3e-3", "rank.steps=0",
+    "sft.epochs=4", "sft.steps=0", "sft.batch_size=32", "sft.micro_batch_size=32", "sft.lr=3e-3", "rank.steps=0", "rank.epochs=3",
     # The mechanics under test, at the sampling and objective settings they were written for.
     "generate.temperature=0.5", "generate.top_p=0.8", "objective.sft_replay=false",
     "generate.n=8", "generate.max_new_tokens=48", "eval.max_new_tokens=48",

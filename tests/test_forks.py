@@ -28,11 +28,13 @@ def sweep(two_round_run: Path) -> dict:
     stamp = (base / "round_02" / "DONE").stat().st_mtime_ns
     runs = base.parent
     done = _cli("loop", "--multirun", *SMALL, "rounds=2", f"output_root={runs}", f"model.cache_dir={runs.parent}/models",
-                f"init_from={base}/round_1", "run=two-r1/${hydra:job.override_dirname}", "rank.lr=1e-4,3e-4",
+                f"init_from={base}/round_1", "run='two-r1/${fitting_name:${hydra:job.override_dirname}}'", "rank.lr=1e-4,3e-4",
                 f"hydra.sweep.dir={runs.parent}/sweeps",
-                # a file name has at most 255 bytes: leave the task's and the verifier's keys out of the name
+                # the small config's many keys would make names that fitting_name cuts (tested below); leave
+                # the fixed ones out so the names show what the sweep varies
                 "hydra.job.config.override_dirname.exclude_keys=[run,init_from,rounds,force,output_root,model.cache_dir,"
-                "task.sft_size,task.pool_size,task.eval_size,task.arith.answer,task.pool_arith.answer,verify]")
+                "task.sft_size,task.pool_size,task.eval_size,task.arith.answer,task.pool_arith.answer,verify,"
+                "generate.temperature,generate.top_p,objective.sft_replay,sft.steps,sft.batch_size,sft.micro_batch_size,rank.steps,rank.epochs]")
     assert done.returncode == 0, done.stderr[-3000:]
     # Each job's directory is named by its overrides (Hydra's override_dirname), the small config's too.
     jobs = [next((runs / "two-r1").glob(f"*rank.lr:{lr}+*")) for lr in ("0.0001", "0.0003")]
@@ -65,6 +67,21 @@ def test_a_fork_goes_on_without_init_from_and_keeps_its_own_config_check(sweep):
     assert "are done; raise rounds=" in again.stdout
     changed = _cli("round", *common, "rounds=3", "rank.lr=3e-4")
     assert changed.returncode != 0 and "rank.lr" in changed.stderr, "its own rounds are one recipe, like any run's"
+
+
+def test_a_sweep_job_name_too_long_for_a_file_name_is_cut_at_an_override_and_told_apart_by_a_hash():
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from rationale_loop.paths import NAME_BYTES, fitting_name
+
+    names = ["+".join(f"model.key_{i}:{i * j}" for i in range(40)) for j in (1, 2)]
+    assert all(len(name.encode()) > 255 for name in names)
+    cut = [fitting_name(name) for name in names]
+    assert len(set(cut)) == 2 and all(len(c.encode()) <= NAME_BYTES for c in cut)
+    assert all(names[j].startswith(cut[j].rsplit("+sha1:", 1)[0] + "+") and "+sha1:" in cut[j] for j in (0, 1)), "cut at a '+'"
+    assert fitting_name("rank.lr:1e-07+objective:star") == "rank.lr:1e-07+objective:star"
+    # what `make round RUN=...` gets back: a value Hydra's command line takes unquoted
+    OverridesParser.create().parse_overrides([f"run=w1-r1/{cut[0]}"])
 
 
 def test_compare_prints_the_base_and_its_forks_side_by_side(sweep):
