@@ -134,7 +134,6 @@ def main() -> None:
     logging.disable(logging.WARNING)
     peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
     sft, rank, tokenizer = items_and_tokenizer(args.steps * SFT_BATCH)
-    rank = rank[: args.steps * RANK_BATCH]
     results = {}
     for (shape_name, (layers, hidden, share)), precision in itertools.product(SHAPES.items(), args.precisions):
         shape, steps, bf16 = (layers, hidden), max(1, round(args.steps * share)), precision == "bf16"
