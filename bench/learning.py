@@ -1,10 +1,12 @@
 """Which parts of the loop pull their weight: arms of the embedded default at equal compute.
 
 Every arm starts from the same SFT checkpoint (the embedded default's round 0, trained once here) and
-runs the same number of rounds with the same number of optimizer steps per round (`--steps`), each
-step forwarding the same number of sequences: a ranked group (chosen, rejected, anchor) is 3 sequences,
-a SPIN pair 2, a STaR or SFT example 1, so their batches hold 1x, 1.5x and 3x as many items. Training
-tokens actually forwarded are recorded per round (`train_tokens`) so the equality can be checked.
+runs the same number of rounds with the same number of optimizer steps per round (`--steps`, the embedded
+default's rank.steps), each step forwarding the same number of sequences (`--sequences`, the embedded
+default's rank.batch_size): a STaR or SFT example is 1 sequence, a ranked pair or a SPIN pair 2 (the CE
+anchor on the chosen response is read off the chosen row, not forwarded again), so their batches hold
+2x as many single examples as pairs. Training tokens actually forwarded are recorded per round
+(`train_tokens`) so the equality can be checked.
 
 Arms (overrides of the embedded default, whose objective is star):
   memphis           rank + CE anchor (the recipe's objective)
@@ -19,11 +21,11 @@ Arms (overrides of the embedded default, whose objective is star):
   adalite, mixce_0.75, neftune_10   the recipe's own pieces on the memphis objective
 
 Round 1 samples the same pool from the same checkpoint with the same seed in every arm, so it is
-sampled once per seed and shared. Held-out accuracy is over the same eval questions for every arm;
+sampled once per seed and shared (found on disk, so separate processes, one per seed, share it too). Held-out accuracy is over the same eval questions for every arm;
 the standard error of an arm's mean combines the spread over seeds and the binomial error of the
 question sample: sqrt(var_seeds / k + p (1 - p) / n).
 
-    .venv/bin/python bench/learning.py [--seeds 0 1 2] [--rounds 3] [--steps 24] [--arms memphis star ...]
+    .venv/bin/python bench/learning.py [--seeds 0 1 2] [--rounds 3] [--steps 60] [--sequences 32] [--threads 2] [--arms memphis star ...]
 
 Writes bench/results/learning.json and bench/results/learning.png, and prints a table.
 """
@@ -67,7 +69,7 @@ ARMS: dict[str, list[str]] = {
     "mixce_0.75": [*MEMPHIS, "rank.mixce_eta=0.75"],
     "neftune_10": [*MEMPHIS, "rank.neftune_alpha=10"],
 }
-SEQUENCES_PER_ITEM = {"star": 1, "star_sft_replay": 1, "star_rationalize": 1, "sft_continued": 1, "spin": 2}  # others: 3
+SEQUENCES_PER_ITEM = {"star": 1, "star_sft_replay": 1, "star_rationalize": 1, "sft_continued": 1}  # the pair arms: 2
 SAMPLES_ROUND_ONE = {arm for arm in ARMS if arm != "sft_continued"}  # arms whose round 1 samples the pool
 
 
@@ -77,9 +79,9 @@ def compose_config(*overrides: str) -> Any:
         return compose("config", overrides=list(overrides))
 
 
-def arm_overrides(arm: str, steps: int, groups_per_step: int) -> list[str]:
-    """The arm's own overrides, plus a batch that forwards 3 * groups_per_step sequences per step."""
-    batch = groups_per_step * 3 // SEQUENCES_PER_ITEM.get(arm, 3)
+def arm_overrides(arm: str, steps: int, sequences_per_step: int) -> list[str]:
+    """The arm's own overrides, plus a batch that forwards `sequences_per_step` sequences per step."""
+    batch = sequences_per_step // SEQUENCES_PER_ITEM.get(arm, 2)
     return [*ARMS[arm], f"rank.steps={steps}", f"rank.batch_size={batch}", f"rank.micro_batch_size={batch}"]
 
 
@@ -91,12 +93,22 @@ def train_sft(work: Path, name: str, extra: list[str]) -> Path:
     return run
 
 
+def round_one_donor(work: Path, seed: int, exclude: Path) -> Path | None:
+    """A run of this seed, by any arm that samples round 1, whose round 1 samples are complete (the file
+    appears only when the whole pool is sampled)."""
+    for arm in sorted(SAMPLES_ROUND_ONE):
+        run = work / arm / f"seed{seed}"
+        if run != exclude and (round_dir(run, 1) / "generations.jsonl").exists():
+            return run
+    return None
+
+
 def share_round_one(donor: Path, run: Path, cfg: Any) -> bool:
     """Start `run`'s round 1 from `donor`'s samples: the same start, pool, sampling and seed give the same
     samples. The round is laid out as an interrupted round with this config, which the loop finishes."""
     source = round_dir(donor, 1) / "generations.jsonl"
     target = round_dir(run, 1)
-    if not source.exists() or target.exists():
+    if target.exists():
         return False
     target.mkdir(parents=True)
     (target / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
@@ -104,23 +116,22 @@ def share_round_one(donor: Path, run: Path, cfg: Any) -> bool:
     return True
 
 
-def run_arm(work: Path, sft_run: Path, arm: str, seed: int, rounds: int, steps: int, groups: int, donors: dict[int, Path]) -> dict:
+def run_arm(work: Path, sft_run: Path, arm: str, seed: int, rounds: int, steps: int, sequences: int) -> dict:
     name = f"{arm}/seed{seed}"
     run = work / name
     cfg = compose_config(f"output_root={work}", f"model.cache_dir={work}/models", f"run={name}", f"rounds={rounds}",
-                         f"seed={seed}", f"init_from={sft_run / 'round_00'}", *arm_overrides(arm, steps, groups))
-    if arm in SAMPLES_ROUND_ONE and seed in donors:
-        share_round_one(donors[seed], run, cfg)
-    started = time.perf_counter()
-    run_loop(cfg)
-    if arm in SAMPLES_ROUND_ONE:
-        donors.setdefault(seed, run)
+                         f"seed={seed}", f"init_from={sft_run / 'round_00'}", *arm_overrides(arm, steps, sequences))
+    donor = round_one_donor(work, seed, exclude=run) if arm in SAMPLES_ROUND_ONE else None
+    if donor is not None:
+        share_round_one(donor, run, cfg)
+    run_loop(cfg)  # a finished run is left as it is, so a rerun only collects
     rows = read_rounds(run)
     metrics = [json.loads((round_dir(run, r["round"]) / "metrics.json").read_text()) for r in rows]
     return {
         "arm": arm,
         "seed": seed,
-        "seconds": time.perf_counter() - started,
+        # wall seconds of the rounds' phases as they ran (a shared round 1 has no sampling time of its own)
+        "seconds": sum(value for m in metrics[1:] for key, value in m.items() if key.endswith("_seconds")),
         "accuracy": [r["eval_accuracy"] for r in rows],
         "eval_questions": rows[0]["eval_questions"],
         "train_tokens": [m.get("train_tokens") for m in metrics[1:]],
@@ -185,12 +196,18 @@ def main() -> None:
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=24, help="optimizer steps per round, every arm")
-    parser.add_argument("--groups", type=int, default=32, help="ranked groups per step (3 sequences each); other arms match the sequences")
+    default = compose_config().rank
+    parser.add_argument("--steps", type=int, default=default.steps, help="optimizer steps per round, every arm")
+    parser.add_argument("--sequences", type=int, default=default.batch_size, help="sequences forwarded per step, every arm")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (one process per seed can share the cores)")
     parser.add_argument("--work", default=str(ROOT / "outputs/bench/learning"), help="where the arms' runs go")
     parser.add_argument("--out", default=str(ROOT / "bench/results/learning.json"))
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     work = Path(args.work)
 
     started = time.perf_counter()
@@ -203,12 +220,12 @@ def main() -> None:
                    "length_2x": 2 * base, "accuracy_2x": read_rounds(longer)[0]["eval_accuracy"]}
     print(f"SFT: {convergence['accuracy']:.3f} with {key}={base:g}, {convergence['accuracy_2x']:.3f} with {key}={2 * base:g}")
 
-    results, donors = [], {}
+    results = []
     out = Path(args.out)
     for seed in args.seeds:
         # the arms that sample round 1 first, so that they share one sample of it
         for arm in sorted(args.arms, key=lambda a: a not in SAMPLES_ROUND_ONE):
-            result = run_arm(work, sft_run, arm, seed, args.rounds, args.steps, args.groups, donors)
+            result = run_arm(work, sft_run, arm, seed, args.rounds, args.steps, args.sequences)
             results.append(result)
             print(f"{arm:>18} seed {seed}: " + " ".join(f"{a:.3f}" for a in result["accuracy"]) + f"  ({result['seconds']:.0f} s)", flush=True)
             summary = summarize(results, args.arms)
@@ -233,7 +250,7 @@ def _write(out: Path, args: Any, convergence: dict, results: list[dict], summary
     data = {
         "machine": {"cpu": cpu, "threads": torch.get_num_threads(), "torch": torch.__version__, "platform": platform.platform()},
         "command": "bench/learning.py " + " ".join(sys.argv[1:]),
-        "compute": {"steps_per_round": args.steps, "sequences_per_step": 3 * args.groups,
+        "compute": {"steps_per_round": args.steps, "sequences_per_step": args.sequences,
                     "rule": "equal optimizer steps per round, each forwarding the same number of sequences"},
         "rounds": args.rounds,
         "seeds": args.seeds,
