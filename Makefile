@@ -32,7 +32,7 @@ $(STAMP): pyproject.toml
 	# torch first, then pin it, so that no later requirement swaps it for a multi-GB CUDA build.
 	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
 	$(BIN)/pip freeze | grep -E '^torch==' > $(VENV)/constraints.txt
-	$(BIN)/pip install --quiet -c $(VENV)/constraints.txt -e ".[dev]"
+	$(BIN)/pip install --quiet -c $(VENV)/constraints.txt -e ".[dev,decontam]"
 	touch $(STAMP)
 
 setup: $(STAMP) ## create .venv and install the project (done by every target on first use)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import typing
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -121,6 +122,14 @@ class DataConfig:
     decontaminate_ngram: int = 13  # drop a conversation sharing a word n-gram with a held-out question; 0: off
     # drop a conversation whose instruction is a held-out question reworded (MinHash Jaccard estimate); 1.0: off
     near_duplicate_threshold: float = 0.7
+    # A sentence-transformers model (a path, or a hub id with a network): drop a conversation whose instruction's
+    # cosine similarity to a held-out question reaches embedding_threshold (faiss); null: no embedding check.
+    # Needs the `decontam` extra (pip install -e ".[decontam]": sentence-transformers, faiss-cpu).
+    embedding_model: Optional[str] = None
+    embedding_threshold: float = 0.9
+    # More held-out sets to keep out of training beside the task's own (JSON/JSONL/Parquet/CSV files, save_to_disk
+    # folders, hub ids read at their test split), each read from its question/prompt/instruction/problem column.
+    decontaminate_against: List[str] = field(default_factory=list)
     # Sources of schema preference: pairs each round's rank stage trains on beside its mined pairs; 0: all
     # of them every round; n: n per round, the rounds taking turns through a seeded order.
     preference_per_round: int = 0
@@ -477,6 +486,22 @@ def _check_names(cfg: DictConfig) -> None:
                  f"data.sources.{name} holds preference pairs, which only a pair objective's rank stage trains on "
                  f"(objective=memphis or cpo_simpo), not objective={cfg.objective.name}")
     _require(cfg.data.preference_per_round >= 0, "data.preference_per_round must be >= 0 (0: every pair, every round)")
+    _check_decontamination(cfg.data)
+
+
+def _check_decontamination(data: DictConfig) -> None:
+    import importlib.util
+
+    _require(data.decontaminate_ngram >= 0, f"data.decontaminate_ngram must be >= 0 (0: off), got {data.decontaminate_ngram}")
+    _require(0.0 < data.near_duplicate_threshold <= 1.0, f"data.near_duplicate_threshold must be in (0, 1] (1: off), got {data.near_duplicate_threshold}")
+    _require(0.0 < data.embedding_threshold <= 1.0, f"data.embedding_threshold must be in (0, 1], got {data.embedding_threshold}")
+    if data.embedding_model:
+        missing = [name for name in ("sentence_transformers", "faiss") if importlib.util.find_spec(name) is None]
+        _require(not missing, f"data.embedding_model={data.embedding_model} needs {' and '.join(missing)}: "
+                              'pip install -e ".[decontam]" (sentence-transformers, faiss-cpu)')
+    for index, path in enumerate(data.decontaminate_against):
+        looks_like_file = Path(path).suffix in (".json", ".jsonl", ".parquet", ".csv")
+        _require(not looks_like_file or Path(path).exists(), f"data.decontaminate_against[{index}]={path}: no such file")
 
 
 # Objectives that train on pairs of a correct and an incorrect sample of one question.

@@ -1,6 +1,6 @@
 """Chat and instruction sources: every schema loads through `datasets` from small files written here (and
-GSM8K from the real file), dedup keeps the higher-priority copy, a planted held-out question is removed,
-a malformed line names its file and line and leaves nothing behind, and `data=chat_mix` trains SFT on
+GSM8K from the real file), dedup keeps the higher-priority copy, a planted held-out question is removed
+(by n-gram, by MinHash when reworded, by embedding similarity when its words are shuffled), a malformed line names its file and line and leaves nothing behind, and `data=chat_mix` trains SFT on
 the task plus chats in three formats (prepared and previewed first by `make data`), then a round."""
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from rationale_loop.data.sources import MIX_MANIFEST, MIX_ROWS, conversations, mix, prepare_sft_mix, select_rows
+from rationale_loop.data.decontaminate import Contamination
+from rationale_loop.data.sources import DECONTAMINATION, MIX_MANIFEST, MIX_ROWS, conversations, mix, prepare_sft_mix, select_rows
 from rationale_loop.errors import DataError
 from rationale_loop.records import Conversation, Turn
 
@@ -73,10 +74,71 @@ def test_dedup_keeps_the_higher_priority_copy_and_decontamination_drops_a_plante
     for i in range(6, len(words), 12):
         words[i] = "something"
     high.append(Conversation((Turn("user", " ".join(words)), Turn("assistant", "y")), id="high/2"))
-    merged = mix([("low", 0, low), ("high", 5, high)], [test_question])
-    assert [c.id for c in merged.conversations] == ["high/0"]
+    merged = mix([("low", 0, low), ("high", 5, high)], Contamination().add([test_question]))
+    assert [c.id for c in merged.items] == ["high/0"]
     assert merged.duplicates == {"high": 0, "low": 1} and merged.contaminated == {"high": 1, "low": 0}
     assert merged.near_duplicates == {"high": 1, "low": 0}
+    assert [(r["id"], r["reason"], r["held_out"]) for r in merged.removed] == [("high/1", "ngram", test_question[:300]),
+                                                                               ("high/2", "near_duplicate", test_question[:300])]
+
+
+def _data_config(values: dict) -> object:
+    """A data= config: DataConfig's defaults with `values` over them."""
+    from omegaconf import OmegaConf
+
+    from rationale_loop.config import DataConfig
+
+    return OmegaConf.merge(OmegaConf.structured(DataConfig), values)
+
+
+def _bag_of_words_model(path: Path, texts: list[str]) -> str:
+    """A sentence-transformers model built here (no download): bag-of-words counts over the texts' words. It
+    is lexical, so it proves the embedding path (encode, faiss search, threshold, report), not how well a
+    real encoder catches a paraphrase."""
+    import re
+
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import BoW
+
+    vocab = sorted({word for text in texts for word in re.findall(r"\w+", text.lower())})
+    SentenceTransformer(modules=[BoW(vocab=vocab, word_weights={}, unknown_word_weight=1.0, cumulative_term_frequency=True)]).save(str(path))
+    return str(path)
+
+
+def test_embedding_decontamination_catches_a_shuffled_test_question_the_other_checks_miss(tmp_path, shared_data):
+    """GSM8K's test file named in data.decontaminate_against; one of its questions planted with its words
+    shuffled: no 13-gram and few bigrams survive, so only the embedding check (cosine 1 under a bag of words)
+    removes it, and the report names the held-out question it matched."""
+    import random
+
+    from omegaconf import OmegaConf
+
+    from rationale_loop.model import train_tokenizer
+
+    test_file = shared_data / "gsm8k" / "test.jsonl"
+    question = json.loads(test_file.read_text().splitlines()[3])["question"]
+    shuffled = question.split()
+    random.Random(0).shuffle(shuffled)
+    rows = [{"instruction": " ".join(shuffled), "output": "x"}, {"instruction": "Tom sells 3 pears at the market. How many are left?", "output": "y"}]
+    path = tmp_path / "chats.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    model = _bag_of_words_model(tmp_path / "bow", [question, rows[1]["instruction"]])
+    tokenizer = train_tokenizer([question, rows[1]["instruction"]] * 3, vocab_size=300)
+    source = {"chats": {"path": str(path), "schema": "alpaca", "split": "train", "max_rows": 0, "priority": 0}}
+    manifests = {}
+    for embedding_model in (None, model):
+        cfg = _data_config({"sources": source, "formats": ["memphis"], "multi_format": "all", "decontaminate_ngram": 13,
+                                "near_duplicate_threshold": 0.7, "embedding_model": embedding_model, "embedding_threshold": 0.9,
+                                "decontaminate_against": [str(test_file)]})
+        out = tmp_path / f"round_00_{'embedding' if embedding_model else 'plain'}"
+        manifests[embedding_model] = prepare_sft_mix(cfg, [], tokenizer, out, seed=0)
+    plain, embedded = manifests[None]["sources"]["chats"], manifests[model]["sources"]["chats"]
+    assert (plain["contaminated"], plain["near_duplicates"], plain["semantic_duplicates"], plain["kept"]) == (0, 0, 0, 2)
+    assert (embedded["contaminated"], embedded["near_duplicates"], embedded["semantic_duplicates"], embedded["kept"]) == (0, 0, 1, 1)
+    assert manifests[model]["decontamination"]["held_out_texts"] == len(test_file.read_text().splitlines())
+    removed = [json.loads(line) for line in (tmp_path / "round_00_embedding" / DECONTAMINATION).read_text().splitlines()]
+    assert len(removed) == 1 and removed[0]["reason"] == "semantic" and removed[0]["score"] > 0.99
+    assert removed[0]["held_out"] == question[:300] and removed[0]["text"].startswith(" ".join(shuffled)[:100])
 
 
 def test_plain_text_is_deduplicated_decontaminated_and_packed_with_every_token_learned(tmp_path):
@@ -91,7 +153,7 @@ def test_plain_text_is_deduplicated_decontaminated_and_packed_with_every_token_l
     docs = [{"text": story}, {"text": "A short note about apples."}, {"text": "a SHORT note   about apples."},
             {"text": f"Notes. {held_out}. The end."}, {"text": "  "}]
     path = _write(tmp_path / "books.jsonl", docs)
-    cfg = OmegaConf.create({"sources": {"books": {"path": str(path), "schema": "text", "split": "train", "max_rows": 0, "priority": 0}},
+    cfg = _data_config({"sources": {"books": {"path": str(path), "schema": "text", "split": "train", "max_rows": 0, "priority": 0}},
                             "formats": ["memphis"], "multi_format": "all", "decontaminate_ngram": 13, "near_duplicate_threshold": 0.7})
     tokenizer = train_tokenizer([story, "A short note about apples.", held_out] * 3, vocab_size=300)
     manifest = prepare_sft_mix(cfg, [held_out], tokenizer, tmp_path / "round_00", seed=0, pack_length=64)
@@ -116,7 +178,7 @@ def test_a_malformed_line_names_file_and_line_and_leaves_nothing(tmp_path):
 
     path = tmp_path / "chats.jsonl"
     path.write_text(json.dumps(ROWS["sharegpt"]) + "\n" + '{"conversations": [\n')
-    cfg = OmegaConf.create({"sources": {"chats": {"path": str(path), "schema": "sharegpt", "split": "train", "max_rows": 0, "priority": 0}},
+    cfg = _data_config({"sources": {"chats": {"path": str(path), "schema": "sharegpt", "split": "train", "max_rows": 0, "priority": 0}},
                             "formats": ["memphis"], "multi_format": "all", "decontaminate_ngram": 13})
     tokenizer = train_tokenizer(["Hi Hello"] * 5, vocab_size=300)
     with pytest.raises(DataError, match=rf"{path}:2: not valid JSON"):
@@ -139,7 +201,7 @@ def test_sft_on_a_chat_mix_in_three_formats_then_a_round(tmp_path):
     shown = run_data(cfg)
     out = tmp_path / "runs" / "mix" / "round_00"
     prepared = (out / MIX_MANIFEST).stat().st_mtime_ns
-    assert "counting_chats  sharegpt         0    24           0                    0                0    24" in shown
+    assert "counting_chats  sharegpt         0    24           0                    0                0            0    24" in shown
     assert "--- one row in chat-ml" in shown and "⟦Ann starts with 7 apples. 7 + 4 = 11. Ann has 11 apples now.<|im_end|>⟧" in shown
     assert "\n### Assistant:\n⟦" in shown and "<|im_start|>user\nAnd if half" in shown, "prompts are shown unmarked"
     rows = run_loop(cfg)

@@ -34,9 +34,9 @@ def describe_mix(manifest: dict[str, Any], rows: Iterable[dict[str, Any]]) -> st
     sources = manifest["sources"]
     parts = [
         "Sources (rows after each filter, in priority order of loading):",
-        table(["source", "schema", "excluded", "rows", "duplicates", "n-gram contaminated", "near-duplicates", "kept"],
-              [[name, s["schema"], s.get("excluded", 0), s["rows"], s["duplicates"], s["contaminated"], s["near_duplicates"], s["kept"]]
-               for name, s in sources.items()]),
+        table(["source", "schema", "excluded", "rows", "duplicates", "n-gram contaminated", "near-duplicates", "paraphrases", "kept"],
+              [[name, s["schema"], s.get("excluded", 0), s["rows"], s["duplicates"], s["contaminated"], s["near_duplicates"],
+                s.get("semantic_duplicates", 0), s["kept"]] for name, s in sources.items()]),
         "",
         f"Rendered rows: {manifest['rendered_rows']}",
         table(["format", "rows"], list(manifest["formats"].items())),
@@ -53,6 +53,17 @@ def describe_mix(manifest: dict[str, Any], rows: Iterable[dict[str, Any]]) -> st
     return "\n".join(parts)
 
 
+def describe_removed(removed: list[dict[str, Any]], shown: int = 3) -> str:
+    """What decontamination dropped, a few of each reason, each beside the held-out text it matched."""
+    lines = [f"Removed as held-out text: {len(removed)} (all of them in decontamination.jsonl)"]
+    for reason in dict.fromkeys(row["reason"] for row in removed):
+        for row in [r for r in removed if r["reason"] == reason][:shown]:
+            score = f", cosine {row['score']:.3f}" if row.get("score") is not None else ""
+            lines += [f"--- {row['source']} {row['id']}: {reason}{score} ---", f"  kept out: {row['text'][:160]!r}",
+                      f"  held out: {row['held_out'][:160]!r}"]
+    return "\n".join(lines)
+
+
 def describe_task_example(prompt: str, response: str, count: int) -> str:
     return "\n".join([f"Task examples: {count}, each the prompt with its worked response learned.",
                       "--- one task example; ⟦...⟧ is learned ---", marked([(prompt, False), (response, True)])])
@@ -61,7 +72,7 @@ def describe_task_example(prompt: str, response: str, count: int) -> str:
 def preview(out: Path, task_example: tuple[str, str], task_count: int) -> str:
     """Everything SFT in round directory `out` learns from: the task's examples and, when data= lists
     sources, the prepared mix (read from the files the SFT stage reads)."""
-    from rationale_loop.data.sources import MIX_MANIFEST, MIX_ROWS, read_preference_pairs
+    from rationale_loop.data.sources import DECONTAMINATION, MIX_MANIFEST, MIX_ROWS, read_preference_pairs
     from rationale_loop.records import read_jsonl
     import json
 
@@ -69,6 +80,9 @@ def preview(out: Path, task_example: tuple[str, str], task_count: int) -> str:
     manifest = out / MIX_MANIFEST
     if manifest.exists():
         parts += ["", describe_mix(json.loads(manifest.read_text()), read_jsonl(out / MIX_ROWS))]
+        removed = list(read_jsonl(out / DECONTAMINATION)) if (out / DECONTAMINATION).exists() else []
+        if removed:
+            parts += ["", describe_removed(removed)]
         pairs = read_preference_pairs(out)
         if pairs:
             first = pairs[0]

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from rationale_loop.data.decontaminate import NEAR_DUPLICATE, NGRAM, SEMANTIC, Contamination, Match
 from rationale_loop.data.formats import ReasoningFormat, TINYCOT
 from rationale_loop.errors import DataError
 from rationale_loop.records import Conversation, Turn
@@ -214,88 +215,109 @@ def instruction_key(conversation: Conversation) -> str:
 
 @dataclass
 class Mixed:
-    conversations: list[Any]  # Conversations; for plain-text sources (mix_documents), the documents' texts
+    items: list[Any]  # what was kept, in order: Conversations, or (id, text) documents
     kept: dict[str, int] = field(default_factory=dict)
     duplicates: dict[str, int] = field(default_factory=dict)
     contaminated: dict[str, int] = field(default_factory=dict)  # a shared word n-gram with a held-out text
     near_duplicates: dict[str, int] = field(default_factory=dict)  # the instruction is a held-out text reworded
+    semantic_duplicates: dict[str, int] = field(default_factory=dict)  # the instruction is a held-out text paraphrased
+    removed: list[dict[str, Any]] = field(default_factory=list)  # each contaminated item: what, why, and what it matched
 
 
-def mix(sources: list[tuple[str, int, list[Conversation]]], evaluation_texts: Iterable[str], ngram: int = 13,
-        near_duplicate: float = 0.7) -> Mixed:
-    """Sources (name, priority, conversations) merged: higher priority first, the first copy of an
-    instruction wins; a conversation sharing a word n-gram with an evaluation text, or whose first user
-    turn is a near-duplicate of one (MinHash, estimated Jaccard >= near_duplicate), is dropped."""
-    from rationale_loop.data.decontaminate import Contamination
+COUNTER_OF = {NGRAM: "contaminated", NEAR_DUPLICATE: "near_duplicates", SEMANTIC: "semantic_duplicates"}
 
-    guard = Contamination(ngram=ngram, threshold=near_duplicate).add(evaluation_texts)
+
+def conversation_view(conversation: Conversation) -> tuple[str, str, str | None, str]:
+    """(dedup key, the text the n-gram check reads, the instruction the near-duplicate checks read, id)."""
+    first = next((t.content for t in conversation.turns if t.role == "user"), "")
+    return instruction_key(conversation), " ".join(t.content for t in conversation.turns), first, conversation.id
+
+
+def document_view(document: tuple[str, str]) -> tuple[str, str, str | None, str]:
+    """A plain-text document: the whole text is its identity, and a long document is no near-duplicate of
+    a question, so only the n-gram check reads it."""
+    doc_id, text = document
+    return str(uuid.uuid5(uuid.NAMESPACE_OID, " ".join(text.lower().split()))), text, None, doc_id
+
+
+def mix(sources: list[tuple[str, int, list[Any]]], guard: Contamination,
+        view: Callable[[Any], tuple[str, str, str | None, str]] = conversation_view) -> Mixed:
+    """Sources (name, priority, items) merged: higher priority first, the first copy of an item (by its
+    view's key) wins; an item the guard matches to a held-out text (decontaminate.py) is dropped and
+    recorded in `removed`."""
     seen: set[str] = set()
     result = Mixed([])
-    for name, _, items in sorted(sources, key=lambda source: -source[1]):
-        result.kept[name] = result.duplicates[name] = result.contaminated[name] = result.near_duplicates[name] = 0
-        for conversation in items:
-            key = instruction_key(conversation)
+    candidates: list[tuple[str, Any, str | None]] = []
+    ordered = sorted(sources, key=lambda source: -source[1])
+    for name, _, _ in ordered:
+        for counter in ("kept", "duplicates", *COUNTER_OF.values()):
+            getattr(result, counter)[name] = 0
+
+    def drop(name: str, item: Any, found: Match) -> None:
+        _, text, _, item_id = view(item)
+        getattr(result, COUNTER_OF[found.reason])[name] += 1
+        result.removed.append({"source": name, "id": item_id, "reason": found.reason, "score": found.score,
+                               "text": text[:300], "held_out": guard.held_out[found.held_out][:300]})
+
+    for name, _, items in ordered:
+        for item in items:
+            key, text, instruction, _ = view(item)
             if key in seen:
                 result.duplicates[name] += 1
                 continue
             seen.add(key)
-            if guard.reason(" ".join(t.content for t in conversation.turns)) == "ngram":
-                result.contaminated[name] += 1
-                continue
-            first = next((t.content for t in conversation.turns if t.role == "user"), "")
-            if guard.reason(first) == "near_duplicate":
-                result.near_duplicates[name] += 1
-                continue
-            result.kept[name] += 1
-            result.conversations.append(conversation)
-    return result
-
-
-def mix_documents(sources: list[tuple[str, int, list[tuple[str, str]]]], evaluation_texts: Iterable[str],
-                  ngram: int = 13) -> Mixed:
-    """Plain-text sources merged like conversations: higher priority first, the first copy of a document
-    (normalized) wins, and a document sharing a word n-gram with an evaluation text is dropped. (A long
-    document is no near-duplicate of a question, so the MinHash check is for instructions only.)
-    `conversations` of the result holds the kept documents' texts."""
-    from rationale_loop.data.decontaminate import Contamination
-
-    guard = Contamination(ngram=ngram, threshold=1.0).add(evaluation_texts)
-    seen: set[str] = set()
-    result = Mixed([])
-    for name, _, items in sorted(sources, key=lambda source: -source[1]):
-        result.kept[name] = result.duplicates[name] = result.contaminated[name] = result.near_duplicates[name] = 0
-        for _, text in items:
-            key = str(uuid.uuid5(uuid.NAMESPACE_OID, " ".join(text.lower().split())))
-            if key in seen:
-                result.duplicates[name] += 1
-            elif guard.reason(text) == "ngram":
-                result.contaminated[name] += 1
+            found = guard.match(text, instruction)
+            if found:
+                drop(name, item, found)
             else:
-                result.kept[name] += 1
-                result.conversations.append(text)
-            seen.add(key)
+                candidates.append((name, item, instruction))
+    # The embedding check last and batched: it is the slow one, and needs only the survivors' instructions.
+    semantic = iter(guard.semantic_matches([instruction for _, _, instruction in candidates if instruction is not None]))
+    for name, item, instruction in candidates:
+        found = next(semantic) if instruction is not None else None
+        if found:
+            drop(name, item, found)
+        else:
+            result.kept[name] += 1
+            result.items.append(item)
     return result
+
+
+QUESTION_COLUMNS = ("question", "prompt", "instruction", "problem", "input", "text")
+
+
+def held_out_questions(path: str) -> list[str]:
+    """The questions of an evaluation file (data.decontaminate_against: GSM8K's test split, say), from
+    its first column named like a question. A hub id is read at its test split."""
+    selected = select_rows(path, split="train" if Path(path).exists() else "test")
+    column = next((c for c in QUESTION_COLUMNS if c in selected.column_names), None)
+    if column is None:
+        raise DataError(f"data.decontaminate_against: {path} has no question column (looked for {', '.join(QUESTION_COLUMNS)}; "
+                        f"it has {', '.join(selected.column_names)})")
+    return [str(row[column]) for _, row in selected.rows if str(row[column] or "").strip()]
 
 
 MIX_ROWS = "sft_mix.jsonl"
 MIX_MANIFEST = "data_manifest.json"
 PREFERENCE_ROWS = "preference_pairs.jsonl"
+DECONTAMINATION = "decontamination.jsonl"  # each row dropped as a held-out text: source, id, reason, score, both texts
 
 
 def prepare_sft_mix(data_cfg: Any, evaluation_texts: Iterable[str], tokenizer: Any, out: Path, seed: int,
                     pack_length: int = 2048) -> dict[str, Any]:
-    """Load, adapt, dedup and decontaminate the configured sources once, render each conversation in the
-    configured formats (plain text is packed into rows of pack_length tokens instead; preference pairs are
-    rendered in the first format into preference_pairs.jsonl, for the rounds' rank stage), and write the rendered rows (sft_mix.jsonl: id, format, segments) and a manifest
-    (data_manifest.json: rows per source after each filter, rows per format, token-length percentiles)
-    into the round directory. The manifest is written last: its presence says the mix is complete, and a
-    failed preparation leaves nothing a later stage reads."""
+    """Load, adapt, dedup and decontaminate the configured sources once (against `evaluation_texts` and the
+    files of data.decontaminate_against), render each conversation in the configured formats (plain text
+    is packed into rows of pack_length tokens instead; preference pairs are rendered in the first format
+    into preference_pairs.jsonl, for the rounds' rank stage), and write into the round directory the
+    rendered rows (sft_mix.jsonl: id, format, segments), what decontamination removed and why
+    (decontamination.jsonl), and a manifest (data_manifest.json: rows per source after each filter, rows
+    per format, token-length percentiles). The manifest is written last: its presence says the mix is
+    complete, and a failed preparation leaves nothing a later stage reads."""
     import random
 
     from rationale_loop.data.templates import get_template
     from rationale_loop.records import write_json_atomic, write_jsonl_atomic
 
-    evaluation_texts = list(evaluation_texts) if data_cfg.decontaminate_ngram > 0 else []
     loaded, texts, preferences = [], [], []
     rejected_of: dict[str, str] = {}
     from rationale_loop.config import source_configs
@@ -313,17 +335,22 @@ def prepare_sft_mix(data_cfg: Any, evaluation_texts: Iterable[str], tokenizer: A
             preferences.append((name, source.priority, [conversation for conversation, _ in pairs]))
         else:
             loaded.append((name, source.priority, conversations(name, selected, source.schema)))
-    merged = mix(loaded, evaluation_texts, data_cfg.decontaminate_ngram or 13, data_cfg.near_duplicate_threshold)
-    plain = mix_documents(texts, evaluation_texts, data_cfg.decontaminate_ngram or 13)
-    preferred = mix(preferences, evaluation_texts, data_cfg.decontaminate_ngram or 13, data_cfg.near_duplicate_threshold)
+    guard = Contamination(ngram=data_cfg.decontaminate_ngram, threshold=data_cfg.near_duplicate_threshold,
+                          embedding_model=data_cfg.embedding_model, embedding_threshold=data_cfg.embedding_threshold)
+    guard.add(evaluation_texts)
+    for path in data_cfg.decontaminate_against:
+        guard.add(held_out_questions(path))
+    merged = mix(loaded, guard)
+    plain = mix(texts, guard, document_view)
+    preferred = mix(preferences, guard)
     # Rendered in the first format: the prompt as a generation prompt, each reply as it would be learned.
     template = get_template(data_cfg.formats[0])
     pair_rows = [{"id": c.id, "prompt": template.prompt(Conversation(c.turns[:1], c.system), tokenizer.eos_token),
                   "chosen": template.reply(c.turns[1].content, tokenizer.eos_token),
-                  "rejected": template.reply(rejected_of[c.id], tokenizer.eos_token)} for c in preferred.conversations]
+                  "rejected": template.reply(rejected_of[c.id], tokenizer.eos_token)} for c in preferred.items]
     rng = random.Random(f"formats/{seed}")
     rows, per_format, lengths = [], {name: 0 for name in data_cfg.formats}, []
-    for conversation in merged.conversations:
+    for conversation in merged.items:
         formats = list(data_cfg.formats) if data_cfg.multi_format == "all" else [rng.choice(list(data_cfg.formats))]
         for name in formats:
             segments = get_template(name).segments(conversation, tokenizer.eos_token)
@@ -331,7 +358,7 @@ def prepare_sft_mix(data_cfg: Any, evaluation_texts: Iterable[str], tokenizer: A
             per_format[name] += 1
             lengths.append(len(tokenizer("".join(s.text for s in segments), add_special_tokens=False)["input_ids"]))
     if texts:
-        for index, piece in enumerate(pack(plain.conversations, tokenizer, pack_length)):
+        for index, piece in enumerate(pack([text for _, text in plain.items], tokenizer, pack_length)):
             rows.append({"id": f"text/{index:06d}", "format": TEXT_SCHEMA, "segments": [[piece, True]]})
             lengths.append(len(tokenizer(piece, add_special_tokens=False)["input_ids"]))
         per_format[TEXT_SCHEMA] = len(rows) - sum(per_format.values())
@@ -339,15 +366,21 @@ def prepare_sft_mix(data_cfg: Any, evaluation_texts: Iterable[str], tokenizer: A
     manifest = {
         "sources": {name: {"path": configured[name].path, "schema": configured[name].schema, "excluded": excluded[name], "rows": len(items),
                            "duplicates": filtered.duplicates[name], "contaminated": filtered.contaminated[name],
-                           "near_duplicates": filtered.near_duplicates[name], "kept": filtered.kept[name]}
+                           "near_duplicates": filtered.near_duplicates[name],
+                           "semantic_duplicates": filtered.semantic_duplicates[name], "kept": filtered.kept[name]}
                     for filtered, group in ((merged, loaded), (plain, texts), (preferred, preferences)) for name, _, items in group},
         "preference_pairs": len(pair_rows),
+        "decontamination": {"held_out_texts": len(guard.held_out), "ngram": data_cfg.decontaminate_ngram,
+                            "near_duplicate_threshold": data_cfg.near_duplicate_threshold,
+                            "embedding_model": data_cfg.embedding_model, "embedding_threshold": data_cfg.embedding_threshold,
+                            "removed": len(merged.removed) + len(plain.removed) + len(preferred.removed)},
         "formats": per_format,
         "rendered_rows": len(rows),
         "token_length_percentiles": {f"p{q}": lengths[min(len(lengths) - 1, len(lengths) * q // 100)] for q in (50, 90, 99, 100)} if lengths else {},
     }
     write_jsonl_atomic(out / MIX_ROWS, rows)
     write_jsonl_atomic(out / PREFERENCE_ROWS, pair_rows)
+    write_jsonl_atomic(out / DECONTAMINATION, [*merged.removed, *plain.removed, *preferred.removed])
     write_json_atomic(out / MIX_MANIFEST, manifest)
     return manifest
 
