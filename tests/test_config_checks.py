@@ -50,7 +50,7 @@ BAD = [
     (["data.preference_per_round=-1"], "data.preference_per_round must be >= 0"),
     (["data.embedding_threshold=1.5"], "data.embedding_threshold must be in (0, 1]"),
     (["data.near_duplicate_threshold=0"], "data.near_duplicate_threshold must be in (0, 1]"),
-    (["data.decontaminate_against=[/no/such/gsm8k_test.jsonl]"], r"data.decontaminate_against\[0\]=/no/such/gsm8k_test.jsonl: no such file"),
+    (["data.decontaminate_against=[/no/such/gsm8k_test.jsonl]"], "data.decontaminate_against[0]=/no/such/gsm8k_test.jsonl: no such file"),
     (["launch.kind=slurm"], "launch.kind='slurm' is unknown"),
     (["peft=lora", "peft.r=0"], "peft.r must be at least 1"),
 ]
