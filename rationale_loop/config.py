@@ -67,12 +67,14 @@ class SplitSource:
     loader: str = "gsm8k"  # a key of rationale_loop.data.public.LOADERS
     path: str = ""  # relative to task.data_dir, or absolute
     start: int = 0
+    split: Optional[str] = None  # when task.source is a dataset id: the split of it this one reads (train, test, ...)
 
 
 @dataclass
 class TaskConfig:
     name: str = "tiny_arith"
-    # "tiny_arith": generated from the seed; "files": each split read from `files` below.
+    # "tiny_arith": generated from the seed; "files": each split read from `files` below; a dataset id
+    # (openai/gsm8k, or a local folder laid out like a hub dataset): each split read from its `files.<split>.split`.
     source: str = "tiny_arith"
     prompt_format: str = "tinycot"
     # The answer checker this task's gold answers need (verify.py); `verify=task`, the default, uses it,
@@ -88,6 +90,7 @@ class TaskConfig:
     # SFT set is STaR's setting: the rounds must learn what SFT did not show.
     pool_arith: ArithConfig = field(default_factory=ArithConfig)
     data_dir: Optional[str] = None
+    hub_name: Optional[str] = None  # the dataset's config when task.source is a dataset id (openai/gsm8k: main)
     files: Dict[str, SplitSource] = field(default_factory=dict)  # keys: sft, pool, eval
 
 
@@ -445,7 +448,7 @@ def _check_names(cfg: DictConfig) -> None:
     """Every name a later phase looks up in a registry, looked up now."""
     from rationale_loop.data.formats import FORMATS
     from rationale_loop.data.public import LOADERS
-    from rationale_loop.data.tasks import TASKS
+    from rationale_loop.data.tasks import TASKS, is_hub_id
     from rationale_loop.generate import BACKENDS
     from rationale_loop.objectives import OBJECTIVES
     from rationale_loop.optim import OPTIMIZERS
@@ -457,7 +460,8 @@ def _check_names(cfg: DictConfig) -> None:
     _one_of("task.verifier", cfg.task.verifier, VERIFIERS)
     _one_of("verify.kind", cfg.verify.kind, VERIFIERS)
     _one_of("task.prompt_format", cfg.task.prompt_format, FORMATS)
-    _one_of("task.source", cfg.task.source, TASKS)
+    if not is_hub_id(cfg.task.source):
+        _one_of("task.source", cfg.task.source, TASKS)
     _one_of("task.arith.answer", cfg.task.arith.answer, ("final", "running"))
     _one_of("task.pool_arith.answer", cfg.task.pool_arith.answer, ("final", "running"))
     for split, source in cfg.task.files.items():

@@ -1,7 +1,9 @@
-"""File-backed tasks over the public data: the splits are disjoint and GSM8K test is never trained on."""
+"""File-backed tasks over the public data: the splits are disjoint and GSM8K test is never trained on; a task
+read from a dataset id (here a folder laid out like the hub's openai/gsm8k) gives the files' problems."""
 
 import pytest
 
+from rationale_loop.config import validate
 from rationale_loop.data.tasks import load_task
 from rationale_loop.errors import DataError
 
@@ -27,8 +29,33 @@ def test_gsm8k_splits_follow_the_files(shared_data):
 
 def test_a_test_file_never_feeds_a_training_split(shared_data):
     cfg = compose_config("task=gsm8k", f"task.data_dir={shared_data}", "task.files.pool.path=gsm8k/test.jsonl")
-    with pytest.raises(ValueError, match="task.files.pool.path"):
+    with pytest.raises(ValueError, match="task.files.pool: .*test.jsonl is a test set"):
         load_task(cfg.task)
+
+
+def _hub_layout(shared_data, root):
+    """openai/gsm8k as the hub lays it out: a README whose `configs` name parquet files per split."""
+    import datasets
+
+    for split in ("train", "test"):
+        rows = datasets.load_dataset("json", data_files=str(shared_data / "gsm8k" / f"{split}.jsonl"), split="train")
+        rows.to_parquet(str(root / "main" / f"{split}-00000-of-00001.parquet"))
+    (root / "README.md").write_text("---\nconfigs:\n- config_name: main\n  data_files:\n"
+                                    "  - split: train\n    path: main/train-*.parquet\n  - split: test\n    path: main/test-*.parquet\n---\n")
+    return root
+
+
+def test_a_task_from_a_dataset_id_gives_the_files_problems(shared_data, tmp_path):
+    (tmp_path / "gsm8k" / "main").mkdir(parents=True)
+    hub = _hub_layout(shared_data, tmp_path / "gsm8k")
+    from_files = load_task(compose_config("task=gsm8k", f"task.data_dir={shared_data}").task)
+    cfg = compose_config("task=gsm8k", f"task.source={hub}", "task.data_dir=/nowhere")
+    validate(cfg)
+    from_hub = load_task(cfg.task)
+    for split in ("sft", "pool", "eval"):
+        assert getattr(from_hub, split) == getattr(from_files, split), split
+    with pytest.raises(DataError, match=r"task.files.pool: .*\[test\] is a test set"):
+        load_task(compose_config("task=gsm8k", f"task.source={hub}", "task.files.pool.split=test").task)
 
 
 def test_missing_file_names_the_key(tmp_path):

@@ -26,12 +26,12 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from rationale_loop.errors import DataError
 from rationale_loop.records import Problem, _numbered_rows
 
-__all__ = ["LOADERS", "load_aqua", "load_gsm8k", "load_svamp"]
+__all__ = ["LOADERS", "PARSERS", "load_aqua", "load_gsm8k", "load_svamp", "parse_aqua", "parse_gsm8k", "parse_svamp"]
 
 PathLike = str | os.PathLike[str]
 
@@ -101,12 +101,16 @@ def load_gsm8k(path: PathLike) -> list[Problem]:
       split "1,234" from "1234". It must then be a plain number, or the line is rejected.
     """
     path = Path(path)
+    return parse_gsm8k(((f"{path}:{line}", item) for line, item in _jsonl_objects(path)), path.stem)
+
+
+def parse_gsm8k(items: Iterable[tuple[str, dict[str, Any]]], stem: str) -> list[Problem]:
+    """GSM8K rows, each with where it came from (for errors), as Problems with ids "gsm8k/<stem>/<index>"."""
     problems = []
-    for index, (line_number, item) in enumerate(_jsonl_objects(path)):
-        where = f"{path}:{line_number}"
+    for index, (where, item) in enumerate(items):
         question = _field(item, "question", str, where)
         rationale, answer = split_gsm8k_solution(_field(item, "answer", str, where), where)
-        problems.append(Problem(id=f"gsm8k/{path.stem}/{index:05d}", question=question.strip(), rationale=rationale, answer=answer))
+        problems.append(Problem(id=f"gsm8k/{stem}/{index:05d}", question=question.strip(), rationale=rationale, answer=answer))
     return problems
 
 
@@ -150,9 +154,13 @@ def load_svamp(path: PathLike) -> list[Problem]:
     items = _json_document(path)
     if not isinstance(items, list):
         raise DataError(f"{path}: expected a JSON array, got {type(items).__name__}")
+    return parse_svamp(((f"{path}[{index}]", item) for index, item in enumerate(items)), path.stem)
+
+
+def parse_svamp(items: Iterable[tuple[str, Any]], stem: str) -> list[Problem]:
+    """SVAMP items, each with where it came from (for errors), as Problems with ids "svamp/<stem>/<index>"."""
     problems = []
-    for index, item in enumerate(items):
-        where = f"{path}[{index}]"
+    for index, (where, item) in enumerate(items):
         if not isinstance(item, dict):
             raise DataError(f"{where}: expected a JSON object, got {type(item).__name__}")
         body = _field(item, "Body", str, where)
@@ -162,7 +170,7 @@ def load_svamp(path: PathLike) -> list[Problem]:
             raise DataError(f"{where}: field 'Answer' is not a finite number: {answer!r}")
         problems.append(
             Problem(
-                id=f"svamp/{path.stem}/{index:05d}",
+                id=f"svamp/{stem}/{index:05d}",
                 question=f"{_spaced(body)} {_spaced(question)}".strip(),
                 rationale="",
                 answer=_format_number(answer),
@@ -189,9 +197,13 @@ def load_aqua(path: PathLike) -> list[Problem]:
       match either the letter or the option text.
     """
     path = Path(path)
+    return parse_aqua(((f"{path}:{line}", item) for line, item in _jsonl_objects(path)), path.stem)
+
+
+def parse_aqua(items: Iterable[tuple[str, dict[str, Any]]], stem: str) -> list[Problem]:
+    """AQuA-RAT rows, each with where it came from (for errors), as Problems with ids "aqua/<stem>/<index>"."""
     problems = []
-    for index, (line_number, item) in enumerate(_jsonl_objects(path)):
-        where = f"{path}:{line_number}"
+    for index, (where, item) in enumerate(items):
         question = _field(item, "question", str, where)
         raw_options = _field(item, "options", list, where)
         rationale = _field(item, "rationale", str, where)
@@ -213,7 +225,7 @@ def load_aqua(path: PathLike) -> list[Problem]:
             )
         problems.append(
             Problem(
-                id=f"aqua/{path.stem}/{index:05d}",
+                id=f"aqua/{stem}/{index:05d}",
                 question="\n".join([question.strip(), *options.values()]),
                 rationale=rationale.strip(),
                 answer=options[correct],
@@ -226,4 +238,11 @@ LOADERS: dict[str, Callable[[PathLike], list[Problem]]] = {
     "gsm8k": load_gsm8k,
     "svamp": load_svamp,
     "aqua": load_aqua,
+}
+# The same sets as rows from anywhere (a hub dataset read through `datasets`): (where, row) pairs and the
+# split's name, which takes the file stem's place in the ids, so a hub split and its file give the same ids.
+PARSERS: dict[str, Callable[[Iterable[tuple[str, Any]], str], list[Problem]]] = {
+    "gsm8k": parse_gsm8k,
+    "svamp": parse_svamp,
+    "aqua": parse_aqua,
 }

@@ -166,9 +166,10 @@ def select_rows(path: str, split: str = "train", max_rows: int = 0, columns: dic
     return Selected(path, list(rows.column_names), kept, excluded)
 
 
-def load_rows(path: str, split: str = "train") -> Any:
+def load_rows(path: str, split: str = "train", name: str | None = None) -> Any:
     """A source's rows as a `datasets.Dataset`: a JSON, JSON lines, Parquet or CSV file, a folder written by
-    save_to_disk, or (with a network) a hub id."""
+    save_to_disk, a folder laid out like a hub dataset (data files named by split, or a README's configs),
+    or (with a network) a hub id; `name` is the dataset's config (gsm8k: main)."""
     import datasets
 
     local = Path(path)
@@ -178,9 +179,9 @@ def load_rows(path: str, split: str = "train") -> Any:
             return datasets.load_from_disk(str(local))
         if local.is_file() and local.suffix in builders:
             return datasets.load_dataset(builders[local.suffix], data_files=str(local), split=split)
-        if local.exists():
+        if local.is_file():
             raise DataError(f"{path}: not a file datasets can read (.json, .jsonl, .parquet, .csv, or a save_to_disk folder)")
-        return datasets.load_dataset(path, split=split)
+        return datasets.load_dataset(path, name, split=split)
     except DataError:
         raise
     except Exception as error:  # datasets names neither the line nor, often, the file

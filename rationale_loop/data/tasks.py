@@ -2,7 +2,8 @@
 
 A task gives an SFT set (with rationales), a question pool for the rounds (question, gold answer and,
 where the source has one, gold rationale) and a held-out evaluation set, disjoint from each other.
-Registry keyed by `task.source`.
+Registry keyed by `task.source`; a task.source that is a dataset id (openai/gsm8k) reads the public
+loaders' splits from the hub instead of files.
 """
 
 from __future__ import annotations
@@ -59,7 +60,50 @@ def _from_files(cfg: TaskConfig) -> TaskSplits:
     training split: evaluation questions are not trained on."""
     from rationale_loop.data.public import LOADERS
 
-    loaded: dict[Path, list[Problem]] = {}
+    def read(split: str, source: Any) -> tuple[Any, str, bool, Callable[[], list[Problem]]]:
+        path = Path(source.path)
+        if not path.is_absolute():
+            path = Path(cfg.data_dir or ".") / path
+        if not path.exists():
+            raise DataError(f"task.files.{split}.path: {path} does not exist (task.data_dir={cfg.data_dir!r})")
+        return path, str(path), path.stem == "test", lambda: LOADERS[source.loader](path)
+
+    return _sliced(cfg, read)
+
+
+def is_hub_id(source: str) -> bool:
+    """task.source names a dataset for `datasets.load_dataset` (a hub id such as openai/gsm8k, or a local
+    folder laid out like one) rather than a registered task."""
+    return source not in TASKS and "/" in source
+
+
+def _from_hub(cfg: TaskConfig) -> TaskSplits:
+    """Like files, but each split reads the split `task.files.<split>.split` of the dataset task.source
+    (its config task.hub_name) through `datasets`, parsed by the same loader's rules, with the same ids
+    (the split's name in the file stem's place). A hub test split never feeds a training split."""
+    from rationale_loop.data.public import PARSERS
+    from rationale_loop.data.sources import load_rows
+
+    def read(split: str, source: Any) -> tuple[Any, str, bool, Callable[[], list[Problem]]]:
+        if not source.split:
+            raise DataError(f"task.files.{split}.split is not set: say which split of {cfg.source} the {split} split reads")
+
+        def parse() -> list[Problem]:
+            rows = load_rows(cfg.source, source.split, name=cfg.hub_name)
+            where = f"{cfg.source}[{source.split}]"
+            return PARSERS[source.loader](((f"{where}[{index}]", dict(row)) for index, row in enumerate(rows)), source.split)
+
+        return (source.loader, source.split), f"{cfg.source}[{source.split}]", source.split == "test", parse
+
+    return _sliced(cfg, read)
+
+
+def _sliced(cfg: TaskConfig, read: Callable[[str, Any], tuple[Any, str, bool, Callable[[], list[Problem]]]]) -> TaskSplits:
+    """The three splits as slices of what `read(split, source)` names: (a key, so a file read twice is
+    parsed once; a label for errors; whether it is a test set; how to parse it)."""
+    from rationale_loop.data.public import LOADERS
+
+    loaded: dict[Any, list[Problem]] = {}
     splits = {}
     for split, size in (("sft", cfg.sft_size), ("pool", cfg.pool_size), ("eval", cfg.eval_size)):
         if split not in cfg.files:
@@ -67,19 +111,15 @@ def _from_files(cfg: TaskConfig) -> TaskSplits:
         source = cfg.files[split]
         if source.loader not in LOADERS:
             raise DataError(f"task.files.{split}.loader={source.loader!r} is unknown; known: {sorted(LOADERS)}")
-        path = Path(source.path)
-        if not path.is_absolute():
-            path = Path(cfg.data_dir or ".") / path
-        if not path.exists():
-            raise DataError(f"task.files.{split}.path: {path} does not exist (task.data_dir={cfg.data_dir!r})")
-        if split != "eval" and path.stem == "test":
-            raise DataError(f"task.files.{split}.path={path}: a test file never feeds a training split")
-        if path not in loaded:
-            loaded[path] = LOADERS[source.loader](path)
-        items = loaded[path][source.start :]
+        key, label, is_test, parse = read(split, source)
+        if split != "eval" and is_test:
+            raise DataError(f"task.files.{split}: {label} is a test set, which never feeds a training split")
+        if key not in loaded:
+            loaded[key] = parse()
+        items = loaded[key][source.start :]
         splits[split] = items[:size] if size > 0 else items
         if size > 0 and len(splits[split]) < size:
-            raise DataError(f"task.{split}_size={size} but {path} has only {len(items)} items from start={source.start}")
+            raise DataError(f"task.{split}_size={size} but {label} has only {len(items)} items from start={source.start}")
     return TaskSplits(splits["sft"], splits["pool"], splits["eval"])
 
 
@@ -87,10 +127,9 @@ TASKS: dict[str, Callable[[TaskConfig], TaskSplits]] = {"tiny_arith": _tiny_arit
 
 
 def load_task(cfg: TaskConfig) -> TaskSplits:
-    try:
-        loader = TASKS[cfg.source]
-    except KeyError:
-        raise DataError(f"task.source={cfg.source!r} is unknown; known: {sorted(TASKS)}") from None
+    loader = TASKS.get(cfg.source) or (_from_hub if is_hub_id(cfg.source) else None)
+    if loader is None:
+        raise DataError(f"task.source={cfg.source!r} is unknown; known: {sorted(TASKS)}, or a dataset id such as openai/gsm8k")
     splits = loader(cfg)
     splits.check_disjoint(cfg.name)
     return splits
