@@ -202,6 +202,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (one process per seed can share the cores)")
     parser.add_argument("--work", default=str(ROOT / "outputs/bench/learning"), help="where the arms' runs go")
     parser.add_argument("--out", default=str(ROOT / "bench/results/learning.json"))
+    parser.add_argument("--collect", action="store_true",
+                        help="run nothing: gather the finished runs in --work (every round done) into the table, JSON and plot; "
+                             "for arms and seeds run by several processes")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     if args.threads:
@@ -225,6 +228,8 @@ def main() -> None:
     for seed in args.seeds:
         # the arms that sample round 1 first, so that they share one sample of it
         for arm in sorted(args.arms, key=lambda a: a not in SAMPLES_ROUND_ONE):
+            if args.collect and len(read_rounds(work / arm / f"seed{seed}")) < args.rounds + 1:
+                continue
             result = run_arm(work, sft_run, arm, seed, args.rounds, args.steps, args.sequences)
             results.append(result)
             print(f"{arm:>18} seed {seed}: " + " ".join(f"{a:.3f}" for a in result["accuracy"]) + f"  ({result['seconds']:.0f} s)", flush=True)
@@ -233,10 +238,11 @@ def main() -> None:
 
     summary = summarize(results, args.arms)
     print(table(summary))
-    if "memphis" in summary and "sft_continued" in summary:
-        a, b = summary["memphis"][-1], summary["sft_continued"][-1]
-        gap, error = a["mean"] - b["mean"], math.sqrt(a["se"] ** 2 + b["se"] ** 2)
-        print(f"last round: memphis - sft_continued = {gap:+.3f} ± {error:.3f} ({gap / error:.1f} SE)")
+    for first, second in (("memphis", "sft_continued"), ("star", "sft_continued"), ("memphis", "star")):
+        if first in summary and second in summary:
+            a, b = summary[first][-1], summary[second][-1]
+            gap, error = a["mean"] - b["mean"], math.sqrt(a["se"] ** 2 + b["se"] ** 2)
+            print(f"last round: {first} - {second} = {gap:+.3f} ± {error:.3f} ({gap / error:.1f} SE)")
     plot(summary, out.with_suffix(".png"))
     print(f"wrote {out} and {out.with_suffix('.png')}")
 
@@ -257,7 +263,8 @@ def _write(out: Path, args: Any, convergence: dict, results: list[dict], summary
         "sft_convergence": convergence,
         "summary": summary,
         "runs": results,
-        "seconds": seconds,
+        "seconds": seconds,  # this invocation's wall time
+        "arm_seconds": sum(r["seconds"] for r in results),  # the arms' rounds as they ran (several processes may add up)
     }
     tmp = out.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(data, indent=2) + "\n")
