@@ -133,6 +133,9 @@ class DataConfig:
     # More held-out sets to keep out of training beside the task's own (JSON/JSONL/Parquet/CSV files, save_to_disk
     # folders, hub ids read at their test split), each read from its question/prompt/instruction/problem column.
     decontaminate_against: List[str] = field(default_factory=list)
+    # A rendered conversation longer than sft.max_length tokens: drop it (the recipe's choice), or truncate it
+    # after its last assistant turn that fits (a multi-turn chat keeps its first exchanges). Counted in the manifest.
+    too_long: str = "drop"
     # Sources of schema preference: pairs each round's rank stage trains on beside its mined pairs; 0: all
     # of them every round; n: n per round, the rounds taking turns through a seeded order.
     preference_per_round: int = 0
@@ -483,6 +486,7 @@ def _check_names(cfg: DictConfig) -> None:
     for name in cfg.data.formats:
         _one_of("data.formats", name, TEMPLATES)
     _one_of("data.multi_format", cfg.data.multi_format, ("all", "sample"))
+    _one_of("data.too_long", cfg.data.too_long, ("drop", "truncate"))
     for name, source in source_configs(cfg.data).items():
         _one_of(f"data.sources.{name}.schema", source.schema, [*ADAPTERS, TEXT_SCHEMA, PREFERENCE_SCHEMA])
         _require(bool(source.path), f"data.sources.{name}.path is empty: name a file, a folder or a hub id")

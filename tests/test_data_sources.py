@@ -156,7 +156,7 @@ def test_plain_text_is_deduplicated_decontaminated_and_packed_with_every_token_l
     cfg = _data_config({"sources": {"books": {"path": str(path), "schema": "text", "split": "train", "max_rows": 0, "priority": 0}},
                             "formats": ["memphis"], "multi_format": "all", "decontaminate_ngram": 13, "near_duplicate_threshold": 0.7})
     tokenizer = train_tokenizer([story, "A short note about apples.", held_out] * 3, vocab_size=300)
-    manifest = prepare_sft_mix(cfg, [held_out], tokenizer, tmp_path / "round_00", seed=0, pack_length=64)
+    manifest = prepare_sft_mix(cfg, [held_out], tokenizer, tmp_path / "round_00", seed=0, max_length=64)
     source = manifest["sources"]["books"]
     assert (source["rows"], source["duplicates"], source["contaminated"], source["kept"]) == (4, 1, 1, 2)
     rows = [json.loads(line) for line in (tmp_path / "round_00" / MIX_ROWS).read_text().splitlines()]
@@ -195,7 +195,9 @@ def test_sft_on_a_chat_mix_in_three_formats_then_a_round(tmp_path):
     from test_config import compose_config
     from test_run_safety import QUICK
 
-    cfg = compose_config(*QUICK, "rounds=1", "data=chat_mix", "objective=sft", "rank.steps=2",
+    # Over sft.max_length (256; the tiny tokenizer spells chat-ml's tags byte by byte), a chat is cut after its
+    # last assistant turn that fits.
+    cfg = compose_config(*QUICK, "rounds=1", "data=chat_mix", "objective=sft", "rank.steps=2", "data.too_long=truncate",
                          f"output_root={tmp_path}/runs", f"model.cache_dir={tmp_path}/models", "run=mix")
     # `make data` first: prepared into round 0 and previewed; SFT then reads that preparation, not its own.
     shown = run_data(cfg)
@@ -203,7 +205,8 @@ def test_sft_on_a_chat_mix_in_three_formats_then_a_round(tmp_path):
     prepared = (out / MIX_MANIFEST).stat().st_mtime_ns
     assert "counting_chats  sharegpt         0    24           0                    0                0            0    24" in shown
     assert "--- one row in chat-ml" in shown and "⟦Ann starts with 7 apples. 7 + 4 = 11. Ann has 11 apples now.<|im_end|>⟧" in shown
-    assert "\n### Assistant:\n⟦" in shown and "<|im_start|>user\nAnd if half" in shown, "prompts are shown unmarked"
+    assert "\n### Assistant:\n⟦" in shown and "<|im_end|>\n<|im_start|>assistant\n⟦Ann starts" in shown, "prompts are shown unmarked"
+    assert "chat-ml    48                     0          8" in shown, "the cut chats are counted"
     rows = run_loop(cfg)
     assert [r["round"] for r in rows] == [0, 1]
     assert (out / MIX_MANIFEST).stat().st_mtime_ns == prepared
@@ -211,9 +214,9 @@ def test_sft_on_a_chat_mix_in_three_formats_then_a_round(tmp_path):
     manifest = json.loads((out / MIX_MANIFEST).read_text())
     assert manifest["sources"]["counting_chats"]["kept"] == 24 and manifest["sources"]["subtraction"]["duplicates"] == 1
     assert manifest["formats"] == {"memphis": 48, "alpaca": 48, "chat-ml": 48} and manifest["rendered_rows"] == 144
+    assert manifest["over_length"] == {"dropped": {"memphis": 0, "alpaca": 0, "chat-ml": 0}, "truncated": {"memphis": 0, "alpaca": 0, "chat-ml": 8}}
     trained = json.loads((out / "train.json").read_text())
-    # Rows over sft.max_length (256; the tiny tokenizer spells chat words byte by byte) are dropped and counted.
-    assert trained["train_items"] + trained["train_dropped_too_long"] == 64 + 144 and trained["train_items"] > 64 + 100
+    assert trained["train_items"] == 64 + 144 and trained["train_dropped_too_long"] == 0, "what was prepared fits"
     tokenizer = AutoTokenizer.from_pretrained(str(tmp_path / "runs" / "mix" / "round_01" / "checkpoint"))
     assert tokenizer.chat_template == get_template("memphis").chat_template()
 
@@ -285,3 +288,31 @@ def test_column_renames_and_the_recipes_exclusion_filter_apply_before_the_row_ca
     assert [c.id for c in loaded] == ["reddit/000001", "reddit/000003"] and selected.excluded == 2
     with pytest.raises(DataError, match=r"columns \['title'\] \(named in the source's `columns`\) are not in the file"):
         select_rows(str(path), columns={"instruction": "title"})
+
+
+@pytest.mark.parametrize("too_long", ["drop", "truncate"])
+def test_an_over_long_conversation_is_dropped_or_cut_after_an_assistant_turn_and_counted(tmp_path, too_long):
+    from rationale_loop.data.templates import Segment
+    from rationale_loop.encode import Encoder
+    from rationale_loop.model import train_tokenizer
+
+    long_reply = " ".join(["the river ran past the mill"] * 20)
+    rows = [{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello there"},
+                          {"role": "user", "content": "Tell me a story"}, {"role": "assistant", "content": long_reply}]},
+            {"messages": [{"role": "user", "content": "A story?"}, {"role": "assistant", "content": long_reply}]},
+            {"messages": [{"role": "user", "content": "Bye"}, {"role": "assistant", "content": "Bye now"}]}]
+    path = tmp_path / "chats.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    tokenizer = train_tokenizer([long_reply, "Hi Hello there Tell me a story A story? Bye now"] * 3, vocab_size=300)
+    cfg = _data_config({"sources": {"chats": {"path": str(path), "schema": "messages"}}, "formats": ["memphis", "chat-ml"],
+                        "too_long": too_long})
+    manifest = prepare_sft_mix(cfg, [], tokenizer, tmp_path / "round_00", seed=0, max_length=96)
+    written = [json.loads(line) for line in (tmp_path / "round_00" / MIX_ROWS).read_text().splitlines()]
+    encoder = Encoder(tokenizer, 96)
+    assert all(encoder.encode_segments([Segment(text, learned) for text, learned in row["segments"]]) is not None for row in written)
+    cut = 1 if too_long == "truncate" else 0
+    assert manifest["over_length"] == {"dropped": {"memphis": 2 - cut, "chat-ml": 2 - cut}, "truncated": {"memphis": cut, "chat-ml": cut}}
+    assert manifest["formats"] == {"memphis": 1 + cut, "chat-ml": 1 + cut}
+    if cut:
+        first = next(row for row in written if row["id"].endswith("/000000") and row["format"] == "chat-ml")
+        assert first["segments"][-1] == ["Hello there<|im_end|>", True], "cut right after the first assistant turn"

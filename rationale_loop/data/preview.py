@@ -39,7 +39,9 @@ def describe_mix(manifest: dict[str, Any], rows: Iterable[dict[str, Any]]) -> st
                 s.get("semantic_duplicates", 0), s["kept"]] for name, s in sources.items()]),
         "",
         f"Rendered rows: {manifest['rendered_rows']}",
-        table(["format", "rows"], list(manifest["formats"].items())),
+        table(["format", "rows", "over length: dropped", "truncated"],
+              [[name, count, manifest.get("over_length", {}).get("dropped", {}).get(name, 0),
+                manifest.get("over_length", {}).get("truncated", {}).get(name, 0)] for name, count in manifest["formats"].items()]),
     ]
     if manifest.get("token_length_percentiles"):
         lengths = manifest["token_length_percentiles"]

@@ -284,6 +284,24 @@ def mix(sources: list[tuple[str, int, list[Any]]], guard: Contamination,
     return result
 
 
+def fit(conversation: Conversation, template: Any, encoder: Any, truncate: bool) -> tuple[list[Any] | None, int, str]:
+    """The conversation rendered by `template` if it fits the encoder's max_length: (segments, tokens,
+    "fits"). Too long: with `truncate`, the longest run of its first turns that ends with an assistant turn
+    and fits ("truncated"), else nothing ("dropped"). Lengths are counted as training encodes them."""
+    segments = template.segments(conversation, encoder.tokenizer.eos_token)
+    encoded = encoder.encode_segments(segments)
+    if encoded is not None:
+        return segments, len(encoded.input_ids), "fits"
+    if truncate:
+        ends = [i + 1 for i, turn in enumerate(conversation.turns) if turn.role == "assistant"][:-1]
+        for end in reversed(ends):
+            shorter = template.segments(Conversation(conversation.turns[:end], conversation.system, conversation.id), encoder.tokenizer.eos_token)
+            encoded = encoder.encode_segments(shorter)
+            if encoded is not None:
+                return shorter, len(encoded.input_ids), "truncated"
+    return None, 0, "dropped"
+
+
 QUESTION_COLUMNS = ("question", "prompt", "instruction", "problem", "input", "text")
 
 
@@ -305,18 +323,20 @@ DECONTAMINATION = "decontamination.jsonl"  # each row dropped as a held-out text
 
 
 def prepare_sft_mix(data_cfg: Any, evaluation_texts: Iterable[str], tokenizer: Any, out: Path, seed: int,
-                    pack_length: int = 2048) -> dict[str, Any]:
+                    max_length: int = 2048) -> dict[str, Any]:
     """Load, adapt, dedup and decontaminate the configured sources once (against `evaluation_texts` and the
-    files of data.decontaminate_against), render each conversation in the configured formats (plain text
-    is packed into rows of pack_length tokens instead; preference pairs are rendered in the first format
-    into preference_pairs.jsonl, for the rounds' rank stage), and write into the round directory the
+    files of data.decontaminate_against), render each conversation in the configured formats (one longer
+    than max_length tokens dropped or truncated, as data.too_long says; plain text is packed into rows of
+    max_length tokens instead; preference pairs are rendered in the first format into
+    preference_pairs.jsonl, for the rounds' rank stage), and write into the round directory the
     rendered rows (sft_mix.jsonl: id, format, segments), what decontamination removed and why
     (decontamination.jsonl), and a manifest (data_manifest.json: rows per source after each filter, rows
     per format, token-length percentiles). The manifest is written last: its presence says the mix is
     complete, and a failed preparation leaves nothing a later stage reads."""
     import random
 
-    from rationale_loop.data.templates import get_template
+    from rationale_loop.data.templates import Segment, get_template
+    from rationale_loop.encode import Encoder
     from rationale_loop.records import write_json_atomic, write_jsonl_atomic
 
     loaded, texts, preferences = [], [], []
@@ -351,17 +371,23 @@ def prepare_sft_mix(data_cfg: Any, evaluation_texts: Iterable[str], tokenizer: A
                   "rejected": template.reply(rejected_of[c.id], tokenizer.eos_token)} for c in preferred.items]
     rng = random.Random(f"formats/{seed}")
     rows, per_format, lengths = [], {name: 0 for name in data_cfg.formats}, []
+    over_length = {"dropped": {name: 0 for name in data_cfg.formats}, "truncated": {name: 0 for name in data_cfg.formats}}
+    encoder = Encoder(tokenizer, max_length)
     for conversation in merged.items:
         formats = list(data_cfg.formats) if data_cfg.multi_format == "all" else [rng.choice(list(data_cfg.formats))]
         for name in formats:
-            segments = get_template(name).segments(conversation, tokenizer.eos_token)
+            segments, length, outcome = fit(conversation, get_template(name), encoder, truncate=data_cfg.too_long == "truncate")
+            if outcome != "fits":
+                over_length[outcome][name] += 1
+            if segments is None:
+                continue
             rows.append({"id": conversation.id, "format": name, "segments": [[s.text, s.learned] for s in segments]})
             per_format[name] += 1
-            lengths.append(len(tokenizer("".join(s.text for s in segments), add_special_tokens=False)["input_ids"]))
+            lengths.append(length)
     if texts:
-        for index, piece in enumerate(pack([text for _, text in plain.items], tokenizer, pack_length)):
+        for index, piece in enumerate(pack([text for _, text in plain.items], tokenizer, max_length)):
             rows.append({"id": f"text/{index:06d}", "format": TEXT_SCHEMA, "segments": [[piece, True]]})
-            lengths.append(len(tokenizer(piece, add_special_tokens=False)["input_ids"]))
+            lengths.append(len(encoder.encode_segments([Segment(piece, True)]).input_ids))
         per_format[TEXT_SCHEMA] = len(rows) - sum(per_format.values())
     lengths.sort()
     manifest = {
@@ -376,6 +402,9 @@ def prepare_sft_mix(data_cfg: Any, evaluation_texts: Iterable[str], tokenizer: A
                             "embedding_model": data_cfg.embedding_model, "embedding_threshold": data_cfg.embedding_threshold,
                             "removed": len(merged.removed) + len(plain.removed) + len(preferred.removed)},
         "formats": per_format,
+        # rendered rows longer than sft.max_length tokens: dropped (data.too_long=drop, the recipe's choice) or
+        # cut after the last assistant turn that fits (data.too_long=truncate; dropped when not even the first fits)
+        "over_length": over_length,
         "rendered_rows": len(rows),
         "token_length_percentiles": {f"p{q}": lengths[min(len(lengths) - 1, len(lengths) * q // 100)] for q in (50, 90, 99, 100)} if lengths else {},
     }
