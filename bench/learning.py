@@ -70,6 +70,7 @@ ARMS: dict[str, list[str]] = {
     "neftune_10": [*MEMPHIS, "rank.neftune_alpha=10"],
 }
 SEQUENCES_PER_ITEM = {"star": 1, "star_sft_replay": 1, "star_rationalize": 1, "sft_continued": 1}  # the pair arms: 2
+PHASE_SECONDS = ("generate_seconds", "mine_seconds", "train_phase_seconds", "evaluate_seconds")  # a round's phases, in metrics.json
 SAMPLES_ROUND_ONE = {arm for arm in ARMS if arm != "sft_continued"}  # arms whose round 1 samples the pool
 
 
@@ -131,7 +132,7 @@ def run_arm(work: Path, sft_run: Path, arm: str, seed: int, rounds: int, steps: 
         "arm": arm,
         "seed": seed,
         # wall seconds of the rounds' phases as they ran (a shared round 1 has no sampling time of its own)
-        "seconds": sum(value for m in metrics[1:] for key, value in m.items() if key.endswith("_seconds")),
+        "seconds": sum(m.get(key, 0.0) for m in metrics[1:] for key in PHASE_SECONDS),
         "accuracy": [r["eval_accuracy"] for r in rows],
         "eval_questions": rows[0]["eval_questions"],
         "train_tokens": [m.get("train_tokens") for m in metrics[1:]],
