@@ -24,11 +24,14 @@ class Encoded:
 
 
 class Encoder:
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, max_length: int):
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, max_length: int, turn_end: str = ""):
+        """`turn_end`: what the prompt format closes a reply with before EOS (chat-ml's "<|im_end|>"; formats.py),
+        learned after every response, so the model learns to end its turn as the format does."""
         if tokenizer.eos_token_id is None:
             raise ValueError("the tokenizer has no EOS token; the response's end cannot be learned")
         self.tokenizer = tokenizer
         self.max_length = max_length
+        self.turn_end = turn_end
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.prompt_ids = lru_cache(maxsize=65536)(self._prompt_ids)
 
@@ -37,7 +40,10 @@ class Encoder:
         return tuple(self.tokenizer(prompt, add_special_tokens=True)["input_ids"])
 
     def response_ids(self, response: str) -> list[int]:
-        return self.tokenizer(response, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
+        # The response and its end of turn tokenized apart: a completion cut at the end-of-turn stop string
+        # and the gold response then end in the same tokens.
+        end = self.tokenizer(self.turn_end, add_special_tokens=False)["input_ids"] if self.turn_end else []
+        return self.tokenizer(response, add_special_tokens=False)["input_ids"] + end + [self.tokenizer.eos_token_id]
 
     def encode(self, prompt: str, response: str) -> Encoded | None:
         """Ids and labels for one example, or None when it is longer than max_length (the caller drops

@@ -356,7 +356,7 @@ class Run:
         def rank_own_pairs(current: Any, when: str) -> dict[str, Any]:
             from rationale_loop.diagnostics import pair_margins, ranking_summary
 
-            margins = pair_margins(current, tokenizer, pairs, self.cfg.rank.max_length, self.cfg.rank.micro_batch_size)
+            margins = pair_margins(current, tokenizer, pairs, self.cfg.rank.max_length, self.cfg.rank.micro_batch_size, self.fmt.turn_end)
             return ranking_summary(margins, when)
 
         self._train_and_save(model, tokenizer, items, objective, self.cfg.rank, self.cfg.seed + k, f"round {k}", out,
@@ -380,7 +380,8 @@ class Run:
         before = measure(model, "before") if measure else {}
         log_dir = self.dir / "tensorboard" / out.name
         model = attach(model, self.cfg.peft, seed)
-        result = train(model, tokenizer, items, objective, train_cfg, seed=seed, desc=desc, state_path=out / TRAIN_STATE, log_dir=log_dir)
+        result = train(model, tokenizer, items, objective, train_cfg, seed=seed, desc=desc, state_path=out / TRAIN_STATE, log_dir=log_dir,
+                       turn_end=self.fmt.turn_end)
         if not PartialState().is_main_process:
             return  # under a launcher, the main process merges, measures and writes; the others are done
         model = merge(model, self.cfg.peft, out / "adapter", start, self.cfg.model)

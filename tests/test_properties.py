@@ -60,8 +60,17 @@ _loose_text = st.lists(st.one_of(st.text(max_size=30), st.sampled_from(_SAFE_PIE
 
 
 def _is_marker_free(fmt, text: str) -> bool:
-    """Text holding none of the format's headers, nor its answer marker (header after a newline)."""
-    return fmt.user_header not in text and fmt.rationale_header not in text and f"\n{fmt.answer_header}" not in text
+    """Text holding none of the format's turn markers or headers, nor its answer marker (header after a newline)."""
+    return (not any(m in text for m in fmt.turn_markers) and fmt.rationale_header not in text
+            and f"\n{fmt.answer_header}" not in text)
+
+
+def _answer_line(fmt, text: str) -> str:
+    """The documented answer: the first line after the answer marker, up to any turn marker, stripped."""
+    line = text.strip().split("\n", 1)[0]
+    for marker in fmt.turn_markers:
+        line = line.partition(marker)[0]
+    return line.strip()
 
 
 @fast(300)
@@ -86,9 +95,9 @@ def test_parse_never_raises_and_is_valid_or_says_why(name, text):
         # The rationale is everything before the first answer marker, and holds no other turn.
         assert parsed.rationale == text.split(marker, 1)[0].strip()
         assert marker not in parsed.rationale
-        assert fmt.user_header not in parsed.rationale and fmt.rationale_header not in parsed.rationale
-        # The answer is the first line after the marker.
-        assert parsed.answer == text.split(marker, 1)[1].strip().split("\n", 1)[0].strip()
+        assert not any(m in parsed.rationale for m in fmt.turn_markers) and fmt.rationale_header not in parsed.rationale
+        # The answer is the first line after the marker, up to any turn marker.
+        assert parsed.answer == _answer_line(fmt, text.split(marker, 1)[1])
         # Rendering the parts again and parsing gives the same parts back.
         assert fmt.parse(fmt.response(parsed.rationale, parsed.answer)) == parsed
     else:
@@ -108,18 +117,18 @@ def test_parse_never_raises_and_is_valid_or_says_why(name, text):
 def test_response_parses_back_to_its_rationale_and_answer(name, rationale, answer):
     fmt = get_format(name)
     assume(_is_marker_free(fmt, rationale))
-    assume(rationale.strip() and answer.strip())
+    assume(rationale.strip() and _answer_line(fmt, answer))
     parsed = fmt.parse(fmt.response(rationale, answer))
-    # Documented: both sides stripped; only the first line of the answer is the answer.
-    assert parsed == Parsed(rationale.strip(), answer.strip().split("\n", 1)[0].strip())
-    if "\n" not in answer.strip():
+    # Documented: both sides stripped; only the first line of the answer (up to a turn marker) is the answer.
+    assert parsed == Parsed(rationale.strip(), _answer_line(fmt, answer))
+    if "\n" not in answer.strip() and not any(m in answer for m in fmt.turn_markers):
         assert parsed.answer == answer.strip()
 
 
 @fast(150)
 @given(
     name=st.sampled_from(FORMAT_NAMES),
-    which=st.sampled_from(["user_header", "rationale_header"]),
+    which=st.sampled_from(["turn_marker", "rationale_header"]),
     before=_loose_text,
     after=_loose_text,
     answer=st.text(min_size=1).filter(str.strip),
@@ -127,7 +136,7 @@ def test_response_parses_back_to_its_rationale_and_answer(name, rationale, answe
 def test_a_rationale_that_starts_another_turn_is_malformed(name, which, before, after, answer):
     fmt = get_format(name)
     assume(f"\n{fmt.answer_header}" not in before + after)
-    rationale = before + getattr(fmt, which) + after
+    rationale = before + (fmt.turn_markers[0] if which == "turn_marker" else fmt.rationale_header) + after
     assert fmt.parse(fmt.response(rationale, answer)) == Parsed(None, None, "malformed")
 
 

@@ -17,6 +17,7 @@ AIROBOROS = ("A chat between a curious user and an assistant. The assistant give
              "uncensored responses to the user's input.")
 # (template, system, expected rendering with EOS written </s>)
 EXPECTED = [
+    ("tinycot", None, "### User:\nHi\n\nHello!</s>\n\n### User:\n2+2?\n\n4</s>"),
     ("memphis", None, "### User:\nHi\n\n### Assistant:\nHello!</s>\n\n### User:\n2+2?\n\n### Assistant:\n4</s>"),
     ("memphis", "Be brief.", "### System:\nBe brief.\n\n### User:\nHi\n\n### Assistant:\nHello!</s>\n\n### User:\n2+2?\n\n### Assistant:\n4</s>"),
     ("alpaca", None, f"{ALPACA}\n\n### Instruction:\nHi\n\n### Response:\nHello!</s>\n\n### Instruction:\n2+2?\n\n### Response:\n4</s>"),

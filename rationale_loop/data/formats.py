@@ -1,7 +1,9 @@
 """Prompt formats for reasoning data: how a question becomes a prompt, how a rationale and an answer
 become the response the model learns, and how a completion is split back into the two.
 
-The TinyCoT format is the recipe's reasoning format:
+A reasoning format is a turn template (templates.py: how a user turn and the assistant's reply are
+wrapped, and where a turn ends) with a reasoning layout inside the reply: TinyCoT's rationale and answer
+headers. With the `tinycot` template, the recipe's reasoning format:
 
     ### User:
     {question}
@@ -12,13 +14,28 @@ The TinyCoT format is the recipe's reasoning format:
     ### Answer:
     {answer}
 
-The prompt ends right after the `### Rationale:` header, so the model's whole completion is its own
-rationale followed by its answer; splitting on the answer header recovers both.
+With `chat-ml`, the same layout inside Qwen's turns:
+
+    <|im_start|>user
+    {question}<|im_end|>
+    <|im_start|>assistant
+    ### Rationale:
+    {rationale}
+
+    ### Answer:
+    {answer}<|im_end|>
+
+The prompt ends right after the rationale header, so the model's whole completion is its own rationale
+followed by its answer; splitting on the answer header recovers both. Every template of templates.py
+is a reasoning format by this rule (`task.prompt_format`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from rationale_loop.data.templates import EOS, TEMPLATES, TurnTemplate
+from rationale_loop.records import Conversation, Turn
 
 
 @dataclass(frozen=True)
@@ -36,18 +53,35 @@ class Parsed:
 
 @dataclass(frozen=True)
 class ReasoningFormat:
-    user_header: str
-    rationale_header: str
-    answer_header: str
+    template: TurnTemplate
+    rationale_header: str = "### Rationale:"
+    answer_header: str = "### Answer:"
+
+    @property
+    def name(self) -> str:
+        return self.template.name
 
     @property
     def stop(self) -> tuple[str, ...]:
-        """Where a completion ends when the model writes on past its answer: the next turn's header.
-        (A pretrained model often does; nothing after the answer's line is read anyway.)"""
-        return (f"\n{self.user_header}",)
+        """Where a completion ends when the model writes on past its answer: the template's end of turn or
+        next turn. (A pretrained model often does; nothing after the answer's line is read anyway.)"""
+        return self.template.stop
+
+    @property
+    def turn_markers(self) -> tuple[str, ...]:
+        """The stop strings as they appear in text: a completion holding one has left its turn."""
+        return tuple(marker.strip() for marker in self.stop)
+
+    @property
+    def turn_end(self) -> str:
+        """What the template puts after a reply before the tokenizer's EOS ("<|im_end|>" in chat-ml; nothing
+        in most): the encoder appends it and EOS to every response it learns."""
+        after = self.template.assistant.partition("{content}")[2]
+        return after.replace(EOS, "")
 
     def prompt(self, question: str) -> str:
-        return f"{self.user_header}\n{question.strip()}\n\n{self.rationale_header}\n"
+        user = Conversation((Turn("user", question.strip()),))
+        return f"{self.template.prompt(user, eos='')}{self.rationale_header}\n"
 
     def hinted_prompt(self, question: str, answer: str) -> str:
         """STaR's rationalization prompt: the question with its gold answer given as a hint."""
@@ -70,17 +104,19 @@ class ReasoningFormat:
         rationale = head.strip()
         if not rationale:
             return Parsed(None, None, "no_rationale")
-        if self.user_header in rationale or self.rationale_header in rationale:
+        if self.rationale_header in rationale or any(marker in rationale for marker in self.turn_markers):
             return Parsed(None, None, "malformed")
-        answer = tail.strip().split("\n", 1)[0].strip()
+        answer = tail.strip().split("\n", 1)[0]
+        for marker in self.turn_markers:  # where a backend did not cut at the stop strings, the line ends the turn
+            answer = answer.partition(marker)[0]
+        answer = answer.strip()
         if not answer:
             return Parsed(rationale, None, "no_answer")
         return Parsed(rationale, answer)
 
 
-TINYCOT = ReasoningFormat("### User:", "### Rationale:", "### Answer:")
-
-FORMATS: dict[str, ReasoningFormat] = {"tinycot": TINYCOT}
+FORMATS: dict[str, ReasoningFormat] = {name: ReasoningFormat(template) for name, template in TEMPLATES.items()}
+TINYCOT = FORMATS["tinycot"]
 
 
 def get_format(name: str) -> ReasoningFormat:

@@ -7,8 +7,8 @@ A template is a handful of format strings, and everything is derived from them: 
 generation prompt (the conversation up to the assistant header of the turn to be written), the stop
 strings (where a model that goes on to write the next turn is cut off), and a Jinja `chat_template` for
 the tokenizer, so `tokenizer.apply_chat_template(messages)` and vLLM's chat endpoint produce exactly the
-text the model was trained on. The reasoning layout (TinyCoT's rationale and answer headers) is the
-other axis, in rationale_loop/data/formats.py.
+text the model was trained on. The reasoning layout (TinyCoT's rationale and answer headers) goes inside
+a template's reply: rationale_loop/data/formats.py.
 """
 
 from __future__ import annotations
@@ -136,6 +136,9 @@ AIROBOROS_SYSTEM = ("A chat between a curious user and an assistant. The assista
 TEMPLATES: dict[str, TurnTemplate] = {
     t.name: t
     for t in (
+        # TinyCoT's own turns: no assistant header (the reasoning layout's rationale header opens the reply).
+        TurnTemplate("tinycot", "### System:\n{system}\n\n", "### User:\n{content}\n\n", "{content}" + EOS, "\n\n",
+                     stop=("\n### User:",)),
         TurnTemplate("memphis", "### System:\n{system}\n\n", "### User:\n{content}\n\n### Assistant:\n", "{content}" + EOS, "\n\n",
                      stop=("### User:",)),
         TurnTemplate("alpaca", "{system}\n\n", "### Instruction:\n{content}\n\n### Response:\n", "{content}" + EOS, "\n\n",
