@@ -117,15 +117,16 @@ def share_round_one(donor: Path, run: Path, cfg: Any) -> bool:
     return True
 
 
-def run_arm(work: Path, sft_run: Path, arm: str, seed: int, rounds: int, steps: int, sequences: int) -> dict:
+def run_arm(work: Path, sft_run: Path, arm: str, seed: int, rounds: int, steps: int, sequences: int, collect: bool = False) -> dict:
     name = f"{arm}/seed{seed}"
     run = work / name
     cfg = compose_config(f"output_root={work}", f"model.cache_dir={work}/models", f"run={name}", f"rounds={rounds}",
                          f"seed={seed}", f"init_from={sft_run / 'round_00'}", *arm_overrides(arm, steps, sequences))
-    donor = round_one_donor(work, seed, exclude=run) if arm in SAMPLES_ROUND_ONE else None
-    if donor is not None:
-        share_round_one(donor, run, cfg)
-    run_loop(cfg)  # a finished run is left as it is, so a rerun only collects
+    if not collect:  # collecting reads the finished run as it is, whatever the code has become since
+        donor = round_one_donor(work, seed, exclude=run) if arm in SAMPLES_ROUND_ONE else None
+        if donor is not None:
+            share_round_one(donor, run, cfg)
+        run_loop(cfg)
     rows = read_rounds(run)
     metrics = [json.loads((round_dir(run, r["round"]) / "metrics.json").read_text()) for r in rows]
     return {
@@ -231,7 +232,7 @@ def main() -> None:
         for arm in sorted(args.arms, key=lambda a: a not in SAMPLES_ROUND_ONE):
             if args.collect and len(read_rounds(work / arm / f"seed{seed}")) < args.rounds + 1:
                 continue
-            result = run_arm(work, sft_run, arm, seed, args.rounds, args.steps, args.sequences)
+            result = run_arm(work, sft_run, arm, seed, args.rounds, args.steps, args.sequences, args.collect)
             results.append(result)
             print(f"{arm:>18} seed {seed}: " + " ".join(f"{a:.3f}" for a in result["accuracy"]) + f"  ({result['seconds']:.0f} s)", flush=True)
             summary = summarize(results, args.arms)
