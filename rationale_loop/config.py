@@ -131,7 +131,8 @@ class DataConfig:
     embedding_model: Optional[str] = None
     embedding_threshold: float = 0.9
     # More held-out sets to keep out of training beside the task's own (JSON/JSONL/Parquet/CSV files, save_to_disk
-    # folders, hub ids read at their test split), each read from its question/prompt/instruction/problem column.
+    # folders, hub ids read at their test split, `id:config` naming a config), each read from its
+    # question/prompt/instruction/problem column.
     decontaminate_against: List[str] = field(default_factory=list)
     # A rendered conversation longer than sft.max_length tokens: drop it (the recipe's choice), or truncate it
     # after its last assistant turn that fits (a multi-turn chat keeps its first exchanges). Counted in the manifest.

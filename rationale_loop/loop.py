@@ -202,7 +202,7 @@ class Run:
             return
         tokenizer = load_tokenizer(base, self.cfg.model.trust_remote_code)
         manifest = prepare_sft_mix(self.cfg.data, [p.question for p in self.splits.eval], tokenizer, out, self.cfg.seed,
-                                   max_length=self.cfg.sft.max_length)
+                                   max_length=self.cfg.sft.max_length, reasoning_format=self.cfg.task.prompt_format)
         log.info("SFT data mix: %d rendered rows; per source %s; per format %s", manifest["rendered_rows"],
                  {name: entry["kept"] for name, entry in manifest["sources"].items()}, manifest["formats"])
 

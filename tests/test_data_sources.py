@@ -316,3 +316,47 @@ def test_an_over_long_conversation_is_dropped_or_cut_after_an_assistant_turn_and
     if cut:
         first = next(row for row in written if row["id"].endswith("/000000") and row["format"] == "chat-ml")
         assert first["segments"][-1] == ["Hello there<|im_end|>", True], "cut right after the first assistant turn"
+
+
+def test_the_recipe_mix_config_reads_files_shaped_like_its_hub_sources(tmp_path, shared_data):
+    """data=memphis_mix with each hub id pointed at a small local file of the same columns: TinyCoT in
+    the reasoning layout, reddit-instruct's bracketed titles excluded through the config's own columns,
+    oasst2's messages; GSM8K's test split (a folder laid out like openai/gsm8k, read as `id:main`) keeps a
+    planted test question out."""
+    from omegaconf import OmegaConf
+
+    from rationale_loop.config import validate
+    from rationale_loop.model import train_tokenizer
+
+    from test_config import compose_config
+    from test_tasks import _hub_layout
+
+    cfg = compose_config("experiment=memphis_cot_3b", "data=memphis_mix")
+    validate(cfg)
+    assert {name: s["path"] for name, s in cfg.data.sources.items()} == {
+        "tinycot": "euclaise/TinyCoT", "reddit_instruct": "euclaise/reddit-instruct", "oasst2_curated": "sablo/oasst2_curated"}
+    test_question = json.loads((shared_data / "gsm8k" / "test.jsonl").read_text().splitlines()[7])["question"]
+    files = {
+        "tinycot": [{"prompt": "Ann has 2 pens and finds 3.", "rationale": "2 + 3 = 5.", "target": "5", "source": "x"}],
+        "reddit_instruct": [{"post_title": "How do tides work?", "post_text": "", "comment_text": "The moon pulls the sea."},
+                            {"post_title": "[Serious] Why is the sky blue?", "post_text": "", "comment_text": "Scattering."}],
+        "oasst2_curated": [{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]},
+                           {"messages": [{"role": "user", "content": test_question}, {"role": "assistant", "content": "18"}]}],
+    }
+    for name, rows in files.items():
+        path = tmp_path / f"{name}.jsonl"
+        path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+        cfg.data.sources[name].path = str(path)
+    (tmp_path / "gsm8k" / "main").mkdir(parents=True)
+    cfg.data.decontaminate_against = [f"{_hub_layout(shared_data, tmp_path / 'gsm8k')}:main"]
+    tokenizer = train_tokenizer(["Ann has 2 pens. How do tides work? The moon pulls the sea. Hi Hello", test_question] * 3, vocab_size=300)
+    manifest = prepare_sft_mix(cfg.data, [], tokenizer, tmp_path / "round_00", seed=0, max_length=512)
+    kept = {name: s["kept"] for name, s in manifest["sources"].items()}
+    assert kept == {"tinycot": 1, "reddit_instruct": 1, "oasst2_curated": 1}
+    assert manifest["sources"]["reddit_instruct"]["excluded"] == 1 and manifest["sources"]["oasst2_curated"]["contaminated"] == 1
+    rows = {row["id"].split("/")[0]: "".join(text for text, _ in row["segments"])
+            for row in map(json.loads, (tmp_path / "round_00" / MIX_ROWS).read_text().splitlines())}
+    # TinyCoT in the task's reasoning format (tinycot, as the recipe trained it), chat data in the chat format.
+    assert rows["tinycot"] == "### User:\nAnn has 2 pens and finds 3.\n\n### Rationale:\n2 + 3 = 5.\n\n### Answer:\n5" + tokenizer.eos_token
+    assert manifest["formats"] == {"memphis": 2, "tinycot": 1}
+    assert "### User:\nHow do tides work?\n\n### Assistant:\nThe moon pulls the sea." in rows["reddit_instruct"]

@@ -138,13 +138,13 @@ class Selected:
 
 
 def select_rows(path: str, split: str = "train", max_rows: int = 0, columns: dict[str, str] | None = None,
-                exclude: dict[str, str] | None = None) -> Selected:
+                exclude: dict[str, str] | None = None, name: str | None = None) -> Selected:
     """Load a source, rename its columns (`columns`: schema column -> the file's column, so any file fits a
     schema), drop every row where a column matches its `exclude` regular expression (the recipe's
     reddit-instruct subset: no brackets in the title), and keep the first max_rows of the rest."""
     import re
 
-    rows = load_rows(path, split)
+    rows = load_rows(path, split, name)
     renames = {theirs: ours for ours, theirs in (columns or {}).items() if theirs != ours}
     absent = [theirs for theirs in renames if theirs not in rows.column_names]
     if absent:
@@ -302,13 +302,21 @@ def fit(conversation: Conversation, template: Any, encoder: Any, truncate: bool)
     return None, 0, "dropped"
 
 
+# Schemas of worked reasoning problems: rendered in the task's reasoning format, not the chat formats.
+REASONING_SCHEMAS = ("tinycot", "gsm8k")
+
 QUESTION_COLUMNS = ("question", "prompt", "instruction", "problem", "input", "text")
 
 
 def held_out_questions(path: str) -> list[str]:
     """The questions of an evaluation file (data.decontaminate_against: GSM8K's test split, say), from
-    its first column named like a question. A hub id is read at its test split."""
-    selected = select_rows(path, split="train" if Path(path).exists() else "test")
+    its first column named like a question. A hub id is read at its test split, in the config named
+    after a colon when it has several (openai/gsm8k:main)."""
+    if Path(path).exists():
+        selected = select_rows(path)
+    else:
+        dataset, _, name = path.partition(":")
+        selected = select_rows(dataset, split="test", name=name or None)
     column = next((c for c in QUESTION_COLUMNS if c in selected.column_names), None)
     if column is None:
         raise DataError(f"data.decontaminate_against: {path} has no question column (looked for {', '.join(QUESTION_COLUMNS)}; "
@@ -323,9 +331,11 @@ DECONTAMINATION = "decontamination.jsonl"  # each row dropped as a held-out text
 
 
 def prepare_sft_mix(data_cfg: Any, evaluation_texts: Iterable[str], tokenizer: Any, out: Path, seed: int,
-                    max_length: int = 2048) -> dict[str, Any]:
+                    max_length: int = 2048, reasoning_format: str = "tinycot") -> dict[str, Any]:
     """Load, adapt, dedup and decontaminate the configured sources once (against `evaluation_texts` and the
-    files of data.decontaminate_against), render each conversation in the configured formats (one longer
+    files of data.decontaminate_against), render each conversation in the configured formats (a worked
+    problem from a reasoning schema, TinyCoT or GSM8K, in `reasoning_format` instead: the turns the task's
+    problems are asked in, so it is learned as the rounds ask; one longer
     than max_length tokens dropped or truncated, as data.too_long says; plain text is packed into rows of
     max_length tokens instead; preference pairs are rendered in the first format into
     preference_pairs.jsonl, for the rounds' rank stage), and write into the round directory the
@@ -373,8 +383,18 @@ def prepare_sft_mix(data_cfg: Any, evaluation_texts: Iterable[str], tokenizer: A
     rows, per_format, lengths = [], {name: 0 for name in data_cfg.formats}, []
     over_length = {"dropped": {name: 0 for name in data_cfg.formats}, "truncated": {name: 0 for name in data_cfg.formats}}
     encoder = Encoder(tokenizer, max_length)
+    reasoning_sources = {name for name, source in configured.items() if source.schema in REASONING_SCHEMAS}
+    if reasoning_sources:
+        for outcome in over_length.values():
+            outcome.setdefault(reasoning_format, 0)
+        per_format.setdefault(reasoning_format, 0)
     for conversation in merged.items:
-        formats = list(data_cfg.formats) if data_cfg.multi_format == "all" else [rng.choice(list(data_cfg.formats))]
+        if conversation.id.rsplit("/", 1)[0] in reasoning_sources:
+            formats = [reasoning_format]
+        elif data_cfg.multi_format == "all":
+            formats = list(data_cfg.formats)
+        else:
+            formats = [rng.choice(list(data_cfg.formats))]
         for name in formats:
             segments, length, outcome = fit(conversation, get_template(name), encoder, truncate=data_cfg.too_long == "truncate")
             if outcome != "fits":
