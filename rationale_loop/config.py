@@ -210,6 +210,9 @@ class ObjectiveConfig:
     # star: train on the SFT set's gold examples too, beside the correct samples (other objectives ignore
     # it, as star ignores `anchor`: memphis's replay is anchor=replay)
     sft_replay: bool = False
+    # memphis, cpo_simpo: forward each group's prompt once with its responses packed behind it, under a mask
+    # that keeps them apart (rationale_loop/shared_prompt.py); the same scores as one row per response.
+    share_prompt: bool = True
 
 
 @dataclass

@@ -20,6 +20,7 @@ import torch
 from rationale_loop.config import ObjectiveConfig, TrainConfig
 from rationale_loop.data.formats import ReasoningFormat
 from rationale_loop.encode import Encoded, Encoder
+from rationale_loop.shared_prompt import SharedRow, collate_rows, forward_logits, response_sums, response_token_logprobs
 from rationale_loop.losses import mixce_token_losses, rank_loss, sequence_logprobs, token_logprobs
 from rationale_loop.mine import unique_sides
 from rationale_loop.records import Generation, Pair, Problem
@@ -180,25 +181,61 @@ def pairwise_sigmoid_loss(margin: torch.Tensor) -> torch.Tensor:
     return -torch.nn.functional.logsigmoid(margin)
 
 
+@dataclass(frozen=True)
+class _SharedGroup:
+    """A ranked group for the shared-prompt forward (shared_prompt.py): one row, the prompt then the chosen,
+    the rejected and (when it has the same prompt and is not the chosen response) the anchor response;
+    an anchor under another prompt (a replayed SFT example) is a row of its own."""
+
+    row: SharedRow
+    rejected: int
+    anchor: str  # "chosen": read off the chosen response; "in_row": the row's last response; "own_row"
+    anchor_row: SharedRow | None = None
+
+    @property
+    def input_ids(self) -> list[int]:
+        return self.row.input_ids
+
+
 class _RankedGroups:
     """Shared by the objectives that score a chosen response against rejected ones in one forward
-    pass: encoding, collation (chosen, then rejected, then anchors) and length-normalised scores."""
+    pass: encoding, collation and length-normalised scores. Two layouts, the same numbers: with
+    `share_prompt` (objective.share_prompt, the default), a group's prompt is forwarded once with its
+    responses packed behind it (shared_prompt.py); without, each response is a row of its own (chosen,
+    then rejected, then anchors)."""
 
     share_anchor = True  # an anchor that is the chosen response is read off the chosen row (see encode)
 
-    def encode(self, item: RankItem, encoder: Encoder) -> tuple[Encoded, list[Encoded], Encoded | None] | None:
+    @property
+    def share_prompt(self) -> bool:
+        return bool(getattr(self.cfg, "share_prompt", False))
+
+    def encode(self, item: RankItem, encoder: Encoder) -> Any | None:
         """The chosen row, the rejected rows and the anchor row; None for the anchor when it is the
         chosen response under the same prompt (anchor=chosen, cpo_simpo): its NLL then comes from the
-        chosen row, which is forwarded anyway, instead of forwarding the same tokens twice."""
+        chosen row, which is forwarded anyway, instead of forwarding the same tokens twice. With
+        share_prompt, the same group as a _SharedGroup; either way, None when any of its sequences is
+        longer than max_length, so both layouts keep the same groups."""
         chosen = encoder.encode(item.prompt, item.chosen)
         rejected = [encoder.encode(item.prompt, r) for r in item.rejected]
         reused = self.share_anchor and item.anchor == item.chosen and (item.anchor_prompt is None or item.anchor_prompt == item.prompt)
         anchor = None if reused else encoder.encode(item.anchor_prompt or item.prompt, item.anchor)
         if chosen is None or (anchor is None and not reused) or any(r is None for r in rejected):
             return None
-        return chosen, rejected, anchor  # type: ignore[return-value]
+        if not self.share_prompt:
+            return chosen, rejected, anchor
+        prompt = list(encoder.prompt_ids(item.prompt))
+        responses = [encoder.response_ids(item.chosen), *(encoder.response_ids(r) for r in item.rejected)]
+        if reused:
+            return _SharedGroup(SharedRow(prompt, responses), len(rejected), "chosen")
+        if item.anchor_prompt is None or item.anchor_prompt == item.prompt:
+            return _SharedGroup(SharedRow(prompt, [*responses, encoder.response_ids(item.anchor)]), len(rejected), "in_row")
+        anchor_row = SharedRow(list(encoder.prompt_ids(item.anchor_prompt)), [encoder.response_ids(item.anchor)])
+        return _SharedGroup(SharedRow(prompt, responses), len(rejected), "own_row", anchor_row)
 
-    def collate(self, encoded: list[tuple[Encoded, list[Encoded], Encoded | None]], encoder: Encoder) -> dict[str, Any]:
+    def collate(self, encoded: list[Any], encoder: Encoder) -> dict[str, Any]:
+        if encoded and isinstance(encoded[0], _SharedGroup):
+            return self._collate_shared(encoded, encoder)
         chosen = [c for c, _, _ in encoded]
         rejected = [r for _, rs, _ in encoded for r in rs]
         anchors = [a for _, _, a in encoded if a is not None]
@@ -209,6 +246,27 @@ class _RankedGroups:
         return batch
 
     @staticmethod
+    def _collate_shared(groups: list[_SharedGroup], encoder: Encoder) -> dict[str, Any]:
+        """Rows: every group's, then the anchors under another prompt. Responses are numbered across the
+        batch in row order (collate_rows), so each group's chosen, rejected and anchor responses are known."""
+        rows = [g.row for g in groups] + [g.anchor_row for g in groups if g.anchor_row is not None]
+        batch = collate_rows(rows, encoder.pad_id)
+        chosen, rejected, anchors, next_response = [], [], [], 0
+        for g in groups:
+            chosen.append(next_response)
+            rejected += range(next_response + 1, next_response + 1 + g.rejected)
+            anchors.append(next_response if g.anchor == "chosen" else next_response + 1 + g.rejected if g.anchor == "in_row" else None)
+            next_response += len(g.row.responses)
+        for g, anchor in enumerate(anchors):  # the anchors' own rows follow the groups' rows, in group order
+            if anchor is None:
+                anchors[g], next_response = next_response, next_response + 1
+        is_anchor = torch.zeros(batch["responses"], dtype=torch.bool)
+        is_anchor[anchors] = True
+        batch.update(group_sizes=[g.rejected for g in groups], chosen_response=chosen, rejected_responses=rejected,
+                     anchor_response=is_anchor)
+        return batch
+
+    @staticmethod
     def _anchor_rows(batch: dict[str, Any]) -> tuple[list[int], slice]:
         """The chosen rows that double as anchors, and the slice of the anchor rows of their own."""
         reused = [g for g, flag in enumerate(batch.get("anchor_is_chosen", [])) if flag]
@@ -216,6 +274,9 @@ class _RankedGroups:
         return reused, slice(ranked, None)
 
     def units(self, batch: dict[str, Any]) -> dict[str, int]:
+        if "shared_mask" in batch:
+            anchor_tokens = batch["anchor_response"][batch["response_of_token"]]
+            return {"anchor": int(anchor_tokens.sum()), "rank": len(batch["group_sizes"])}
         reused, own = self._anchor_rows(batch)
         labels = batch["labels"]
         return {"anchor": _learned_tokens(labels[reused]) + _learned_tokens(labels[own]), "rank": len(batch["group_sizes"])}
@@ -225,26 +286,44 @@ class _RankedGroups:
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(chosen scores [G], rejected scores [G, K], rejected mask [G, K], anchor (Mix)CE sum). The
         anchor is a token-level CE like SFT's, so `mixce_eta` (the stage's) mixes it the same way."""
+        if "shared_mask" in batch:
+            return self._shared_scores(model, batch, mixce_eta)
         sizes = batch["group_sizes"]
         groups, negatives = len(sizes), sum(sizes)
         logits = _forward(model, batch)
         ranked = groups + negatives
         sums, counts = sequence_logprobs(logits[:ranked], batch["labels"][:ranked])
         scores = sums / counts.clamp(min=1)
-        width = max(sizes)
-        rejected = torch.zeros((groups, width), dtype=scores.dtype, device=scores.device)
-        mask = torch.zeros((groups, width), dtype=torch.bool, device=scores.device)
-        offset = groups
-        for g, size in enumerate(sizes):
-            rejected[g, :size] = scores[offset : offset + size]
-            mask[g, :size] = True
-            offset += size
+        rejected, mask = _by_group(scores[groups:ranked], sizes)
         reused, own = self._anchor_rows(batch)
         anchor_nll = logits.new_zeros(())
         for rows in (reused, own):
             anchor_logprobs, anchor_mask = token_logprobs(logits[rows], batch["labels"][rows])
             anchor_nll = anchor_nll + mixce_token_losses(anchor_logprobs, anchor_mask, mixce_eta).sum()
         return scores[:groups], rejected, mask, anchor_nll
+
+    @staticmethod
+    def _shared_scores(model: torch.nn.Module, batch: dict[str, Any], mixce_eta: float) -> tuple[torch.Tensor, ...]:
+        logits = forward_logits(model, batch)
+        logprobs = response_token_logprobs(logits, batch)
+        sums, counts = response_sums(logprobs, batch)
+        scores = sums / counts.clamp(min=1)
+        rejected, mask = _by_group(scores[batch["rejected_responses"]], batch["group_sizes"])
+        anchor_tokens = batch["anchor_response"].to(logprobs.device)[batch["response_of_token"].to(logprobs.device)]
+        anchor_nll = mixce_token_losses(logprobs, anchor_tokens, mixce_eta).sum()
+        return scores[batch["chosen_response"]], rejected, mask, anchor_nll
+
+
+def _by_group(scores: torch.Tensor, sizes: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rejected scores laid out [G, K] by group, with the mask of real ones (groups may differ in K)."""
+    rejected = scores.new_zeros((len(sizes), max(sizes)))
+    mask = torch.zeros((len(sizes), max(sizes)), dtype=torch.bool, device=scores.device)
+    offset = 0
+    for g, size in enumerate(sizes):
+        rejected[g, :size] = scores[offset : offset + size]
+        mask[g, :size] = True
+        offset += size
+    return rejected, mask
 
 
 def _unique_incorrect(generations: Iterable[Generation]) -> dict[str, tuple[str, ...]]:

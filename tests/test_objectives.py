@@ -184,7 +184,7 @@ def test_an_anchor_read_off_the_chosen_row_equals_its_own_forward(name, model, t
              RankItem(PROMPT, CHOSEN, (other,), TINYCOT.response("Ann has 3. 3 + 2 = 5.", "5"))]
     results = []
     for share in (True, False):
-        objective = build_objective(ObjectiveConfig(name=name, anchor="chosen"))
+        objective = build_objective(ObjectiveConfig(name=name, anchor="chosen", share_prompt=False))
         objective.share_anchor = share
         model.zero_grad()
         encoder = Encoder(tokenizer, 256)
@@ -198,3 +198,43 @@ def test_an_anchor_read_off_the_chosen_row_equals_its_own_forward(name, model, t
     assert units_shared == units_own
     assert loss_shared == pytest.approx(loss_own, rel=1e-5)
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(grads_shared, grads_own))
+
+
+def _loss_and_grads(objective, items, model, encoder, train):
+    model.zero_grad()
+    batch = objective.collate([objective.encode(item, encoder) for item in items], encoder)
+    units, sums = objective.units(batch), objective.loss_sums(model, batch, train)
+    loss = sum(objective.coefficients[n] * sums[n] / units[n] for n in sums)
+    loss.backward()
+    return batch, units, {n: float(v) for n, v in sums.items()}, [p.grad.clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("name, anchor, eta", [("memphis", "chosen", 1.0), ("memphis", "gold", 0.75), ("memphis", "replay", 1.0),
+                                               ("cpo_simpo", "chosen", 1.0)])
+def test_the_shared_prompt_forward_gives_the_unshared_losses_and_gradients(name, anchor, eta, model, tokenizer):
+    """Each group's prompt forwarded once, its responses packed behind it (objective.share_prompt), against
+    one row per response: the same units, loss terms (relative 1e-5) and gradients (absolute 1e-6), with
+    groups of one to three rejected responses of different lengths, an anchor in the row (gold), an anchor
+    under another prompt (replay), and MixCE on the anchor."""
+    from rationale_loop.objectives import RankItem
+
+    other_prompt = TINYCOT.prompt("Bo has 4 cups. He breaks 1.")
+    gold = TINYCOT.response("Ann has 3. 3 + 2 = 5.", "5")
+    wrong = [REJECTED, TINYCOT.response("3 - 2 = 1.", "1"), TINYCOT.response("She has 3 and 2, so 3 * 2 = 6 pens in all.", "6")]
+    def anchor_of(chosen, prompt):
+        return {"chosen": (chosen, None), "gold": (gold, None), "replay": (TINYCOT.response("4 - 1 = 3.", "3"), other_prompt)}[anchor]
+    items = []
+    for prompt, chosen, rejected in [(PROMPT, CHOSEN, tuple(wrong[:1])), (PROMPT, gold, tuple(wrong)), (other_prompt, TINYCOT.response("4 - 1 = 3.", "3"), tuple(wrong[1:]))]:
+        target, anchor_prompt = anchor_of(chosen, prompt)
+        items.append(RankItem(prompt, chosen, rejected if name == "memphis" else rejected[:1], target, anchor_prompt))
+    encoder, train = Encoder(tokenizer, 256), TrainConfig(mixce_eta=eta)
+    shared = _loss_and_grads(build_objective(ObjectiveConfig(name=name, anchor=anchor, share_prompt=True)), items, model, encoder, train)
+    plain = _loss_and_grads(build_objective(ObjectiveConfig(name=name, anchor=anchor, share_prompt=False)), items, model, encoder, train)
+    (batch, units, sums, grads), (plain_batch, plain_units, plain_sums, plain_grads) = shared, plain
+    assert units == plain_units
+    assert sums.keys() == plain_sums.keys() and all(sums[n] == pytest.approx(plain_sums[n], rel=1e-5) for n in sums)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(grads, plain_grads))
+    # Fewer tokens forwarded: every prompt once per group.
+    assert int(batch["attention_mask"].sum()) < int(plain_batch["attention_mask"].sum())
+    # One row a group, and one for each anchor under another prompt (replay: two of the three).
+    assert batch["input_ids"].shape[0] == (5 if anchor == "replay" else 3)
