@@ -3,7 +3,11 @@
 
 from __future__ import annotations
 
-from rationale_loop.data.formats import TINYCOT
+import pytest
+
+from rationale_loop.data.formats import FORMATS, TINYCOT
+from rationale_loop.data.templates import get_template
+from rationale_loop.records import Conversation, Turn
 from rationale_loop.generate import Sampling
 from rationale_loop.generate.base import Completion
 from rationale_loop.generate.hf import cut_at_stop
@@ -50,3 +54,30 @@ def test_every_sample_stops_at_the_formats_end_of_turn_besides_the_configured_st
     assert TINYCOT.stop == ("\n### User:",)
     assert Run(plain, rebuild_index=False)._stop() == ("\n### User:",)
     assert Run(extra, rebuild_index=False)._stop() == ("USER:", "\n### User:")
+
+
+@pytest.mark.parametrize("name", sorted(FORMATS))
+def test_each_prompt_format_stops_at_its_own_end_of_turn(name, tmp_path):
+    """task.prompt_format=<any template>: sampling and evaluation stop at that template's end of turn, and a
+    completion that ran on past it parses to the same answer as one that stopped there."""
+    from hydra import compose, initialize_config_dir
+
+    from rationale_loop.cli import CONFIG_DIR
+    from rationale_loop.config import register_configs
+    from rationale_loop.loop import Run
+
+    register_configs()
+    with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
+        cfg = compose("config", overrides=[f"output_root={tmp_path}", "task.pool_size=8", "task.eval_size=8", "task.sft_size=8",
+                                           f"task.prompt_format={name}"])
+    fmt = FORMATS[name]
+    assert Run(cfg, rebuild_index=False)._stop() == get_template(name).stop == fmt.stop
+    answered = fmt.response("2 + 3 = 5.", "5")
+    # What a model that does not stop writes after its reply: the end of turn and the next user turn (special
+    # tokens such as EOS are dropped when the backends decode, so none here).
+    conversation = Conversation((Turn("user", "Q?"), Turn("assistant", answered), Turn("user", "And 4?")))
+    rendered = get_template(name).render(conversation, "")
+    ran_on = rendered[rendered.index(answered):]
+    assert ran_on != answered
+    assert cut_at_stop(Completion(ran_on, "length", 9), fmt.stop).text.rstrip() == answered
+    assert fmt.parse(ran_on).answer == fmt.parse(answered).answer == "5"
