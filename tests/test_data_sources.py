@@ -210,13 +210,17 @@ def test_sft_on_a_chat_mix_in_three_formats_then_a_round(tmp_path):
     rows = run_loop(cfg)
     assert [r["round"] for r in rows] == [0, 1]
     assert (out / MIX_MANIFEST).stat().st_mtime_ns == prepared
-    assert run_data(cfg).count("--- one row in") == 3, "a finished run's data is read back"
+    assert run_data(cfg).count("--- one row in") == 4, "a finished run's data is read back"
     manifest = json.loads((out / MIX_MANIFEST).read_text())
     assert manifest["sources"]["counting_chats"]["kept"] == 24 and manifest["sources"]["subtraction"]["duplicates"] == 1
-    assert manifest["formats"] == {"memphis": 48, "alpaca": 48, "chat-ml": 48} and manifest["rendered_rows"] == 144
-    assert manifest["over_length"] == {"dropped": {"memphis": 0, "alpaca": 0, "chat-ml": 0}, "truncated": {"memphis": 0, "alpaca": 0, "chat-ml": 8}}
+    # The worked problems once, in the task's reasoning format; each chat in all three chat formats.
+    assert manifest["formats"] == {"memphis": 48, "alpaca": 48, "chat-ml": 48, "tinycot": 16} and manifest["rendered_rows"] == 160
+    assert manifest["over_length"] == {"dropped": {"memphis": 0, "alpaca": 0, "chat-ml": 0, "tinycot": 0},
+                                       "truncated": {"memphis": 0, "alpaca": 0, "chat-ml": 8, "tinycot": 0}}
     trained = json.loads((out / "train.json").read_text())
-    assert trained["train_items"] == 64 + 144 and trained["train_dropped_too_long"] == 0, "what was prepared fits"
+    assert trained["train_items"] == 64 + 160 and trained["train_dropped_too_long"] == 0, "what was prepared fits"
+    worked = next(row for row in map(json.loads, (out / MIX_ROWS).read_text().splitlines()) if row["format"] == "tinycot")
+    assert worked["segments"][0] == ["### User:\nA jar holds 9 marbles, and 5 more are put in. How many marbles are in the jar now?\n\n", False]
     tokenizer = AutoTokenizer.from_pretrained(str(tmp_path / "runs" / "mix" / "round_01" / "checkpoint"))
     assert tokenizer.chat_template == get_template("memphis").chat_template()
 
