@@ -12,6 +12,9 @@ tokens of the rows a stage needs (SFT: prompt + response; rank: chosen + rejecte
 for both sides; model FLOPs are 6 x (non-embedding parameters) per such token plus attention's
 12 x layers x hidden x row length, and utilization divides them by the matmul peak measured here
 (a 2048 x 2048 matmul, median of 5), or by the bf16 peak for the bf16 rows (autocast on both sides).
+Our rank stage forwards each pair's prompt once (objective.share_prompt), so it computes fewer FLOPs
+than it is credited with: its utilization is effective (the unshared work per second over the peak) and
+can pass what the hardware does; `--no-share-prompt` measures the one-row-per-response path instead.
 The larger model runs a third of --steps. Medians of --repeats runs, the two sides interleaved.
 
 TRL is installed for this benchmark only (`make bench` builds .venv-bench with it); the project never
@@ -50,6 +53,7 @@ RESULTS = Path(__file__).resolve().parent / "results" / "against_trl.json"
 SHAPES = {"embedded (4 x 128)": (4, 128, 1.0), "larger (8 x 512)": (8, 512, 1 / 3)}
 SFT_BATCH, SFT_MICRO, RANK_BATCH, RANK_MICRO = 16, 8, 8, 4
 NEFTUNE = 5.0
+SHARE_PROMPT = True  # --no-share-prompt: the rank stage's one-row-per-response path
 
 
 def matmul_peak(dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float:
@@ -92,7 +96,8 @@ def ours(stage: str, items, tokenizer, shape: tuple[int, int], steps: int, bf16:
     cfg = TrainConfig(lr=1e-4, steps=steps, batch_size=batch, micro_batch_size=micro, max_length=256, save_every=0,
                       optimizer="adamw", mixce_eta=1.0, freeze_embeddings=False, warmup_ratio=0.0,
                       neftune_alpha=NEFTUNE if stage == "sft" else 0.0, log_every=10**9, mixed_precision="bf16" if bf16 else "no")
-    objective = SupervisedObjective() if stage == "sft" else build_objective(ObjectiveConfig(name="cpo_simpo", beta=1.0, gamma=0.0, alpha=0.2))
+    objective = SupervisedObjective() if stage == "sft" else build_objective(
+        ObjectiveConfig(name="cpo_simpo", beta=1.0, gamma=0.0, alpha=0.2, share_prompt=SHARE_PROMPT))
     return train(model_for(tokenizer, *shape), tokenizer, items, objective, cfg, seed=0, desc=stage).seconds
 
 
@@ -129,7 +134,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"],
                         help="bf16: autocast on both sides (the weights stay fp32); utilization against the bf16 peak")
+    parser.add_argument("--no-share-prompt", action="store_true", help="our rank stage forwards one row per response")
     args = parser.parse_args()
+    global SHARE_PROMPT
+    SHARE_PROMPT = not args.no_share_prompt
     torch.set_num_threads(args.threads)
     logging.disable(logging.WARNING)
     peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
@@ -159,7 +167,7 @@ def main() -> None:
     import trl
 
     RESULTS.write_text(json.dumps({"machine": {**machine_description(args.threads), "trl": trl.__version__}, "steps": args.steps, "repeats": args.repeats,
-                                   "matmul_peak_flops": {k: round(v) for k, v in peaks.items()}, "results": results}, indent=2) + "\n")
+                                   "rank_share_prompt": SHARE_PROMPT, "matmul_peak_flops": {k: round(v) for k, v in peaks.items()}, "results": results}, indent=2) + "\n")
     print(f"\nmatmul peak: fp32 {peaks['fp32'] / 1e9:.1f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:.1f} GFLOP/s ({args.threads} threads)")
     print(f"{'model, stage, precision':33} {'ours tok/s':>11} {'TRL tok/s':>10} {'ours/TRL':>9} {'ours MFU':>9} {'TRL MFU':>8}")
     for name, row in results.items():
