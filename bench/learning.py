@@ -6,7 +6,8 @@ default's rank.steps), each step forwarding the same number of sequences (`--seq
 default's rank.batch_size): a STaR or SFT example is 1 sequence, a ranked pair or a SPIN pair 2 (the CE
 anchor on the chosen response is read off the chosen row, not forwarded again), so their batches hold
 2x as many single examples as pairs. Training tokens actually forwarded are recorded per round
-(`train_tokens`) so the equality can be checked.
+(`train_tokens`) so the equality can be checked. (Sequences, not tokens: a pair arm forwards each pair's
+prompt once when objective.share_prompt is on, its default; the scores are the same either way.)
 
 Arms (overrides of the embedded default, whose objective is star):
   memphis           rank + CE anchor (the recipe's objective)
@@ -86,9 +87,11 @@ def arm_overrides(arm: str, steps: int, sequences_per_step: int) -> list[str]:
     return [*ARMS[arm], f"rank.steps={steps}", f"rank.batch_size={batch}", f"rank.micro_batch_size={batch}"]
 
 
-def train_sft(work: Path, name: str, extra: list[str]) -> Path:
+def train_sft(work: Path, name: str, extra: list[str], collect: bool = False) -> Path:
     run = work / name
     if not (run / "round_00" / "DONE").exists():
+        if collect:
+            raise SystemExit(f"--collect: {run} has no finished SFT; run the bench without --collect first")
         cfg = compose_config(f"output_root={work}", f"model.cache_dir={work}/models", f"run={name}", "rounds=0", *extra)
         run_loop(cfg)
     return run
@@ -216,11 +219,11 @@ def main() -> None:
     work = Path(args.work)
 
     started = time.perf_counter()
-    sft_run = train_sft(work, "sft", [])
+    sft_run = train_sft(work, "sft", [], args.collect)
     # Trained to convergence? The same SFT twice as long (steps, or epochs), from the same base model.
     sft = compose_config().sft
     key, base = ("sft.steps", sft.steps) if sft.steps > 0 else ("sft.epochs", sft.epochs)
-    longer = train_sft(work, "sft-2x", [f"{key}={2 * base}"])
+    longer = train_sft(work, "sft-2x", [f"{key}={2 * base}"], args.collect)
     convergence = {"length_key": key, "length": base, "accuracy": read_rounds(sft_run)[0]["eval_accuracy"],
                    "length_2x": 2 * base, "accuracy_2x": read_rounds(longer)[0]["eval_accuracy"]}
     print(f"SFT: {convergence['accuracy']:.3f} with {key}={base:g}, {convergence['accuracy_2x']:.3f} with {key}={2 * base:g}")
@@ -244,7 +247,8 @@ def main() -> None:
         if first in summary and second in summary:
             a, b = summary[first][-1], summary[second][-1]
             gap, error = a["mean"] - b["mean"], math.sqrt(a["se"] ** 2 + b["se"] ** 2)
-            print(f"last round: {first} - {second} = {gap:+.3f} ± {error:.3f} ({gap / error:.1f} SE)")
+            in_errors = f" ({gap / error:.1f} SE)" if error > 0 else ""
+            print(f"last round: {first} - {second} = {gap:+.3f} ± {error:.3f}{in_errors}")
     plot(summary, out.with_suffix(".png"))
     print(f"wrote {out} and {out.with_suffix('.png')}")
 

@@ -21,10 +21,10 @@ from rationale_loop.records import Pair
 
 @torch.no_grad()
 def pair_margins(model: Any, tokenizer: Any, pairs: Sequence[Pair], max_length: int, batch_size: int = 32,
-                 turn_end: str = "") -> list[float]:
+                 reply_end: str = "{eos}") -> list[float]:
     """s_c - s_r for every pair whose two sides fit in max_length (longer ones are skipped, as training
     skips them)."""
-    encoder = Encoder(tokenizer, max_length, turn_end)
+    encoder = Encoder(tokenizer, max_length, reply_end)
     encoded = []
     for pair in pairs:
         chosen, rejected = encoder.encode(pair.prompt, pair.chosen), encoder.encode(pair.prompt, pair.rejected)

@@ -2,7 +2,8 @@
 
 The prompt and the response are tokenized separately and concatenated, so the boundary between them
 is exact and the prompt's ids are the very ids generation starts from. Prompt tokens get the label
--100; the response's tokens and the EOS that ends it are learned.
+-100; the response's tokens and the prompt format's end of a reply (EOS in most formats, chat-ml's
+<|im_end|>) are learned.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any, Sequence
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from rationale_loop.data.templates import EOS as EOS_MARK  # the tokenizer's EOS token in a reply's ending
 from rationale_loop.losses import IGNORE_INDEX
 
 
@@ -24,14 +26,22 @@ class Encoded:
 
 
 class Encoder:
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, max_length: int, turn_end: str = ""):
-        """`turn_end`: what the prompt format closes a reply with before EOS (chat-ml's "<|im_end|>"; formats.py),
-        learned after every response, so the model learns to end its turn as the format does."""
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, max_length: int, reply_end: str = EOS_MARK):
+        """`reply_end`: how the prompt format closes a reply, learned after every response, with {eos} for the
+        tokenizer's EOS: "{eos}" in most formats, chat-ml's "<|im_end|>" (formats.py, ReasoningFormat.reply_end)."""
         if tokenizer.eos_token_id is None:
             raise ValueError("the tokenizer has no EOS token; the response's end cannot be learned")
         self.tokenizer = tokenizer
         self.max_length = max_length
-        self.turn_end = turn_end
+        self.reply_end = reply_end
+        # Tokenized apart from the response: a completion cut at the end-of-turn stop string and the gold
+        # response then end in the same tokens.
+        pieces = reply_end.split(EOS_MARK)
+        self.end_ids: list[int] = []
+        for index, piece in enumerate(pieces):
+            self.end_ids += tokenizer(piece, add_special_tokens=False)["input_ids"] if piece else []
+            if index < len(pieces) - 1:
+                self.end_ids.append(tokenizer.eos_token_id)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.prompt_ids = lru_cache(maxsize=65536)(self._prompt_ids)
 
@@ -40,10 +50,7 @@ class Encoder:
         return tuple(self.tokenizer(prompt, add_special_tokens=True)["input_ids"])
 
     def response_ids(self, response: str) -> list[int]:
-        # The response and its end of turn tokenized apart: a completion cut at the end-of-turn stop string
-        # and the gold response then end in the same tokens.
-        end = self.tokenizer(self.turn_end, add_special_tokens=False)["input_ids"] if self.turn_end else []
-        return self.tokenizer(response, add_special_tokens=False)["input_ids"] + end + [self.tokenizer.eos_token_id]
+        return self.tokenizer(response, add_special_tokens=False)["input_ids"] + self.end_ids
 
     def encode(self, prompt: str, response: str) -> Encoded | None:
         """Ids and labels for one example, or None when it is longer than max_length (the caller drops

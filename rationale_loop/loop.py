@@ -356,7 +356,7 @@ class Run:
         def rank_own_pairs(current: Any, when: str) -> dict[str, Any]:
             from rationale_loop.diagnostics import pair_margins, ranking_summary
 
-            margins = pair_margins(current, tokenizer, pairs, self.cfg.rank.max_length, self.cfg.rank.micro_batch_size, self.fmt.turn_end)
+            margins = pair_margins(current, tokenizer, pairs, self.cfg.rank.max_length, self.cfg.rank.micro_batch_size, self.fmt.reply_end)
             return ranking_summary(margins, when)
 
         self._train_and_save(model, tokenizer, items, objective, self.cfg.rank, self.cfg.seed + k, f"round {k}", out,
@@ -381,7 +381,7 @@ class Run:
         log_dir = self.dir / "tensorboard" / out.name
         model = attach(model, self.cfg.peft, seed)
         result = train(model, tokenizer, items, objective, train_cfg, seed=seed, desc=desc, state_path=out / TRAIN_STATE, log_dir=log_dir,
-                       turn_end=self.fmt.turn_end)
+                       reply_end=self.fmt.reply_end)
         if not PartialState().is_main_process:
             return  # under a launcher, the main process merges, measures and writes; the others are done
         model = merge(model, self.cfg.peft, out / "adapter", start, self.cfg.model)

@@ -26,6 +26,8 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
+from rationale_loop.config import ConfigError
+
 
 @dataclass(frozen=True)
 class SharedRow:
@@ -93,9 +95,14 @@ def forward_logits(model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tenso
     """The model's logits under the shared mask: transformers takes a 4D mask as given. SDPA reads a
     boolean mask as is (and whatever dtype autocast gives the queries); eager attention adds a float one."""
     sees = batch["shared_mask"].to(batch["input_ids"].device)
-    if getattr(model.config, "_attn_implementation", "sdpa") != "sdpa":
+    inner = getattr(model, "module", model)  # under DDP, the wrapped model holds the config
+    attention = getattr(getattr(inner, "config", None), "_attn_implementation", None) or "sdpa"
+    if attention == "eager":
         dtype = next(model.parameters()).dtype
         sees = torch.zeros(sees.shape, dtype=dtype, device=sees.device).masked_fill(~sees, torch.finfo(dtype).min)
+    elif attention != "sdpa":
+        raise ConfigError(f"objective.share_prompt needs sdpa or eager attention, and the model uses {attention}; "
+                          "set objective.share_prompt=false")
     return model(input_ids=batch["input_ids"], attention_mask=sees, position_ids=batch["position_ids"]).logits
 
 

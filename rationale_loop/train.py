@@ -83,14 +83,14 @@ def train(
     desc: str,
     state_path: Path | None = None,
     log_dir: Path | None = None,
-    turn_end: str = "",
+    reply_end: str = "{eos}",
 ) -> TrainResult:
     """Train `model` in place. With `state_path`, a resumable training state (weights, optimizer,
     schedule, random state, loss log) is saved there every `cfg.save_every` steps, and a state found
     there at the start is resumed from: the run goes on from that step as if it had never stopped.
-    With `log_dir`, per-step loss, loss terms and learning rate go to TensorBoard. `turn_end`: the prompt
+    With `log_dir`, per-step loss, loss terms and learning rate go to TensorBoard. `reply_end`: the prompt
     format's end of a reply, learned after each response (encode.py)."""
-    encoder = Encoder(tokenizer, cfg.max_length, turn_end)
+    encoder = Encoder(tokenizer, cfg.max_length, reply_end)
     encoded = [objective.encode(item, encoder) for item in items]
     kept = [e for e in encoded if e is not None]
     dropped = len(encoded) - len(kept)

@@ -220,9 +220,12 @@ def test_sft_on_a_chat_mix_in_three_formats_then_a_round(tmp_path):
     trained = json.loads((out / "train.json").read_text())
     assert trained["train_items"] == 64 + 160 and trained["train_dropped_too_long"] == 0, "what was prepared fits"
     worked = next(row for row in map(json.loads, (out / MIX_ROWS).read_text().splitlines()) if row["format"] == "tinycot")
-    assert worked["segments"][0] == ["### User:\nA jar holds 9 marbles, and 5 more are put in. How many marbles are in the jar now?\n\n", False]
+    # Exactly as the rounds ask: the prompt ends with the rationale header, and the rest is learned.
+    assert worked["segments"][0] == ["### User:\nA jar holds 9 marbles, and 5 more are put in. How many marbles are in the jar now?"
+                                     "\n\n### Rationale:\n", False]
     tokenizer = AutoTokenizer.from_pretrained(str(tmp_path / "runs" / "mix" / "round_01" / "checkpoint"))
     assert tokenizer.chat_template == get_template("memphis").chat_template()
+    assert worked["segments"][1] == ["9 + 5 = 14.\n\n### Answer:\n14" + tokenizer.eos_token, True]
 
 
 PREFERENCE_ROWS = [
@@ -267,9 +270,10 @@ def test_a_round_ranks_preference_pairs_beside_its_mined_pairs(tmp_path):
     cfg = compose_config(*overrides)
     assert "Preference pairs for the rounds' rank stage: 2" in run_data(cfg)
     rows = [json.loads(line) for line in (tmp_path / "runs" / "prefs" / "round_00" / PREFERENCE_FILE).read_text().splitlines()]
+    # In the task's format (tinycot), as the mined pairs are; the replies bare (the encoder adds EOS).
     assert rows[0] == {"id": "prefs/000000",
-                       "prompt": "<|im_start|>system\nAnswer briefly.<|im_end|>\n<|im_start|>user\nAnn has 2 pens and finds 3. How many?<|im_end|>\n<|im_start|>assistant\n",
-                       "chosen": "2 + 3 = 5. She has 5.<|im_end|>", "rejected": "She has 6.<|im_end|>"}
+                       "prompt": "### System:\nAnswer briefly.\n\n### User:\nAnn has 2 pens and finds 3. How many?\n\n",
+                       "chosen": "2 + 3 = 5. She has 5.", "rejected": "She has 6."}
     run_loop(cfg)
     round_one = tmp_path / "runs" / "prefs" / "round_01"
     mined = json.loads((round_one / "stats.json").read_text())["pairs"]

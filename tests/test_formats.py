@@ -44,25 +44,29 @@ def test_the_reasoning_layout_goes_inside_any_turn_template():
     template's end of turn, which the encoder learns after every response and generation stops at."""
     chatml = get_format("chat-ml")
     assert chatml.prompt("What is 2 + 3?") == "<|im_start|>user\nWhat is 2 + 3?<|im_end|>\n<|im_start|>assistant\n### Rationale:\n"
-    assert chatml.turn_end == "<|im_end|>" and chatml.stop == ("<|im_end|>",)
+    assert chatml.reply_end == "<|im_end|>" and chatml.stop == ("<|im_end|>",)
     assert chatml.parse("2 + 3 = 5.\n\n### Answer:\n5<|im_end|>\n<|im_start|>user") == chatml.parse(chatml.response("2 + 3 = 5.", "5"))
     alpaca = get_format("alpaca")
     assert alpaca.prompt("Q?").startswith("Below is an instruction") and alpaca.prompt("Q?").endswith("### Response:\n### Rationale:\n")
     assert get_format("llama-2").prompt("Q?") == "[INST] Q? [/INST] ### Rationale:\n"
-    assert TINYCOT.turn_end == "" and TINYCOT.stop == ("\n### User:",)
+    assert TINYCOT.reply_end == "{eos}" and TINYCOT.stop == ("\n### User:",)
+    assert get_format("llama-2").reply_end == " {eos}"
 
 
-def test_the_encoder_learns_the_turn_end_then_eos():
+def test_the_encoder_learns_the_formats_reply_end():
+    """tinycot ends a learned reply with EOS; chat-ml with <|im_end|> and no EOS after it, as its rendered
+    chats and its chat_template do."""
     from rationale_loop.encode import Encoder
     from rationale_loop.model import train_tokenizer
 
     chatml = get_format("chat-ml")
     tokenizer = train_tokenizer([chatml.prompt("What is 2 + 3?") + chatml.response("2 + 3 = 5.", "5") + "<|im_end|>"] * 5, vocab_size=300)
-    plain, closed = Encoder(tokenizer, 256), Encoder(tokenizer, 256, chatml.turn_end)
-    response = chatml.response("2 + 3 = 5.", "5")
-    a, b = plain.encode(chatml.prompt("What is 2 + 3?"), response), closed.encode(chatml.prompt("What is 2 + 3?"), response)
+    prompt, response = chatml.prompt("What is 2 + 3?"), chatml.response("2 + 3 = 5.", "5")
+    plain, closed = Encoder(tokenizer, 256, TINYCOT.reply_end), Encoder(tokenizer, 256, chatml.reply_end)
+    a, b = plain.encode(prompt, response), closed.encode(prompt, response)
     end = tokenizer("<|im_end|>", add_special_tokens=False)["input_ids"]
-    assert b.input_ids == a.input_ids[:-1] + end + [tokenizer.eos_token_id] and b.labels[-len(end) - 1:] == end + [tokenizer.eos_token_id]
+    assert a.input_ids[-1] == tokenizer.eos_token_id and Encoder(tokenizer, 256).encode(prompt, response) == a
+    assert b.input_ids == a.input_ids[:-1] + end and b.labels[-len(end):] == end
 
 
 def test_a_round_in_chat_ml_samples_trains_and_evaluates_in_chat_ml(tmp_path):

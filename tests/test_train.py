@@ -133,6 +133,29 @@ def test_two_processes_split_every_batch_and_reach_the_one_process_weights(tmp_p
     assert losses[0] == pytest.approx(losses[1], rel=1e-5), "the logged loss is the whole batch's, not one process's share"
 
 
+def test_the_shared_prompt_rank_stage_under_two_processes_reaches_the_one_process_weights(tmp_path):
+    """The rank stage's shared-prompt forward under DDP (the objective is handed DDP's wrapper, not the
+    model): two processes end with the one-process weights and log the same losses."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    job = Path(__file__).with_name("ddp_rank_job.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, str(job), str(tmp_path / "one")], capture_output=True, text=True, env=env, check=False)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                          "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(job), str(tmp_path / "two")],
+                         capture_output=True, text=True, env=env, check=False)
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = (torch.load(tmp_path / name / "final.pt") for name in ("one", "two"))
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+    losses = [[r["loss"] for r in json.loads((tmp_path / name / "history.json").read_text())] for name in ("one", "two")]
+    assert len(losses[0]) == 4 and losses[0] == pytest.approx(losses[1], rel=1e-5)
+
+
 def test_gradient_checkpointing_gives_the_same_weights_and_bf16_autocast_trains(tokenizer):
     def trained(**settings):
         model = tiny_model(tokenizer)

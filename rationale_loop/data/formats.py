@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rationale_loop.data.templates import EOS, TEMPLATES, TurnTemplate
+from rationale_loop.data.templates import TEMPLATES, TurnTemplate
 from rationale_loop.records import Conversation, Turn
 
 
@@ -73,11 +73,10 @@ class ReasoningFormat:
         return tuple(marker.strip() for marker in self.stop)
 
     @property
-    def turn_end(self) -> str:
-        """What the template puts after a reply before the tokenizer's EOS ("<|im_end|>" in chat-ml; nothing
-        in most): the encoder appends it and EOS to every response it learns."""
-        after = self.template.assistant.partition("{content}")[2]
-        return after.replace(EOS, "")
+    def reply_end(self) -> str:
+        """How the template closes a reply, {eos} standing for the tokenizer's EOS: "{eos}" in most formats,
+        "<|im_end|>" in chat-ml, " {eos}" in llama-2. The encoder learns it after every response."""
+        return self.template.assistant.partition("{content}")[2]
 
     def prompt(self, question: str) -> str:
         user = Conversation((Turn("user", question.strip()),))

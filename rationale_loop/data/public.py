@@ -240,7 +240,8 @@ LOADERS: dict[str, Callable[[PathLike], list[Problem]]] = {
     "aqua": load_aqua,
 }
 # The same sets as rows from anywhere (a hub dataset read through `datasets`): (where, row) pairs and the
-# split's name, which takes the file stem's place in the ids, so a hub split and its file give the same ids.
+# split's name, which takes the file stem's place in the ids (a hub split named like its file, as GSM8K's train
+# and test are, gives the file's ids).
 PARSERS: dict[str, Callable[[Iterable[tuple[str, Any]], str], list[Problem]]] = {
     "gsm8k": parse_gsm8k,
     "svamp": parse_svamp,

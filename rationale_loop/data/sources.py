@@ -293,13 +293,27 @@ def fit(conversation: Conversation, template: Any, encoder: Any, truncate: bool)
     if encoded is not None:
         return segments, len(encoded.input_ids), "fits"
     if truncate:
-        ends = [i + 1 for i, turn in enumerate(conversation.turns) if turn.role == "assistant"][:-1]
+        ends = [i + 1 for i, turn in enumerate(conversation.turns) if turn.role == "assistant" and i + 1 < len(conversation.turns)]
         for end in reversed(ends):
             shorter = template.segments(Conversation(conversation.turns[:end], conversation.system, conversation.id), encoder.tokenizer.eos_token)
             encoded = encoder.encode_segments(shorter)
             if encoded is not None:
                 return shorter, len(encoded.input_ids), "truncated"
     return None, 0, "dropped"
+
+
+def header_in_prompt(segments: list[Any], header: str) -> list[Any]:
+    """A worked problem's reply opens with the reasoning layout's rationale header, with which the rounds'
+    prompts end: moved from the learned reply to the prompt before it, so the mix teaches what the rounds ask."""
+    from rationale_loop.data.templates import Segment
+
+    out: list[Any] = []
+    for segment in segments:
+        if segment.learned and segment.text.startswith(header) and out and not out[-1].learned:
+            out[-1] = Segment(out[-1].text + header, False)
+            segment = Segment(segment.text[len(header):], True)
+        out.append(segment)
+    return out
 
 
 # Schemas of worked reasoning problems: rendered in the task's reasoning format, not the chat formats.
@@ -312,10 +326,10 @@ def held_out_questions(path: str) -> list[str]:
     """The questions of an evaluation file (data.decontaminate_against: GSM8K's test split, say), from
     its first column named like a question. A hub id is read at its test split, in the config named
     after a colon when it has several (openai/gsm8k:main)."""
-    if Path(path).exists():
+    if Path(path).is_file():
         selected = select_rows(path)
-    else:
-        dataset, _, name = path.partition(":")
+    else:  # a hub id, or a folder laid out like a hub dataset (or written by save_to_disk)
+        dataset, _, name = path.rpartition(":") if ":" in path and not Path(path).exists() else (path, "", "")
         selected = select_rows(dataset, split="test", name=name or None)
     column = next((c for c in QUESTION_COLUMNS if c in selected.column_names), None)
     if column is None:
@@ -337,7 +351,7 @@ def prepare_sft_mix(data_cfg: Any, evaluation_texts: Iterable[str], tokenizer: A
     problem from a reasoning schema, TinyCoT or GSM8K, in `reasoning_format` instead: the turns the task's
     problems are asked in, so it is learned as the rounds ask; one longer
     than max_length tokens dropped or truncated, as data.too_long says; plain text is packed into rows of
-    max_length tokens instead; preference pairs are rendered in the first format into
+    max_length tokens instead; preference pairs are rendered in the task's format into
     preference_pairs.jsonl, for the rounds' rank stage), and write into the round directory the
     rendered rows (sft_mix.jsonl: id, format, segments), what decontamination removed and why
     (decontamination.jsonl), and a manifest (data_manifest.json: rows per source after each filter, rows
@@ -374,11 +388,11 @@ def prepare_sft_mix(data_cfg: Any, evaluation_texts: Iterable[str], tokenizer: A
     merged = mix(loaded, guard)
     plain = mix(texts, guard, document_view)
     preferred = mix(preferences, guard)
-    # Rendered in the first format: the prompt as a generation prompt, each reply as it would be learned.
-    template = get_template(data_cfg.formats[0])
+    # Ranked beside the mined pairs, so asked as they are: the prompt in the task's format (a generation prompt),
+    # each reply bare (the rank stage's encoder adds the format's end of a reply, as to every response).
+    template = get_template(reasoning_format)
     pair_rows = [{"id": c.id, "prompt": template.prompt(Conversation(c.turns[:1], c.system), tokenizer.eos_token),
-                  "chosen": template.reply(c.turns[1].content, tokenizer.eos_token),
-                  "rejected": template.reply(rejected_of[c.id], tokenizer.eos_token)} for c in preferred.items]
+                  "chosen": c.turns[1].content, "rejected": rejected_of[c.id]} for c in preferred.items]
     rng = random.Random(f"formats/{seed}")
     rows, per_format, lengths = [], {name: 0 for name in data_cfg.formats}, []
     over_length = {"dropped": {name: 0 for name in data_cfg.formats}, "truncated": {name: 0 for name in data_cfg.formats}}
@@ -401,13 +415,15 @@ def prepare_sft_mix(data_cfg: Any, evaluation_texts: Iterable[str], tokenizer: A
                 over_length[outcome][name] += 1
             if segments is None:
                 continue
+            if formats == [reasoning_format] and conversation.id.rsplit("/", 1)[0] in reasoning_sources:
+                segments = header_in_prompt(segments, f"{TINYCOT.rationale_header}\n")
             rows.append({"id": conversation.id, "format": name, "segments": [[s.text, s.learned] for s in segments]})
             per_format[name] += 1
             lengths.append(length)
     if texts:
         for index, piece in enumerate(pack([text for _, text in plain.items], tokenizer, max_length)):
             rows.append({"id": f"text/{index:06d}", "format": TEXT_SCHEMA, "segments": [[piece, True]]})
-            lengths.append(len(encoder.encode_segments([Segment(piece, True)]).input_ids))
+            lengths.append(len(encoder.prompt_ids("")) + len(tokenizer(piece, add_special_tokens=False)["input_ids"]))
         per_format[TEXT_SCHEMA] = len(rows) - sum(per_format.values())
     lengths.sort()
     manifest = {
