@@ -189,10 +189,10 @@ def plot(summary: dict[str, list[dict[str, float]]], path: Path) -> None:
 
 def table(summary: dict[str, list[dict[str, float]]]) -> str:
     rounds = max(len(rows) for rows in summary.values())
-    lines = ["| arm | " + " | ".join("SFT" if k == 0 else f"round {k}" for k in range(rounds)) + " |",
-             "|---|" + "---|" * rounds]
+    lines = ["| arm | seeds | " + " | ".join("SFT" if k == 0 else f"round {k}" for k in range(rounds)) + " |",
+             "|---|---|" + "---|" * rounds]
     for arm, rows in summary.items():
-        lines.append(f"| {arm} | " + " | ".join(f"{row['mean']:.3f} ± {row['se']:.3f}" for row in rows) + " |")
+        lines.append(f"| {arm} | {rows[0]['seeds']} | " + " | ".join(f"{row['mean']:.3f} ± {row['se']:.3f}" for row in rows) + " |")
     return "\n".join(lines)
 
 
