@@ -1,6 +1,7 @@
-"""Training throughput of the SFT and rank stages before and after this project's two padding/row
-savings, side by side in one run: sorting each step's batch by length (`sort_by_length`), and reading the
-anchor off the chosen row (`share_anchor`, when the anchor is the chosen response).
+"""Training throughput of the SFT and rank stages before and after this project's padding/row savings,
+side by side in one run: sorting each step's batch by length (`sort_by_length`), reading the anchor off
+the chosen row (`share_anchor`, when the anchor is the chosen response), and forwarding each pair's prompt
+once with both responses behind it (`objective.share_prompt`).
 
 The model is the embedded default's shape (4 layers, hidden 128) with random weights; items are
 tiny_arith problems in TinyCoT (SFT: gold responses; rank: the gold response chosen, the same chain with a
@@ -65,9 +66,10 @@ def useful_tokens(items, tokenizer, rank: bool) -> int:
     return sum(len(encoder.encode(i.prompt, i.chosen).input_ids) + len(encoder.encode(i.prompt, i.rejected[0]).input_ids) for i in items)
 
 
-def run(stage: str, items, tokenizer, steps: int, sort: bool, share: bool) -> dict:
+def run(stage: str, items, tokenizer, steps: int, sort: bool, share: bool, share_prompt: bool = False) -> dict:
     cfg = TrainConfig(lr=1e-4, steps=steps, batch_size=32, micro_batch_size=8, max_length=256, save_every=0, sort_by_length=sort)
-    objective = SupervisedObjective() if stage == "sft" else build_objective(ObjectiveConfig(name="memphis", anchor="chosen"))
+    objective = SupervisedObjective() if stage == "sft" else build_objective(
+        ObjectiveConfig(name="memphis", anchor="chosen", share_prompt=share_prompt))
     objective.share_anchor = share
     start = time.perf_counter()
     result = train(model_for(tokenizer), tokenizer, items, objective, cfg, seed=0, desc=stage)
@@ -96,14 +98,15 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     sft, rank, tokenizer = items_and_tokenizer(args.steps * 32)
     variants = {
-        "sft": {"drawn order": (False, True), "sorted": (True, True)},
-        "rank": {"drawn order, anchor row": (False, False), "sorted, anchor row": (True, False), "sorted, anchor from chosen": (True, True)},
+        "sft": {"drawn order": (False, True, False), "sorted": (True, True, False)},
+        "rank": {"drawn order, anchor row": (False, False, False), "sorted, anchor row": (True, False, False),
+                 "sorted, anchor from chosen": (True, True, False), "sorted, anchor from chosen, shared prompt": (True, True, True)},
     }
     samples: dict = {stage: {name: [] for name in names} for stage, names in variants.items()}
     for _ in range(args.repeats):  # interleaved, so machine noise hits every variant alike
         for stage, names in variants.items():
-            for name, (sort, share) in names.items():
-                samples[stage][name].append(run(stage, sft if stage == "sft" else rank, tokenizer, args.steps, sort, share))
+            for name, (sort, share, share_prompt) in names.items():
+                samples[stage][name].append(run(stage, sft if stage == "sft" else rank, tokenizer, args.steps, sort, share, share_prompt))
     table = {}
     for stage, names in samples.items():
         for name, runs in names.items():
