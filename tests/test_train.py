@@ -95,27 +95,34 @@ def test_two_process_ddp_training_killed_and_resumed_ends_with_the_weights_of_an
     assert straight.stdout.split("mean loss")[1] == resumed.stdout.split("mean loss")[1]
 
 
+def _run_with_one_and_two_processes(job_name: str, out) -> None:
+    """Run a job script by plain python into OUT/one and under `accelerate launch` with 2 DDP processes
+    over gloo into OUT/two; both must succeed."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    job = Path(__file__).with_name(job_name)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, str(job), str(out / "one")], capture_output=True, text=True, env=env, check=False)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                          "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(job), str(out / "two")],
+                         capture_output=True, text=True, env=env, check=False)
+    assert two.returncode == 0, two.stderr[-3000:]
+
+
 def test_two_processes_split_every_batch_and_reach_the_one_process_weights(tmp_path):
     """Under DDP each process trains on its own share of every optimizer step's batch (together the
     whole batch, never an item twice), and the all-reduced gradient is the one-process gradient, so
     both runs end with the same weights and log the same losses. The last step's batch has a single
     item: the process dealt nothing still joins the all-reduce, adding nothing."""
     import json
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
 
     from rationale_loop.train import _schedule_order
 
-    job = Path(__file__).with_name("ddp_split_job.py")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    one = subprocess.run([sys.executable, str(job), str(tmp_path / "one")], capture_output=True, text=True, env=env, check=False)
-    assert one.returncode == 0, one.stderr[-3000:]
-    two = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                          "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(job), str(tmp_path / "two")],
-                         capture_output=True, text=True, env=env, check=False)
-    assert two.returncode == 0, two.stderr[-3000:]
+    _run_with_one_and_two_processes("ddp_split_job.py", tmp_path)
 
     batches = _schedule_order(13, 1, 4, seed=0)
     assert [len(b) for b in batches] == [4, 4, 4, 1]
@@ -137,19 +144,8 @@ def test_the_shared_prompt_rank_stage_under_two_processes_reaches_the_one_proces
     """The rank stage's shared-prompt forward under DDP (the objective is handed DDP's wrapper, not the
     model): two processes end with the one-process weights and log the same losses."""
     import json
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
 
-    job = Path(__file__).with_name("ddp_rank_job.py")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    one = subprocess.run([sys.executable, str(job), str(tmp_path / "one")], capture_output=True, text=True, env=env, check=False)
-    assert one.returncode == 0, one.stderr[-3000:]
-    two = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                          "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(job), str(tmp_path / "two")],
-                         capture_output=True, text=True, env=env, check=False)
-    assert two.returncode == 0, two.stderr[-3000:]
+    _run_with_one_and_two_processes("ddp_rank_job.py", tmp_path)
     a, b = (torch.load(tmp_path / name / "final.pt") for name in ("one", "two"))
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
     losses = [[r["loss"] for r in json.loads((tmp_path / name / "history.json").read_text())] for name in ("one", "two")]
