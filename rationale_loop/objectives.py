@@ -224,13 +224,15 @@ class _RankedGroups:
             return None
         if not self.share_prompt:
             return chosen, rejected, anchor
+        # The rows just encoded already hold each response's ids behind its prompt: split them, not re-tokenize.
         prompt = list(encoder.prompt_ids(item.prompt))
-        responses = [encoder.response_ids(item.chosen), *(encoder.response_ids(r) for r in item.rejected)]
+        responses = [e.input_ids[len(prompt):] for e in (chosen, *rejected)]
         if reused:
             return _SharedGroup(SharedRow(prompt, responses), len(rejected), "chosen")
         if item.anchor_prompt is None or item.anchor_prompt == item.prompt:
-            return _SharedGroup(SharedRow(prompt, [*responses, encoder.response_ids(item.anchor)]), len(rejected), "in_row")
-        anchor_row = SharedRow(list(encoder.prompt_ids(item.anchor_prompt)), [encoder.response_ids(item.anchor)])
+            return _SharedGroup(SharedRow(prompt, [*responses, anchor.input_ids[len(prompt):]]), len(rejected), "in_row")
+        anchor_prompt = list(encoder.prompt_ids(item.anchor_prompt))
+        anchor_row = SharedRow(anchor_prompt, [anchor.input_ids[len(anchor_prompt):]])
         return _SharedGroup(SharedRow(prompt, responses), len(rejected), "own_row", anchor_row)
 
     def collate(self, encoded: list[Any], encoder: Encoder) -> dict[str, Any]:
