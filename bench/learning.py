@@ -146,6 +146,14 @@ def run_arm(work: Path, sft_run: Path, arm: str, seed: int, rounds: int, steps: 
     }
 
 
+def with_recorded(results: list[dict], recorded: dict | None) -> list[dict]:
+    """`results`, plus the recorded runs of the arm/seed pairs they do not hold."""
+    if recorded is None:
+        return results
+    done = {(r["arm"], r["seed"]) for r in results}
+    return results + [r for r in recorded["runs"] if (r["arm"], r["seed"]) not in done]
+
+
 def mean_and_error(accuracies: list[float], questions: int) -> tuple[float, float]:
     mean = statistics.fmean(accuracies)
     seeds = statistics.variance(accuracies) / len(accuracies) if len(accuracies) > 1 else 0.0
@@ -210,6 +218,10 @@ def main() -> None:
     parser.add_argument("--collect", action="store_true",
                         help="run nothing: gather the finished runs in --work (every round done) into the table, JSON and plot; "
                              "for arms and seeds run by several processes")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the runs recorded in --out for the arm/seed pairs this invocation does not produce (runs of an "
+                             "earlier machine whose --work is gone), and its SFT-convergence record when --work has no 2x SFT; "
+                             "refuses when this SFT's held-out accuracy differs from the recorded one (another checkpoint)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     if args.threads:
@@ -218,18 +230,32 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     work = Path(args.work)
 
+    out = Path(args.out)
+    recorded = json.loads(out.read_text()) if args.merge and out.exists() else None
+
     started = time.perf_counter()
     sft_run = train_sft(work, "sft", [], args.collect)
-    # Trained to convergence? The same SFT twice as long (steps, or epochs), from the same base model.
-    sft = compose_config().sft
-    key, base = ("sft.steps", sft.steps) if sft.steps > 0 else ("sft.epochs", sft.epochs)
-    longer = train_sft(work, "sft-2x", [f"{key}={2 * base}"], args.collect)
-    convergence = {"length_key": key, "length": base, "accuracy": read_rounds(sft_run)[0]["eval_accuracy"],
-                   "length_2x": 2 * base, "accuracy_2x": read_rounds(longer)[0]["eval_accuracy"]}
+    accuracy = read_rounds(sft_run)[0]["eval_accuracy"]
+    if recorded is not None and recorded["sft_convergence"]["accuracy"] != accuracy:
+        raise SystemExit(f"--merge: the SFT in {sft_run} scores {accuracy}, the runs recorded in {out} started from one that "
+                         f"scored {recorded['sft_convergence']['accuracy']}: not the same checkpoint, so not comparable")
+    if recorded is not None and not (work / "sft-2x" / "round_00" / "DONE").exists():
+        convergence = recorded["sft_convergence"]
+    else:
+        # Trained to convergence? The same SFT twice as long (steps, or epochs), from the same base model.
+        sft = compose_config().sft
+        key, base = ("sft.steps", sft.steps) if sft.steps > 0 else ("sft.epochs", sft.epochs)
+        longer = train_sft(work, "sft-2x", [f"{key}={2 * base}"], args.collect)
+        convergence = {"length_key": key, "length": base, "accuracy": accuracy,
+                       "length_2x": 2 * base, "accuracy_2x": read_rounds(longer)[0]["eval_accuracy"]}
+    key, base = convergence["length_key"], convergence["length"]
     print(f"SFT: {convergence['accuracy']:.3f} with {key}={base:g}, {convergence['accuracy_2x']:.3f} with {key}={2 * base:g}")
 
-    results = []
-    out = Path(args.out)
+    results: list[dict] = []
+    arms = list(args.arms)
+    if recorded is not None:  # this invocation's runs first; the recorded ones fill the arm/seed pairs it leaves out
+        arms += [arm for arm in ARMS if arm not in arms and any(r["arm"] == arm for r in recorded["runs"])]
+        arms.sort(key=list(ARMS).index)
     for seed in args.seeds:
         # the arms that sample round 1 first, so that they share one sample of it
         for arm in sorted(args.arms, key=lambda a: a not in SAMPLES_ROUND_ONE):
@@ -238,10 +264,11 @@ def main() -> None:
             result = run_arm(work, sft_run, arm, seed, args.rounds, args.steps, args.sequences, args.collect)
             results.append(result)
             print(f"{arm:>18} seed {seed}: " + " ".join(f"{a:.3f}" for a in result["accuracy"]) + f"  ({result['seconds']:.0f} s)", flush=True)
-            summary = summarize(results, args.arms)
-            _write(out, args, convergence, results, summary, time.perf_counter() - started)
+            runs = with_recorded(results, recorded)
+            _write(out, args, convergence, runs, summarize(runs, arms), time.perf_counter() - started, recorded)
 
-    summary = summarize(results, args.arms)
+    runs = with_recorded(results, recorded)
+    summary = summarize(runs, arms)
     print(table(summary))
     for first, second in (("memphis", "sft_continued"), ("star", "sft_continued"), ("memphis", "star")):
         if first in summary and second in summary:
@@ -253,7 +280,8 @@ def main() -> None:
     print(f"wrote {out} and {out.with_suffix('.png')}")
 
 
-def _write(out: Path, args: Any, convergence: dict, results: list[dict], summary: dict, seconds: float) -> None:
+def _write(out: Path, args: Any, convergence: dict, results: list[dict], summary: dict, seconds: float,
+           recorded: dict | None) -> None:
     import torch
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -262,10 +290,12 @@ def _write(out: Path, args: Any, convergence: dict, results: list[dict], summary
     data = {
         "machine": {"cpu": cpu, "threads": torch.get_num_threads(), "torch": torch.__version__, "platform": platform.platform()},
         "command": "bench/learning.py " + " ".join(sys.argv[1:]),
+        # the invocations whose recorded runs --merge kept
+        "earlier_commands": [*recorded.get("earlier_commands", []), recorded["command"]] if recorded else [],
         "compute": {"steps_per_round": args.steps, "sequences_per_step": args.sequences,
                     "rule": "equal optimizer steps per round, each forwarding the same number of sequences"},
         "rounds": args.rounds,
-        "seeds": args.seeds,
+        "seeds": sorted({r["seed"] for r in results}),
         "sft_convergence": convergence,
         "summary": summary,
         "runs": results,
