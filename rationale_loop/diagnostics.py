@@ -1,10 +1,12 @@
 """Whether a round's ranking reached the weights: how the model scores the round's own pairs.
 
-For every mined pair, the margin s_c - s_r between the length-normalised log-probabilities of the
-chosen and the rejected response (the recipe's score; TRL logs the same number as rewards/margins), and
-whether the model ranks the pair right (s_c > s_r; TRL's rewards/accuracies). Measured on the round's
-starting model and on the model it saves, in eval mode (no NEFTune), these say whether a round moved
-the scores it was trained on, whatever the objective.
+For every mined pair, the length-normalised log-probabilities s_c and s_r of the chosen and the
+rejected response (the recipe's score; TRL logs their means as logps/chosen and logps/rejected), their
+margin s_c - s_r (TRL's rewards/margins), and whether the model ranks the pair right (s_c > s_r; TRL's
+rewards/accuracies). Measured on the round's starting model and on the model it saves, in eval mode (no
+NEFTune), these say whether a round moved the scores it was trained on, whatever the objective; s_c on
+its own says whether a round that ranks better also keeps its right answers likely, or lowers both
+sides and the chosen one less (a ranking loss has no floor under s_c).
 """
 
 from __future__ import annotations
@@ -20,9 +22,9 @@ from rationale_loop.records import Pair
 
 
 @torch.no_grad()
-def pair_margins(model: Any, tokenizer: Any, pairs: Sequence[Pair], max_length: int, batch_size: int = 32,
-                 reply_end: str = "{eos}") -> list[float]:
-    """s_c - s_r for every pair whose two sides fit in max_length (longer ones are skipped, as training
+def pair_scores(model: Any, tokenizer: Any, pairs: Sequence[Pair], max_length: int, batch_size: int = 32,
+                reply_end: str = "{eos}") -> list[tuple[float, float]]:
+    """(s_c, s_r) for every pair whose two sides fit in max_length (longer ones are skipped, as training
     skips them)."""
     encoder = Encoder(tokenizer, max_length, reply_end)
     encoded = []
@@ -33,32 +35,38 @@ def pair_margins(model: Any, tokenizer: Any, pairs: Sequence[Pair], max_length: 
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    margins: list[float] = []
+    scored: list[tuple[float, float]] = []
     try:
         for start in range(0, len(encoded), batch_size):
             chunk = encoded[start : start + batch_size]
             batch = encoder.collate([c for c, _ in chunk] + [r for _, r in chunk])
             logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits
             sums, counts = sequence_logprobs(logits, batch["labels"].to(device))
-            scores = (sums / counts.clamp(min=1)).double().cpu()
-            margins.extend((scores[: len(chunk)] - scores[len(chunk) :]).tolist())
+            scores = (sums / counts.clamp(min=1)).double().cpu().tolist()
+            scored.extend(zip(scores[: len(chunk)], scores[len(chunk) :]))
     finally:
         model.train(was_training)
-    return margins
+    return scored
 
 
-def ranking_summary(margins: Sequence[float], when: str) -> dict[str, float | int | None]:
-    """Mean margin, fraction ranked right, and the pairwise rank term -log sigmoid(margin) averaged
-    over the pairs, keyed `<name>_<when>` (when: "before" or "after" the round's training)."""
-    if not margins:
-        return {f"pair_margin_{when}": None, f"pairs_ranked_right_{when}": None, f"pair_rank_loss_{when}": None}
-    count = len(margins)
-    return {
-        f"pair_margin_{when}": sum(margins) / count,
-        f"pairs_ranked_right_{when}": sum(m > 0 for m in margins) / count,
+def ranking_summary(scores: Sequence[tuple[float, float]], when: str) -> dict[str, float | int | None]:
+    """Mean s_c, mean s_r, mean margin, fraction ranked right, and the pairwise rank term
+    -log sigmoid(margin) averaged over the pairs, keyed `<name>_<when>` (when: "before" or "after" the
+    round's training)."""
+    names = ("chosen_score", "rejected_score", "pair_margin", "pairs_ranked_right", "pair_rank_loss")
+    if not scores:
+        return {f"{name}_{when}": None for name in names}
+    count = len(scores)
+    margins = [chosen - rejected for chosen, rejected in scores]
+    values = (
+        sum(chosen for chosen, _ in scores) / count,
+        sum(rejected for _, rejected in scores) / count,
+        sum(margins) / count,
+        sum(m > 0 for m in margins) / count,
         # -log sigmoid(m) = log(1 + e^-m), written to stay finite for large |m|
-        f"pair_rank_loss_{when}": sum(max(-m, 0.0) + math.log1p(math.exp(-abs(m))) for m in margins) / count,
-    }
+        sum(max(-m, 0.0) + math.log1p(math.exp(-abs(m))) for m in margins) / count,
+    )
+    return {f"{name}_{when}": value for name, value in zip(names, values)}
 
 
 def term_at_ends(history: Sequence[dict[str, float]], term: str) -> dict[str, float | None]:

@@ -24,6 +24,8 @@ COLUMN_TITLES = {
     "rank_term_first": "rank term, first step", "rank_term_last": "rank term, last step",
     "pair_margin_before": "margin s_c - s_r before", "pair_margin_after": "margin after",
     "pairs_ranked_right_before": "own pairs ranked right before", "pairs_ranked_right_after": "ranked right after",
+    "chosen_score_before": "mean s_c (chosen) before", "chosen_score_after": "mean s_c after",
+    "rejected_score_before": "mean s_r (rejected) before", "rejected_score_after": "mean s_r after",
 }
 
 CSS = """

@@ -55,6 +55,7 @@ ROUND_SUMMARY_KEYS = (
     # what the round trained on, and whether its ranking reached the weights (rationale_loop/diagnostics.py)
     "train_items", "train_steps", "rank_term_first", "rank_term_last",
     "pair_margin_before", "pair_margin_after", "pairs_ranked_right_before", "pairs_ranked_right_after",
+    "chosen_score_before", "chosen_score_after", "rejected_score_before", "rejected_score_after",
     "note",  # why a round trained on nothing (degenerate_round_note), absent when it trained
 )
 
@@ -354,10 +355,10 @@ class Run:
         backends.drop()
 
         def rank_own_pairs(current: Any, when: str) -> dict[str, Any]:
-            from rationale_loop.diagnostics import pair_margins, ranking_summary
+            from rationale_loop.diagnostics import pair_scores, ranking_summary
 
-            margins = pair_margins(current, tokenizer, pairs, self.cfg.rank.max_length, self.cfg.rank.micro_batch_size, self.fmt.reply_end)
-            return ranking_summary(margins, when)
+            scores = pair_scores(current, tokenizer, pairs, self.cfg.rank.max_length, self.cfg.rank.micro_batch_size, self.fmt.reply_end)
+            return ranking_summary(scores, when)
 
         self._train_and_save(model, tokenizer, items, objective, self.cfg.rank, self.cfg.seed + k, f"round {k}", out,
                              start=start, average_with=start, measure=rank_own_pairs)
@@ -395,10 +396,10 @@ class Run:
         summary = _train_summary(result)
         if measure:
             summary.update({**before, **measure(model, "after"), **term_at_ends(result.history, "rank")})
-            log.info("%s: own pairs ranked right %s -> %s, mean margin s_c - s_r %s -> %s; rank term %s -> %s",
+            log.info("%s: own pairs ranked right %s -> %s, mean margin s_c - s_r %s -> %s, mean s_c %s -> %s; rank term %s -> %s",
                      desc, *(_fmt(summary.get(key)) for key in (
                          "pairs_ranked_right_before", "pairs_ranked_right_after", "pair_margin_before", "pair_margin_after",
-                         "rank_term_first", "rank_term_last")))
+                         "chosen_score_before", "chosen_score_after", "rank_term_first", "rank_term_last")))
         write_json_atomic(out / TRAIN_SUMMARY, summary)
         save_checkpoint(model, tokenizer, out / "checkpoint")
         (out / TRAIN_STATE).unlink(missing_ok=True)  # the checkpoint supersedes it (and it can be large)

@@ -35,10 +35,11 @@ def standard_error(accuracy: float | None, questions: int | None) -> float | Non
 
 def rounds_table(run: Path) -> Table:
     """Held-out accuracy with its standard error per round, what the round sampled and trained on, and
-    whether its ranking reached the weights: its own pairs ranked right, before -> after its training."""
+    whether its ranking reached the weights: its own pairs ranked right, their margin and the chosen
+    side's score, before -> after its training."""
     table = Table(title=f"held-out accuracy per round  ({run})")
     columns = ("round", "accuracy ± SE", "samples", "correct", "pass@n", "pairs", "train items", "steps",
-               "rank term first -> last", "own pairs ranked right", "margin s_c - s_r", "train loss")
+               "rank term first -> last", "own pairs ranked right", "margin s_c - s_r", "chosen s_c", "train loss")
     for column in columns:
         table.add_column(column, justify="right", no_wrap=True)
     for row in read_rounds(run):
@@ -50,6 +51,7 @@ def rounds_table(run: Path) -> Table:
             _change(row, "rank_term_first", "rank_term_last"),
             _change(row, "pairs_ranked_right_before", "pairs_ranked_right_after"),
             _change(row, "pair_margin_before", "pair_margin_after"),
+            _change(row, "chosen_score_before", "chosen_score_after"),
             format_value(row.get("train_loss")),
         )
     return table

@@ -9,7 +9,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from rationale_loop.config import ObjectiveConfig, TrainConfig
 from rationale_loop.data.formats import TINYCOT
-from rationale_loop.diagnostics import pair_margins, ranking_summary, term_at_ends
+from rationale_loop.diagnostics import pair_scores, ranking_summary, term_at_ends
 from rationale_loop.model import train_tokenizer
 from rationale_loop.objectives import MemphisObjective, RoundData
 from rationale_loop.records import Pair, Problem
@@ -43,12 +43,12 @@ def _model(tokenizer):
 def test_a_rank_stage_raises_the_fraction_of_its_pairs_ranked_right(tokenizer):
     pairs = _pairs()
     model = _model(tokenizer)
-    before = ranking_summary(pair_margins(model, tokenizer, pairs, 128), "before")
+    before = ranking_summary(pair_scores(model, tokenizer, pairs, 128), "before")
     objective = MemphisObjective(ObjectiveConfig(anchor="chosen"))
     items = objective.items(RoundData({}, [], pairs, TINYCOT))
     cfg = TrainConfig(lr=3e-3, epochs=24, batch_size=8, micro_batch_size=8, warmup_ratio=0.1, optimizer="adamw")
     result = train(model, tokenizer, items, objective, cfg, seed=0, desc="rank")
-    after = ranking_summary(pair_margins(model, tokenizer, pairs, 128), "after")
+    after = ranking_summary(pair_scores(model, tokenizer, pairs, 128), "after")
     ends = term_at_ends(result.history, "rank")
 
     assert after["pairs_ranked_right_after"] >= before["pairs_ranked_right_before"] + 0.3, (before, after)
@@ -58,8 +58,8 @@ def test_a_rank_stage_raises_the_fraction_of_its_pairs_ranked_right(tokenizer):
     assert ends["rank_term_last"] < ends["rank_term_first"] - 0.1, ends
 
 
-def test_margins_are_the_length_normalised_score_gap(tokenizer):
-    """pair_margins agrees with scoring each side on its own, unbatched."""
+def test_pair_scores_are_each_sides_length_normalised_log_probability(tokenizer):
+    """pair_scores agrees with scoring each side on its own, unbatched."""
     from rationale_loop.encode import Encoder
     from rationale_loop.losses import sequence_logprobs
 
@@ -73,17 +73,21 @@ def test_margins_are_the_length_normalised_score_gap(tokenizer):
             total, count = sequence_logprobs(model(input_ids=batch["input_ids"]).logits, batch["labels"])
         return float(total[0] / count[0])
 
-    expected = [score(p.prompt, p.chosen) - score(p.prompt, p.rejected) for p in pairs]
-    assert pair_margins(model, tokenizer, pairs, 128, batch_size=2) == pytest.approx(expected, abs=1e-5)
+    expected = [(score(p.prompt, p.chosen), score(p.prompt, p.rejected)) for p in pairs]
+    scored = pair_scores(model, tokenizer, pairs, 128, batch_size=2)
+    assert [side for both in scored for side in both] == pytest.approx([side for both in expected for side in both], abs=1e-5)
 
 
 def test_ranking_summary_by_hand():
-    summary = ranking_summary([2.0, -1.0, 0.0, 3.0], "after")
+    summary = ranking_summary([(-1.0, -3.0), (-2.0, -1.0), (-0.5, -0.5), (-1.5, -4.5)], "after")  # margins 2, -1, 0, 3
+    assert summary["chosen_score_after"] == pytest.approx(-1.25)
+    assert summary["rejected_score_after"] == pytest.approx(-2.25)
     assert summary["pair_margin_after"] == pytest.approx(1.0)
     assert summary["pairs_ranked_right_after"] == 0.5  # a tie is not ranked right
     expected = sum(math.log(1 + math.exp(-m)) for m in (2.0, -1.0, 0.0, 3.0)) / 4
     assert summary["pair_rank_loss_after"] == pytest.approx(expected)
-    assert ranking_summary([], "before") == {"pair_margin_before": None, "pairs_ranked_right_before": None, "pair_rank_loss_before": None}
+    assert ranking_summary([], "before") == {"chosen_score_before": None, "rejected_score_before": None, "pair_margin_before": None,
+                                             "pairs_ranked_right_before": None, "pair_rank_loss_before": None}
     assert term_at_ends([{"nll": 1.0}], "rank") == {"rank_term_first": None, "rank_term_last": None}
 
 

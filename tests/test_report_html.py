@@ -117,12 +117,12 @@ def test_report_table_shows_each_rounds_diagnostics(report, two_round_run):
     from rationale_loop.report import format_value, standard_error
 
     texts = Dom(report.read_text()).texts
-    for title in ("own pairs ranked right before", "ranked right after", "margin s_c - s_r before",
+    for title in ("own pairs ranked right before", "ranked right after", "margin s_c - s_r before", "mean s_c (chosen) before",
                   "rank term, first step", "rank term, last step", "optimizer steps", "train items"):
         assert title in texts, title
     for k in (1, 2):
         metrics = json.loads((two_round_run / f"round_{k:02d}" / "metrics.json").read_text())
-        for key in ("pairs_ranked_right_before", "pairs_ranked_right_after", "pair_margin_before", "rank_term_last"):
+        for key in ("pairs_ranked_right_before", "pairs_ranked_right_after", "pair_margin_before", "chosen_score_after", "rank_term_last"):
             assert metrics[key] is not None and format_value(metrics[key]) in texts, (k, key)
         error = standard_error(metrics["eval_accuracy"], metrics["eval_questions"])
         assert f"{format_value(metrics['eval_accuracy'])} ± {error:.3f}" in texts
