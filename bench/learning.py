@@ -20,6 +20,7 @@ Arms (overrides of the embedded default, whose objective is star):
   spin              SPIN against the round's starting model, on the SFT set
   sft_continued     no self-training: SFT continued on the SFT set
   adalite, mixce_0.75, neftune_10   the recipe's own pieces on the memphis objective
+  memphis_w1, memphis_w0.2, memphis_lr1e-4   memphis with a lighter rank term or a lower rank LR (only when named)
 
 Round 1 samples the same pool from the same checkpoint with the same seed in every arm, so it is
 sampled once per seed and shared (found on disk, so separate processes, one per seed, share it too). Held-out accuracy is over the same eval questions for every arm;
@@ -69,7 +70,13 @@ ARMS: dict[str, list[str]] = {
     "adalite": [*MEMPHIS, "rank.optimizer=adalite"],
     "mixce_0.75": [*MEMPHIS, "rank.mixce_eta=0.75"],
     "neftune_10": [*MEMPHIS, "rank.neftune_alpha=10"],
+    # Where the rank term starts to hurt (not run by default): memphis with a lighter rank term, or at a
+    # rank LR as far below the SFT LR as the recipe's (5e-7 against 1e-5, i.e. 2e-3 / 20 = 1e-4).
+    "memphis_w1": [*MEMPHIS, "objective.rank_weight=1"],
+    "memphis_w0.2": [*MEMPHIS, "objective.rank_weight=0.2"],
+    "memphis_lr1e-4": [*MEMPHIS, "rank.lr=1e-4"],
 }
+SWEEP = ("memphis_w1", "memphis_w0.2", "memphis_lr1e-4")
 SEQUENCES_PER_ITEM = {"star": 1, "star_sft_replay": 1, "star_rationalize": 1, "sft_continued": 1}  # the pair arms: 2
 PHASE_SECONDS = ("generate_seconds", "mine_seconds", "train_phase_seconds", "evaluate_seconds")  # a round's phases, in metrics.json
 SAMPLES_ROUND_ONE = {arm for arm in ARMS if arm != "sft_continued"}  # arms whose round 1 samples the pool
@@ -206,7 +213,7 @@ def table(summary: dict[str, list[dict[str, float]]]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    parser.add_argument("--arms", nargs="+", default=[arm for arm in ARMS if arm not in SWEEP], choices=list(ARMS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--rounds", type=int, default=3)
     default = compose_config().rank
