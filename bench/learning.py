@@ -188,10 +188,13 @@ def plot(summary: dict[str, list[dict[str, float]]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(figsize=(8, 5))
-    for arm, rows in summary.items():
+    colors = plt.get_cmap("tab10").colors
+    for index, (arm, rows) in enumerate(summary.items()):
         rounds = [row["round"] for row in rows]
-        axes.errorbar([r + 0.02 * list(summary).index(arm) for r in rounds], [row["mean"] for row in rows],
+        # tab10 has ten colours: past them, the same colours dashed, so that no two arms look alike
+        axes.errorbar([r + 0.02 * index for r in rounds], [row["mean"] for row in rows],
                       yerr=[row["se"] for row in rows], marker="o", capsize=3, label=arm,
+                      color=colors[index % len(colors)], linestyle="-" if index < len(colors) else "--",
                       linewidth=2.5 if arm in ("memphis", "sft_continued") else 1.2)
     axes.set_xlabel("round (0 = SFT)")
     axes.set_ylabel("held-out accuracy (mean over seeds, ±1 SE)")
