@@ -28,6 +28,7 @@ the standard error of an arm's mean combines the spread over seeds and the binom
 question sample: sqrt(var_seeds / k + p (1 - p) / n).
 
     .venv/bin/python bench/learning.py [--seeds 0 1 2] [--rounds 3] [--steps 60] [--sequences 32] [--threads 2] [--arms memphis star ...]
+    .venv/bin/python bench/learning.py --collect [--merge] --work DIR    # gather runs made by several processes (--merge: and the recorded ones)
 
 Writes bench/results/learning.json and bench/results/learning.png, and prints a table.
 """
