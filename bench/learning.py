@@ -281,7 +281,7 @@ def main() -> None:
     runs = with_recorded(results, recorded)
     summary = summarize(runs, arms)
     print(table(summary))
-    for first, second in (("memphis", "sft_continued"), ("star", "sft_continued"), ("memphis", "star")):
+    for first, second in (("memphis", "sft_continued"), ("star", "sft_continued"), ("memphis", "star"), ("memphis_w1", "sft_continued")):
         if first in summary and second in summary:
             a, b = summary[first][-1], summary[second][-1]
             gap, error = a["mean"] - b["mean"], math.sqrt(a["se"] ** 2 + b["se"] ** 2)
