@@ -95,9 +95,13 @@ def arm_overrides(arm: str, steps: int, sequences_per_step: int) -> list[str]:
     return [*ARMS[arm], f"rank.steps={steps}", f"rank.batch_size={batch}", f"rank.micro_batch_size={batch}"]
 
 
+def sft_finished(run: Path) -> bool:
+    return (run / "round_00" / "DONE").exists()
+
+
 def train_sft(work: Path, name: str, extra: list[str], collect: bool = False) -> Path:
     run = work / name
-    if not (run / "round_00" / "DONE").exists():
+    if not sft_finished(run):
         if collect:
             raise SystemExit(f"--collect: {run} has no finished SFT; run the bench without --collect first")
         cfg = compose_config(f"output_root={work}", f"model.cache_dir={work}/models", f"run={name}", "rounds=0", *extra)
@@ -242,7 +246,9 @@ def main() -> None:
     work = Path(args.work)
 
     out = Path(args.out)
-    recorded = json.loads(out.read_text()) if args.merge and out.exists() else None
+    if args.merge and not out.exists():  # else a merge would quietly start over, retraining the 2x SFT too
+        raise SystemExit(f"--merge: {out} holds no recorded runs to keep (copy the results file there, or name it with --out)")
+    recorded = json.loads(out.read_text()) if args.merge else None
 
     started = time.perf_counter()
     sft_run = train_sft(work, "sft", [], args.collect)
@@ -250,7 +256,7 @@ def main() -> None:
     if recorded is not None and recorded["sft_convergence"]["accuracy"] != accuracy:
         raise SystemExit(f"--merge: the SFT in {sft_run} scores {accuracy}, the runs recorded in {out} started from one that "
                          f"scored {recorded['sft_convergence']['accuracy']}: not the same checkpoint, so not comparable")
-    if recorded is not None and not (work / "sft-2x" / "round_00" / "DONE").exists():
+    if recorded is not None and not sft_finished(work / "sft-2x"):
         convergence = recorded["sft_convergence"]
     else:
         # Trained to convergence? The same SFT twice as long (steps, or epochs), from the same base model.
