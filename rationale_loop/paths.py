@@ -4,12 +4,17 @@ A run lives at <output_root>/<run>, and `run` is a relative path that stays insi
 sweep's job names a subdirectory, "base-r1/rank.lr:1e-07", which is fine; "../x" and "/abs" are not):
 otherwise one run could write over another project's files, or be split between two places. Deleting
 never follows a symbolic link: a fork's rounds are links into the run it came from, and removing the
-fork must never remove what they point at.
+fork must never remove what they point at. Nor does it go through one: a link planted in a run
+(tensorboard -> elsewhere) is removed as a link, and a path that reaches past such a link is refused.
+The run a process holds (lock.run_lock) is where that check starts, so a link to another disk above
+the run (output_root on scratch space) is the user's and is followed.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
+import stat
 from pathlib import Path, PurePosixPath
 
 from rationale_loop.errors import UserError
@@ -63,18 +68,88 @@ def run_directory(output_root: str, run: str) -> str:
     refused before Hydra creates any directory."""
     check_output_root(output_root)
     check_run_name(run)
+    check_run_is_directory(Path(output_root), run)
     return f"{output_root}/{run}"
+
+
+def file_kind(mode: int) -> str:
+    """What a st_mode says a path is, in words."""
+    for test, words in ((stat.S_ISREG, "a regular file"), (stat.S_ISDIR, "a directory"), (stat.S_ISLNK, "a symbolic link"),
+                        (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+                        (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return words
+    return "not a regular file"
+
+
+def check_run_is_directory(output_root: Path, run: str) -> None:
+    """output_root and every directory down to the run are directories where they exist: a plain file
+    in the way would otherwise end in FileExistsError deep inside Hydra."""
+    path = Path(output_root)
+    for part in ("", *PurePosixPath(str(run)).parts):
+        path = path / part if part else path
+        try:
+            mode = os.stat(path).st_mode  # a link to a directory is fine here: the user's own layout
+        except FileNotFoundError:
+            return
+        except OSError as error:
+            raise RunPathError(f"{path}: cannot be used as a run directory ({error.strerror})") from None
+        if not stat.S_ISDIR(mode):
+            what = "the output root" if path == Path(output_root) else "the run directory" if part == PurePosixPath(str(run)).parts[-1] else "on the way to the run"
+            raise RunPathError(f"{path} ({what}) is {file_kind(mode)}, not a directory; move it away or name another run (run=NAME)")
+
+
+# The runs this process holds (lock.run_lock adds and drops them): deleting and writing under one of
+# them never passes through a link out of it.
+HELD_RUNS: list[Path] = []
+
+
+def _lexical(path: Path) -> Path:
+    """`path` made absolute without following any link."""
+    return Path(os.path.abspath(path))
+
+
+def _is_under(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
+
+
+def trusted_root(path: Path, inside: Path | None = None) -> Path | None:
+    """The directory from which `path` must be reached without leaving through a link: the held run
+    that holds it, else `inside`."""
+    lexical = _lexical(path)
+    for run in HELD_RUNS:
+        if _is_under(lexical, _lexical(run)):
+            return _lexical(run)
+    return None if inside is None else _lexical(inside)
+
+
+def check_no_link_out(path: Path, root: Path, doing: str) -> None:
+    """Refuse when a directory between `root` and `path` (both excluded) is a link to somewhere out of
+    `root`: a link planted in a run (tensorboard -> elsewhere), or a fork's shared round."""
+    path, root = _lexical(path), _lexical(root)
+    real_root = root.resolve()
+    between = [parent for parent in path.parents if root in parent.parents]  # below root, above path
+    for directory in reversed(between):
+        if directory.is_symlink():
+            target = directory.resolve()
+            if not _is_under(target, real_root):
+                raise RunPathError(f"refusing to {doing} {path}: {directory} is a symbolic link to {target}, out of {root}; "
+                                   "remove the link (a run holds no links but a fork's rounds)")
 
 
 def remove(path: Path, inside: Path) -> None:
     """Delete `path` (a file, a directory tree, or a link) if it lies inside `inside`. A link is removed
-    itself, never what it points at; shutil.rmtree likewise unlinks the links it meets in a tree."""
+    itself, never what it points at; shutil.rmtree likewise unlinks the links it meets in a tree. A path
+    reached through a link out of the run (or out of `inside`) is refused."""
     path = Path(path)
+    lexical, root = _lexical(path), _lexical(inside)
     parent = path.parent.resolve()  # the link itself may point anywhere; where it sits must be inside
-    root = Path(inside).resolve()
-    if parent != root and root not in parent.parents:
+    if lexical == root or root not in lexical.parents or (parent != root.resolve() and root.resolve() not in parent.parents):
         raise RunPathError(f"refusing to delete {path}: it is not inside {inside}")
+    check_no_link_out(path, trusted_root(path, inside), "delete")
     if path.is_symlink() or path.is_file():
         path.unlink()
     elif path.is_dir():
         shutil.rmtree(path)
+    elif path.exists():  # a FIFO, a socket or a device: removed like a file, never opened
+        path.unlink()
