@@ -69,7 +69,23 @@ def round_dir(run: Path, k: int) -> Path:
 
 
 def is_done(run: Path, k: int) -> bool:
-    return (round_dir(run, k) / DONE).exists()
+    """Whether round k has DONE, the regular file that marks it finished. Anything else in its place (a
+    directory, a FIFO, a link) is not taken for finished, and raises naming it, so no command goes on
+    as if the round were not there either."""
+    import stat
+
+    from rationale_loop.errors import CheckpointError
+    from rationale_loop.paths import file_kind
+
+    done = round_dir(run, k) / DONE
+    try:
+        mode = os.lstat(done).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    if stat.S_ISREG(mode):
+        return True
+    raise CheckpointError(f"{done} is {file_kind(mode)}, not the file that marks a finished round: restore DONE from a copy, "
+                          "or remove it and the next command finishes the round from its files")
 
 
 def next_round(run: Path) -> int:
@@ -544,11 +560,12 @@ class Run:
 def _remove_leftovers(out: Path) -> None:
     """What a kill in the middle of an atomic write leaves: temporary files and checkpoint staging
     directories (model-sized), and a partial generation file whose sorted copy was already written."""
-    for leftover in out.glob(".*"):
-        if leftover.is_dir() or leftover.name.endswith(".tmp"):
-            remove(leftover, inside=out)
-    if (out / "generations.jsonl").exists():
-        (out / "generations.jsonl.partial").unlink(missing_ok=True)
+    for leftover in sorted(out.glob(".*")):
+        if leftover.is_symlink() or leftover.is_dir() or leftover.name.endswith(".tmp"):
+            remove(leftover, inside=out)  # a link is removed as a link, never followed
+    partial = out / "generations.jsonl.partial"
+    if (out / "generations.jsonl").exists() and (partial.exists() or partial.is_symlink()):
+        remove(partial, inside=out)
 
 
 class _Lazy:
@@ -578,22 +595,42 @@ def keep_complete_questions(partial: Path, n: int) -> set[str]:
     if not partial.exists():
         return set()
     counts: Counter[str] = Counter()
-    for line in _whole_lines(partial):
-        counts[json.loads(line)["question_id"]] += 1
+    for line_number, line in enumerate(_whole_lines(partial), start=1):
+        counts[_question_of(partial, line_number, line)] += 1
     complete = {q for q, count in counts.items() if count == n}
     with atomic_writer(partial) as handle:
-        handle.writelines(line for line in _whole_lines(partial) if json.loads(line)["question_id"] in complete)
+        handle.writelines(line for line_number, line in enumerate(_whole_lines(partial), start=1)
+                          if _question_of(partial, line_number, line) in complete)
     return complete
+
+
+def _question_of(path: Path, line_number: int, line: str) -> str:
+    """The question id of one whole line of an interrupted generation file; a line damaged otherwise
+    than by the kill (which only cuts the last one short) raises naming the file and line."""
+    try:
+        row = json.loads(line)
+    except ValueError as error:
+        row, why = None, f"not valid JSON ({error})"
+    else:
+        why = "no question_id"
+    if isinstance(row, dict) and isinstance(row.get("question_id"), str):
+        return row["question_id"]
+    raise DataError(f"{path}:{line_number}: {why}; delete the file to sample the round again")
 
 
 def _whole_lines(path: Path) -> Iterator[str]:
     """The lines of a file up to the first one without its newline: the write in flight when the
-    process died."""
-    with path.open(encoding="utf-8") as handle:
-        for line in handle:
-            if not line.endswith("\n"):
+    process died. Bytes that are not UTF-8 raise naming the file and line."""
+    from rationale_loop.records import open_regular
+
+    with open_regular(path) as handle:
+        for line_number, raw in enumerate(handle, start=1):
+            if not raw.endswith(b"\n"):
                 return
-            yield line
+            try:
+                yield raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise DataError(f"{path}:{line_number}: not valid UTF-8; delete the file to sample the round again") from None
 
 
 def write_rounds_index(run: Path) -> None:
@@ -602,10 +639,21 @@ def write_rounds_index(run: Path) -> None:
     rows = []
     k = 0
     while is_done(run, k):
-        metrics = json.loads((round_dir(run, k) / "metrics.json").read_text())
+        metrics = read_round_metrics(run, k)
         rows.append({key: metrics.get(key) for key in ROUND_SUMMARY_KEYS})
         k += 1
     write_jsonl_atomic(run / "rounds.jsonl", rows)
+
+
+def read_round_metrics(run: Path, k: int) -> dict[str, Any]:
+    """A finished round's metrics.json; missing or damaged, a DataError naming it (and the line)."""
+    from rationale_loop.records import read_json
+
+    path = round_dir(run, k) / "metrics.json"
+    try:
+        return read_json(path)
+    except FileNotFoundError:
+        raise DataError(f"{path} is missing from a finished round; restore it from a copy, or delete the round") from None
 
 
 FORK = "fork.json"
@@ -631,10 +679,13 @@ def fork(run: Path, init_from: str | Path) -> None:
     if not is_done(source, k):
         raise ConfigError(f"init_from={init_from}: {round_dir(source, k)} is not a finished round (no DONE)")
     origin = {"from": str(round_dir(source, k).resolve()), "round": k}
+    from rationale_loop.records import read_fork_record
+
     record = run / FORK
-    if record.exists():
-        if json.loads(record.read_text()) != origin:
-            raise ConfigError(f"init_from={init_from}: {run} was forked from {json.loads(record.read_text())['from']}; start a new run (run=NAME)")
+    if record.exists() or record.is_symlink():
+        recorded = read_fork_record(record)
+        if recorded != origin:
+            raise ConfigError(f"init_from={init_from}: {run} was forked from {recorded['from']}; start a new run (run=NAME)")
     elif round_dir(run, 0).exists():
         raise ConfigError(f"init_from={init_from}: {run} already has rounds of its own; fork into a new run (run=NAME)")
     else:
@@ -765,5 +816,13 @@ def run_loop(cfg: DictConfig) -> list[dict[str, Any]]:
 
 
 def read_rounds(run: Path) -> list[dict[str, Any]]:
+    """The rows of rounds.jsonl (none when absent); a damaged line raises naming the file and line."""
     path = run / "rounds.jsonl"
-    return list(read_jsonl(path)) if path.exists() else []
+    if not (path.exists() or path.is_symlink()):
+        return []
+    rows = list(read_jsonl(path))
+    for line_number, row in enumerate(rows, start=1):
+        if not isinstance(row, dict) or type(row.get("round")) is not int:
+            raise DataError(f"{path}: row {line_number} has no round number; delete the file: it is derived from the rounds' "
+                            "metrics.json, and the next round, sft or loop command rebuilds it")
+    return rows
