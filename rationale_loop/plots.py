@@ -11,7 +11,6 @@ Round 0 is SFT; rounds 1 and later have samples and pairs. Every plot takes the 
 from __future__ import annotations
 
 import io
-import json
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -21,7 +20,7 @@ from matplotlib.ticker import MaxNLocator
 
 from rationale_loop import report
 from rationale_loop.loop import round_dir
-from rationale_loop.records import Generation, JsonlRecords, Pair
+from rationale_loop.records import Generation, JsonlRecords, Pair, read_json
 
 FIGSIZE = (5.6, 3.4)  # two side by side on the report page
 DPI = 100
@@ -35,7 +34,7 @@ def train_histories(run: Path, rounds: Iterable[int]) -> dict[int, list[dict[str
     """Round -> its per-optimizer-step history from metrics.json (empty when the file has none)."""
     histories = {}
     for k in rounds:
-        metrics = json.loads((round_dir(run, k) / "metrics.json").read_text())
+        metrics = read_json(round_dir(run, k) / "metrics.json")  # a damaged file: one DataError naming it and the line
         histories[k] = metrics.get("train_history") or []
     return histories
 
