@@ -85,8 +85,9 @@ def file_kind(mode: int) -> str:
 def check_run_is_directory(output_root: Path, run: str) -> None:
     """output_root and every directory down to the run are directories where they exist: a plain file
     in the way would otherwise end in FileExistsError deep inside Hydra."""
+    parts = PurePosixPath(str(run)).parts
     path = Path(output_root)
-    for part in ("", *PurePosixPath(str(run)).parts):
+    for index, part in enumerate(("", *parts)):
         path = path / part if part else path
         try:
             mode = os.stat(path).st_mode  # a link to a directory is fine here: the user's own layout
@@ -95,7 +96,7 @@ def check_run_is_directory(output_root: Path, run: str) -> None:
         except OSError as error:
             raise RunPathError(f"{path}: cannot be used as a run directory ({error.strerror})") from None
         if not stat.S_ISDIR(mode):
-            what = "the output root" if path == Path(output_root) else "the run directory" if part == PurePosixPath(str(run)).parts[-1] else "on the way to the run"
+            what = "the output root" if index == 0 else "the run directory" if index == len(parts) else "on the way to the run"
             raise RunPathError(f"{path} ({what}) is {file_kind(mode)}, not a directory; move it away or name another run (run=NAME)")
 
 
