@@ -9,14 +9,13 @@ it was trained on, and a 100,000-character question costs attention memory quadr
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any, Sequence
 
 from rationale_loop.data.formats import ReasoningFormat
 from rationale_loop.errors import UserError
-from rationale_loop.records import Problem
+from rationale_loop.records import Problem, read_json
 
 log = logging.getLogger(__name__)
 SPECIAL_TOKEN_MARGIN = 8
@@ -25,7 +24,7 @@ SPECIAL_TOKEN_MARGIN = 8
 def context_length(checkpoint: Path, max_model_len: int | None = None) -> int | None:
     """The context the model was built for (config.json), or the engine's smaller limit if one is set."""
     try:
-        config = json.loads((Path(checkpoint) / "config.json").read_text())
+        config = read_json(Path(checkpoint) / "config.json")  # never blocks on a FIFO; DataError is a ValueError
     except (OSError, ValueError):
         return max_model_len
     limits = [v for v in (config.get("max_position_embeddings"), max_model_len) if isinstance(v, int) and v > 0]
