@@ -53,18 +53,23 @@ class Encoder:
         self.special_ids = special_token_ids(tokenizer)
         self._special = (re.compile("|".join(re.escape(t) for t in sorted(self.special_ids, key=len, reverse=True)))
                          if self.special_ids else None)
-        # A prompt is a string (records keep it so): the special tokens a prompt format of this reply_end puts
-        # in a prompt (chat-ml's <|im_start|> and <|im_end|>; none in the others, whose BOS is an id added in
-        # front) are read as special there; every other special-token string in a prompt is data: plain text.
-        self.prompt_markup = frozenset(
-            token for template in TEMPLATES.values() if template.assistant.partition("{content}")[2] == reply_end
-            for fmt in (template.system, template.user, template.first_user_with_system or "") for token in self.special_ids
-            if token in fmt)
+        # A prompt is a string (records keep it so). It is read back against the prompt formats of this
+        # reply_end (prompt_layouts): the markup around the system text and the question is the template's, the
+        # rest is data. A prompt no layout fits: the special tokens those formats put in a prompt (chat-ml's
+        # <|im_start|> and <|im_end|>; none in the others, whose BOS is an id added in front) are read as
+        # special, every other special-token string (</s>, <s>) as text.
+        templates = [t for t in TEMPLATES.values() if t.assistant.partition("{content}")[2] == reply_end] or list(TEMPLATES.values())
+        self.prompt_layouts = [layout for template in templates for layout in prompt_layouts(template)]
+        self.prompt_markup = frozenset(token for layout in self.prompt_layouts for piece in layout for token in self.special_ids
+                                       if token in piece)
         self.prompt_ids = lru_cache(maxsize=65536)(self._prompt_ids)
 
     def _prompt_ids(self, prompt: str) -> tuple[int, ...]:
         # add_special_tokens puts BOS in front exactly as the model's own tokenizer does for generation.
-        return tuple(self.text_ids(prompt, lambda start, end: prompt[start:end] in self.prompt_markup, add_special_tokens=True))
+        spans = next((found for layout in self.prompt_layouts if (found := data_spans(prompt, layout)) is not None), None)
+        if spans is None:
+            return tuple(self.text_ids(prompt, lambda start, end: prompt[start:end] in self.prompt_markup, add_special_tokens=True))
+        return tuple(self.text_ids(prompt, lambda start, end: not any(start < e and s < end for s, e in spans), add_special_tokens=True))
 
     def response_ids(self, response: str) -> list[int]:
         """A response is data (gold, or what the model wrote): special-token strings in it are text; the
@@ -143,3 +148,37 @@ def special_token_ids(tokenizer: PreTrainedTokenizerBase) -> dict[str, int]:
         if token and isinstance(index, int) and token not in out:
             out[token] = index
     return out
+
+
+_SLOT = "\x00"
+
+
+def prompt_layouts(template: Any) -> list[tuple[str, ...]]:
+    """A template's generation prompts (a first user turn, with and without a system text) as their markup
+    pieces, the data slots between them: chat-ml's ("<|im_start|>system\\n", "<|im_end|>\\n<|im_start|>user\\n",
+    "<|im_end|>\\n<|im_start|>assistant\\n") around the system text and the question."""
+    from rationale_loop.records import Conversation, Turn
+
+    layouts = []
+    for system in (_SLOT, None):
+        rendered = template.render(Conversation((Turn("user", _SLOT),), system), "")
+        layouts.append(tuple(rendered.split(_SLOT)))
+    return list(dict.fromkeys(layouts))
+
+
+def data_spans(prompt: str, layout: tuple[str, ...]) -> tuple[tuple[int, int], ...] | None:
+    """Where the data sits in `prompt` rendered in `layout` (its markup pieces), or None when it is not so
+    rendered: the first piece opens the prompt, the last is found last (a question may hold its text, and
+    what follows it, a reasoning header, is the format's), a piece between at its first place after the one
+    before (only a system text that spells the markup between it and the question can mislead this). What
+    follows the last piece is read as data: no format writes a special token there."""
+    if not prompt.startswith(layout[0]):
+        return None
+    position, spans = len(layout[0]), []
+    for index, piece in enumerate(layout[1:], start=1):
+        found = prompt.rfind(piece, position) if index == len(layout) - 1 else prompt.find(piece, position)
+        if found < 0:
+            return None
+        spans.append((position, found))
+        position = found + len(piece)
+    return tuple(spans) + ((position, len(prompt)),)

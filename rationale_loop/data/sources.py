@@ -321,8 +321,8 @@ def select_rows(path: str, split: str = "train", max_rows: int = 0, columns: dic
 
 
 class PlainRows:
-    """JSON lines read without `datasets`, for a file whose rows Arrow cannot unify: the little of a
-    Dataset that select_rows uses. A row missing a column holds None there, as in a Dataset."""
+    """Rows read without `datasets` (json_rows): the little of a Dataset that select_rows uses. A row
+    missing a column holds None there, as in a Dataset."""
 
     def __init__(self, rows: list[Any]):
         self.rows = rows
@@ -336,14 +336,40 @@ class PlainRows:
             yield {column: row.get(column) for column in self.column_names} if isinstance(row, dict) else row
 
 
+def json_rows(path: Path) -> PlainRows | None:
+    """A local JSON lines file (or a .json file holding one array of rows) read as its JSON says, not through
+    `datasets`: where a field's type differs between rows, its JSON reader turns the odd values into JSON
+    text (or, through pandas, "5" into 5), and a list would be trained on as its text. Each row's types are
+    then checked by its schema's adapter (Row), which names the row and the field. A broken line raises
+    naming it; None for a .json file that is neither (left to `datasets`)."""
+    import json
+
+    from rationale_loop.records import _numbered_rows
+
+    try:
+        return PlainRows([row for _, row in _numbered_rows(path, strip_bom=True)])
+    except DataError:
+        if path.suffix != ".json":
+            raise
+        try:
+            whole = json.loads(path.read_text(encoding="utf-8-sig"))
+        except (ValueError, UnicodeDecodeError):
+            raise DataError(f"{path}: not JSON lines, nor one JSON array of rows") from None
+        return PlainRows(whole) if isinstance(whole, list) else None
+
+
 def load_rows(path: str, split: str = "train", name: str | None = None) -> Any:
-    """A source's rows as a `datasets.Dataset`: a JSON, JSON lines, Parquet or CSV file, a folder written by
-    save_to_disk, a folder laid out like a hub dataset (data files named by split, or a README's configs),
+    """A source's rows: a local JSON lines file as its JSON says (json_rows); else a `datasets.Dataset`: a
+    JSON, Parquet or CSV file, a folder written by save_to_disk, a folder laid out like a hub dataset (data files named by split, or a README's configs),
     or (with a network) a hub id; `name` is the dataset's config (gsm8k: main)."""
     import datasets
 
     local = Path(path)
     builders = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
+    if local.is_file() and local.suffix in (".json", ".jsonl") and split == "train":
+        rows = json_rows(local)
+        if rows is not None:
+            return rows
     try:
         if local.is_dir() and (local / "dataset_info.json").exists():
             return datasets.load_from_disk(str(local))
@@ -355,13 +381,11 @@ def load_rows(path: str, split: str = "train", name: str | None = None) -> Any:
     except DataError:
         raise
     except Exception as error:  # datasets names neither the line nor, often, the file
-        if local.is_file() and local.suffix in (".json", ".jsonl") and split == "train":
+        if local.is_file() and local.suffix in (".json", ".jsonl"):
             from rationale_loop.records import read_jsonl
 
-            # Raises naming the first broken line. Lines that all parse but that Arrow cannot put in one
-            # table (a field that is a list in one row and a string in another) are read as they are, and
-            # each row's types are checked by its schema's adapter (Row), which names the row and the field.
-            return PlainRows(list(read_jsonl(local)))
+            for _ in read_jsonl(local):  # raises naming the first broken line
+                pass
         raise DataError(f"{path}: cannot be read ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})") from None
 
 
