@@ -46,7 +46,7 @@ class Encoder:
         pieces = reply_end.split(EOS_MARK)
         self.end_ids: list[int] = []
         for index, piece in enumerate(pieces):
-            self.end_ids += tokenizer(piece, add_special_tokens=False)["input_ids"] if piece else []
+            self.end_ids += tokenizer(piece, add_special_tokens=False, split_special_tokens=False)["input_ids"] if piece else []
             if index < len(pieces) - 1:
                 self.end_ids.append(tokenizer.eos_token_id)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -82,7 +82,8 @@ class Encoder:
         markup, one tokenizer call as always (the ids ordinary text always had)."""
         found = [(m.start(), m.end()) for m in self._special.finditer(text)] if self._special else []
         if all(is_markup(start, end) for start, end in found):
-            return self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"]
+            # split_special_tokens=False whatever the tokenizer was saved with: the format's markup is real.
+            return self.tokenizer(text, add_special_tokens=add_special_tokens, split_special_tokens=False)["input_ids"]
         ids = list(self.tokenizer("", add_special_tokens=True)["input_ids"]) if add_special_tokens else []
         position = 0
         for start, end in found:

@@ -15,6 +15,12 @@ Schemas (`data.sources.<name>.schema`):
              orca_dpo_pairs (strings) or ultrafeedback_binarized (chosen and rejected as message lists,
              whose last assistant message is the reply) ship them. Not SFT data: each round's rank stage
              trains on them beside the pairs it mines (pair objectives: memphis, cpo_simpo)
+
+Every row is read through one checker (Row), whatever its schema: a field of the wrong type (a turn that is
+a string, null or a list, a conversation that is an object, a list or a number where text belongs) stops the
+preparation before any work with one line naming the file, the row and the field. Empty text is not an
+error but nothing to learn: empty turns, and exchanges left without a question or a reply, are dropped, and
+a row left with nothing; the manifest counts both per source (dropped_empty_turns, dropped_empty_rows).
 """
 
 from __future__ import annotations
@@ -557,7 +563,8 @@ def prepare_sft_mix(data_cfg: Any, evaluation_texts: Iterable[str], tokenizer: A
     max_length tokens instead; preference pairs are rendered in the task's format into
     preference_pairs.jsonl, for the rounds' rank stage), and write into the round directory the
     rendered rows (sft_mix.jsonl: id, format, segments), what decontamination removed and why
-    (decontamination.jsonl), and a manifest (data_manifest.json: rows per source after each filter, rows
+    (decontamination.jsonl), and a manifest (data_manifest.json: rows per source after each filter and the
+    turns and rows dropped as empty, rows
     per format, token-length percentiles). The manifest is written last: its presence says the mix is
     complete, and a failed preparation leaves nothing a later stage reads."""
     import random
