@@ -15,6 +15,12 @@ Schemas (`data.sources.<name>.schema`):
              orca_dpo_pairs (strings) or ultrafeedback_binarized (chosen and rejected as message lists,
              whose last assistant message is the reply) ship them. Not SFT data: each round's rank stage
              trains on them beside the pairs it mines (pair objectives: memphis, cpo_simpo)
+
+Every row is read through one checker (Row), whatever its schema: a field of the wrong type (a turn that is
+a string, null or a list, a conversation that is an object, a list or a number where text belongs) stops the
+preparation before any work with one line naming the file, the row and the field. Empty text is not an
+error but nothing to learn: empty turns, and exchanges left without a question or a reply, are dropped, and
+a row left with nothing; the manifest counts both per source (dropped_empty_turns, dropped_empty_rows).
 """
 
 from __future__ import annotations
@@ -32,42 +38,139 @@ from rationale_loop.records import Conversation, Turn
 ROLE_OF = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "bot": "assistant"}
 
 
-def _turns(entries: Iterable[dict[str, Any]], role_key: str, text_key: str, where: str) -> Conversation:
-    system, turns = None, []
-    for entry in entries:
-        role = ROLE_OF.get(str(entry.get(role_key, "")).lower())
-        if role is None:
-            raise DataError(f"{where}: unknown role {entry.get(role_key)!r} (known: {', '.join(sorted(ROLE_OF))})")
-        text = str(entry.get(text_key) or "").strip()
+def _kind(value: Any) -> str:
+    """What a JSON value is, for an error message (never its repr: a row can be long)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    return type(value).__name__
+
+
+class Row:
+    """One row of a source, read field by field with every type checked. The one rule for every schema:
+    a value of the wrong type (a list or an object where text belongs, a string where a list of turns
+    does, a turn that is not an object) stops the preparation with a one-line DataError naming the file,
+    the row and the field, before any work; a text that is null, empty or whitespace is empty, and what is
+    empty is dropped and counted by the caller (`Counts`), never learned."""
+
+    def __init__(self, row: Any, where: str):
+        if not isinstance(row, dict):
+            raise DataError(f"{where}: the row is {_kind(row)}, expected an object")
+        self.row, self.where = row, where
+
+    def fail(self, field_name: str, value: Any, expected: str) -> DataError:
+        return DataError(f"{self.where}: field {field_name} is {_kind(value)}, expected {expected}")
+
+    def text(self, key: str, value: Any = None, field_name: str | None = None, numbers: bool = False) -> str:
+        """A text field, stripped; null is empty. `numbers`: a number is its text (an answer)."""
+        value = self.row.get(key) if field_name is None else value
+        if value is None:
+            return ""
+        if isinstance(value, str):
+            return value.strip()
+        if numbers and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise self.fail(field_name or key, value, "a string" + (" or a number" if numbers else ""))
+
+    def messages(self, key: str, role_key: str, text_key: str, value: Any = None, field_name: str | None = None) -> list[tuple[str, str]]:
+        """A list of turns, each an object with a string role and a string (or null) text: [(role, text)]."""
+        name = field_name or key
+        value = self.row.get(key) if field_name is None else value
+        if not isinstance(value, (list, tuple)):
+            raise self.fail(name, value, f"a list of turns ({{{role_key!r}: ..., {text_key!r}: ...}})")
+        out = []
+        for index, entry in enumerate(value):
+            where = f"{name}[{index}]"
+            if not isinstance(entry, dict):
+                raise self.fail(where, entry, f"an object with {role_key!r} and {text_key!r}")
+            role_name = entry.get(role_key)
+            if not isinstance(role_name, str):
+                raise self.fail(f"{where}.{role_key}", role_name, "a string")
+            role = ROLE_OF.get(role_name.lower())
+            if role is None:
+                raise DataError(f"{self.where}: field {where}.{role_key} is the unknown role {role_name[:40]!r} "
+                                f"(known: {', '.join(sorted(ROLE_OF))})")
+            out.append((role, self.text(text_key, entry.get(text_key), f"{where}.{text_key}")))
+        return out
+
+
+@dataclass
+class Counts:
+    """What a source's rows lost to emptiness: turns with no text, and rows left with nothing to learn."""
+
+    empty_turns: int = 0
+    empty_rows: int = 0
+
+
+def exchanges(turns: Iterable[tuple[str, str]], system: str | None = None) -> tuple[Conversation, int]:
+    """Turns (role, text) as a Conversation with nothing empty in it, and how many turns were dropped. An
+    exchange is the user turns since the last reply and the reply: an empty turn is dropped, and an exchange
+    left without user text or without a reply is dropped whole (a model never learns to answer nothing, nor
+    to answer no one). User turns after the last reply are kept (a prompt, never learned)."""
+    kept: list[Turn] = []
+    pending: list[Turn] = []
+    dropped = 0
+    for role, text in turns:
         if role == "system":
-            system = text
+            system = text or None
+        elif not text:
+            dropped += 1 + (len(pending) if role == "assistant" else 0)
+            pending = pending if role == "user" else []
+        elif role == "user":
+            pending.append(Turn("user", text))
+        elif not pending:
+            dropped += 1
         else:
-            turns.append(Turn(role, text))
-    return Conversation(tuple(turns), system)
+            kept += [*pending, Turn("assistant", text)]
+            pending = []
+    return Conversation(tuple(kept + pending), system), dropped
 
 
 def _reasoning_reply(fmt: ReasoningFormat, rationale: str, answer: str) -> str:
     return f"{fmt.rationale_header}\n{fmt.response(rationale, answer)}"
 
 
-def _gsm8k(row: dict[str, Any], where: str) -> Conversation:
+def _exchange(user: str, reply: str, system: str | None = None) -> tuple[Conversation, int]:
+    return exchanges([("user", user), ("assistant", reply)], system or None)
+
+
+def _gsm8k(row: Row) -> tuple[Conversation, int]:
     from rationale_loop.data.public import split_gsm8k_solution
 
-    rationale, answer = split_gsm8k_solution(str(row["answer"]), where)
-    return Conversation((Turn("user", str(row["question"]).strip()), Turn("assistant", _reasoning_reply(TINYCOT, rationale, answer))))
+    question, solution = row.text("question"), row.text("answer")
+    if not solution:
+        return _exchange(question, "")
+    rationale, answer = split_gsm8k_solution(solution, row.where)
+    return _exchange(question, _reasoning_reply(TINYCOT, rationale, answer) if rationale.strip() and answer.strip() else "")
 
 
-ADAPTERS: dict[str, tuple[tuple[str, ...], Callable[[dict[str, Any], str], Conversation]]] = {
-    "sharegpt": (("conversations",), lambda row, where: _turns(row["conversations"], "from", "value", where)),
-    "messages": (("messages",), lambda row, where: _turns(row["messages"], "role", "content", where)),
-    "alpaca": (("instruction", "output"), lambda row, where: Conversation((
-        Turn("user", "\n\n".join(p for p in (str(row["instruction"]).strip(), str(row.get("input") or "").strip()) if p)),
-        Turn("assistant", str(row["output"]).strip())))),
-    "airoboros": (("instruction", "response"), lambda row, where: Conversation((
-        Turn("user", str(row["instruction"]).strip()), Turn("assistant", str(row["response"]).strip())), row.get("system") or None)),
-    "tinycot": (("prompt", "rationale", "target"), lambda row, where: Conversation((
-        Turn("user", str(row["prompt"]).strip()),
-        Turn("assistant", _reasoning_reply(TINYCOT, str(row["rationale"]), str(row["target"])))))),
+def _tinycot(row: Row) -> tuple[Conversation, int]:
+    rationale, target = row.text("rationale"), row.text("target", numbers=True)
+    # A worked problem without its rationale or its answer teaches a reply the reasoning format calls invalid.
+    return _exchange(row.text("prompt"), _reasoning_reply(TINYCOT, rationale, target) if rationale and target else "")
+
+
+def _alpaca(row: Row) -> tuple[Conversation, int]:
+    instruction = "\n\n".join(p for p in (row.text("instruction"), row.text("input")) if p)
+    return _exchange(instruction, row.text("output"))
+
+
+# schema -> (required columns, adapter: a checked row -> (conversation, turns dropped as empty))
+ADAPTERS: dict[str, tuple[tuple[str, ...], Callable[[Row], tuple[Conversation, int]]]] = {
+    "sharegpt": (("conversations",), lambda row: exchanges(row.messages("conversations", "from", "value"))),
+    "messages": (("messages",), lambda row: exchanges(row.messages("messages", "role", "content"))),
+    "alpaca": (("instruction", "output"), _alpaca),
+    "airoboros": (("instruction", "response"), lambda row: _exchange(row.text("instruction"), row.text("response"), row.text("system"))),
+    "tinycot": (("prompt", "rationale", "target"), _tinycot),
     "gsm8k": (("question", "answer"), _gsm8k),
 }
 
@@ -76,49 +179,101 @@ TEXT_SCHEMA = "text"
 
 
 def documents(source_name: str, selected: "Selected") -> list[tuple[str, str]]:
-    """A plain-text source's documents as (id, text); empty ones skipped."""
+    """A plain-text source's documents as (id, text); empty ones skipped (counted in selected.counts)."""
     selected.require(TEXT_SCHEMA, ["text"])
-    return [(f"{source_name}/{index:06d}", str(row["text"])) for index, row in selected.rows if str(row["text"] or "").strip()]
+    out = []
+    for index, row in selected.rows:
+        text = Row(row, selected.where(index)).text("text")
+        if text:
+            out.append((f"{source_name}/{index:06d}", text))
+        else:
+            selected.counts.empty_rows += 1
+    return out
 
 
-def pack(texts: Iterable[str], tokenizer: Any, length: int) -> list[str]:
+def pack(texts: Iterable[str], tokenizer: Any, length: int) -> list[tuple[str, tuple[tuple[int, int], ...]]]:
     """Documents joined by EOS and cut into pieces of at most `length` tokens once BOS is added in front.
     A piece is cut at a token boundary and decoded back to text; a few tokens of slack cover the
-    re-tokenization of its edges, so no piece is dropped as too long."""
-    eos = tokenizer.eos_token or ""
+    re-tokenization of its edges, so no piece is dropped as too long. Each piece comes with the spans of
+    document text in it (templates.Segment.data): only the EOS between documents is a real EOS, a `</s>`
+    written in a document is text."""
+    from rationale_loop.encode import special_token_ids
+
+    specials = special_token_ids(tokenizer)
+    eos, eos_id = tokenizer.eos_token or "", tokenizer.eos_token_id
     ids: list[int] = []
     for text in texts:
-        ids += tokenizer(text.strip() + eos, add_special_tokens=False)["input_ids"]
+        text = text.strip()
+        if any(token in text for token in specials):
+            ids += tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"] + [eos_id]
+        else:
+            ids += tokenizer(text + eos, add_special_tokens=False)["input_ids"]
     size = max(1, length - 1 - 4)
-    pieces = (tokenizer.decode(ids[i : i + size]) for i in range(0, len(ids), size))
-    return [piece for piece in pieces if piece.strip()]
+    out = []
+    for start in range(0, len(ids), size):
+        chunk = ids[start : start + size]
+        piece = tokenizer.decode(chunk)
+        ends = sum(1 for token in chunk if token == eos_id)
+        if eos and piece.count(eos) == ends and not any(token in piece for token in specials if token != eos):
+            cuts = [i for i in range(len(piece)) if piece.startswith(eos, i)]
+        else:  # a document's own special-token text in the piece: decoded apart from the real EOS between documents
+            runs, run = [], []
+            for token in chunk:
+                if token == eos_id:
+                    runs.append(run)
+                    run = []
+                else:
+                    run.append(token)
+            parts = [tokenizer.decode(r) if r else "" for r in [*runs, run]]
+            piece, cuts = "", []
+            for index, part in enumerate(parts):
+                piece += part
+                if index < len(parts) - 1:
+                    cuts.append(len(piece))
+                    piece += eos
+        spans, position = [], 0
+        for cut in [*cuts, len(piece)]:
+            if cut > position:
+                spans.append((position, cut))
+            position = cut + len(eos)
+        if piece.strip():
+            out.append((piece, tuple(spans)))
+    return out
 
 
 PREFERENCE_SCHEMA = "preference"
 
 
-def _reply(value: Any, where: str, column: str) -> str:
+def _reply(row: Row, column: str) -> str:
     """A chosen or rejected reply: a string, or a message list whose last assistant message it is."""
-    if isinstance(value, str):
-        return value.strip()
-    replies = [m.get("content", "") for m in value or [] if isinstance(m, dict) and ROLE_OF.get(str(m.get("role", "")).lower()) == "assistant"]
+    value = row.row.get(column)
+    if value is None or isinstance(value, str):
+        return row.text(column)
+    if not isinstance(value, (list, tuple)):
+        raise row.fail(column, value, "a string or a list of messages")
+    replies = [text for role, text in row.messages(column, "role", "content") if role == "assistant"]
     if not replies:
-        raise DataError(f"{where}: {column} holds no assistant message")
-    return str(replies[-1]).strip()
+        raise DataError(f"{row.where}: field {column} holds no assistant message")
+    return replies[-1]
 
 
 def preference_pairs(source_name: str, selected: "Selected") -> list[tuple[Conversation, str]]:
     """A preference source's rows as (conversation of the prompt and the chosen reply, rejected reply);
-    as a Conversation, a pair is deduplicated and decontaminated by the same rules as chat data."""
+    as a Conversation, a pair is deduplicated and decontaminated by the same rules as chat data. A row with
+    an empty prompt, chosen or rejected reply is dropped (counted in selected.counts)."""
     prompt_column = "question" if "prompt" not in selected.column_names and "question" in selected.column_names else "prompt"
     selected.require(PREFERENCE_SCHEMA, [prompt_column, "chosen", "rejected"])
     out = []
     for index, row in selected.rows:
-        where = f"{selected.path}: row {index + 1}"
-        prompt, chosen, rejected = str(row.get("prompt") or row.get("question") or "").strip(), _reply(row["chosen"], where, "chosen"), _reply(row["rejected"], where, "rejected")
-        if prompt and chosen and rejected and chosen != rejected:
+        checked = Row(row, selected.where(index))
+        prompt = checked.text("prompt") or checked.text("question")  # a file may mix the two (orca beside ultrafeedback)
+        chosen, rejected = _reply(checked, "chosen"), _reply(checked, "rejected")
+        if not (prompt and chosen and rejected):
+            selected.counts.empty_rows += 1
+            selected.counts.empty_turns += sum(1 for text in (prompt, chosen, rejected) if not text)
+        elif chosen != rejected:
             turns = (Turn("user", prompt), Turn("assistant", chosen))
-            out.append((Conversation(turns, str(row.get("system") or "").strip() or None, id=f"{source_name}/{index:06d}"), rejected))
+            out.append((Conversation(turns, checked.text("system") or None, id=f"{source_name}/{index:06d}"), rejected))
     return out
 
 
@@ -130,6 +285,11 @@ class Selected:
     column_names: list[str]
     rows: list[tuple[int, dict[str, Any]]]  # (row number in the file, from 0; the row)
     excluded: int = 0  # rows an exclusion filter dropped
+    counts: Counts = field(default_factory=Counts)  # turns and rows dropped as empty when the rows are read
+
+    def where(self, index: int) -> str:
+        """How an error names a row: the file and the 1-based row."""
+        return f"{self.path}: row {index + 1}"
 
     def require(self, schema: str, columns: Iterable[str]) -> None:
         missing = [c for c in columns if c not in self.column_names]
@@ -159,21 +319,63 @@ def select_rows(path: str, split: str = "train", max_rows: int = 0, columns: dic
     for index, row in enumerate(rows):
         if max_rows and len(kept) >= max_rows:
             break
-        if any(pattern.search(str(row[column] or "")) for column, pattern in patterns.items()):
+        if isinstance(row, dict) and any(pattern.search(str(row[column] or "")) for column, pattern in patterns.items()):
             excluded += 1
         else:
             kept.append((index, row))
     return Selected(path, list(rows.column_names), kept, excluded)
 
 
+class PlainRows:
+    """Rows read without `datasets` (json_rows): the little of a Dataset that select_rows uses. A row
+    missing a column holds None there, as in a Dataset."""
+
+    def __init__(self, rows: list[Any]):
+        self.rows = rows
+        self.column_names = list(dict.fromkeys(key for row in rows if isinstance(row, dict) for key in row))
+
+    def rename_columns(self, renames: dict[str, str]) -> "PlainRows":
+        return PlainRows([{renames.get(k, k): v for k, v in row.items()} if isinstance(row, dict) else row for row in self.rows])
+
+    def __iter__(self) -> Any:
+        for row in self.rows:
+            yield {column: row.get(column) for column in self.column_names} if isinstance(row, dict) else row
+
+
+def json_rows(path: Path) -> PlainRows | None:
+    """A local JSON lines file (or a .json file holding one array of rows) read as its JSON says, not through
+    `datasets`: where a field's type differs between rows, its JSON reader turns the odd values into JSON
+    text (or, through pandas, "5" into 5), and a list would be trained on as its text. Each row's types are
+    then checked by its schema's adapter (Row), which names the row and the field. A broken line raises
+    naming it; None for a .json file that is neither (left to `datasets`)."""
+    import json
+
+    from rationale_loop.records import _numbered_rows
+
+    try:
+        return PlainRows([row for _, row in _numbered_rows(path, strip_bom=True)])
+    except DataError:
+        if path.suffix != ".json":
+            raise
+        try:
+            whole = json.loads(path.read_text(encoding="utf-8-sig"))
+        except (ValueError, UnicodeDecodeError):
+            raise DataError(f"{path}: not JSON lines, nor one JSON array of rows") from None
+        return PlainRows(whole) if isinstance(whole, list) else None
+
+
 def load_rows(path: str, split: str = "train", name: str | None = None) -> Any:
-    """A source's rows as a `datasets.Dataset`: a JSON, JSON lines, Parquet or CSV file, a folder written by
-    save_to_disk, a folder laid out like a hub dataset (data files named by split, or a README's configs),
+    """A source's rows: a local JSON lines file as its JSON says (json_rows); else a `datasets.Dataset`: a
+    JSON, Parquet or CSV file, a folder written by save_to_disk, a folder laid out like a hub dataset (data files named by split, or a README's configs),
     or (with a network) a hub id; `name` is the dataset's config (gsm8k: main)."""
     import datasets
 
     local = Path(path)
     builders = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
+    if local.is_file() and local.suffix in (".json", ".jsonl") and split == "train":
+        rows = json_rows(local)
+        if rows is not None:
+            return rows
     try:
         if local.is_dir() and (local / "dataset_info.json").exists():
             return datasets.load_from_disk(str(local))
@@ -194,7 +396,9 @@ def load_rows(path: str, split: str = "train", name: str | None = None) -> Any:
 
 
 def conversations(source_name: str, selected: "Selected", schema: str) -> list[Conversation]:
-    """Every selected row of a chat or instruction source as a Conversation, each keeping where it came from."""
+    """Every selected row of a chat or instruction source as a Conversation, each keeping where it came from.
+    Every field's type is checked (Row): a wrong one stops with the file, row and field. Empty turns are
+    dropped (exchanges), and a row left with no reply to learn; both are counted in selected.counts."""
     try:
         required, adapt = ADAPTERS[schema]
     except KeyError:
@@ -202,9 +406,12 @@ def conversations(source_name: str, selected: "Selected", schema: str) -> list[C
     selected.require(schema, required)
     out = []
     for index, row in selected.rows:
-        conversation = adapt(row, f"{selected.path}: row {index + 1}")
+        conversation, dropped = adapt(Row(row, selected.where(index)))
+        selected.counts.empty_turns += dropped
         if any(t.role == "assistant" for t in conversation.turns):
             out.append(Conversation(conversation.turns, conversation.system, id=f"{source_name}/{index:06d}"))
+        else:  # nothing left to learn
+            selected.counts.empty_rows += 1
     return out
 
 
@@ -310,8 +517,10 @@ def header_in_prompt(segments: list[Any], header: str) -> list[Any]:
     out: list[Any] = []
     for segment in segments:
         if segment.learned and segment.text.startswith(header) and out and not out[-1].learned:
-            out[-1] = Segment(out[-1].text + header, False)
-            segment = Segment(segment.text[len(header):], True)
+            out[-1] = Segment(out[-1].text + header, False, out[-1].data)
+            shift = len(header)
+            segment = Segment(segment.text[shift:], True,
+                              tuple((max(0, s - shift), e - shift) for s, e in segment.data if e > shift))
         out.append(segment)
     return out
 
@@ -354,7 +563,8 @@ def prepare_sft_mix(data_cfg: Any, evaluation_texts: Iterable[str], tokenizer: A
     max_length tokens instead; preference pairs are rendered in the task's format into
     preference_pairs.jsonl, for the rounds' rank stage), and write into the round directory the
     rendered rows (sft_mix.jsonl: id, format, segments), what decontamination removed and why
-    (decontamination.jsonl), and a manifest (data_manifest.json: rows per source after each filter, rows
+    (decontamination.jsonl), and a manifest (data_manifest.json: rows per source after each filter and the
+    turns and rows dropped as empty, rows
     per format, token-length percentiles). The manifest is written last: its presence says the mix is
     complete, and a failed preparation leaves nothing a later stage reads."""
     import random
@@ -369,9 +579,11 @@ def prepare_sft_mix(data_cfg: Any, evaluation_texts: Iterable[str], tokenizer: A
 
     configured = source_configs(data_cfg)
     excluded: dict[str, int] = {}
+    selections: dict[str, Selected] = {}
     for name, source in configured.items():
         selected = select_rows(source.path, source.split, source.max_rows, source.columns, source.exclude)
         excluded[name] = selected.excluded
+        selections[name] = selected
         if source.schema == TEXT_SCHEMA:
             texts.append((name, source.priority, documents(name, selected)))
         elif source.schema == PREFERENCE_SCHEMA:
@@ -417,17 +629,21 @@ def prepare_sft_mix(data_cfg: Any, evaluation_texts: Iterable[str], tokenizer: A
                 continue
             if formats == [reasoning_format] and conversation.id.rsplit("/", 1)[0] in reasoning_sources:
                 segments = header_in_prompt(segments, f"{TINYCOT.rationale_header}\n")
-            rows.append({"id": conversation.id, "format": name, "segments": [[s.text, s.learned] for s in segments]})
+            rows.append({"id": conversation.id, "format": name, "segments": [[s.text, s.learned] for s in segments],
+                         "data": [[list(span) for span in s.data] for s in segments]})
             per_format[name] += 1
             lengths.append(length)
     if texts:
-        for index, piece in enumerate(pack([text for _, text in plain.items], tokenizer, max_length)):
-            rows.append({"id": f"text/{index:06d}", "format": TEXT_SCHEMA, "segments": [[piece, True]]})
-            lengths.append(len(encoder.prompt_ids("")) + len(tokenizer(piece, add_special_tokens=False)["input_ids"]))
+        for index, (piece, spans) in enumerate(pack([text for _, text in plain.items], tokenizer, max_length)):
+            rows.append({"id": f"text/{index:06d}", "format": TEXT_SCHEMA, "segments": [[piece, True]], "data": [[list(s) for s in spans]]})
+            lengths.append(len(encoder.prompt_ids("")) + len(encoder.segment_ids(Segment(piece, True, spans))))
         per_format[TEXT_SCHEMA] = len(rows) - sum(per_format.values())
     lengths.sort()
     manifest = {
-        "sources": {name: {"path": configured[name].path, "schema": configured[name].schema, "excluded": excluded[name], "rows": len(items),
+        "sources": {name: {"path": configured[name].path, "schema": configured[name].schema, "excluded": excluded[name],
+                           # turns with no text dropped, and rows dropped as left with nothing to learn (Row, exchanges)
+                           "dropped_empty_turns": selections[name].counts.empty_turns,
+                           "dropped_empty_rows": selections[name].counts.empty_rows, "rows": len(items),
                            "duplicates": filtered.duplicates[name], "contaminated": filtered.contaminated[name],
                            "near_duplicates": filtered.near_duplicates[name],
                            "semantic_duplicates": filtered.semantic_duplicates[name], "kept": filtered.kept[name]}
@@ -468,4 +684,11 @@ def read_sft_mix(out: Path) -> list[Any]:
 
     if not (out / MIX_MANIFEST).exists():
         return []
-    return [ConversationItem(tuple(Segment(text, learned) for text, learned in row["segments"])) for row in read_jsonl(out / MIX_ROWS)]
+    items = []
+    for row in read_jsonl(out / MIX_ROWS):
+        # "data": each segment's spans of data text (special-token strings there are text); absent in a mix
+        # written before it existed, whose segments are then read as they always were.
+        spans = row.get("data") or [[] for _ in row["segments"]]
+        items.append(ConversationItem(tuple(Segment(text, learned, tuple(tuple(span) for span in data))
+                                            for (text, learned), data in zip(row["segments"], spans))))
+    return items

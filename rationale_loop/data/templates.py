@@ -13,18 +13,47 @@ a template's reply: rationale_loop/data/formats.py.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Iterable
 
 from rationale_loop.records import Conversation
 
 EOS = "{eos}"  # stands for the tokenizer's EOS token in a format string
+SLOTS = ("{system}", "{content}")
+_PLACEHOLDER = re.compile("(" + "|".join(re.escape(p) for p in (*SLOTS, EOS)) + ")")
+
+Span = tuple[int, int]
 
 
 @dataclass(frozen=True)
 class Segment:
+    """Rendered text, learned or not. `data`: the [start, end) character spans of `text` that came from the
+    data (a turn's content, a system text), not from the template: special-token strings in them (`</s>`,
+    `<|im_end|>` typed in a row) are encoded as plain text (encode.py); the rest is the template's markup,
+    whose special tokens are real. No spans (a segment written before they existed): all markup."""
+
     text: str
     learned: bool
+    data: tuple[Span, ...] = ()
+
+
+def fill(fmt: str, eos: str, **values: str) -> tuple[str, tuple[Span, ...]]:
+    """A format string with its slots ({system}, {content}) filled and {eos} written as `eos`, by
+    concatenation: only the format is scanned for placeholders, never the text put into it, so a `{eos}` or
+    `{content}` in data stays literal. Returns the text and the spans the values fill."""
+    text, spans = "", []
+    for part in _PLACEHOLDER.split(fmt):
+        if part == EOS:
+            text += eos
+        elif part in SLOTS:
+            value = values[part[1:-1]]
+            if value:
+                spans.append((len(text), len(text) + len(value)))
+            text += value
+        else:
+            text += part
+    return text, tuple(spans)
 
 
 @dataclass(frozen=True)
@@ -46,26 +75,28 @@ class TurnTemplate:
         system = conversation.system if conversation.system is not None else self.default_system
         inline_system = system is not None and self.first_user_with_system is not None
         if system is not None and not inline_system:
-            out.append(Segment(self.system.replace("{system}", system), False))
+            text, spans = fill(self.system, eos, system=system)
+            out.append(Segment(text, False, spans))
         first_user = True
         for turn in conversation.turns:
             if turn.role == "user":
                 if first_user and inline_system:
-                    text = self.first_user_with_system.replace("{system}", system).replace("{content}", turn.content)
+                    text, spans = fill(self.first_user_with_system, eos, system=system, content=turn.content)
                 else:
-                    text = self.user.replace("{content}", turn.content)
-                out.append(Segment(text, bool(turn.learned)))
+                    text, spans = fill(self.user, eos, content=turn.content)
+                out.append(Segment(text, bool(turn.learned), spans))
                 first_user = False
             else:
-                out.append(Segment(self.reply(turn.content, eos), True if turn.learned is None else turn.learned))
-                out.append(Segment(self.separator, False))
+                text, spans = fill(self.assistant, eos, content=turn.content)
+                out.append(Segment(text, True if turn.learned is None else turn.learned, spans))
+                out.append(Segment(fill(self.separator, eos)[0], False))
         if out and out[-1].text == self.separator and not out[-1].learned:
             out.pop()  # nothing follows the last reply
         return [s for s in out if s.text]
 
     def reply(self, content: str, eos: str) -> str:
         """One assistant reply as it is learned: its text and the end of turn."""
-        return self.assistant.replace("{content}", content).replace(EOS, eos)
+        return fill(self.assistant, eos, content=content)[0]
 
     def render(self, conversation: Conversation, eos: str) -> str:
         return "".join(s.text for s in self.segments(conversation, eos))
@@ -90,7 +121,7 @@ class TurnTemplate:
                     parts.append(_jinja_literal(piece))
             return "".join(parts)
 
-        def fill(fmt: str, name: str, value: str) -> str:
+        def jinja_fill(fmt: str, name: str, value: str) -> str:
             before, _, after = fmt.partition("{" + name + "}")
             return jinja(before) + value + jinja(after)
 
@@ -102,13 +133,13 @@ class TurnTemplate:
             "{% set turns = messages[1:] %}{% else %}" + f"{{% set system = {default} %}}" + "{% set turns = messages %}{% endif %}",
         ]
         if self.first_user_with_system is None:
-            lines.append("{% if system is not none %}" + fill(self.system, "system", system_value) + "{% endif %}")
+            lines.append("{% if system is not none %}" + jinja_fill(self.system, "system", system_value) + "{% endif %}")
         first_user = None
         if self.first_user_with_system:
             before, _, after = self.first_user_with_system.partition("{system}")
-            first_user = jinja(before) + system_value + fill(after, "content", content)
-        user = fill(self.user, "content", content)
-        assistant = fill(self.assistant, "content", content)
+            first_user = jinja(before) + system_value + jinja_fill(after, "content", content)
+        user = jinja_fill(self.user, "content", content)
+        assistant = jinja_fill(self.assistant, "content", content)
         loop = "{% for message in turns %}{% if message['role'] == 'user' %}"
         if first_user:
             loop += "{% if loop.first and system is not none %}" + first_user + "{% else %}" + user + "{% endif %}"
