@@ -220,3 +220,25 @@ def test_training_logs_the_gradient_norm_before_clipping(tmp_path):
     norms = events.Scalars("train/grad_norm")
     assert [e.step for e in norms] == list(range(1, result.steps + 1))
     assert all(e.value > cfg.grad_clip for e in norms), "the norm before clipping, not the clipped one"
+
+
+# -- plots: legends beside the data, not on it --------------------------------------------------------------
+def test_plot_legends_cover_no_axes(tmp_path):
+    from rationale_loop import plots
+
+    rows = [_row(k) for k in range(3)]
+    histories = {k: [{"step": s, "loss": 1.0 / s} for s in range(1, 5)] for k in range(3)}
+    figures = [plots.rates_figure(rows), plots.ranking_figure(rows), plots.loss_figure(histories),
+               plots.lengths_figure([3, 4, 5, 5], [6, 7, 7, 9])]
+    for figure in figures:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+        renderer = FigureCanvasAgg(figure).get_renderer()
+        figure.draw(renderer)  # constrained layout places the legends
+        legends = [*figure.legends, *(ax.get_legend() for ax in figure.axes if ax.get_legend() is not None)]
+        assert legends, figure
+        for legend in legends:
+            box = legend.get_window_extent(renderer)
+            assert box.x0 >= 0 and box.x1 <= figure.bbox.x1 + 1, "inside the image"
+            for ax in figure.axes:
+                assert not box.overlaps(ax.get_window_extent(renderer)), (figure.texts, ax.get_title())
