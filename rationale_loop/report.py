@@ -24,7 +24,7 @@ from rich.text import Text
 from rationale_loop.config import ConfigError
 from rationale_loop.loop import FORK, is_done, read_rounds, round_dir
 from rationale_loop.records import Generation, JsonlRecords, Pair, group_by
-from rationale_loop.terminal import markup, plain, visible
+from rationale_loop.terminal import plain, visible
 
 
 def format_value(value: Any) -> str:
@@ -82,7 +82,7 @@ def _table(title: str, columns: list[tuple[str, list[str]]]) -> Table:
     for header, _ in columns:
         table.add_column(header, justify="right", no_wrap=True)
     for cells in zip(*(values for _, values in columns)):
-        table.add_row(*cells)
+        table.add_row(*map(plain, cells))
     return table
 
 
@@ -181,7 +181,7 @@ def inspect_round(run: Path, k: int | None, view: InspectFilter = InspectFilter(
     out = round_dir(run, k)
     if not out.exists():
         raise SystemExit(f"{out} does not exist")
-    console.print(f"[bold]{markup(out)}[/bold]{'' if is_done(run, k) else '  (not finished)'}")
+    console.print(Text.assemble((visible(out), "bold"), "" if is_done(run, k) else "  (not finished)"))
     metrics_path = out / "metrics.json"
     if metrics_path.exists():
         metrics = json.loads(metrics_path.read_text())

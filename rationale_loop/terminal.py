@@ -4,7 +4,7 @@ A completion, a prompt, a gold answer or a question id is untrusted text: an esc
 move the cursor, clear the screen or retitle the window, and rich would read `[/INST]` (llama-2's prompt
 format) or `[link=...]` as markup and crash or make a hyperlink. So every such text goes through
 `visible` (control characters shown as `\\x1b`, never sent) and reaches rich as a `Text` object, which
-rich does not parse for markup, or through `markup` when it is part of a markup string of our own.
+rich parses for neither markup nor :emoji: codes. Never put such text in a markup string.
 Newlines and tabs are kept: completions have lines.
 """
 
@@ -13,7 +13,6 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from rich.markup import escape
 from rich.text import Text
 
 # C0 controls but tab and newline, DEL, C1 controls (U+0080-U+009F: 8-bit CSI, NEL, ...), and the
@@ -35,9 +34,3 @@ def visible(value: Any) -> str:
 def plain(value: Any, style: str = "") -> Text:
     """A rich Text of `value`, control characters written out, never parsed as markup."""
     return Text(visible(value), style=style)
-
-
-def markup(value: Any) -> str:
-    """`value` for a markup string of our own (f"[bold]{markup(name)}[/bold]"): control characters
-    written out and rich's square brackets escaped."""
-    return escape(visible(value))
