@@ -171,28 +171,28 @@ def lengths_figure(chosen: list[int], rejected: list[int]) -> Figure:
 
 
 # PNG bytes of each, as the report embeds them.
-def accuracy_png(*args: Any) -> bytes:
-    return _png(accuracy_figure(*args))
+def accuracy_png(rows: list[dict[str, Any]]) -> bytes:
+    return _png(accuracy_figure(rows))
 
 
-def pairs_png(*args: Any) -> bytes:
-    return _png(pairs_figure(*args))
+def pairs_png(rows: list[dict[str, Any]]) -> bytes:
+    return _png(pairs_figure(rows))
 
 
-def rates_png(*args: Any) -> bytes:
-    return _png(rates_figure(*args))
+def rates_png(rows: list[dict[str, Any]]) -> bytes:
+    return _png(rates_figure(rows))
 
 
-def ranking_png(*args: Any) -> bytes:
-    return _png(ranking_figure(*args))
+def ranking_png(rows: list[dict[str, Any]]) -> bytes:
+    return _png(ranking_figure(rows))
 
 
-def loss_png(*args: Any) -> bytes:
-    return _png(loss_figure(*args))
+def loss_png(histories: dict[int, list[dict[str, Any]]]) -> bytes:
+    return _png(loss_figure(histories))
 
 
-def lengths_png(*args: Any) -> bytes:
-    return _png(lengths_figure(*args))
+def lengths_png(chosen: list[int], rejected: list[int]) -> bytes:
+    return _png(lengths_figure(chosen, rejected))
 
 
 # -- helpers -------------------------------------------------------------------------------------------
