@@ -6,7 +6,7 @@
     loop     every remaining round up to `rounds`, then the accuracy table
     inspect  one round's stats and pairs (inspect.round=k)
     report   write the run's report.html: rounds table, plots, a sample of each round's pairs
-    compare  runs side by side (plain paths, not Hydra overrides): compare RUN_DIR... | compare --forks-of RUN_DIR
+    compare  runs side by side (not Hydra overrides): compare NAME_OR_DIR... [--root DIR] | compare --forks-of NAME_OR_DIR
     clean    delete a run directory (a plain path under outputs/runs): clean NAME [--root DIR]
     export   a finished round as a publishable folder with a model card: export RUN_DIR [--round K] [--out DIR]
 
@@ -115,22 +115,28 @@ def report(cfg: DictConfig) -> None:
 
 @reporting_errors
 def compare(argv: list[str]) -> None:
-    """Not a Hydra command: it reads finished runs and takes their directories."""
+    """Not a Hydra command: it reads finished runs, named as run= names them (resolved under --root) or
+    by their directories."""
     import argparse
 
-    from rationale_loop.report import compare_runs, forks_of
+    from rationale_loop.report import compare_runs, forks_of, resolve_run
 
     parser = argparse.ArgumentParser(prog="python -m rationale_loop compare", description="runs side by side")
-    parser.add_argument("runs", nargs="*", type=Path, help="run directories")
-    parser.add_argument("--forks-of", type=Path, help="this run and every run forked from it (under --root)")
-    parser.add_argument("--root", type=Path, default=Path("outputs/runs"), help="where forks are looked for")
+    parser.add_argument("runs", nargs="*", help="runs: names under --root (as in run=NAME) or run directories")
+    parser.add_argument("--forks-of", help="this run (a name or a directory) and every run forked from it (under --root)")
+    parser.add_argument("--root", type=Path, default=Path("outputs/runs"), help="where runs are named and forks looked for")
     arguments = parser.parse_args(argv)
-    runs = list(arguments.runs)
+    names = [*arguments.runs, *([arguments.forks_of] if arguments.forks_of is not None else [])]
+    found = {name: resolve_run(name, arguments.root) for name in names}
+    missing = [name for name, run in found.items() if run is None]
+    if missing:
+        parser.error(f"no such run directory: {', '.join(missing)} (neither a directory nor a run under {arguments.root})")
+    runs = [found[name] for name in arguments.runs]
     if arguments.forks_of is not None:
-        runs += [arguments.forks_of, *forks_of(arguments.forks_of, arguments.root)]
-    missing = [str(run) for run in runs if not run.is_dir()]
-    if not runs or missing:
-        parser.error(f"no such run directory: {', '.join(missing)}" if missing else "name at least one run")
+        base = found[arguments.forks_of]
+        runs += [base, *forks_of(base, arguments.root)]
+    if not runs:
+        parser.error("name at least one run")
     compare_runs(runs)
 
 

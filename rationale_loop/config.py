@@ -299,11 +299,13 @@ class ReportConfig:
 @dataclass
 class InspectConfig:
     round: Optional[int] = None  # None: the last finished round
-    pairs: int = 3  # items per page (pairs, invalid samples or unsolved questions)
+    pairs: int = 3  # pairs per page
+    samples: int = 10  # invalid samples (inspect.invalid) or unsolved questions (inspect.unsolved) per page
     page: int = 1
     question: Optional[str] = None  # only this question id: its samples and pairs
     invalid: bool = False  # show invalid samples (and why) instead of pairs
     unsolved: bool = False  # show questions with no correct sample instead of pairs
+    wide: bool = False  # every column of the terminal's rounds table, however narrow the terminal
 
 
 @dataclass
@@ -449,6 +451,9 @@ def _check_ranges(cfg: DictConfig) -> None:
     _require(cfg.launch.num_processes >= 1, f"launch.num_processes must be at least 1, got {cfg.launch.num_processes}")
     _require(len(cfg.peft.target_modules) > 0, "peft.target_modules is empty: name the modules that get an adapter")
     _require(cfg.report.pairs >= 0, f"report.pairs must be >= 0, got {cfg.report.pairs}")
+    for key in ("pairs", "samples", "page"):
+        _require(cfg.inspect[key] >= 1, f"inspect.{key} must be at least 1, got {cfg.inspect[key]}")
+    _require(cfg.inspect.round is None or cfg.inspect.round >= 0, f"inspect.round must be >= 0 (or null: the last), got {cfg.inspect.round}")
 
 
 def _check_names(cfg: DictConfig) -> None:

@@ -30,11 +30,14 @@ COLUMN_TITLES = {
 
 CSS = """
 body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1200px; padding: 0 1rem; color: #222; }
-table.rounds { border-collapse: collapse; }
-table.rounds th, table.rounds td { border: 1px solid #ccc; padding: 0.3rem 0.7rem; text-align: right; }
-table.rounds th { background: #f3f3f3; }
+table.rounds { border-collapse: collapse; margin: 0 0 1.2rem; max-width: 100%; }
+table.rounds caption { text-align: left; font-weight: 600; padding: 0.3rem 0; }
+table.rounds th, table.rounds td { border: 1px solid #ccc; padding: 0.3rem 0.6rem; text-align: right; }
+table.rounds th { background: #f3f3f3; font-weight: 600; vertical-align: bottom; }
+table.rounds td { white-space: nowrap; }
+table.rounds td.note { white-space: normal; text-align: left; min-width: 8rem; }
 .plots { display: flex; flex-wrap: wrap; gap: 1rem; }
-figure { margin: 0; }
+figure { margin: 0; width: 562px; max-width: 100%; }  /* a long caption wraps under its plot, two plots a row */
 figure img { max-width: 100%; border: 1px solid #eee; }
 details.round-pairs { margin: 0.8rem 0; }
 details.round-pairs > summary { cursor: pointer; font-weight: 600; }
@@ -79,14 +82,35 @@ def render_report(run: Path, pairs_per_round: int = 50) -> str:
     )
 
 
+# The rounds' columns in two tables of a dozen each, so that the page fits a 1400 px window: what each
+# round scored, sampled and trained on; then whether its ranking reached the weights. Every key of
+# ROUND_SUMMARY_KEYS is in one of them (a key added there and forgotten here goes to the second).
+ROUND_TABLES = (
+    ("Accuracy, samples and training", (
+        "eval_accuracy", "eval_questions", "samples", "valid", "correct", "pass_at_n", "pairs", "train_items", "train_steps", "train_loss")),
+    ("Did the round's ranking reach the weights (its own pairs, before -> after its training)", (
+        "rank_term_first", "rank_term_last", "pairs_ranked_right_before", "pairs_ranked_right_after",
+        "pair_margin_before", "pair_margin_after", "chosen_score_before", "chosen_score_after",
+        "rejected_score_before", "rejected_score_after", "note")),
+)
+
+
 def _rounds_table(rows: list[dict[str, Any]]) -> str:
-    header = "".join(f"<th>{escape(COLUMN_TITLES.get(key, key))}</th>" for key in ROUND_SUMMARY_KEYS)
+    grouped = [key for _, keys in ROUND_TABLES for key in keys]
+    tables = [(title, list(keys)) for title, keys in ROUND_TABLES]
+    tables[-1][1].extend(key for key in ROUND_SUMMARY_KEYS[1:] if key not in grouped)
+    return "\n".join(_one_rounds_table(title, keys, rows) for title, keys in tables)
+
+
+def _one_rounds_table(title: str, keys: list[str], rows: list[dict[str, Any]]) -> str:
+    header = "<th>round</th>" + "".join(f'<th class="{escape(key)}">{escape(COLUMN_TITLES.get(key, key))}</th>' for key in keys)
     lines = []
     for row in rows:
         cells = [("0 (SFT)" if row["round"] == 0 else str(row["round"]))]
-        cells += [_accuracy_cell(row) if key == "eval_accuracy" else format_value(row.get(key)) for key in ROUND_SUMMARY_KEYS[1:]]
-        lines.append("<tr>" + "".join(f"<td>{escape(cell)}</td>" for cell in cells) + "</tr>")
-    return f'<table class="rounds">\n<thead><tr>{header}</tr></thead>\n<tbody>\n' + "\n".join(lines) + "\n</tbody>\n</table>"
+        cells += [_accuracy_cell(row) if key == "eval_accuracy" else format_value(row.get(key)) for key in keys]
+        lines.append("<tr>" + "".join(f'<td class="{escape(key)}">{escape(cell)}</td>' for key, cell in zip(["round", *keys], cells)) + "</tr>")
+    return (f'<table class="rounds">\n<caption>{escape(title)}</caption>\n<thead><tr>{header}</tr></thead>\n<tbody>\n'
+            + "\n".join(lines) + "\n</tbody>\n</table>")
 
 
 def _accuracy_cell(row: dict[str, Any]) -> str:

@@ -56,7 +56,7 @@ def all_pair_lengths(run: Path, rounds: Iterable[int]) -> tuple[list[int], list[
 
 
 # -- the plots -----------------------------------------------------------------------------------------
-def accuracy_png(rows: list[dict[str, Any]]) -> bytes:
+def accuracy_figure(rows: list[dict[str, Any]]) -> Figure:
     """With error bars of one binomial standard error, sqrt(p(1-p)/n): on a small eval set a change
     of a point or two between rounds is often inside them, and the plot should say so."""
     figure, ax = _figure("Held-out accuracy per round (±1 standard error)")
@@ -70,10 +70,10 @@ def accuracy_png(rows: list[dict[str, Any]]) -> bytes:
         ax.errorbar([row["round"] for row in scored], accuracy, yerr=errors, marker="o", capsize=4)
     _round_axis(ax, [row["round"] for row in rows])
     ax.set_ylabel("accuracy (greedy, held-out)")
-    return _png(figure)
+    return figure
 
 
-def pairs_png(rows: list[dict[str, Any]]) -> bytes:
+def pairs_figure(rows: list[dict[str, Any]]) -> Figure:
     figure, ax = _figure("Preference pairs mined per round")
     trained = _self_training_rows(rows)
     if trained:
@@ -82,7 +82,7 @@ def pairs_png(rows: list[dict[str, Any]]) -> bytes:
         _note(ax, NO_ROUNDS_YET)
     _round_axis(ax, [row["round"] for row in rows])
     ax.set_ylabel("pairs")
-    return _png(figure)
+    return figure
 
 
 def _fraction_axis(ax: Any, rows: list[dict[str, Any]], label: str) -> None:
@@ -92,21 +92,21 @@ def _fraction_axis(ax: Any, rows: list[dict[str, Any]], label: str) -> None:
     ax.set_ylim(0, FRACTION_TOP)
 
 
-def rates_png(rows: list[dict[str, Any]]) -> bytes:
+def rates_figure(rows: list[dict[str, Any]]) -> Figure:
     figure, ax = _figure("Valid and correct samples per round")
     trained = [row for row in _self_training_rows(rows) if row.get("samples")]
     if trained:
         rounds = [row["round"] for row in trained]
         for key in ("valid", "correct"):
             ax.plot(rounds, [(row.get(key) or 0) / row["samples"] for row in trained], marker="o", label=f"{key} / samples")
-        ax.legend(loc="center right")
+        _legend_outside(ax)
     else:
         _note(ax, NO_ROUNDS_YET)
     _fraction_axis(ax, rows, "fraction of samples")
-    return _png(figure)
+    return figure
 
 
-def ranking_png(rows: list[dict[str, Any]]) -> bytes:
+def ranking_figure(rows: list[dict[str, Any]]) -> Figure:
     """Whether a round's training reached the weights: the fraction of the round's own pairs the model
     ranks right (s_c > s_r) with the weights it started from and with the weights it saved."""
     figure, ax = _figure("Own pairs ranked right, before and after each round")
@@ -117,14 +117,14 @@ def ranking_png(rows: list[dict[str, Any]]) -> bytes:
         ax.bar([k - width / 2 for k in rounds], [row["pairs_ranked_right_before"] for row in measured], width, label="before training")
         ax.bar([k + width / 2 for k in rounds], [row["pairs_ranked_right_after"] for row in measured], width, label="after training")
         ax.axhline(0.5, color="gray", linestyle=":", linewidth=1)
-        ax.legend(loc="lower right")
+        _legend_outside(ax)
     else:
         _note(ax, NO_ROUNDS_YET)
     _fraction_axis(ax, rows, "fraction of pairs with s_c > s_r")
-    return _png(figure)
+    return figure
 
 
-def loss_png(histories: dict[int, list[dict[str, Any]]]) -> bytes:
+def loss_figure(histories: dict[int, list[dict[str, Any]]]) -> Figure:
     """SFT and the rounds in separate panels: their losses are different objectives on different
     scales (cross-entropy vs anchor + weighted ranking loss), and one axis would flatten the rounds."""
     figure = Figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
@@ -142,29 +142,56 @@ def loss_png(histories: dict[int, list[dict[str, Any]]]) -> bytes:
             if steps:
                 # A marker on every point: a round of a small run can be a single step, an invisible line.
                 ax.plot([entry["step"] for entry in steps], [entry["loss"] for entry in steps],
-                        marker=".", markersize=4, label=_round_label(k))
+                        marker=".", markersize=4, label=_round_label(k), color=f"C{k % 10}")  # one legend: a colour per round
                 drawn = True
-        if drawn:
-            ax.legend(fontsize="small")
-        else:
+        if not drawn:
             _note(ax, "no training history recorded")
         ax.set_xlabel("optimizer step")
         if index == 0:
             ax.set_ylabel("training loss")
-    return _png(figure)
+    handles = [(h, label) for ax in figure.axes for h, label in zip(*ax.get_legend_handles_labels())]
+    if handles:
+        # One legend for both panels, beside them: inside, it would cover the first steps' losses.
+        figure.legend(*zip(*handles), loc="outside right upper", fontsize="small", frameon=False)
+    return figure
 
 
-def lengths_png(chosen: list[int], rejected: list[int]) -> bytes:
+def lengths_figure(chosen: list[int], rejected: list[int]) -> Figure:
     figure, ax = _figure("Lengths of chosen and rejected responses (all rounds)")
     if chosen or rejected:
         ax.hist([chosen, rejected], bins=_integer_bins(chosen + rejected), label=[f"chosen ({len(chosen)})", f"rejected ({len(rejected)})"])
-        ax.legend()
+        _legend_outside(ax)
     else:
         _note(ax, "no pairs mined yet")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("response length (tokens)")
     ax.set_ylabel("pairs")
-    return _png(figure)
+    return figure
+
+
+# PNG bytes of each, as the report embeds them.
+def accuracy_png(rows: list[dict[str, Any]]) -> bytes:
+    return _png(accuracy_figure(rows))
+
+
+def pairs_png(rows: list[dict[str, Any]]) -> bytes:
+    return _png(pairs_figure(rows))
+
+
+def rates_png(rows: list[dict[str, Any]]) -> bytes:
+    return _png(rates_figure(rows))
+
+
+def ranking_png(rows: list[dict[str, Any]]) -> bytes:
+    return _png(ranking_figure(rows))
+
+
+def loss_png(histories: dict[int, list[dict[str, Any]]]) -> bytes:
+    return _png(loss_figure(histories))
+
+
+def lengths_png(chosen: list[int], rejected: list[int]) -> bytes:
+    return _png(lengths_figure(chosen, rejected))
 
 
 # -- helpers -------------------------------------------------------------------------------------------
@@ -198,6 +225,12 @@ def _round_axis(ax: Axes, rounds: list[int]) -> None:
     if rounds:
         ax.set_xlim(min(rounds) - 0.5, max(rounds) + 0.5)
     ax.set_xlabel("round")
+
+
+def _legend_outside(ax: Axes) -> None:
+    """The legend right of the axes, outside them (constrained layout makes room): inside, it covered
+    points or bars in some runs."""
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, fontsize="small", frameon=False)
 
 
 def _note(ax: Axes, text: str) -> None:

@@ -1,4 +1,8 @@
-"""Looking at a run from the terminal: the accuracy table, and one round's stats and pairs."""
+"""Looking at a run from the terminal: the accuracy table, and one round's stats and pairs.
+
+Every text that came from data or from a model (prompts, completions, answers, question ids) reaches
+the terminal through rationale_loop/terminal.py: control characters written out, never parsed as markup.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +10,21 @@ import json
 import math
 import os
 import statistics
+import sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from rich.console import Console
+from rich.measure import Measurement
 from rich.table import Table
+from rich.text import Text
 
+from rationale_loop.config import ConfigError
 from rationale_loop.loop import FORK, is_done, read_rounds, round_dir
 from rationale_loop.records import Generation, JsonlRecords, Pair, group_by
+from rationale_loop.terminal import plain, visible
 
 
 def format_value(value: Any) -> str:
@@ -33,28 +42,9 @@ def standard_error(accuracy: float | None, questions: int | None) -> float | Non
     return math.sqrt(accuracy * (1.0 - accuracy) / questions)
 
 
-def rounds_table(run: Path) -> Table:
-    """Held-out accuracy with its standard error per round, what the round sampled and trained on, and
-    whether its ranking reached the weights: its own pairs ranked right, their margin and the chosen
-    side's score, before -> after its training."""
-    table = Table(title=f"held-out accuracy per round  ({run})")
-    columns = ("round", "accuracy ± SE", "samples", "correct", "pass@n", "pairs", "train items", "steps",
-               "rank term first -> last", "own pairs ranked right", "margin s_c - s_r", "chosen s_c", "train loss")
-    for column in columns:
-        table.add_column(column, justify="right", no_wrap=True)
-    for row in read_rounds(run):
-        label = "0 (SFT)" if row["round"] == 0 else str(row["round"])
-        error = standard_error(row.get("eval_accuracy"), row.get("eval_questions"))
-        accuracy = format_value(row.get("eval_accuracy")) + ("" if error is None else f" ± {error:.3f}")
-        table.add_row(
-            label, accuracy, *(format_value(row.get(c)) for c in ("samples", "correct", "pass_at_n", "pairs", "train_items", "train_steps")),
-            _change(row, "rank_term_first", "rank_term_last"),
-            _change(row, "pairs_ranked_right_before", "pairs_ranked_right_after"),
-            _change(row, "pair_margin_before", "pair_margin_after"),
-            _change(row, "chosen_score_before", "chosen_score_after"),
-            format_value(row.get("train_loss")),
-        )
-    return table
+def _accuracy(row: dict[str, Any]) -> str:
+    error = standard_error(row.get("eval_accuracy"), row.get("eval_questions"))
+    return format_value(row.get("eval_accuracy")) + ("" if error is None else f" ± {error:.3f}")
 
 
 def _change(row: dict[str, Any], before: str, after: str) -> str:
@@ -63,29 +53,121 @@ def _change(row: dict[str, Any], before: str, after: str) -> str:
     return f"{format_value(row.get(before))} -> {format_value(row.get(after))}"
 
 
-def output_console() -> Console:
-    """The terminal as it is; piped to a file or a CI log, wide enough that no column of a round's table
-    is cut to "accur…" (rich would assume 80 columns)."""
+def _value(key: str) -> Callable[[dict[str, Any]], str]:
+    return lambda row: format_value(row.get(key))
+
+
+# The terminal's rounds table, in the order shown. The number is the column's rank when the terminal is
+# too narrow for all of them: the narrowest table keeps the lowest ranks (report.html has every column).
+ROUND_COLUMNS: tuple[tuple[str, int, Callable[[dict[str, Any]], str]], ...] = (
+    ("round", 0, lambda row: "0 (SFT)" if row["round"] == 0 else str(row["round"])),
+    ("accuracy ± SE", 1, _accuracy),
+    ("samples", 6, _value("samples")),
+    ("correct", 4, _value("correct")),
+    ("pass@n", 5, _value("pass_at_n")),
+    ("pairs", 2, _value("pairs")),
+    ("train items", 9, _value("train_items")),
+    ("steps", 10, _value("train_steps")),
+    ("rank term first -> last", 11, lambda row: _change(row, "rank_term_first", "rank_term_last")),
+    ("own pairs ranked right", 3, lambda row: _change(row, "pairs_ranked_right_before", "pairs_ranked_right_after")),
+    ("margin s_c - s_r", 7, lambda row: _change(row, "pair_margin_before", "pair_margin_after")),
+    ("chosen s_c", 8, lambda row: _change(row, "chosen_score_before", "chosen_score_after")),
+    ("train loss", 12, _value("train_loss")),
+)
+WIDE_HINT = "inspect.wide=true"
+
+
+def _table(title: str, columns: list[tuple[str, list[str]]]) -> Table:
+    table = Table(title=plain(title))
+    for header, _ in columns:
+        table.add_column(header, justify="right", no_wrap=True)
+    for cells in zip(*(values for _, values in columns)):
+        table.add_row(*map(plain, cells))
+    return table
+
+
+def _width(table: Table, console: Console) -> int:
+    return Measurement.get(console, console.options.update(width=10_000), table).maximum
+
+
+def rounds_table(run: Path, width: int | None = None, wide: bool = False) -> tuple[Table, list[str]]:
+    """Held-out accuracy with its standard error per round, what the round sampled and trained on, and
+    whether its ranking reached the weights: its own pairs ranked right, their margin and the chosen
+    side's score, before -> after its training. Within `width` columns (unless `wide`): the most
+    important columns that fit, each with its whole header; returns the table and the headers left out."""
+    rows = read_rounds(run)
+    columns = [(header, rank, [cell(row) for row in rows]) for header, rank, cell in ROUND_COLUMNS]
+    title = f"held-out accuracy per round  ({run})"
+    if wide or width is None:
+        return _table(title, [(h, v) for h, _, v in columns]), []
+    measure = Console(width=10_000, file=open(os.devnull, "w"))
+    kept: set[str] = set()
+    for header, _, _ in sorted(columns, key=lambda column: column[1]):
+        trial = kept | {header}
+        if not kept or _width(_table(title, [(h, v) for h, _, v in columns if h in trial]), measure) <= width:
+            kept = trial
+    shown = [(h, v) for h, _, v in columns if h in kept]
+    return _table(title, shown), [h for h, _, _ in columns if h not in kept]
+
+
+def output_console(wide: bool = False) -> Console:
+    """The terminal as it is. Piped to a file or a CI log: $COLUMNS when set, else 200 columns (rich
+    would assume 80)."""
     console = Console()
-    return console if console.is_terminal else Console(width=max(console.width, 200))
+    if console.is_terminal or "COLUMNS" in os.environ:
+        return console
+    return Console(width=max(console.width, 200))
 
 
-def print_rounds(run: Path, console: Console | None = None) -> None:
+def print_rounds(run: Path, console: Console | None = None, wide: bool = False) -> None:
+    """The rounds table, fitted to the console's width; with `wide`, every column, however wide (the
+    terminal wraps the lines; `| less -S` scrolls them)."""
     console = console or output_console()
-    console.print(rounds_table(run))
-    console.print(f"run directory: {run}")
+    table, left_out = rounds_table(run, None if wide else console.width, wide)
+    width = console.width
+    if wide:
+        console.width = max(width, _width(table, console))
+    try:
+        console.print(table)
+    finally:
+        console.width = width
+    if left_out:
+        console.print(Text(f"not shown at {console.width} columns: {', '.join(left_out)} "
+                           f"({WIDE_HINT} shows every column; so does report.html)", style="dim"))
+    console.print(Text(f"run directory: {visible(run)}"))
 
 
 @dataclass(frozen=True)
 class InspectFilter:
     """What `make inspect` shows of a round: one page of pairs, of invalid samples, or of questions
-    with no correct sample, optionally only those of one question."""
+    with no correct sample, optionally only those of one question. `per_page` (inspect.pairs) is the
+    page size of pairs; `samples_per_page` (inspect.samples) that of invalid samples and unsolved
+    questions, the same as `per_page` when not given."""
 
     question: str | None = None
     invalid: bool = False
     unsolved: bool = False
     page: int = 1
     per_page: int = 3
+    samples_per_page: int | None = None
+    wide: bool = False
+
+    def __post_init__(self) -> None:
+        # `make inspect` reads its options without the run's config checks: the same ranges here.
+        for key, value in (("inspect.page", self.page), ("inspect.pairs", self.per_page), ("inspect.samples", self.samples_per_page)):
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ConfigError(f"{key} must be a whole number of at least 1, got {value!r}")
+
+    @classmethod
+    def from_config(cls, inspect: Any) -> "InspectFilter":
+        """From the config's `inspect` group (InspectConfig)."""
+        return cls(inspect.question, inspect.invalid, inspect.unsolved, inspect.page, inspect.pairs,
+                   inspect.get("samples"), bool(inspect.get("wide", False)))
+
+    def page_size(self, what: str) -> tuple[int, str]:
+        if what == "pairs" or self.samples_per_page is None:
+            return self.per_page, "inspect.pairs"
+        return self.samples_per_page, "inspect.samples"
 
 
 def inspect_round(run: Path, k: int | None, view: InspectFilter = InspectFilter(), console: Console | None = None) -> None:
@@ -94,14 +176,16 @@ def inspect_round(run: Path, k: int | None, view: InspectFilter = InspectFilter(
         k = max((row["round"] for row in read_rounds(run)), default=None)
         if k is None:
             raise SystemExit(f"{run} has no finished round to inspect")
+    if k < 0:
+        raise ConfigError(f"inspect.round must be >= 0 (or null: the last finished round), got {k}")
     out = round_dir(run, k)
     if not out.exists():
         raise SystemExit(f"{out} does not exist")
-    console.print(f"[bold]{out}[/bold]{'' if is_done(run, k) else '  (not finished)'}")
+    console.print(Text.assemble((visible(out), "bold"), "" if is_done(run, k) else "  (not finished)"))
     metrics_path = out / "metrics.json"
     if metrics_path.exists():
         metrics = json.loads(metrics_path.read_text())
-        console.print(f"held-out accuracy {format_value(metrics.get('eval_accuracy'))}, train loss {format_value(metrics.get('train_loss'))}")
+        console.print(plain(f"held-out accuracy {format_value(metrics.get('eval_accuracy'))}, train loss {format_value(metrics.get('train_loss'))}"))
     if not (out / "generations.jsonl").exists():
         console.print("no generations.jsonl: round 0 is SFT and samples nothing (or the round has not sampled yet)")
         return
@@ -121,15 +205,16 @@ def inspect_round(run: Path, k: int | None, view: InspectFilter = InspectFilter(
 
 def _page(items: list[Any], view: InspectFilter, what: str, console: Console) -> list[Any]:
     """The items of page `view.page`, saying where they sit in the whole and how to get the next page."""
-    pages = max(1, -(-len(items) // view.per_page))
+    per_page, key = view.page_size(what)
+    pages = max(1, -(-len(items) // per_page))
     if not 1 <= view.page <= pages:
-        raise SystemExit(f"inspect.page={view.page} is out of range: {len(items)} {what} make {pages} page(s)")
-    first = (view.page - 1) * view.per_page
-    shown = items[first : first + view.per_page]
+        raise SystemExit(f"inspect.page={view.page} is out of range: {len(items)} {what} make {pages} page(s) of {key}={per_page}")
+    first = (view.page - 1) * per_page
+    shown = items[first : first + per_page]
     where = f"{what} {first + 1}-{first + len(shown)} of {len(items)}" if shown else f"no {what}"
     more = f"; next: inspect.page={view.page + 1}" if view.page < pages else ""
     scope = f" of question {view.question}" if view.question else ""
-    console.print(f"[bold]{where}{scope}[/bold] (page {view.page} of {pages}, inspect.pairs={view.per_page} per page{more})")
+    console.print(Text.assemble((visible(f"{where}{scope}"), "bold"), f" (page {view.page} of {pages}, {key}={per_page} per page{more})"))
     return shown
 
 
@@ -139,7 +224,7 @@ def _stats_table(out: Path, generations: Iterable[Generation], pairs: Iterable[P
     table.add_column("stat")
     table.add_column("value", justify="right")
     for key, value in stats.items():
-        table.add_row(key, format_value(value) if not isinstance(value, dict) else json.dumps(value))
+        table.add_row(plain(key), plain(format_value(value) if not isinstance(value, dict) else json.dumps(value)))
     chosen, rejected = pair_lengths(generations, pairs)
     for side, lengths in (("chosen", chosen), ("rejected", rejected)):
         if lengths:
@@ -161,11 +246,11 @@ def pair_lengths(generations: Iterable[Generation], pairs: Iterable[Pair]) -> tu
 def _show_pairs(pairs: Iterable[Pair], view: InspectFilter, console: Console) -> None:
     selected = [p for p in pairs if view.question in (None, p.question_id)]
     for pair in _page(selected, view, "pairs", console):
-        table = Table(title=f"{pair.question_id}  (gold answer: {pair.gold_answer or '?'})", show_lines=True)
+        table = Table(title=plain(f"{pair.question_id}  (gold answer: {pair.gold_answer or '?'})"), show_lines=True)
         table.add_column(f"chosen (sample {pair.chosen_sample_index})", ratio=1)
         table.add_column(f"rejected (sample {pair.rejected_sample_index})", ratio=1)
-        console.print(pair.prompt.strip())
-        table.add_row(pair.chosen, pair.rejected)
+        console.print(plain(pair.prompt.strip()))
+        table.add_row(plain(pair.chosen), plain(pair.rejected))
         console.print(table)
 
 
@@ -173,13 +258,16 @@ def _show_question_samples(generations: Iterable[Generation], question: str, con
     samples = [g for g in generations if g.question_id == question]
     if not samples:
         raise SystemExit(f"inspect.question={question!r}: no such question in this round's generations.jsonl")
-    console.print(samples[0].prompt.strip())
-    table = Table(title=f"{question}: {len(samples)} samples (gold answer: {samples[0].gold})", show_lines=True)
+    console.print(plain(samples[0].prompt.strip()))
+    table = Table(title=plain(f"{question}: {len(samples)} samples (gold answer: {samples[0].gold})"), show_lines=True)
     for column in ("sample", "answer", "valid", "correct", "tokens", "completion"):
         table.add_column(column, overflow="fold")
     for g in samples:
-        table.add_row(str(g.sample_index), format_value(g.answer), format_value(g.valid), format_value(g.correct), str(g.num_tokens),
-                      g.completion if g.valid else f"{g.completion}\n[red]invalid: {g.invalid_reason}[/red]")
+        completion = plain(g.completion)
+        if not g.valid:
+            completion.append(f"\ninvalid: {visible(g.invalid_reason)}", style="red")
+        table.add_row(str(g.sample_index), plain(quoted(g.answer)), format_value(g.valid), format_value(g.correct), str(g.num_tokens),
+                      completion)
     console.print(table)
 
 
@@ -189,8 +277,20 @@ def _show_invalid(generations: Iterable[Generation], view: InspectFilter, consol
     for column in ("question", "sample", "why", "tokens", "completion"):
         table.add_column(column, overflow="fold")
     for g in _page(invalid, view, "invalid samples", console):
-        table.add_row(g.question_id, str(g.sample_index), g.invalid_reason or "", str(g.num_tokens), g.completion)
+        table.add_row(plain(g.question_id), str(g.sample_index), plain(g.invalid_reason or ""), str(g.num_tokens), plain(g.completion))
     console.print(table)
+
+
+def quoted(answer: Any) -> str:
+    """An answer as a JSON string ("1,000"), so that answers containing commas, spaces or quotes are
+    told apart from their neighbours; "-" for none."""
+    return "-" if answer is None else json.dumps(str(answer), ensure_ascii=False)
+
+
+def answers_given(answers: Iterable[Any]) -> str:
+    """Distinct answers, most frequent first, one a line, each quoted with its count: `"1,000" x3`."""
+    counts = Counter(answers)
+    return "\n".join(f"{quoted(answer)} x{count}" for answer, count in counts.most_common()) or "-"
 
 
 def _show_unsolved(generations: Iterable[Generation], view: InspectFilter, console: Console) -> None:
@@ -199,18 +299,36 @@ def _show_unsolved(generations: Iterable[Generation], view: InspectFilter, conso
         if not any(g.correct for g in group) and view.question in (None, group[0].question_id)
     ]
     table = Table(title="questions with no correct sample", show_lines=True)
-    for column in ("question", "gold", "answers given (valid samples)", "invalid"):
+    for column in ("question", "gold", "answers given (valid samples), quoted", "invalid"):
         table.add_column(column, overflow="fold")
     for group in _page(unsolved, view, "unsolved questions", console):
-        answers = Counter(g.answer for g in group if g.valid)
-        given = ", ".join(f"{answer} x{count}" for answer, count in answers.most_common()) or "-"
+        given = answers_given(g.answer for g in group if g.valid)
         question = group[0].prompt.strip()
-        table.add_row(f"{group[0].question_id}\n{question}", group[0].gold, given, str(sum(not g.valid for g in group)))
+        table.add_row(plain(f"{group[0].question_id}\n{question}"), plain(quoted(group[0].gold)), plain(given),
+                      str(sum(not g.valid for g in group)))
     console.print(table)
 
 
 # -- runs side by side ----------------------------------------------------------------------------
-COMPARED = (("eval_accuracy", "held-out accuracy"), ("pairs", "pairs mined"), ("train_loss", "mean training loss"))
+COMPARED = (("eval_accuracy", "held-out accuracy ± SE"), ("pairs", "pairs mined"), ("train_loss", "mean training loss"))
+
+
+def warn(message: str) -> None:
+    print(f"rationale_loop: warning: {visible(message)}", file=sys.stderr, flush=True)
+
+
+def _fork_origin(record: Path) -> Path | None:
+    """Where the fork recorded in `record` came from; None, with a warning naming the file, when the
+    record cannot be read: one damaged fork.json must not hide every other run."""
+    try:
+        origin = json.loads(record.read_text())["from"]
+        if not isinstance(origin, str) or not origin:
+            raise ValueError(f"'from' is {origin!r}, not a round directory")
+        return Path(origin)
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as error:
+        reason = "no 'from' key" if isinstance(error, (KeyError, TypeError)) else str(error).splitlines()[0]
+        warn(f"skipped {record}: not a readable fork record ({reason})")
+        return None
 
 
 def forks_of(base: Path, root: Path) -> list[Path]:
@@ -218,35 +336,96 @@ def forks_of(base: Path, root: Path) -> list[Path]:
     base = base.resolve()
     found = []
     for record in sorted([*root.glob(f"*/{FORK}"), *root.glob(f"*/*/{FORK}")]):
-        origin = Path(json.loads(record.read_text())["from"])
-        if origin.parent == base:
+        origin = _fork_origin(record)
+        if origin is not None and origin.parent == base:
             found.append(record.parent)
     return found
 
 
+def resolve_run(name: str | Path, root: Path) -> Path | None:
+    """A run given as a path (outputs/runs/a) or as a name under `root` (a, or sweep/job): the path
+    when it is a run directory, else the run of that name; None when neither exists."""
+    given, named = Path(name), Path(root) / name
+    for candidate in (given, named):
+        if candidate.is_dir() and ((candidate / "rounds.jsonl").exists() or round_dir(candidate, 0).exists()):
+            return candidate
+    return next((candidate for candidate in (given, named) if candidate.is_dir()), None)
+
+
+def _eval_set(run: Path, rows: dict[int, dict[str, Any]]) -> tuple[str, str]:
+    """(eval size, task) of a run: the held-out questions its rounds were scored on, and its task config
+    (from the last round's config.yaml) as text to compare; "?" where unknown."""
+    sizes = sorted({row.get("eval_questions") for row in rows.values() if row.get("eval_questions") is not None})
+    size = "/".join(map(str, sizes)) or "?"
+    task = "?"
+    for k in sorted(rows, reverse=True):
+        saved = round_dir(run, k) / "config.yaml"
+        if saved.exists():
+            try:
+                from omegaconf import OmegaConf
+
+                task = json.dumps(OmegaConf.to_container(OmegaConf.load(saved).get("task")), sort_keys=True)
+            except Exception as error:  # a damaged config.yaml: the task is unknown, the run still shown
+                warn(f"{saved}: cannot read its task ({type(error).__name__})")
+            break
+    return size, task
+
+
+def _task_name(task: str) -> str:
+    try:
+        fields = json.loads(task)
+        return f"{fields.get('source')}" + (f", eval_size={fields.get('eval_size')}" if "eval_size" in fields else "")
+    except (ValueError, AttributeError):
+        return "unknown task"
+
+
 def compare_runs(runs: list[Path], console: Console | None = None) -> None:
-    """One table per metric: a row per run, a column per round. Rounds a fork shares with its base
-    (links to the base's rounds) are shown dim."""
+    """One table per metric: a row per run, a column per round; held-out accuracy with its standard
+    error and each run's eval size, runs scored on a different eval set marked. Rounds a fork shares
+    with its base (links to the base's rounds) are shown dim. A run whose rounds.jsonl cannot be read
+    is left out with a warning."""
     console = console or output_console()
-    runs = [Path(os.path.relpath(run.resolve())) for run in runs]  # one form, whether given absolute or relative
-    rows = {run: {row["round"]: row for row in read_rounds(run)} for run in runs}
+    runs = list(dict.fromkeys(Path(os.path.relpath(run.resolve())) for run in runs))  # one form, whether given absolute or relative
+    rows: dict[Path, dict[int, dict[str, Any]]] = {}
+    for run in runs:
+        try:
+            rows[run] = {row["round"]: row for row in read_rounds(run)}
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            warn(f"skipped {run}: its rounds.jsonl cannot be read ({str(error).splitlines()[0] if str(error) else type(error).__name__})")
     last = max((k for by_round in rows.values() for k in by_round), default=-1)
     if last < 0:
         raise SystemExit(f"none of {', '.join(map(str, runs))} has a finished round")
-    common = _common_prefix([str(run) for run in runs])
+    common = _common_prefix([str(run) for run in rows])
+    evals = {run: _eval_set(run, by_round) for run, by_round in rows.items()}
+    first = next(iter(rows))  # the base run, with --forks-of
+    differs = {run for run, key in evals.items() if key != evals[first]}
     for key, title in COMPARED:
         table = Table(title=title)
         table.add_column("run", overflow="fold")
+        if key == "eval_accuracy":
+            table.add_column("eval n", justify="right", no_wrap=True)
         for k in range(last + 1):
-            table.add_column("0 (SFT)" if k == 0 else str(k), justify="right", no_wrap=True)
+            header = "0 (SFT)" if k == 0 else str(k)
+            table.add_column(header, justify="right", min_width=len(header))
         for run, by_round in rows.items():
-            cells = []
+            cells: list[Any] = []
             for k in range(last + 1):
-                text = format_value(by_round[k].get(key)) if k in by_round else ""
-                cells.append(f"[dim]{text}[/dim]" if round_dir(run, k).is_symlink() else text)
-            table.add_row(str(run)[len(common):] or str(run), *cells)
+                text = (_accuracy(by_round[k]) if key == "eval_accuracy" else format_value(by_round[k].get(key))) if k in by_round else ""
+                cells.append(Text(text, style="dim" if round_dir(run, k).is_symlink() else ""))
+            name = plain(str(run)[len(common):] or str(run))
+            if key == "eval_accuracy":
+                if run in differs:
+                    name.append(f"  ⚠ other eval set than {visible(str(first)[len(common):] or first)}", style="bold red")
+                cells.insert(0, Text(evals[run][0], style="bold red" if run in differs else ""))
+            table.add_row(name, *cells)
         console.print(table)
-    console.print(f"runs under {common or '/'}; dim: a round shared with the run it was forked from")
+    if differs:
+        console.print(Text(
+            "⚠ warning: not every run was scored on the same eval set; their accuracies do not compare: "
+            + "; ".join(f"{visible(run)}: {evals[run][0]} questions of {_task_name(evals[run][1])}" for run in rows),
+            style="bold red"))
+    console.print(plain(f"runs under {common or '/'}; ± one binomial standard error, sqrt(p(1-p)/n), n = eval n; "
+                        "dim: a round shared with the run it was forked from"))
 
 
 def _common_prefix(paths: list[str]) -> str:

@@ -88,7 +88,7 @@ def train(
     """Train `model` in place. With `state_path`, a resumable training state (weights, optimizer,
     schedule, random state, loss log) is saved there every `cfg.save_every` steps, and a state found
     there at the start is resumed from: the run goes on from that step as if it had never stopped.
-    With `log_dir`, per-step loss, loss terms and learning rate go to TensorBoard. `reply_end`: the prompt
+    With `log_dir`, per-step loss, loss terms, learning rate and gradient norm (before clipping) go to TensorBoard. `reply_end`: the prompt
     format's end of a reply, learned after each response (encode.py)."""
     encoder = Encoder(tokenizer, cfg.max_length, reply_end)
     encoded = [objective.encode(item, encoder) for item in items]
@@ -166,6 +166,8 @@ def train(
                 for name, value in record.items():
                     if name != "step":
                         writer.add_scalar(f"train/{name}", value, step)
+                # Before clipping (what clip_grad_norm_ returns), as TRL and the HF Trainer log it.
+                writer.add_scalar("train/grad_norm", float(grad_norm), step)
             if accelerator.is_main_process and (step % cfg.log_every == 0 or step == len(batches)):
                 log.info("%s step %d/%d loss %.4f %s", desc, step, len(batches), step_loss,
                          " ".join(f"{n} {v:.4f}" for n, v in step_terms.items()))

@@ -224,3 +224,25 @@ def test_chromium_screenshot_is_not_blank(chromium, report, tmp_path):
     pixels = matplotlib.image.imread(shot)
     assert pixels.shape[:2] == (4000, 1280)
     assert pixels.std() > 0.01
+
+
+# After layout, the body records the page's and the widest rounds table's width against the window's.
+WIDTHS_PROBE = (
+    "<script>addEventListener('load', () => { const tables = [...document.querySelectorAll('table.rounds')];"
+    " document.body.dataset.widths = [window.innerWidth, document.documentElement.scrollWidth,"
+    " Math.max(...tables.map(t => t.getBoundingClientRect().right)), tables.length].join(' '); });</script>"
+)
+
+
+def test_rounds_tables_fit_a_1400_pixel_window_with_every_column(chromium, report, tmp_path):
+    from rationale_loop.loop import ROUND_SUMMARY_KEYS
+
+    page = report.read_text()
+    for key in ROUND_SUMMARY_KEYS[1:]:
+        assert f'<td class="{key}">' in page, key
+    probe = tmp_path / "widths.html"
+    probe.write_text(page.replace("</body>", WIDTHS_PROBE + "</body>"))
+    dom = Dom(run_chromium(chromium, probe, tmp_path / "profile", "--window-size=1400,900", "--dump-dom"))
+    window, scroll, right, tables = (float(v) for v in dom.body["data-widths"].split())
+    assert window == 1400 and tables >= 2
+    assert scroll <= window and right <= window, dom.body["data-widths"]

@@ -10,6 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from rationale_loop.terminal import visible
+
 LEARNED_OPEN, LEARNED_CLOSE = "⟦", "⟧"
 
 
@@ -93,4 +95,5 @@ def preview(out: Path, task_example: tuple[str, str], task_count: int) -> str:
                       "--- its rejected reply ---", first["prompt"] + first["rejected"]]
     else:
         parts += ["", "No chat or instruction sources (data=none): SFT learns from the task's examples only."]
-    return "\n".join(parts)
+    # Data text, printed to a terminal: its control characters (escape sequences) written out, not sent.
+    return visible("\n".join(parts))

@@ -1,0 +1,36 @@
+"""Text from data or from a model, made safe to print on a terminal.
+
+A completion, a prompt, a gold answer or a question id is untrusted text: an escape sequence in it would
+move the cursor, clear the screen or retitle the window, and rich would read `[/INST]` (llama-2's prompt
+format) or `[link=...]` as markup and crash or make a hyperlink. So every such text goes through
+`visible` (control characters shown as `\\x1b`, never sent) and reaches rich as a `Text` object, which
+rich parses for neither markup nor :emoji: codes. Never put such text in a markup string.
+Newlines and tabs are kept: completions have lines.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from rich.text import Text
+
+# C0 controls but tab and newline, DEL, C1 controls (U+0080-U+009F: 8-bit CSI, NEL, ...), and the
+# bidirectional embeddings, overrides and isolates that reorder what a reader sees ("Trojan Source").
+CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def _shown(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def visible(value: Any) -> str:
+    """`value` as a string in which every control character is written out (ESC as the four
+    characters `\\x1b`), so that printing it sends no control sequence to the terminal."""
+    return CONTROL.sub(_shown, str(value))
+
+
+def plain(value: Any, style: str = "") -> Text:
+    """A rich Text of `value`, control characters written out, never parsed as markup."""
+    return Text(visible(value), style=style)
