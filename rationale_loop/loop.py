@@ -40,6 +40,7 @@ from rationale_loop.records import (
     append_jsonl,
     atomic_writer,
     group_by,
+    read_json,
     read_jsonl,
     sort_jsonl,
     write_json_atomic,
@@ -186,7 +187,7 @@ class Run:
             )
         log.warning("force=true: clearing the interrupted %s, which started with another config:\n  %s", out, listing)
         remove(out, inside=self.dir)
-        remove(self.dir / "tensorboard" / out.name, inside=self.dir / "tensorboard")
+        remove(self.dir / "tensorboard" / out.name, inside=self.dir)
         return False
 
     def _sft(self, out: Path) -> dict[str, Any]:
@@ -195,7 +196,7 @@ class Run:
             self._prepare_sft_mix(base, out)
             self._train(0, out, None)
         metrics = self._evaluate(out)
-        return {**metrics, "base_model": str(base), **json.loads((out / TRAIN_SUMMARY).read_text())}
+        return {**metrics, "base_model": str(base), **read_json(out / TRAIN_SUMMARY)}
 
     def _train(self, k: int, out: Path, backends: "_Lazy | None") -> None:
         """Round k's training phase, in this process or as a worker under accelerate (launch=)."""
@@ -280,7 +281,7 @@ class Run:
             self._mine(backends, pool, too_long, sampling, out)
             phases["mine_seconds"] = time.perf_counter() - clock
             crash_point("mined")
-        stats = json.loads((out / "stats.json").read_text())
+        stats = read_json(out / "stats.json")
         log.info("round %d: %s", k, ", ".join(f"{key} {value}" for key, value in stats.items()))
         if not (out / "checkpoint").exists():
             clock = time.perf_counter()
@@ -290,7 +291,7 @@ class Run:
         clock = time.perf_counter()
         metrics = self._evaluate(out)
         phases["evaluate_seconds"] = time.perf_counter() - clock
-        summary = {**metrics, **stats, **json.loads((out / TRAIN_SUMMARY).read_text()),
+        summary = {**metrics, **stats, **read_json(out / TRAIN_SUMMARY),
                    **{name: round(seconds, 2) for name, seconds in phases.items()}}
         note = degenerate_round_note(summary, len(self.splits.pool))
         if note:

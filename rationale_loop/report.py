@@ -23,7 +23,7 @@ from rich.text import Text
 
 from rationale_loop.config import ConfigError
 from rationale_loop.loop import FORK, is_done, read_rounds, round_dir
-from rationale_loop.records import Generation, JsonlRecords, Pair, group_by
+from rationale_loop.records import Generation, JsonlRecords, Pair, group_by, read_fork_record, read_json
 from rationale_loop.terminal import plain, visible
 
 
@@ -184,7 +184,7 @@ def inspect_round(run: Path, k: int | None, view: InspectFilter = InspectFilter(
     console.print(Text.assemble((visible(out), "bold"), "" if is_done(run, k) else "  (not finished)"))
     metrics_path = out / "metrics.json"
     if metrics_path.exists():
-        metrics = json.loads(metrics_path.read_text())
+        metrics = read_json(metrics_path)
         console.print(plain(f"held-out accuracy {format_value(metrics.get('eval_accuracy'))}, train loss {format_value(metrics.get('train_loss'))}"))
     if not (out / "generations.jsonl").exists():
         console.print("no generations.jsonl: round 0 is SFT and samples nothing (or the round has not sampled yet)")
@@ -219,7 +219,7 @@ def _page(items: list[Any], view: InspectFilter, what: str, console: Console) ->
 
 
 def _stats_table(out: Path, generations: Iterable[Generation], pairs: Iterable[Pair]) -> Table:
-    stats = json.loads((out / "stats.json").read_text()) if (out / "stats.json").exists() else {}
+    stats = read_json(out / "stats.json") if (out / "stats.json").exists() else {}
     table = Table(title="generation stats")
     table.add_column("stat")
     table.add_column("value", justify="right")
@@ -321,7 +321,7 @@ def _fork_origin(record: Path) -> Path | None:
     """Where the fork recorded in `record` came from; None, with a warning naming the file, when the
     record cannot be read: one damaged fork.json must not hide every other run."""
     try:
-        origin = json.loads(record.read_text())["from"]
+        origin = read_fork_record(record)["from"]
         if not isinstance(origin, str) or not origin:
             raise ValueError(f"'from' is {origin!r}, not a round directory")
         return Path(origin)

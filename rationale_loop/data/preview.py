@@ -77,13 +77,12 @@ def preview(out: Path, task_example: tuple[str, str], task_count: int) -> str:
     """Everything SFT in round directory `out` learns from: the task's examples and, when data= lists
     sources, the prepared mix (read from the files the SFT stage reads)."""
     from rationale_loop.data.sources import DECONTAMINATION, MIX_MANIFEST, MIX_ROWS, read_preference_pairs
-    from rationale_loop.records import read_jsonl
-    import json
+    from rationale_loop.records import read_json, read_jsonl
 
     parts = [describe_task_example(*task_example, task_count)]
     manifest = out / MIX_MANIFEST
     if manifest.exists():
-        parts += ["", describe_mix(json.loads(manifest.read_text()), read_jsonl(out / MIX_ROWS))]
+        parts += ["", describe_mix(read_json(manifest), read_jsonl(out / MIX_ROWS))]
         removed = list(read_jsonl(out / DECONTAMINATION)) if (out / DECONTAMINATION).exists() else []
         if removed:
             parts += ["", describe_removed(removed)]
