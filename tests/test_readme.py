@@ -81,7 +81,7 @@ def test_every_readme_command_line_parses(line):
                 overrides.append(f"inspect.round={assignments['ROUND']}")
             check_overrides(overrides, sweep=targets[0] == "sweep")
         return
-    if words[:3] == ["python", "-m", "rationale_loop"]:
+    if words[0].endswith("python") and words[1:3] == ["-m", "rationale_loop"]:
         command = words[3]
         assert command in COMMANDS or command in PLAIN_COMMANDS, f"{line}: no such command"
         if command in COMMANDS:
