@@ -436,7 +436,11 @@ def validate(cfg: DictConfig | Config) -> None:
     cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.structured(cfg)
     extra = unknown_keys(cfg)
     if extra:
-        raise ConfigError(f"unknown config key(s) {', '.join(extra)} (added with '+'?): no part of the tool reads them")
+        import difflib
+
+        guesses = [f"{key} (did you mean {guess[0]}?)" if (guess := difflib.get_close_matches(key, list(schema_keys()), n=1)) else key
+                   for key in extra]
+        raise ConfigError(f"unknown config key(s) {', '.join(guesses)} (added with '+'?): no part of the tool reads them")
     from rationale_loop.paths import RunPathError, check_output_root, check_run_name
 
     try:

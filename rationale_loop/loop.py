@@ -32,7 +32,7 @@ from rationale_loop.faults import crash_point
 from rationale_loop.errors import DataError, UserError
 from rationale_loop.integrity import DONE, check_checkpoint, mark_done
 from rationale_loop.paths import remove
-from rationale_loop.run_config import DATA_SETTINGS, NO_WORK, OVERRIDES, holds_work, write_overrides
+from rationale_loop.run_config import DATA_SETTINGS, NO_WORK, OVERRIDES, holds_work, read_saved_config, write_overrides
 from rationale_loop.records import (
     Generation,
     JsonlRecords,
@@ -192,7 +192,7 @@ class Run:
         if not (out / MIX_MANIFEST).exists():
             return
         recorded = out / DATA_SETTINGS if (out / DATA_SETTINGS).exists() else out / "config.yaml"
-        previous = self._data_settings(OmegaConf.to_container(OmegaConf.load(recorded))) if recorded.exists() else {}
+        previous = self._data_settings(read_saved_config(recorded)) if recorded.exists() else {}
         differences = config_differences(previous, self._data_settings(to_container(self.cfg)))
         if differences:
             log.warning("%s: the SFT data mix was prepared with other data settings; preparing it again:\n  %s",
@@ -523,7 +523,7 @@ class Run:
 
     def _differences_from(self, saved_config: Path) -> list[str]:
         """The recipe keys on which this call's config differs from a round's saved config.yaml."""
-        return config_differences(OmegaConf.to_container(OmegaConf.load(saved_config)), to_container(self.cfg))
+        return config_differences(read_saved_config(saved_config), to_container(self.cfg))
 
     def _note_fork_differences(self, previous: int) -> None:
         """The first round of a fork may change the recipe: that is what forks are for. Say how."""

@@ -80,6 +80,23 @@ def read_overrides(round_path: Path) -> list[str] | None:
     return value
 
 
+def read_saved_config(path: Path) -> dict:
+    """A round's config.yaml (or data.yaml) as a plain dict, unresolved: a damaged or odd file is one
+    line naming it, and an `${oc.env:...}` in it is never looked up."""
+    from omegaconf import OmegaConf
+
+    from rationale_loop.records import open_regular
+
+    try:
+        with open_regular(path) as handle:
+            loaded = OmegaConf.create(handle.read().decode("utf-8"))
+    except (yaml.YAMLError, ValueError, UnicodeDecodeError) as error:
+        if isinstance(error, DataError):
+            raise
+        raise DataError(f"{path}: not a readable config ({str(error).splitlines()[0]}); restore it, or delete the round") from None
+    return OmegaConf.to_container(loaded, resolve=False)  # type: ignore[return-value]
+
+
 def write_overrides(round_path: Path, overrides: list[str]) -> None:
     from rationale_loop.records import atomic_writer
 
