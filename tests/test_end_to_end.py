@@ -104,8 +104,7 @@ def test_round_command_says_where_it_starts_and_inspect_shows_pairs(small_run):
     common = [*SMALL, f"output_root={run.parent}", f"model.cache_dir={cfg.model.cache_dir}", f"run={run.name}"]
     done = _cli("round", *common)
     assert done.returncode == 0, done.stderr
-    assert "next is round 2" in done.stdout and "round 1 is the last with DONE" in done.stdout
-    assert "are done; rounds=3 runs round 3" in done.stdout
+    assert "all 1 round(s)" in done.stdout and "are done; rounds=2 runs round 2" in done.stdout
     shown = _cli("inspect", *common, "inspect.round=1", "inspect.pairs=2")
     assert shown.returncode == 0, shown.stderr
     first_pair = next(read_jsonl(run / "round_01" / "pairs.jsonl"))
