@@ -119,8 +119,8 @@ test-vllm: $(VLLM_STAMP) ## the vLLM backend's tests, in .venv-vllm
 test-all: $(STAMP) chromium ## every test except vllm and gpu, the slow ones included
 	$(BIN)/python -m pytest -q -m "not vllm and not gpu" $(ARGS)
 
-export: $(STAMP) ## outputs/exports/NAME-round_K: round ROUND of RUN (default the last) as a plain model folder with a model card
-	$(RL) export outputs/runs/$(RUN) $(if $(ROUND),--round $(ROUND))
+export: $(STAMP) ## outputs/exports/RUN/round_K: round ROUND of RUN (default the last) as a plain model folder with a model card; ARGS="--out DIR --force --license ID"
+	$(RL) export '$(RUN)' --root $(OUTPUT_ROOT) $(if $(ROUND),--round $(ROUND))
 
-clean-run: $(STAMP) ## delete outputs/runs/$(RUN) (refused for an empty RUN, a path out of outputs/runs, or a run in use)
-	$(RL) clean '$(RUN)'
+clean-run: $(STAMP) ## delete the run RUN (refused for an empty RUN, a round or folder inside a run, a run others are forked from, or a run in use; ARGS=--force for forked-from)
+	$(RL) clean '$(RUN)' --root $(OUTPUT_ROOT)

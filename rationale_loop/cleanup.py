@@ -19,25 +19,58 @@ from rationale_loop.paths import check_output_root, check_run_name, remove
 RUN_MARKERS = ("round_00", "rounds.jsonl", "fork.json", ".hydra", LOCK_FILE)
 
 
-def delete_run(output_root: str, run: str) -> Path:
+def _is_run(path: Path) -> bool:
+    return path.is_dir() and not path.is_symlink() and any(os.path.lexists(path / marker) for marker in RUN_MARKERS)
+
+
+def delete_run(output_root: str, run: str, force: bool = False) -> tuple[Path, list[Path]]:
+    """Delete the run `run` under `output_root`; returns it and the forks that lost their source (only
+    with force: without it, a run that others are forked from is refused, naming them)."""
     check_output_root(output_root)
     check_run_name(run)
-    path = Path(output_root) / run
+    root = Path(output_root)
+    path = root / run
     if not path.exists() and not path.is_symlink():
         raise UserError(f"{path} does not exist: nothing to delete")
-    if not path.is_symlink() and not any((path / marker).exists() for marker in RUN_MARKERS):
+    for parent in path.parents:  # a round, or any folder, inside a run: the run is deleted whole or not at all
+        if parent == root or root.resolve() not in (parent.resolve(), *parent.resolve().parents):
+            break
+        if _is_run(parent):
+            raise UserError(f"{path} is inside the run {parent}; clean-run deletes whole runs only (RUN={parent.relative_to(root)})")
+    if not path.is_symlink() and not any(os.path.lexists(path / marker) for marker in RUN_MARKERS):
         raise UserError(f"{path} is not a run directory (it has none of {', '.join(RUN_MARKERS)}); not deleting it")
+    forks = [] if path.is_symlink() else forks_from(path, root)
+    if forks and not force:
+        raise UserError(f"{path} is where these forks start (their first rounds are links into it): "
+                        f"{', '.join(map(str, forks))}; delete them first, or pass --force (they then cannot go on)")
     if not path.is_symlink():
         _refuse_if_held(path)
-    remove(path, inside=Path(output_root))
-    return path
+    remove(path, inside=root)
+    return path, forks
+
+
+def forks_from(run: Path, root: Path) -> list[Path]:
+    """Runs under `root` (up to three levels deep: sweeps nest their jobs) forked from a round of `run`."""
+    from rationale_loop.errors import DataError
+    from rationale_loop.records import read_fork_record
+
+    source = run.resolve()
+    found = []
+    for record in sorted([*root.glob("*/fork.json"), *root.glob("*/*/fork.json"), *root.glob("*/*/*/fork.json")]):
+        try:
+            origin = Path(read_fork_record(record)["from"]).resolve()
+        except (DataError, OSError):
+            continue  # a damaged record: its fork is broken either way
+        if record.parent.resolve() != source and source in origin.parents:
+            found.append(record.parent)
+    return found
 
 
 def _refuse_if_held(run: Path) -> None:
     lock = run / LOCK_FILE
-    if not lock.exists() or lock.is_symlink():
+    if not lock.is_file() or lock.is_symlink():  # a FIFO or a link there is nobody's lock: never opened
         return
-    fd = os.open(lock, os.O_RDONLY)
+    fd = os.open(lock, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -196,8 +196,12 @@ def clean(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m rationale_loop clean", description="delete one run directory")
     parser.add_argument("run", help="the run's name, as given to run= (a path relative to --root)")
     parser.add_argument("--root", default="outputs/runs", help="where runs live (output_root)")
+    parser.add_argument("--force", action="store_true", help="delete a run even when other runs are forked from it")
     arguments = parser.parse_args(argv)
-    print(f"[rationale_loop] deleted {delete_run(arguments.root, arguments.run)}")
+    deleted, orphans = delete_run(arguments.root, arguments.run, force=arguments.force)
+    print(f"[rationale_loop] deleted {deleted}")
+    for fork in orphans:
+        print(f"[rationale_loop] {fork} was forked from it: its linked rounds are gone, and it cannot go on", file=sys.stderr)
 
 
 @reporting_errors
@@ -208,13 +212,27 @@ def export(argv: list[str]) -> None:
     from rationale_loop.export import export_round
 
     parser = argparse.ArgumentParser(prog="python -m rationale_loop export", description="a round's model, tokenizer and model card")
-    parser.add_argument("run", type=Path, help="the run directory (outputs/runs/NAME)")
+    parser.add_argument("run", help="the run: its name under --root (as run= names it) or its directory")
+    parser.add_argument("--root", type=Path, default=Path("outputs/runs"), help="where runs live (output_root)")
     parser.add_argument("--round", type=int, default=None, help="the round to export (default: the last finished)")
-    parser.add_argument("--out", type=Path, default=None, help="where (default: outputs/exports/NAME-round_K)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="a new or empty directory (default: outputs/exports/<run>/round_KK)")
+    parser.add_argument("--force", action="store_true", help="replace an earlier export in --out (only the files it wrote)")
+    parser.add_argument("--license", default="unknown", help="the model card's license (an id such as apache-2.0; default unknown)")
     arguments = parser.parse_args(argv)
-    if not arguments.run.is_dir():
-        parser.error(f"no such run directory: {arguments.run}")
-    print(f"[rationale_loop] exported to {export_round(arguments.run, arguments.round, arguments.out)}")
+    run = arguments.root / arguments.run
+    if not run.is_dir():
+        run = Path(arguments.run)
+    if not run.is_dir():
+        parser.error(f"no such run: {arguments.run} (neither {arguments.root / arguments.run} nor a directory)")
+    from rationale_loop.export import default_target
+
+    out = arguments.out
+    if out is None:
+        from rationale_loop.loop import next_round
+
+        out = default_target(run, next_round(run) - 1 if arguments.round is None else arguments.round, arguments.root)
+    print(f"[rationale_loop] exported to {export_round(run, arguments.round, out, force=arguments.force, license=arguments.license)}")
 
 
 PLAIN_COMMANDS = {"compare": compare, "clean": clean, "export": export}

@@ -608,6 +608,22 @@ def to_container(cfg: DictConfig) -> dict[str, Any]:
     return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
 
 
+def saved_form(cfg: DictConfig) -> dict[str, Any]:
+    """The config as a round saves it (config.yaml): resolved, except that a value read from the
+    environment (`${oc.env:...}`) stays as its text, so no environment value (a token, a private
+    path) is written into a run that may be shared or exported."""
+    raw, resolved = OmegaConf.to_container(cfg, resolve=False), to_container(cfg)
+
+    def keep_env(raw_value: Any, value: Any) -> Any:
+        if isinstance(raw_value, dict) and isinstance(value, dict):
+            return {key: keep_env(raw_value.get(key), item) for key, item in value.items()}
+        if isinstance(raw_value, list) and isinstance(value, list) and len(raw_value) == len(value):
+            return [keep_env(a, b) for a, b in zip(raw_value, value)]
+        return raw_value if isinstance(raw_value, str) and "${oc.env:" in raw_value else value
+
+    return keep_env(raw, resolved)
+
+
 # Keys (and key prefixes) that say what to do now or where files go, not how the run's rounds are made:
 # they may change between calls (a run directory may be moved or renamed).
 NON_RUN_KEYS = ("rounds", "inspect", "report", "force", "init_from", "run", "output_root", "model.cache_dir", "launch")

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +25,35 @@ from rationale_loop.integrity import check_checkpoint
 CHECKPOINT_SUFFIXES = (".json", ".safetensors", ".txt", ".model", ".jinja")
 
 
-def export_round(run: Path, k: int | None, target: Path | None) -> Path:
+EXPORT_MARKER = ".rationale_loop_export.json"  # what an export wrote: --force replaces those files, nothing else
+
+
+def default_target(run: Path, k: int, root: Path = Path("outputs/runs")) -> Path:
+    """outputs/exports/<the run's path under the runs root>/round_KK: two runs never share a folder
+    (team/alice and bob/alice stay apart), as run names would by their last part alone."""
+    run, root = Path(run).resolve(), Path(root).resolve()
+    relative = run.relative_to(root) if root in run.parents else Path(run.name)
+    return Path("outputs/exports") / relative / f"round_{k:02d}"
+
+
+def check_target(target: Path) -> None:
+    """Refuse a target that is, or holds, what a user keeps: the file system root, the home directory,
+    the working directory or a directory above it."""
+    resolved = Path(target).expanduser().resolve()
+    cwd = Path.cwd().resolve()
+    protected = {Path(resolved.anchor), Path.home().resolve(), cwd, *cwd.parents}
+    if resolved in protected:
+        raise UserError(f"--out {target} is {resolved}, which holds more than an export (the root, home, the working "
+                        "directory or a directory above it); give the export a directory of its own")
+    if os.path.lexists(target) and (Path(target).is_symlink() or not Path(target).is_dir()):
+        raise UserError(f"--out {target} exists and is not a directory; give the export a new directory")
+
+
+def export_round(run: Path, k: int | None, target: Path | None, force: bool = False, license: str = "unknown") -> Path:
+    """Write round k of `run` (default: the last finished) into `target`: a new or empty directory, or
+    with force an earlier export's (only the files that export wrote are replaced; anything else in it
+    stays). Files are written beside and moved in whole, with the modes of a normal download."""
     from rationale_loop.loop import is_done, next_round, round_dir
-    from rationale_loop.model import save_directory
 
     run = Path(run)
     last = next_round(run) - 1
@@ -36,28 +64,96 @@ def export_round(run: Path, k: int | None, target: Path | None) -> Path:
         raise UserError(f"{round_dir(run, k)} is not a finished round (the last finished one is round {last})")
     source = round_dir(run, k)
     check_checkpoint(source, f"round {k}, exported")
-    target = Path(target) if target else Path("outputs/exports") / f"{run.name}-round_{k:02d}"
-    card = model_card(run, k)
-    with save_directory(target) as staging:
+    target = Path(target) if target else default_target(run, k)
+    check_target(target)
+    earlier = _earlier_export(target, force)
+    card = model_card(run, k, license=license)
+    target.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target, prefix=".export."))
+    try:
         for path in sorted((source / "checkpoint").iterdir()):
-            if path.is_file() and path.suffix in CHECKPOINT_SUFFIXES:
-                shutil.copy2(path, staging / path.name)
-        (staging / "README.md").write_text(card, encoding="utf-8")
+            if path.is_file() and not path.is_symlink() and path.suffix in CHECKPOINT_SUFFIXES:
+                shutil.copyfile(path, staging / path.name)
+        _publishable_tokenizer(source / "checkpoint", staging, source)
+        card.save(str(staging / "README.md"))
+        written = sorted(path.name for path in staging.iterdir())
+        (staging / EXPORT_MARKER).write_text(json.dumps({"run": str(run.resolve()), "round": k, "files": written}, indent=1) + "\n")
+        for name in set(earlier) - set(written):  # an earlier export's file this one does not write
+            (target / name).unlink(missing_ok=True)
+        for name in [*written, EXPORT_MARKER]:
+            os.chmod(staging / name, 0o644)
+            os.replace(staging / name, target / name)
+        os.chmod(target, 0o755)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return target
 
 
+def _earlier_export(target: Path, force: bool) -> list[str]:
+    """The files an earlier export wrote into `target` (replaced by this one), or [] for a new or empty
+    directory; a directory holding anything else is refused: an export never deletes what it did not write."""
+    if not target.exists() or not any(target.iterdir()):
+        return []
+    marker = target / EXPORT_MARKER
+    if not marker.is_file():
+        raise UserError(f"--out {target} is not empty and holds no earlier export; give the export a new directory "
+                        "(nothing in it is replaced or deleted)")
+    if not force:
+        raise UserError(f"{target} holds an earlier export; pass --force to replace it (only the files it wrote)")
+    from rationale_loop.records import read_json
+
+    files = read_json(marker).get("files", [])
+    return [name for name in files if isinstance(name, str) and "/" not in name and not name.startswith(".")]
+
+
+def _publishable_tokenizer(checkpoint: Path, staging: Path, round_path: Path) -> None:
+    """The round's tokenizer with a chat_template for the run's prompt format, so that
+    `apply_chat_template` renders a question as the model was trained on it, and with a tokenizer class
+    that transformers 4 knows too (transformers 5 saves TokenizersBackend, a name 4.x cannot load)."""
+    from transformers import AutoTokenizer
+
+    from rationale_loop.chat_template import reasoning_chat_template
+
+    cfg = _saved_config(round_path)
+    tokenizer = AutoTokenizer.from_pretrained(str(checkpoint))
+    if not tokenizer.chat_template:  # a data= run's SFT set its turn template's; else the reasoning format's
+        from rationale_loop.data.formats import get_format
+
+        tokenizer.chat_template = reasoning_chat_template(get_format(cfg.task.prompt_format), tokenizer)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "tokenizer.model"):
+        (staging / name).unlink(missing_ok=True)
+    tokenizer.save_pretrained(str(staging))
+    config_path = staging / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    if config.get("tokenizer_class") == "TokenizersBackend":
+        config["tokenizer_class"] = "PreTrainedTokenizerFast"
+        config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+
+
 def _saved_config(round_path: Path) -> Any:
-    """A round's config.yaml over the schema's defaults: a run made before a key existed ran with its default."""
+    """A round's config.yaml over the schema's defaults (a run made before a key existed ran with its
+    default), with every `${...}` kept as its text: an `${oc.env:SECRET}` must never be looked up into
+    a file meant to be published."""
     from rationale_loop.config import Config
+    from rationale_loop.run_config import read_saved_config
 
     defaults = OmegaConf.create(OmegaConf.to_container(OmegaConf.structured(Config)))
-    return OmegaConf.merge(defaults, OmegaConf.load(round_path / "config.yaml"))
+    return OmegaConf.merge(defaults, OmegaConf.create(_literal(read_saved_config(round_path / "config.yaml"))))
+
+
+def _literal(value: Any) -> Any:
+    """Interpolations escaped, so OmegaConf reads them as plain text."""
+    if isinstance(value, dict):
+        return {key: _literal(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_literal(item) for item in value]
+    return value.replace("${", "\\${") if isinstance(value, str) else value
 
 
 def _rounds(run: Path, k: int) -> list[dict[str, Any]]:
-    from rationale_loop.loop import round_dir
+    from rationale_loop.loop import read_round_metrics
 
-    return [json.loads((round_dir(run, j) / "metrics.json").read_text()) for j in range(k + 1)]
+    return [read_round_metrics(run, j) for j in range(k + 1)]
 
 
 def _stage(train: Any, peft: Any) -> list[tuple[str, str]]:
@@ -115,7 +211,44 @@ def _accuracy(row: dict[str, Any]) -> str:
     return f"{p:.3f} ± {math.sqrt(p * (1 - p) / n):.3f}"
 
 
-def model_card(run: Path, k: int) -> str:
+def _hub_id(path: str) -> str | None:
+    """A data path that names a hub dataset (owner/name, not a local file), for the card's metadata."""
+    text = str(path)
+    parts = text.split("/")
+    return text if len(parts) == 2 and all(parts) and not text.startswith(".") and not Path(text).exists() else None
+
+
+def _mix_sources(round0: Path) -> list[tuple[str, dict[str, Any]]]:
+    """The data= sources of the SFT mix and what was kept of each (round_00's manifest), [] without one."""
+    from rationale_loop.data.sources import MIX_MANIFEST
+    from rationale_loop.records import read_json
+
+    manifest = round0 / MIX_MANIFEST
+    return list(read_json(manifest).get("sources", {}).items()) if manifest.exists() else []
+
+
+def _context(checkpoint: Path) -> int | None:
+    from rationale_loop.records import read_json
+
+    config = read_json(checkpoint / "config.json") if (checkpoint / "config.json").exists() else {}
+    value = config.get("max_position_embeddings")
+    return value if isinstance(value, int) and value > 0 else None
+
+
+def model_card(run: Path, k: int, license: str = "unknown") -> Any:
+    """The model card: metadata a hub reads (license, base model, datasets, pipeline tag, tags) and a body
+    written from what the run recorded."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    from rationale_loop.loop import round_dir
+
+    body, base, datasets, tags = _card_body(run, k)
+    data = ModelCardData(license=license, library_name="transformers", pipeline_tag="text-generation",
+                         base_model=base, datasets=datasets or None, tags=tags)
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
+
+
+def _card_body(run: Path, k: int) -> tuple[str, str | None, list[str], list[str]]:
     from rationale_loop.data.formats import get_format
     from rationale_loop.loop import round_dir
 
@@ -127,6 +260,11 @@ def model_card(run: Path, k: int) -> str:
                  if first.model.source == "tiny" else f"`{base}`")
     fmt = get_format(cfg.task.prompt_format)
     name = f"{run.name}-round_{k:02d}"
+    sources = _mix_sources(round_dir(run, 0))
+    datasets = [d for d in [_hub_id(str(cfg.task.source)) if cfg.task.source not in ("tiny_arith", "files") else None,
+                            *(_hub_id(str(entry.get("path", ""))) for _, entry in sources)] if d]
+    context = _context(round_dir(run, k) / "checkpoint")
+    new_tokens = min(256, context // 2) if context else 256  # a question and its answer must fit the context
     pool_rows = next((r.get("questions") for r in rounds[1:] if r.get("questions") is not None), None)
     results = ["| round | stage | held-out accuracy (± s.e.) | pass@n on the pool | pairs | trained on |", "|---|---|---|---|---|---|"]
     for row in rounds:
@@ -134,12 +272,14 @@ def model_card(run: Path, k: int) -> str:
         pass_at = f"{row['pass_at_n']:.3f}" if row.get("pass_at_n") is not None else "-"
         results.append(f"| {row['round']} | {stage} | {_accuracy(row)} | {pass_at} | {row.get('pairs', '-')} | "
                        f"{row.get('train_items', '-')} items, {row.get('train_steps', '-')} steps |")
-    front = ["---", "library_name: transformers", *([] if first.model.source == "tiny" else [f"base_model: {base}"]),
-             "tags:", "- rationale_loop", "- self-training", f"- {cfg.objective.name}", "- reasoning", "---"]
+    base_model = None if first.model.source == "tiny" else str(base)
+    tags = ["rationale_loop", "self-training", str(cfg.objective.name), "reasoning"]
     gold_anchor = cfg.objective.name == "memphis" and cfg.objective.anchor == "gold"
     gen = cfg.generate
+    mix = [f"- Mixed into SFT (`data=`): " + ", ".join(f"`{source_name}` ({entry.get('schema')}, {entry.get('path')}): "
+                                                     f"{entry.get('kept', '?')} of {entry.get('rows', '?')} rows kept"
+                                                     for source_name, entry in sources)] if sources else []
     lines = [
-        *front, "",
         f"# {name}", "",
         f"{name} is {base_line}, finetuned with rationale_loop: supervised finetuning on worked rationales, then "
         f"{k} round(s) of self-training in which the model answers a pool of questions, its answers are checked "
@@ -150,6 +290,7 @@ def model_card(run: Path, k: int) -> str:
         f"- Pool for the rounds: {_split_source(cfg, 'pool', pool_rows)} (the rounds use each question and its answer"
         + (", and its gold rationale as the CE anchor)" if gold_anchor else "; no gold rationale)"),
         f"- Held-out evaluation: {_split_source(cfg, 'eval', rounds[-1].get('eval_questions'))}; no evaluation question is in the SFT set or the pool",
+        *mix,
         "",
         "## Prompt format", "",
         f"`{cfg.task.prompt_format}`. A question is asked as:", "", "```", fmt.prompt("<question>") + fmt.response("<rationale>", "<answer>"), "```",
@@ -178,7 +319,8 @@ def model_card(run: Path, k: int) -> str:
         f'model = AutoModelForCausalLM.from_pretrained("{name}")',
         f'tokenizer = AutoTokenizer.from_pretrained("{name}")',
         f"prompt = {fmt.prompt('Ann has 3 pens. She finds 2 more.')!r}",
-        'output = model.generate(**tokenizer(prompt, return_tensors="pt"), max_new_tokens=256)',
+        f'output = model.generate(**tokenizer(prompt, return_tensors="pt"), max_new_tokens={new_tokens})',
+        "# or: tokenizer.apply_chat_template([{\"role\": \"user\", \"content\": question}], add_generation_prompt=True)",
         "print(tokenizer.decode(output[0], skip_special_tokens=True))",
         "```", "",
         "## Limitations", "",
@@ -186,4 +328,4 @@ def model_card(run: Path, k: int) -> str:
         "nothing of other tasks. A self-trained model learns from its own completions, judged only by their "
         "final answer: a rationale that reaches the right answer by a wrong route can be reinforced.", "",
     ]
-    return "\n".join(line for line in lines if line is not None).replace("\n\n\n", "\n\n")
+    return "\n".join(line for line in lines if line is not None).replace("\n\n\n", "\n\n"), base_model, datasets, tags

@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterator
 
 from omegaconf import DictConfig, OmegaConf
 
-from rationale_loop.config import ConfigError, config_differences, flatten, to_container, validate
+from rationale_loop.config import ConfigError, config_differences, flatten, saved_form, to_container, validate
 from rationale_loop.data.formats import ReasoningFormat, get_format
 from rationale_loop.data.tasks import TaskSplits, load_task
 from rationale_loop.faults import crash_point
@@ -160,7 +160,7 @@ class Run:
             out.mkdir(parents=True, exist_ok=True)
             # Each round keeps its own resolved config, and the overrides that made it (run_config.py).
             with atomic_writer(out / "config.yaml") as handle:
-                handle.write(OmegaConf.to_yaml(self.cfg, resolve=True))
+                handle.write(OmegaConf.to_yaml(OmegaConf.create(saved_form(self.cfg))))
             if self.overrides is not None:
                 write_overrides(out, self.overrides)
         return out
@@ -174,7 +174,7 @@ class Run:
         out.mkdir(parents=True, exist_ok=True)
         self._drop_stale_mix(out)
         with atomic_writer(out / DATA_SETTINGS) as handle:
-            handle.write(OmegaConf.to_yaml(OmegaConf.create(self._data_settings(to_container(self.cfg)))))
+            handle.write(OmegaConf.to_yaml(OmegaConf.create(self._data_settings(saved_form(self.cfg)))))
         self._prepare_sft_mix(self._base_model_path(), out)
         return out
 
@@ -193,7 +193,7 @@ class Run:
             return
         recorded = out / DATA_SETTINGS if (out / DATA_SETTINGS).exists() else out / "config.yaml"
         previous = self._data_settings(read_saved_config(recorded)) if recorded.exists() else {}
-        differences = config_differences(previous, self._data_settings(to_container(self.cfg)))
+        differences = config_differences(previous, self._data_settings(saved_form(self.cfg)))
         if differences:
             log.warning("%s: the SFT data mix was prepared with other data settings; preparing it again:\n  %s",
                         out, "\n  ".join(differences))
@@ -523,7 +523,7 @@ class Run:
 
     def _differences_from(self, saved_config: Path) -> list[str]:
         """The recipe keys on which this call's config differs from a round's saved config.yaml."""
-        return config_differences(read_saved_config(saved_config), to_container(self.cfg))
+        return config_differences(read_saved_config(saved_config), saved_form(self.cfg))
 
     def _note_fork_differences(self, previous: int) -> None:
         """The first round of a fork may change the recipe: that is what forks are for. Say how."""
