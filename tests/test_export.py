@@ -134,7 +134,7 @@ def test_the_card_is_a_hub_model_card_with_its_metadata(two_round_run, tmp_path)
     assert tokenizer_config["tokenizer_class"] == "PreTrainedTokenizerFast", "loadable by transformers 4 too"
 
 
-@pytest.mark.parametrize("prompt_format", ["tinycot", "chat-ml", "llama-2", "vicuna", "alpaca", "airoboros"])
+@pytest.mark.parametrize("prompt_format", ["tinycot", "memphis", "chat-ml", "llama-2", "vicuna", "alpaca", "airoboros"])
 def test_apply_chat_template_renders_the_prompt_the_model_was_trained_on(two_round_run, tmp_path, prompt_format):
     """Each format's export: plain transformers' apply_chat_template gives the ids the rounds encoded."""
     from transformers import AutoTokenizer
@@ -155,3 +155,24 @@ def test_apply_chat_template_renders_the_prompt_the_model_was_trained_on(two_rou
     trained = Encoder(tokenizer, 256, fmt.reply_end).prompt_ids(fmt.prompt(question))
     assert tokenizer(rendered, add_special_tokens=False)["input_ids"] == list(trained)
     assert rendered.endswith(fmt.prompt(question))
+
+
+def test_a_pretrained_run_s_card_names_its_base_model_and_hub_datasets(two_round_run, tmp_path):
+    """As a run of a hub model on a hub dataset would have recorded it (the configs are edited: the
+    weights stay the tiny model's, which the card does not look at)."""
+    from huggingface_hub import ModelCard
+
+    run = tmp_path / "runs" / "hub"
+    shutil.copytree(two_round_run, run, symlinks=True)
+    for k in (0, 1, 2):
+        config = run / f"round_{k:02d}" / "config.yaml"
+        saved = yaml.safe_load(config.read_text())
+        saved["model"].update(source="pretrained", path="Qwen/Qwen2.5-0.5B")
+        saved["task"]["source"] = "openai/gsm8k"
+        config.write_text(yaml.safe_dump(saved))
+    metrics = run / "round_00" / "metrics.json"
+    metrics.write_text(json.dumps({**json.loads(metrics.read_text()), "base_model": "Qwen/Qwen2.5-0.5B"}))
+    done = _export(str(run), "--round", "1", "--out", str(tmp_path / "x"), "--license", "apache-2.0")
+    assert done.returncode == 0, done.stderr
+    card = ModelCard.load(str(tmp_path / "x" / "README.md"))
+    assert card.data.base_model == "Qwen/Qwen2.5-0.5B" and card.data.datasets == ["openai/gsm8k"] and card.data.license == "apache-2.0"
