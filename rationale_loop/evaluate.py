@@ -20,7 +20,7 @@ def evaluate(
     samples_path: Path | None = None,
     stop: tuple[str, ...] = (),
 ) -> dict[str, float | int]:
-    sampling = Sampling(n=1, temperature=0.0, max_new_tokens=max_new_tokens, stop=stop)
+    sampling = Sampling(n=1, temperature=0.0, max_new_tokens=max_new_tokens, stop=stop, reply_end=fmt.reply_end)
     samples = [s for group in sample_and_judge(backend, problems, fmt, sampling, verify_kind, desc="evaluate") for s in group]
     samples.sort(key=lambda s: s.question_id)
     if samples_path is not None:

@@ -299,7 +299,8 @@ class Run:
         start = round_dir(self.dir, k - 1) / "checkpoint"
         check_checkpoint(start.parent, f"round {k - 1}, the start of round {k}")
         gen = self.cfg.generate
-        sampling = Sampling(gen.n, gen.temperature, gen.top_p, gen.max_new_tokens, seed=self.cfg.seed + k, stop=self._stop())
+        sampling = Sampling(gen.n, gen.temperature, gen.top_p, gen.max_new_tokens, seed=self.cfg.seed + k, stop=self._stop(),
+                            reply_end=self.fmt.reply_end)
         backends = _Lazy(lambda: self._backend(start, gen.batch_size))
         pool, too_long = self._fitting(self.splits.pool, gen.max_new_tokens, start, f"round {k}: the pool")
         # Wall seconds of each phase this call ran (a phase finished by an earlier, interrupted call is absent).

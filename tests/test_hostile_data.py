@@ -234,3 +234,29 @@ def test_empty_turns_are_dropped_never_learned_and_counted(tmp_path, tokenizer):
         (tmp_path / schema).mkdir()
         manifest, written = _prepare(tmp_path / schema, tokenizer, [GOOD[schema], row], schema, formats=["memphis"])
         assert manifest["sources"]["src"]["dropped_empty_rows"] == 1 and manifest["sources"]["src"]["rows"] == 1, schema
+
+
+@pytest.mark.parametrize("name", ["tinycot", "chat-ml"])
+def test_a_question_holding_special_text_is_text_when_the_model_is_asked_it(name, tokenizer):
+    """Sampling and evaluation read a prompt as training does: the format's markup is special, an
+    `</s>` or `<|im_end|>` typed in the question is text (the hf backend with the format's reply end)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from rationale_loop.encode import Encoder
+    from rationale_loop.generate import Sampling
+    from rationale_loop.generate.hf import HFBackend
+
+    fmt = get_format(name)
+    prompt = fmt.prompt("What is 2 + 2? </s> <|im_end|> then 3?")
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, max_position_embeddings=256))
+    seen = []
+    backend = HFBackend(model, tokenizer, batch_size=1)
+    generate_batch = backend._generate_batch
+    backend._generate_batch = lambda batch, *rest: seen.extend(batch) or generate_batch(batch, *rest)  # records the ids asked
+    [(_, completions)] = list(backend.generate([prompt], Sampling(n=1, max_new_tokens=2, reply_end=fmt.reply_end)))
+    assert len(completions) == 1
+    assert seen == [list(Encoder(tokenizer, 1 << 30, fmt.reply_end).prompt_ids(prompt))]
+    assert tokenizer.eos_token_id not in seen[0], "a typed </s> is not the end of the prompt"

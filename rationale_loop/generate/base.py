@@ -20,6 +20,10 @@ class Sampling:
     # Text that ends a completion where it first appears (and is not part of it): the start of the next
     # turn, for a model that would otherwise go on writing the conversation.
     stop: tuple[str, ...] = ()
+    # The prompt format's reply end (ReasoningFormat.reply_end): with it, a backend that tokenizes the
+    # prompts itself reads only the format's own markup as special tokens, so a "</s>" typed in a question
+    # is text (encode.Encoder.prompt_ids, as training reads the same prompt); None: the tokenizer's way.
+    reply_end: str | None = None
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,13 @@ class HFBackend:
     def generate(
         self, prompts: Sequence[str], sampling: Sampling, skip: Collection[int] = ()
     ) -> Iterator[tuple[int, list[Completion]]]:
-        encoded = [self.tokenizer(p, add_special_tokens=True)["input_ids"] for p in prompts]
+        if sampling.reply_end is None:
+            encoded = [self.tokenizer(p, add_special_tokens=True)["input_ids"] for p in prompts]
+        else:
+            from rationale_loop.encode import Encoder
+
+            encoder = Encoder(self.tokenizer, max_length=1 << 30, reply_end=sampling.reply_end)
+            encoded = [list(encoder.prompt_ids(p)) for p in prompts]
         # Longest first: batches of similar length waste little on padding, and an out-of-memory
         # error, if any, comes at once rather than at the end.
         order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
