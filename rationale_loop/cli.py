@@ -143,12 +143,22 @@ def loop(cfg: DictConfig) -> None:
     print_rounds(run_dir(cfg), wide=cfg.inspect.wide)
 
 
+def _readable_run(cfg: DictConfig) -> Path:
+    """The run a read-only command reads: its directory, which must be one (nothing is created here)."""
+    from rationale_loop.loop import run_dir
+
+    path = run_dir(cfg)
+    if os.path.lexists(path) and not path.is_dir():
+        raise UserError(f"{path} is a regular file, not a run directory; name another run (run=NAME)")
+    return path
+
+
 @command("inspect")
 def inspect(cfg: DictConfig) -> None:
     from rationale_loop.loop import run_dir
     from rationale_loop.report import InspectFilter, inspect_round
 
-    inspect_round(run_dir(cfg), cfg.inspect.round, InspectFilter.from_config(cfg.inspect))
+    inspect_round(_readable_run(cfg), cfg.inspect.round, InspectFilter.from_config(cfg.inspect))
 
 
 @command("report")
@@ -156,7 +166,7 @@ def report(cfg: DictConfig) -> None:
     from rationale_loop.html_report import write_report
     from rationale_loop.loop import run_dir
 
-    print(f"[rationale_loop] wrote {write_report(run_dir(cfg), pairs_per_round=cfg.report.pairs)}")
+    print(f"[rationale_loop] wrote {write_report(_readable_run(cfg), pairs_per_round=cfg.report.pairs)}")
 
 
 @reporting_errors

@@ -112,18 +112,27 @@ def test_round_command_says_where_it_starts_and_inspect_shows_pairs(small_run):
     assert first_pair["question_id"] in shown.stdout and "chosen (sample" in shown.stdout
 
 
-def test_going_on_with_a_changed_config_is_refused_naming_the_keys(small_run):
+def test_an_interrupted_round_is_finished_only_with_the_config_it_started_with(small_run, tmp_path):
+    """A later round may change the recipe (a kept change, test_workflow.py); a round already under way may
+    not: its phases' outputs were made with its own config."""
+    import shutil
+
     from rationale_loop.config import ConfigError
     from rationale_loop.loop import Run
 
-    run, _, _ = small_run
-    changed = compose_config(*SMALL, "rounds=2", "rank.lr=1e-3", "objective.rank_weight=2",
-                             f"output_root={run.parent}", f"model.cache_dir={run.parent.parent}/models", f"run={run.name}")
+    source, _, cfg = small_run
+    run = tmp_path / "runs" / "e2e"
+    shutil.copytree(source, run, symlinks=True)
+    for name in ("DONE", "metrics.json", "eval.jsonl", "checkpoint", "train.json"):  # killed while training round 1
+        path = run / "round_01" / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    changed = compose_config(*SMALL, "rank.lr=1e-3", "objective.rank_weight=2",
+                             f"output_root={run.parent}", f"model.cache_dir={cfg.model.cache_dir}", f"run={run.name}")
     with pytest.raises(ConfigError) as refused:
-        Run(changed).run_round(2)
+        Run(changed).run_round(1)
     message = str(refused.value)
-    assert "rank.lr" in message and "objective.rank_weight" in message and "rounds" not in message.split("ran with")[1]
-    assert not (run / "round_02").exists()
+    assert "was interrupted" in message and "rank.lr" in message and "objective.rank_weight" in message
+    assert (run / "round_01" / "generations.jsonl").exists() and not (run / "round_01" / "DONE").exists()
 
 
 def test_same_config_and_seed_give_byte_identical_samples_and_pairs(small_run, tmp_path):
