@@ -68,6 +68,14 @@ def test_vllm_greedy_matches_hf_greedy(vllm_run):
     assert all("### Answer:" not in vllm[i][0].text and vllm[i][0].finish_reason == "stop" for i in range(len(prompts)))
     same = sum(hf[i][0].text == vllm[i][0].text for i in range(len(prompts)))
     assert same >= len(prompts) - 1, [(hf[i][0].text, vllm[i][0].text) for i in range(len(prompts))]
+    # A special-token string typed in a question: both backends read it as text, as training does.
+    typed = [prompt.replace("\n\n### Rationale:", " </s> x\n\n### Rationale:", 1) for prompt in prompts]
+    assert all(" </s> x\n\n### Rationale:" in prompt for prompt in typed)
+    as_trained = Sampling(n=1, temperature=0.0, max_new_tokens=48, reply_end=TINYCOT.reply_end)
+    hf = dict(make_backend(compose_config(*SMALL).generate, checkpoint, "float32", 8).generate(typed, as_trained))
+    vllm = dict(make_backend(cfg.generate, checkpoint, "float32", 8).generate(typed, as_trained))
+    same = sum(hf[i][0].text == vllm[i][0].text for i in range(len(typed)))
+    assert same >= len(typed) - 1, [(hf[i][0].text, vllm[i][0].text) for i in range(len(typed))]
 
 
 def test_vllm_generation_killed_mid_pool_resumes_without_losing_or_duplicating_a_line(vllm_run, tmp_path):

@@ -177,6 +177,7 @@ def _run_worker(request_path: str, results_path: str) -> None:
         max_tokens=sampling.max_new_tokens,
         stop=list(sampling.stop) or None,
     )
+    asked = _prompt_reader(llm, prompts, sampling.reply_end)
     with open(results_path, "a", encoding="utf-8") as handle:
         for chunk_number, start in enumerate(range(0, len(prompts), chunk_size)):
             indices = range(start, min(start + chunk_size, len(prompts)))
@@ -185,7 +186,7 @@ def _run_worker(request_path: str, results_path: str) -> None:
             _reseed(sampling.seed * 1_000_003 + chunk_number)
             # The whole chunk, skipped prompts too: the batch the engine sees is the one an
             # uninterrupted run saw.
-            outputs = llm.generate([prompts[i] for i in indices], params, lora_request=lora_request, use_tqdm=sys.stderr.isatty())
+            outputs = llm.generate([asked(i) for i in indices], params, lora_request=lora_request, use_tqdm=sys.stderr.isatty())
             for index, output in zip(indices, outputs):
                 if index in skip:
                     continue
@@ -198,6 +199,18 @@ def _run_worker(request_path: str, results_path: str) -> None:
     finished = time.perf_counter()
     timing = {"import_s": imported - started, "engine_start_s": engine_ready - imported, "generate_s": finished - engine_ready}
     Path(results_path).with_name("timing.json").write_text(json.dumps(timing))
+
+
+def _prompt_reader(llm: Any, prompts: list[str], reply_end: str | None) -> Any:
+    """Prompt i as the engine is given it: with the format's reply end, token ids read as training reads
+    the prompt (encode.Encoder.prompt_ids: a special-token string typed in a question is text); without,
+    the text, which vLLM tokenizes itself."""
+    if reply_end is None:
+        return lambda i: prompts[i]
+    from rationale_loop.encode import Encoder
+
+    encoder = Encoder(llm.get_tokenizer(), max_length=1 << 30, reply_end=reply_end)
+    return lambda i: {"prompt_token_ids": list(encoder.prompt_ids(prompts[i]))}
 
 
 def _reseed(seed: int) -> None:
