@@ -2,7 +2,7 @@
 
 `conf/config.yaml` starts its defaults list with `base_config`, so every YAML file and every command-line
 override is merged into these dataclasses: a misspelt key or a wrong type fails at the command line,
-naming the key. Group defaults carry the recipe's values (RECIPE.md); `experiment/tiny_arith.yaml`
+naming the key. Group defaults carry the recipe's values (docs/recipe.md); `experiment/tiny_arith.yaml`
 shrinks them to the embedded default that runs on a 2-core CPU.
 """
 

@@ -174,7 +174,7 @@ class Adalite(torch.optim.Optimizer):
     how the recipe's model was trained. February fixed both (and `eps2` / `min_trust_ratio`
     exist only for it; the January variant ignores them).
 
-    Shared facts behind choices that RECIPE.md leaves open (from supertrainer2000's
+    Shared facts behind choices that the recipe (docs/recipe.md) leaves open (from supertrainer2000's
     `supertrainer2k/optim/adalite.py`, both revisions):
 
     * `|g|` is the norm of the centralized gradient: the reference centralizes `p.grad` in place

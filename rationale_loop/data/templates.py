@@ -194,7 +194,7 @@ def get_template(name: str) -> TurnTemplate:
 
 def contextual_instruction(blocks: Iterable[tuple[dict[str, str], str]], instruction: str) -> str:
     """airoboros' closed-context form of a user turn: each block's metadata and text, then the
-    instruction. RECIPE.md spells the markers."""
+    instruction. docs/recipe.md lists the markers."""
     parts = []
     for metadata, text in blocks:
         meta = "\n".join(f"{key}: {value}" for key, value in metadata.items())
