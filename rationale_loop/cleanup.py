@@ -32,14 +32,18 @@ def delete_run(output_root: str, run: str, force: bool = False) -> tuple[Path, l
     path = root / run
     if not path.exists() and not path.is_symlink():
         raise UserError(f"{path} does not exist: nothing to delete")
-    for parent in path.parents:  # a round, or any folder, inside a run: the run is deleted whole or not at all
-        if parent == root or root.resolve() not in (parent.resolve(), *parent.resolve().parents):
+    # A round, or any folder, inside a run: the run is deleted whole or not at all. (check_run_name keeps
+    # `run` relative and free of "..", so walking up from it reaches the root.)
+    for parent in path.parents:
+        if parent == root:
             break
         if _is_run(parent):
             raise UserError(f"{path} is inside the run {parent}; clean-run deletes whole runs only (RUN={parent.relative_to(root)})")
-    if not path.is_symlink() and not any(os.path.lexists(path / marker) for marker in RUN_MARKERS):
+    if not path.is_symlink() and not _is_run(path):
         raise UserError(f"{path} is not a run directory (it has none of {', '.join(RUN_MARKERS)}); not deleting it")
-    forks = [] if path.is_symlink() else forks_from(path, root)
+    from rationale_loop.report import forks_of  # the fork records compare reads, read the same way
+
+    forks = [] if path.is_symlink() else forks_of(path, root)
     if forks and not force:
         raise UserError(f"{path} is where these forks start (their first rounds are links into it): "
                         f"{', '.join(map(str, forks))}; delete them first, or pass --force (they then cannot go on)")
@@ -47,23 +51,6 @@ def delete_run(output_root: str, run: str, force: bool = False) -> tuple[Path, l
         _refuse_if_held(path)
     remove(path, inside=root)
     return path, forks
-
-
-def forks_from(run: Path, root: Path) -> list[Path]:
-    """Runs under `root` (up to three levels deep: sweeps nest their jobs) forked from a round of `run`."""
-    from rationale_loop.errors import DataError
-    from rationale_loop.records import read_fork_record
-
-    source = run.resolve()
-    found = []
-    for record in sorted([*root.glob("*/fork.json"), *root.glob("*/*/fork.json"), *root.glob("*/*/*/fork.json")]):
-        try:
-            origin = Path(read_fork_record(record)["from"]).resolve()
-        except (DataError, OSError):
-            continue  # a damaged record: its fork is broken either way
-        if record.parent.resolve() != source and source in origin.parents:
-            found.append(record.parent)
-    return found
 
 
 def _refuse_if_held(run: Path) -> None:

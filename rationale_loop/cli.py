@@ -76,21 +76,18 @@ def with_run_config(cfg: DictConfig) -> tuple[DictConfig, list[str]]:
     from hydra import compose
     from hydra.core.hydra_config import HydraConfig
 
-    from rationale_loop.paths import RunPathError, check_output_root, check_run_name
+    from rationale_loop.loop import run_dir
+    from rationale_loop.paths import check_output_root, check_run_name
     from rationale_loop.run_config import merge_overrides, override_key, remembered_overrides
 
-    typed = list(HydraConfig.get().overrides.task)
-    try:
-        check_output_root(cfg.output_root)
-        check_run_name(cfg.run)
-    except RunPathError as error:
-        raise UserError(str(error)) from None
-    saved = remembered_overrides(Path(cfg.output_root) / cfg.run, cfg.init_from)
-    merged = merge_overrides(saved, typed)
+    check_output_root(cfg.output_root)  # before the run's directory is looked into
+    check_run_name(cfg.run)
+    saved = remembered_overrides(run_dir(cfg), cfg.init_from)
+    merged = merge_overrides(saved, list(HydraConfig.get().overrides.task))
     if not saved:
         return cfg, merged
     kept = [o for o in merged if o in saved]
-    print(f"[rationale_loop] {Path(cfg.output_root) / cfg.run}: with its saved overrides "
+    print(f"[rationale_loop] {run_dir(cfg)}: with its saved overrides "
           f"{' '.join(kept) if kept else '(none)'}", flush=True)
     # The run's name as this job resolved it: a sweep job's name interpolates Hydra's job settings,
     # which composing again would not see.
@@ -248,14 +245,17 @@ def export(argv: list[str]) -> None:
 PLAIN_COMMANDS = {"compare": compare, "clean": clean, "export": export}
 
 
+def config_groups() -> dict[str, list[str]]:
+    """Each config group of conf/ and its options (the YAML files in it)."""
+    return {d.name: sorted(f.stem for f in d.glob("*.yaml")) for d in Path(CONFIG_DIR).iterdir() if d.is_dir()}
+
+
 def _check_overrides_or_exit(overrides: list[str]) -> None:
     """A misspelt key or group option, or a Hydra key that would move the run: one line, before Hydra."""
     from rationale_loop.config import ConfigError, check_override_keys
 
-    conf = Path(CONFIG_DIR)
-    groups = {d.name: sorted(f.stem for f in d.glob("*.yaml")) for d in conf.iterdir() if d.is_dir()}
     try:
-        check_override_keys(overrides, groups)
+        check_override_keys(overrides, config_groups())
     except ConfigError as error:
         if _debugging():
             raise

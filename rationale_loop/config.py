@@ -380,12 +380,18 @@ def schema_keys(schema: type = None, prefix: str = "") -> dict[str, bool]:
 FORBIDDEN_HYDRA_KEYS = ("hydra.run", "hydra.job.chdir", "hydra.output_subdir", "hydra.sweep.subdir", "hydra.runtime")
 
 
+def did_you_mean(name: str, known: Any, shown: str = "{}") -> str:
+    """" (did you mean X?)" for the closest of `known`, or "" when none is close."""
+    import difflib
+
+    guess = difflib.get_close_matches(name, list(known), n=1)
+    return f" (did you mean {shown.format(guess[0])}?)" if guess else ""
+
+
 def check_override_keys(overrides: list[str], groups: dict[str, list[str]]) -> None:
     """One line, with a guess, for an override that names no key of the schema or no option of a
     group, before Hydra answers it with a screen of advice (such as adding the key with '+', which
     validate() then refuses)."""
-    import difflib
-
     keys = schema_keys()
     for override in overrides:
         if override.startswith("-") or "=" not in override:
@@ -394,24 +400,22 @@ def check_override_keys(overrides: list[str], groups: dict[str, list[str]]) -> N
         key, value = text.split("=", 1)
         key = key.strip()
         if key.startswith("hydra.") or key.startswith("hydra/"):
-            if any(key == k or key.startswith(k + ".") for k in FORBIDDEN_HYDRA_KEYS):
+            if under(key, FORBIDDEN_HYDRA_KEYS):
                 raise ConfigError(f"{key} cannot be set: a run's files go to <output_root>/<run> (set output_root= or run= instead)")
             continue
         if key in groups:
             options = groups[key]
             for choice in (part.strip() for part in value.split(",")):
                 if choice and choice not in options and not choice.startswith("$"):
-                    guess = difflib.get_close_matches(choice, options, n=1)
-                    raise ConfigError(f"{key}={choice} is unknown" + (f" (did you mean {key}={guess[0]}?)" if guess else "")
-                                      + f"; known: {', '.join(options)}")
+                    raise ConfigError(f"{key}={choice} is unknown{did_you_mean(choice, options, f'{key}={{}}')}; "
+                                      f"known: {', '.join(options)}")
             continue
         parts = key.split(".")
         if any(keys.get(".".join(parts[:i])) for i in range(1, len(parts))):
             continue  # below a free-form dict
         if key not in keys:
-            guess = difflib.get_close_matches(key, list(keys), n=1)
-            raise ConfigError(f"unknown config key {key!r}" + (f" (did you mean {guess[0]}?)" if guess else "")
-                              + "; `python -m rationale_loop loop --cfg job` lists every key")
+            raise ConfigError(f"unknown config key {key!r}{did_you_mean(key, keys)}; "
+                              "`python -m rationale_loop loop --cfg job` lists every key")
 
 
 def unknown_keys(cfg: DictConfig, schema: type = None, prefix: str = "") -> list[str]:
@@ -436,10 +440,8 @@ def validate(cfg: DictConfig | Config) -> None:
     cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.structured(cfg)
     extra = unknown_keys(cfg)
     if extra:
-        import difflib
-
-        guesses = [f"{key} (did you mean {guess[0]}?)" if (guess := difflib.get_close_matches(key, list(schema_keys()), n=1)) else key
-                   for key in extra]
+        keys = schema_keys()
+        guesses = [key + did_you_mean(key, keys) for key in extra]
         raise ConfigError(f"unknown config key(s) {', '.join(guesses)} (added with '+'?): no part of the tool reads them")
     from rationale_loop.paths import RunPathError, check_output_root, check_run_name
 
@@ -638,6 +640,11 @@ def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: data}
 
 
+def under(key: str, prefixes: Any) -> bool:
+    """Whether dotted `key` is one of `prefixes` or below one (rank.lr is under rank)."""
+    return any(key == prefix or key.startswith(prefix + ".") for prefix in prefixes)
+
+
 def config_differences(previous: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """Dotted keys whose values differ between two resolved configs, ignoring NON_RUN_KEYS."""
     old, new = flatten(previous), flatten(current)
@@ -645,5 +652,5 @@ def config_differences(previous: dict[str, Any], current: dict[str, Any]) -> lis
     return [
         f"{key}: {old.get(key, '<absent>')!r} -> {new.get(key, '<absent>')!r}"
         for key in keys
-        if not any(key == k or key.startswith(k + ".") for k in NON_RUN_KEYS) and old.get(key, "<absent>") != new.get(key, "<absent>")
+        if not under(key, NON_RUN_KEYS) and old.get(key, "<absent>") != new.get(key, "<absent>")
     ]

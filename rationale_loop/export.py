@@ -74,7 +74,7 @@ def export_round(run: Path, k: int | None, target: Path | None, force: bool = Fa
         for path in sorted((source / "checkpoint").iterdir()):
             if path.is_file() and not path.is_symlink() and path.suffix in CHECKPOINT_SUFFIXES:
                 shutil.copyfile(path, staging / path.name)
-        _publishable_tokenizer(source / "checkpoint", staging, source)
+        _publishable_tokenizer(source / "checkpoint", staging, _saved_config(source).task.prompt_format)
         card.save(str(staging / "README.md"))
         written = sorted(path.name for path in staging.iterdir())
         (staging / EXPORT_MARKER).write_text(json.dumps({"run": str(run.resolve()), "round": k, "files": written}, indent=1) + "\n")
@@ -106,7 +106,7 @@ def _earlier_export(target: Path, force: bool) -> list[str]:
     return [name for name in files if isinstance(name, str) and "/" not in name and not name.startswith(".")]
 
 
-def _publishable_tokenizer(checkpoint: Path, staging: Path, round_path: Path) -> None:
+def _publishable_tokenizer(checkpoint: Path, staging: Path, prompt_format: str) -> None:
     """The round's tokenizer with a chat_template for the run's prompt format, so that
     `apply_chat_template` renders a question as the model was trained on it, and with a tokenizer class
     that transformers 4 knows too (transformers 5 saves TokenizersBackend, a name 4.x cannot load)."""
@@ -114,12 +114,11 @@ def _publishable_tokenizer(checkpoint: Path, staging: Path, round_path: Path) ->
 
     from rationale_loop.chat_template import reasoning_chat_template
 
-    cfg = _saved_config(round_path)
     tokenizer = AutoTokenizer.from_pretrained(str(checkpoint))
     if not tokenizer.chat_template:  # a data= run's SFT set its turn template's; else the reasoning format's
         from rationale_loop.data.formats import get_format
 
-        tokenizer.chat_template = reasoning_chat_template(get_format(cfg.task.prompt_format), tokenizer)
+        tokenizer.chat_template = reasoning_chat_template(get_format(prompt_format), tokenizer)
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "tokenizer.model"):
         (staging / name).unlink(missing_ok=True)
     tokenizer.save_pretrained(str(staging))

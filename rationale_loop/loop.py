@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterator
 
 from omegaconf import DictConfig, OmegaConf
 
-from rationale_loop.config import ConfigError, config_differences, flatten, saved_form, to_container, validate
+from rationale_loop.config import ConfigError, config_differences, flatten, saved_form, to_container, under, validate
 from rationale_loop.data.formats import ReasoningFormat, get_format
 from rationale_loop.data.tasks import TaskSplits, load_task
 from rationale_loop.faults import crash_point
@@ -181,8 +181,7 @@ class Run:
     @staticmethod
     def _data_settings(config: dict[str, Any]) -> dict[str, Any]:
         """The keys of a resolved config that the SFT data mix depends on (DATA_KEYS)."""
-        flat = flatten(config)
-        return {key: value for key, value in flat.items() if any(key == k or key.startswith(k + ".") for k in DATA_KEYS)}
+        return {key: value for key, value in flatten(config).items() if under(key, DATA_KEYS)}
 
     def _drop_stale_mix(self, out: Path) -> None:
         """A mix prepared (by `make data`, or a round 0 that stopped before training) with other data

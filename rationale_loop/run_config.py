@@ -18,7 +18,10 @@ from pathlib import Path
 
 import yaml
 
+from rationale_loop.config import under
+from rationale_loop.data.sources import DECONTAMINATION, MIX_MANIFEST, MIX_ROWS, PREFERENCE_ROWS
 from rationale_loop.errors import DataError
+from rationale_loop.records import atomic_writer, open_regular
 
 OVERRIDES = "overrides.yaml"
 DATA_SETTINGS = "data.yaml"  # what `make data` prepared round 0's mix with (loop.py's DATA_KEYS)
@@ -28,8 +31,7 @@ NOT_REMEMBERED = ("run", "output_root", "force", "init_from", "inspect", "report
 
 # Files a round holds before any of its phases has finished: its config, and the SFT data mix that
 # `make data` prepares (checked against DATA_SETTINGS before it is reused). Anything else is work.
-NO_WORK = {"config.yaml", OVERRIDES, DATA_SETTINGS, "data_manifest.json", "sft_mix.jsonl",
-           "preference_pairs.jsonl", "decontamination.jsonl"}
+NO_WORK = {"config.yaml", OVERRIDES, DATA_SETTINGS, MIX_MANIFEST, MIX_ROWS, PREFERENCE_ROWS, DECONTAMINATION}
 
 
 def override_key(override: str) -> tuple[str, str]:
@@ -41,7 +43,7 @@ def override_key(override: str) -> tuple[str, str]:
 
 def is_remembered(override: str) -> bool:
     _, key = override_key(override)
-    return not any(key == name or key.startswith(name + ".") or key.startswith(name + "/") for name in NOT_REMEMBERED)
+    return not under(key.replace("/", "."), NOT_REMEMBERED)  # hydra/job_logging=... is Hydra's too
 
 
 def merge_overrides(saved: list[str], new: list[str]) -> list[str]:
@@ -69,12 +71,7 @@ def read_overrides(round_path: Path) -> list[str] | None:
     path = round_path / OVERRIDES
     if not os.path.lexists(path):
         return None
-    if path.is_symlink() or not path.is_file():
-        raise DataError(f"{path} is not a regular file; restore it or delete it (the run then uses the defaults)")
-    try:
-        value = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as error:
-        raise DataError(f"{path}: not valid YAML ({str(error).splitlines()[0]}); restore it or delete it") from None
+    value = yaml.safe_load(_read_text(path, follow=False))
     if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
         raise DataError(f"{path}: expected a list of overrides (strings); restore it or delete it")
     return value
@@ -85,21 +82,22 @@ def read_saved_config(path: Path) -> dict:
     line naming it, and an `${oc.env:...}` in it is never looked up."""
     from omegaconf import OmegaConf
 
-    from rationale_loop.records import open_regular
+    return OmegaConf.to_container(OmegaConf.create(_read_text(path)), resolve=False)  # type: ignore[return-value]
 
+
+def _read_text(path: Path, follow: bool = True) -> str:
+    """A run's YAML file as text, checked to parse: an odd file (a FIFO, a directory; a link with
+    follow=False), bytes that are not UTF-8 or YAML that does not parse is one DataError naming it."""
     try:
-        with open_regular(path) as handle:
-            loaded = OmegaConf.create(handle.read().decode("utf-8"))
-    except (yaml.YAMLError, ValueError, UnicodeDecodeError) as error:
-        if isinstance(error, DataError):
-            raise
-        raise DataError(f"{path}: not a readable config ({str(error).splitlines()[0]}); restore it, or delete the round") from None
-    return OmegaConf.to_container(loaded, resolve=False)  # type: ignore[return-value]
+        with open_regular(path, follow=follow) as handle:
+            text = handle.read().decode("utf-8")
+        yaml.safe_load(text)
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise DataError(f"{path}: not readable YAML ({str(error).splitlines()[0]}); restore it, or delete the round") from None
+    return text
 
 
 def write_overrides(round_path: Path, overrides: list[str]) -> None:
-    from rationale_loop.records import atomic_writer
-
     with atomic_writer(round_path / OVERRIDES) as handle:
         handle.write("# the command-line overrides this round ran with; later commands on the run start from them\n")
         handle.write(yaml.safe_dump([o for o in overrides if is_remembered(o)], default_flow_style=False, allow_unicode=True))
@@ -109,16 +107,14 @@ def remembered_overrides(run: Path, init_from: str | None) -> list[str]:
     """What a command on `run` starts from: the overrides of the run's latest round that holds
     something (a finished round, or an interrupted one with a finished phase), or, on a fork's first
     call, those of the round it forks. Empty for a new run."""
-    from rationale_loop.loop import FORK, is_done, parse_round_path, round_dir
+    from rationale_loop.loop import FORK, next_round, parse_round_path, round_dir
 
     if init_from and not os.path.lexists(run / FORK):
         source, k = parse_round_path(init_from)
         return (read_overrides(round_dir(source, k)) or []) if round_dir(source, k).is_dir() else []
     if not run.is_dir():
         return []
-    k = 0
-    while is_done(run, k):
-        k += 1
+    k = next_round(run)
     candidates = [round_dir(run, k)] if round_dir(run, k).is_dir() and holds_work(round_dir(run, k)) else []
     candidates += [round_dir(run, j) for j in range(k - 1, -1, -1)]
     for path in candidates:

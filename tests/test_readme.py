@@ -12,7 +12,7 @@ import shlex
 import pytest
 
 from conftest import REPO_ROOT
-from rationale_loop.cli import COMMANDS, PLAIN_COMMANDS
+from rationale_loop.cli import COMMANDS, PLAIN_COMMANDS, config_groups
 from rationale_loop.config import ConfigError, check_override_keys, validate
 from test_config import compose_config
 
@@ -42,13 +42,8 @@ def makefile_targets() -> set[str]:
     return set(re.findall(r"^([a-z][\w-]*):", (REPO_ROOT / "Makefile").read_text(), flags=re.M))
 
 
-def _groups() -> dict[str, list[str]]:
-    conf = REPO_ROOT / "conf"
-    return {d.name: sorted(f.stem for f in d.glob("*.yaml")) for d in conf.iterdir() if d.is_dir()}
-
-
 def check_overrides(overrides: list[str], sweep: bool = False) -> None:
-    check_override_keys(overrides, _groups())
+    check_override_keys(overrides, config_groups())
     if sweep:  # each job's values: the first of each comma-separated choice
         overrides = [o.split("=", 1)[0] + "=" + o.split("=", 1)[1].split(",")[0] if "=" in o else o for o in overrides]
     cfg = compose_config(*[o for o in overrides if not o.startswith("-")])
