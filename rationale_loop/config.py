@@ -196,16 +196,16 @@ class TrainConfig:
 
 @dataclass
 class ObjectiveConfig:
-    name: str = "memphis"  # memphis | star | spin | cpo_simpo
+    name: str = "memphis"  # memphis | star | spin | cpo_simpo | rpo | sft
     rank_weight: float = 5.0  # memphis: w in L = anchor_weight * CE_anchor + w * rank
     anchor_weight: float = 1.0  # memphis: 1 in the recipe; 0 ranks without an anchor (an ablation)
     # memphis: CE anchor on the "gold" rationale and answer, the "chosen" completion, or a "replay" of a
     # gold SFT example (for a pool with answers but no rationales)
     anchor: str = "gold"
     listwise: bool = False  # memphis: each chosen response faces all unique incorrect ones of its question
-    beta: float = 1.0  # cpo_simpo: scale of the score gap; spin: DPO beta (recipe: 0.1)
+    beta: float = 1.0  # cpo_simpo: scale of the score gap; spin, rpo: DPO beta (recipe: 0.1)
     gamma: float = 0.0  # cpo_simpo: target margin
-    alpha: float = 0.2  # cpo_simpo: weight of the NLL on the chosen response
+    alpha: float = 0.2  # cpo_simpo: weight of the NLL on the chosen response; rpo: of its NLL over its length
     rationalize: bool = False  # star: retry unsolved questions with the gold answer as a hint
     # star: train on the SFT set's gold examples too, beside the correct samples (other objectives ignore
     # it, as star ignores `anchor`: memphis's replay is anchor=replay)
@@ -213,6 +213,15 @@ class ObjectiveConfig:
     # memphis, cpo_simpo: forward each group's prompt once with its responses packed behind it, under a mask
     # that keeps them apart (rationale_loop/shared_prompt.py); the same scores as one row per response.
     share_prompt: bool = True
+    # Pair objectives (memphis, cpo_simpo, rpo), against the rank term lowering the chosen responses too
+    # (docs/recipe.md, "Likelihood displacement"); each off by default, as the recipe is published.
+    # Which tokens a rank score counts: "sequence" (all), "divergent" (past the prefix a response shares
+    # with the others of its group), "step" (the first step in which they part; rationale_loop/rank_scope.py).
+    rank_scope: str = "sequence"
+    step_delimiters: List[str] = field(default_factory=lambda: [". ", "\n"])  # where a step ends (rank_scope=step)
+    detach_rejected: bool = False  # the rejected scores enter the rank term without gradient
+    # DPOP: + chosen_floor * max(0, s_c_start - s_c), s_c_start the chosen score under the round's starting weights
+    chosen_floor: float = 0.0
 
 
 @dataclass
@@ -502,6 +511,10 @@ def _check_ranges(cfg: DictConfig) -> None:
     _require(objective.rank_weight >= 0 and objective.anchor_weight >= 0,
              f"objective.rank_weight and objective.anchor_weight must be >= 0, got {objective.rank_weight} and {objective.anchor_weight}")
     _require(objective.beta > 0, f"objective.beta must be positive, got {objective.beta}")
+    _require(objective.chosen_floor >= 0, f"objective.chosen_floor must be >= 0 (0: no floor), got {objective.chosen_floor}")
+    _require(objective.rank_scope != "step" or any(d for d in objective.step_delimiters),
+             "objective.rank_scope=step needs objective.step_delimiters (where a step of the reasoning format ends), "
+             "and they are empty")
     _require(0.0 <= cfg.average.factor <= 1.0, f"average.factor must be in [0, 1], got {cfg.average.factor}")
     _require(cfg.rounds >= 0, f"rounds must be >= 0, got {cfg.rounds}")
     _require(cfg.peft.r >= 1, f"peft.r must be at least 1, got {cfg.peft.r}")
@@ -523,10 +536,12 @@ def _check_names(cfg: DictConfig) -> None:
     from rationale_loop.generate import BACKENDS
     from rationale_loop.objectives import OBJECTIVES
     from rationale_loop.optim import OPTIMIZERS
+    from rationale_loop.rank_scope import SCOPES
     from rationale_loop.verify import VERIFIERS
 
     _one_of("objective.name", cfg.objective.name, OBJECTIVES)
     _one_of("objective.anchor", cfg.objective.anchor, ("gold", "chosen", "replay"))
+    _one_of("objective.rank_scope", cfg.objective.rank_scope, SCOPES)
     _one_of("generate.backend", cfg.generate.backend, BACKENDS)
     _one_of("task.verifier", cfg.task.verifier, VERIFIERS)
     _one_of("verify.kind", cfg.verify.kind, VERIFIERS)
@@ -558,9 +573,9 @@ def _check_names(cfg: DictConfig) -> None:
     for name, source in source_configs(cfg.data).items():
         _one_of(f"data.sources.{name}.schema", source.schema, [*ADAPTERS, TEXT_SCHEMA, PREFERENCE_SCHEMA])
         _require(bool(source.path), f"data.sources.{name}.path is empty: name a file, a folder or a hub id")
-        _require(source.schema != PREFERENCE_SCHEMA or cfg.objective.name in ("memphis", "cpo_simpo"),
+        _require(source.schema != PREFERENCE_SCHEMA or cfg.objective.name in pair_objectives(),
                  f"data.sources.{name} holds preference pairs, which only a pair objective's rank stage trains on "
-                 f"(objective=memphis or cpo_simpo), not objective={cfg.objective.name}")
+                 f"(objective={' or '.join(pair_objectives())}), not objective={cfg.objective.name}")
     _require(cfg.data.preference_per_round >= 0, "data.preference_per_round must be >= 0 (0: every pair, every round)")
     _check_decontamination(cfg.data)
 
@@ -580,8 +595,15 @@ def _check_decontamination(data: DictConfig) -> None:
         _require(not looks_like_file or Path(path).exists(), f"data.decontaminate_against[{index}]={path}: no such file")
 
 
-# Objectives that train on pairs of a correct and an incorrect sample of one question.
-PAIR_OBJECTIVES = ("memphis", "cpo_simpo")
+def pair_objectives() -> list[str]:
+    """The objectives that train on pairs of a correct and an incorrect sample of one question (each says so)."""
+    from rationale_loop.objectives import OBJECTIVES
+
+    return sorted(name for name, objective in OBJECTIVES.items() if getattr(objective, "trains_on_pairs", False))
+
+
+# Options of the pair objectives only: set on another, they would do nothing.
+PAIR_OPTIONS = {"rank_scope": "sequence", "detach_rejected": False, "chosen_floor": 0.0}
 
 
 def _check_combinations(cfg: DictConfig) -> None:
@@ -589,7 +611,12 @@ def _check_combinations(cfg: DictConfig) -> None:
     _require(not (gen.temperature == 0 and gen.n > 1),
              f"generate.temperature=0 is greedy: its generate.n={gen.n} samples of a question would all be the same; "
              "set a temperature above 0 or n=1")
-    _require(not (objective.name in PAIR_OBJECTIVES and gen.n < 2),
+    pairs = objective.name in pair_objectives()
+    for key, default in PAIR_OPTIONS.items():
+        _require(pairs or objective[key] == default,
+                 f"objective.{key}={objective[key]} is an option of the pair objectives ({', '.join(pair_objectives())}), "
+                 f"not of objective={objective.name}")
+    _require(not (pairs and gen.n < 2),
              f"objective={objective.name} trains on pairs of a correct and an incorrect sample of one question, "
              f"which generate.n={gen.n} cannot give; set generate.n to 2 or more")
     _require(not (objective.rationalize and objective.name != "star"),

@@ -198,9 +198,13 @@ def _objective(cfg: Any) -> str:
         "star": "STaR: cross-entropy on the model's own correct responses" + (", with rationalization" if o.rationalize else ""),
         "spin": f"SPIN: DPO (beta {o.beta:g}) with the SFT set's gold responses chosen, the model's own rejected",
         "cpo_simpo": f"CPO-SimPO (beta {o.beta:g}, gamma {o.gamma:g}, NLL weight {o.alpha:g})",
+        "rpo": f"Iterative RPO: DPO (beta {o.beta:g}) against the round's starting model + {o.alpha:g} x the chosen response's NLL over its length",
         "sft": "SFT continued on the SFT set (no self-training)",
     }
-    return described.get(o.name, o.name)
+    options = [f"rank scope {o.get('rank_scope')}"] if o.get("rank_scope", "sequence") != "sequence" else []
+    options += ["rejected scores detached"] if o.get("detach_rejected", False) else []
+    options += [f"chosen-score floor {o.chosen_floor:g}"] if o.get("chosen_floor", 0.0) > 0 else []
+    return described.get(o.name, o.name) + (f" ({', '.join(options)})" if options else "")
 
 
 def _accuracy(row: dict[str, Any]) -> str:

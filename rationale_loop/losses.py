@@ -67,3 +67,13 @@ def rank_loss(chosen_scores: torch.Tensor, rejected_scores: torch.Tensor, reject
     negatives = (rejected_scores - counts.log()).masked_fill(~rejected_mask, float("-inf"))
     everything = torch.cat([chosen_scores.unsqueeze(1), negatives], dim=1)
     return torch.logsumexp(everything, dim=1) - chosen_scores
+
+
+def dpo_loss(
+    policy_chosen: torch.Tensor, policy_rejected: torch.Tensor,
+    reference_chosen: torch.Tensor, reference_rejected: torch.Tensor, beta: float,
+) -> torch.Tensor:
+    """Per-pair DPO loss from summed log-probabilities under the policy and the frozen reference:
+    -log sigmoid(beta * ((pi_c - ref_c) - (pi_r - ref_r))). SPIN's, and the first term of RPO's."""
+    margin = (policy_chosen - reference_chosen) - (policy_rejected - reference_rejected)
+    return -F.logsigmoid(beta * margin)

@@ -12,7 +12,7 @@ YAML file in conf/objective/.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 
 import torch
@@ -21,8 +21,9 @@ from rationale_loop.config import ObjectiveConfig, TrainConfig
 from rationale_loop.data.formats import ReasoningFormat
 from rationale_loop.encode import Encoded, Encoder
 from rationale_loop.shared_prompt import SharedRow, collate_rows, forward_logits, response_sums, response_token_logprobs
-from rationale_loop.losses import mixce_token_losses, rank_loss, sequence_logprobs, token_logprobs
+from rationale_loop.losses import dpo_loss, mixce_token_losses, rank_loss, sequence_logprobs, token_logprobs
 from rationale_loop.mine import unique_sides
+from rationale_loop.rank_scope import scored_windows
 from rationale_loop.records import Generation, Pair, Problem
 
 
@@ -177,7 +178,7 @@ class ContinuedSFTObjective(SupervisedObjective):
 
 
 def pairwise_sigmoid_loss(margin: torch.Tensor) -> torch.Tensor:
-    """-log sigmoid(margin), the pairwise ranking loss shared by cpo_simpo and spin."""
+    """-log sigmoid(margin), cpo_simpo's pairwise ranking loss."""
     return -torch.nn.functional.logsigmoid(margin)
 
 
@@ -191,24 +192,86 @@ class _SharedGroup:
     rejected: int
     anchor: str  # "chosen": read off the chosen response; "in_row": the row's last response; "own_row"
     anchor_row: SharedRow | None = None
+    windows: tuple[tuple[int, int], ...] | None = None  # the ranked responses' scored tokens (rank_scope)
+    reference: tuple[float, tuple[float, ...]] | None = None  # scores under the round's starting weights
 
     @property
     def input_ids(self) -> list[int]:
         return self.row.input_ids
 
 
+@dataclass(frozen=True)
+class _RowGroup:
+    """A ranked group as rows of their own (objective.share_prompt=false): the chosen row, the rejected
+    rows, and the anchor's row (None when the anchor is read off the chosen row)."""
+
+    chosen: Encoded
+    rejected: tuple[Encoded, ...]
+    anchor: Encoded | None
+    windows: tuple[tuple[int, int], ...] | None = None
+    reference: tuple[float, tuple[float, ...]] | None = None
+
+    @property
+    def input_ids(self) -> list[int]:  # the widest row: the width the group asks of its micro-batch
+        return max((row.input_ids for row in (self.chosen, *self.rejected, *([self.anchor] if self.anchor else []))), key=len)
+
+
+@dataclass
+class GroupScores:
+    """Log-probability sums of a micro-batch's ranked groups: over the tokens each rank score counts
+    (rank_scope), and over the whole chosen response (RPO's NLL); token counts beside them."""
+
+    chosen: torch.Tensor  # [G]
+    chosen_tokens: torch.Tensor  # [G]
+    rejected: torch.Tensor  # [G, K]
+    rejected_tokens: torch.Tensor  # [G, K]
+    mask: torch.Tensor  # [G, K]: real negatives (groups may differ in K)
+    anchor_nll: torch.Tensor  # the CE anchor's (Mix)CE sum
+    chosen_whole: torch.Tensor  # [G]
+    chosen_whole_tokens: torch.Tensor  # [G]
+
+
 class _RankedGroups:
     """Shared by the objectives that score a chosen response against rejected ones in one forward
-    pass: encoding, collation and length-normalised scores. Two layouts, the same numbers: with
-    `share_prompt` (objective.share_prompt, the default), a group's prompt is forwarded once with its
-    responses packed behind it (shared_prompt.py); without, each response is a row of its own (chosen,
-    then rejected, then anchors)."""
+    pass: encoding, collation and scores. Two layouts, the same numbers: with `share_prompt`
+    (objective.share_prompt, the default), a group's prompt is forwarded once with its responses packed
+    behind it (shared_prompt.py); without, each response is a row of its own (chosen, then rejected, then
+    anchors).
+
+    Options that answer the rank term's likelihood displacement (docs/recipe.md): which tokens a score
+    counts (`rank_scope`, rank_scope.py), rejected scores without gradient (`detach_rejected`), and a
+    floor under the chosen score at its value under the round's starting weights (`chosen_floor`, DPOP).
+    """
 
     share_anchor = True  # an anchor that is the chosen response is read off the chosen row (see encode)
+    trains_on_pairs = True  # config.py: needs generate.n >= 2, and may rank data='s preference pairs
+    length_normalised = True  # a score is the mean log-probability of its tokens (rpo: the sum)
 
     @property
     def share_prompt(self) -> bool:
         return bool(getattr(self.cfg, "share_prompt", False))
+
+    @property
+    def rank_scope(self) -> str:
+        return getattr(self.cfg, "rank_scope", "sequence")
+
+    @property
+    def chosen_floor(self) -> float:
+        return float(getattr(self.cfg, "chosen_floor", 0.0))
+
+    @property
+    def needs_reference(self) -> bool:
+        """Whether the loss reads scores under the round's starting weights (computed once, by `prepare`)."""
+        return self.chosen_floor > 0
+
+    def _windows(self, encoder: Encoder, responses: list[list[int]]) -> tuple[tuple[int, int], ...] | None:
+        if self.rank_scope == "sequence":
+            return None  # every learned token: the recipe's score, computed as it always was
+
+        def decode(sequences: list[list[int]]) -> list[str]:
+            return encoder.tokenizer.batch_decode(sequences, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+        return tuple(scored_windows(responses, self.rank_scope, decode, tuple(self.cfg.step_delimiters)))
 
     def encode(self, item: RankItem, encoder: Encoder) -> Any | None:
         """The chosen row, the rejected rows and the anchor row; None for the anchor when it is the
@@ -222,29 +285,52 @@ class _RankedGroups:
         anchor = None if reused else encoder.encode(item.anchor_prompt or item.prompt, item.anchor)
         if chosen is None or (anchor is None and not reused) or any(r is None for r in rejected):
             return None
-        if not self.share_prompt:
-            return chosen, rejected, anchor
         # The rows just encoded already hold each response's ids behind its prompt: split them, not re-tokenize.
         prompt = list(encoder.prompt_ids(item.prompt))
         responses = [e.input_ids[len(prompt):] for e in (chosen, *rejected)]
+        windows = self._windows(encoder, responses)
+        if not self.share_prompt:
+            return _RowGroup(chosen, tuple(rejected), anchor, windows)
         if reused:
-            return _SharedGroup(SharedRow(prompt, responses), len(rejected), "chosen")
+            return _SharedGroup(SharedRow(prompt, responses), len(rejected), "chosen", windows=windows)
         if item.anchor_prompt is None or item.anchor_prompt == item.prompt:
-            return _SharedGroup(SharedRow(prompt, [*responses, anchor.input_ids[len(prompt):]]), len(rejected), "in_row")
+            return _SharedGroup(SharedRow(prompt, [*responses, anchor.input_ids[len(prompt):]]), len(rejected), "in_row",
+                                windows=windows)
         anchor_prompt = list(encoder.prompt_ids(item.anchor_prompt))
         anchor_row = SharedRow(anchor_prompt, [anchor.input_ids[len(anchor_prompt):]])
-        return _SharedGroup(SharedRow(prompt, responses), len(rejected), "own_row", anchor_row)
+        return _SharedGroup(SharedRow(prompt, responses), len(rejected), "own_row", anchor_row, windows=windows)
 
     def collate(self, encoded: list[Any], encoder: Encoder) -> dict[str, Any]:
         if encoded and isinstance(encoded[0], _SharedGroup):
-            return self._collate_shared(encoded, encoder)
-        chosen = [c for c, _, _ in encoded]
-        rejected = [r for _, rs, _ in encoded for r in rs]
-        anchors = [a for _, _, a in encoded if a is not None]
+            batch = self._collate_shared(encoded, encoder)
+        else:
+            batch = self._collate_rows(encoded, encoder)
+        if encoded[0].reference is not None:
+            batch["reference_chosen"] = torch.tensor([g.reference[0] for g in encoded], dtype=torch.float64)
+            references = [g.reference[1] for g in encoded]
+            rejected = torch.zeros((len(encoded), max(map(len, references))), dtype=torch.float64)
+            for g, scores in enumerate(references):
+                rejected[g, : len(scores)] = torch.tensor(scores, dtype=torch.float64)
+            batch["reference_rejected"] = rejected
+        return batch
+
+    @staticmethod
+    def _collate_rows(groups: list[_RowGroup], encoder: Encoder) -> dict[str, Any]:
+        chosen = [g.chosen for g in groups]
+        rejected = [r for g in groups for r in g.rejected]
+        anchors = [g.anchor for g in groups if g.anchor is not None]
         batch = encoder.collate(chosen + rejected + anchors)
-        batch["group_sizes"] = [len(rs) for _, rs, _ in encoded]
+        batch["group_sizes"] = [len(g.rejected) for g in groups]
         # Which groups take their anchor from their chosen row (the rest have a row of their own, in order).
-        batch["anchor_is_chosen"] = [a is None for _, _, a in encoded]
+        batch["anchor_is_chosen"] = [g.anchor is None for g in groups]
+        if groups[0].windows is not None:
+            # The rank score's tokens, laid out as labels[:, 1:] (the logits at t - 1 predict token t).
+            windows = [g.windows[0] for g in groups] + [w for g in groups for w in g.windows[1:]]
+            mask = torch.zeros(batch["labels"][:, 1:].shape, dtype=torch.bool)
+            for row, (example, (begin, end)) in enumerate(zip(chosen + rejected, windows)):
+                first = len(example.input_ids) - sum(label != -100 for label in example.labels)  # the response's first token
+                mask[row, first + begin - 1 : first + end - 1] = True
+            batch["rank_mask"] = mask
         return batch
 
     @staticmethod
@@ -266,6 +352,16 @@ class _RankedGroups:
         is_anchor[anchors] = True
         batch.update(group_sizes=[g.rejected for g in groups], chosen_response=chosen, rejected_responses=rejected,
                      anchor_response=is_anchor)
+        if groups[0].windows is not None:
+            # The rank score's tokens among the learned ones, in collate_rows' order (rows, responses, tokens);
+            # a response without a window (an anchor) is not ranked, so its tokens are left out.
+            scored: list[bool] = []
+            for index, row in enumerate(rows):
+                windows = groups[index].windows if index < len(groups) else ()  # anchors' own rows come last
+                for r, response in enumerate(row.responses):
+                    begin, end = windows[r] if r < len(windows) else (0, 0)
+                    scored += [begin <= t < end for t in range(len(response))]
+            batch["rank_token"] = torch.tensor(scored, dtype=torch.bool)
         return batch
 
     @staticmethod
@@ -276,17 +372,20 @@ class _RankedGroups:
         return reused, slice(ranked, None)
 
     def units(self, batch: dict[str, Any]) -> dict[str, int]:
+        groups = len(batch["group_sizes"])
         if "shared_mask" in batch:
             anchor_tokens = batch["anchor_response"][batch["response_of_token"]]
-            return {"anchor": int(anchor_tokens.sum()), "rank": len(batch["group_sizes"])}
-        reused, own = self._anchor_rows(batch)
-        labels = batch["labels"]
-        return {"anchor": _learned_tokens(labels[reused]) + _learned_tokens(labels[own]), "rank": len(batch["group_sizes"])}
+            units = {"anchor": int(anchor_tokens.sum()), "rank": groups}
+        else:
+            reused, own = self._anchor_rows(batch)
+            labels = batch["labels"]
+            units = {"anchor": _learned_tokens(labels[reused]) + _learned_tokens(labels[own]), "rank": groups}
+        if self.chosen_floor > 0:
+            units["floor"] = groups
+        return units
 
-    def scores(
-        self, model: torch.nn.Module, batch: dict[str, Any], mixce_eta: float = 1.0
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(chosen scores [G], rejected scores [G, K], rejected mask [G, K], anchor (Mix)CE sum). The
+    def scores(self, model: torch.nn.Module, batch: dict[str, Any], mixce_eta: float = 1.0) -> GroupScores:
+        """Every ranked response's log-probability sum and token count, and the anchor's (Mix)CE sum. The
         anchor is a token-level CE like SFT's, so `mixce_eta` (the stage's) mixes it the same way."""
         if "shared_mask" in batch:
             return self._shared_scores(model, batch, mixce_eta)
@@ -294,26 +393,77 @@ class _RankedGroups:
         groups, negatives = len(sizes), sum(sizes)
         logits = _forward(model, batch)
         ranked = groups + negatives
-        sums, counts = sequence_logprobs(logits[:ranked], batch["labels"][:ranked])
-        scores = sums / counts.clamp(min=1)
-        rejected, mask = _by_group(scores[groups:ranked], sizes)
+        logprobs, learned = token_logprobs(logits[:ranked], batch["labels"][:ranked])
+        whole, whole_tokens = logprobs.sum(dim=1), learned.sum(dim=1)
+        if "rank_mask" in batch:
+            scored = batch["rank_mask"][:ranked].to(logprobs.device)
+            sums, counts = (logprobs * scored).sum(dim=1), scored.sum(dim=1)
+        else:
+            sums, counts = whole, whole_tokens
+        rejected, mask = _by_group(sums[groups:ranked], sizes)
+        rejected_tokens, _ = _by_group(counts[groups:ranked], sizes)
         reused, own = self._anchor_rows(batch)
         anchor_nll = logits.new_zeros(())
         for rows in (reused, own):
             anchor_logprobs, anchor_mask = token_logprobs(logits[rows], batch["labels"][rows])
             anchor_nll = anchor_nll + mixce_token_losses(anchor_logprobs, anchor_mask, mixce_eta).sum()
-        return scores[:groups], rejected, mask, anchor_nll
+        return GroupScores(sums[:groups], counts[:groups], rejected, rejected_tokens, mask, anchor_nll,
+                           whole[:groups], whole_tokens[:groups])
 
     @staticmethod
-    def _shared_scores(model: torch.nn.Module, batch: dict[str, Any], mixce_eta: float) -> tuple[torch.Tensor, ...]:
+    def _shared_scores(model: torch.nn.Module, batch: dict[str, Any], mixce_eta: float) -> GroupScores:
         logits = forward_logits(model, batch)
         logprobs = response_token_logprobs(logits, batch)
-        sums, counts = response_sums(logprobs, batch)
-        scores = sums / counts.clamp(min=1)
-        rejected, mask = _by_group(scores[batch["rejected_responses"]], batch["group_sizes"])
+        whole, whole_tokens = response_sums(logprobs, batch)
+        if "rank_token" in batch:
+            sums, counts = response_sums(logprobs, batch, batch["rank_token"].to(logprobs.device))
+        else:
+            sums, counts = whole, whole_tokens
+        chosen = batch["chosen_response"]
+        rejected, mask = _by_group(sums[batch["rejected_responses"]], batch["group_sizes"])
+        rejected_tokens, _ = _by_group(counts[batch["rejected_responses"]], batch["group_sizes"])
         anchor_tokens = batch["anchor_response"].to(logprobs.device)[batch["response_of_token"].to(logprobs.device)]
         anchor_nll = mixce_token_losses(logprobs, anchor_tokens, mixce_eta).sum()
-        return scores[batch["chosen_response"]], rejected, mask, anchor_nll
+        return GroupScores(sums[chosen], counts[chosen], rejected, rejected_tokens, mask, anchor_nll,
+                           whole[chosen], whole_tokens[chosen])
+
+    def ranked(self, scores: GroupScores) -> tuple[torch.Tensor, torch.Tensor]:
+        """(chosen [G], rejected [G, K]) as the rank term takes them: mean log-probabilities (or sums, for an
+        objective that is not length-normalised), the rejected ones without gradient under detach_rejected."""
+        chosen, rejected = scores.chosen, scores.rejected
+        if self.length_normalised:
+            chosen = chosen / scores.chosen_tokens.clamp(min=1)
+            rejected = rejected / scores.rejected_tokens.clamp(min=1)
+        if getattr(self.cfg, "detach_rejected", False):
+            rejected = rejected.detach()  # the rank term then moves the chosen responses only
+        return chosen, rejected
+
+    def floor_sum(self, chosen: torch.Tensor, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """DPOP's floor: sum over groups of max(0, s_c_start - s_c), s_c_start the chosen score under the
+        round's starting weights; {} without objective.chosen_floor."""
+        if self.chosen_floor <= 0:
+            return {}
+        start = batch["reference_chosen"].to(chosen.device, chosen.dtype)
+        return {"floor": torch.clamp(start - chosen, min=0).sum()}
+
+    @torch.no_grad()
+    def prepare(self, model: torch.nn.Module, encoded: list[Any], encoder: Encoder, micro_batch_size: int) -> None:
+        """Score every group once under the starting weights (before the first update, as SPIN's reference
+        pass), into each encoded group's `reference`, when the loss needs them; the same numbers as a
+        frozen copy of the model would give, without a second model in memory."""
+        if not self.needs_reference:
+            return
+        was_training = model.training
+        model.eval()
+        device = next(model.parameters()).device
+        for start in range(0, len(encoded), micro_batch_size):
+            chunk = [replace(group, reference=None) for group in encoded[start : start + micro_batch_size]]
+            batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in self.collate(chunk, encoder).items()}
+            chosen, rejected = self.ranked(self.scores(model, batch))
+            for g, group in enumerate(chunk):
+                scores = tuple(float(s) for s in rejected[g, : batch["group_sizes"][g]])
+                encoded[start + g] = replace(group, reference=(float(chosen[g]), scores))
+        model.train(was_training)
 
 
 def _by_group(scores: torch.Tensor, sizes: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -388,13 +538,16 @@ class MemphisObjective(_RankedGroups):
     def __init__(self, cfg: ObjectiveConfig):
         self.cfg = cfg
         self.coefficients = {"anchor": float(cfg.anchor_weight), "rank": float(cfg.rank_weight)}
+        if self.chosen_floor > 0:
+            self.coefficients["floor"] = float(cfg.chosen_floor)
 
     def items(self, data: RoundData) -> list[RankItem]:
         return _rank_items(data, self.cfg.anchor, self.cfg.listwise)
 
     def loss_sums(self, model: torch.nn.Module, batch: dict[str, Any], train: TrainConfig) -> dict[str, torch.Tensor]:
-        chosen, rejected, mask, anchor_nll = self.scores(model, batch, train.mixce_eta)
-        return {"anchor": anchor_nll, "rank": rank_loss(chosen, rejected, mask).sum()}
+        scores = self.scores(model, batch, train.mixce_eta)
+        chosen, rejected = self.ranked(scores)
+        return {"anchor": scores.anchor_nll, "rank": rank_loss(chosen, rejected, scores.mask).sum(), **self.floor_sum(chosen, batch)}
 
 
 @register("cpo_simpo")
@@ -407,14 +560,54 @@ class CpoSimpoObjective(_RankedGroups):
     def __init__(self, cfg: ObjectiveConfig):
         self.cfg = cfg
         self.coefficients = {"rank": 1.0, "anchor": float(cfg.alpha)}
+        if self.chosen_floor > 0:
+            self.coefficients["floor"] = float(cfg.chosen_floor)
 
     def items(self, data: RoundData) -> list[RankItem]:
         return _rank_items(data, "chosen")
 
     def loss_sums(self, model: torch.nn.Module, batch: dict[str, Any], train: TrainConfig) -> dict[str, torch.Tensor]:
-        chosen, rejected, _, anchor_nll = self.scores(model, batch, train.mixce_eta)
+        scores = self.scores(model, batch, train.mixce_eta)
+        chosen, rejected = self.ranked(scores)
         margin = self.cfg.beta * (chosen - rejected[:, 0]) - self.cfg.gamma
-        return {"rank": pairwise_sigmoid_loss(margin).sum(), "anchor": anchor_nll}
+        return {"rank": pairwise_sigmoid_loss(margin).sum(), "anchor": scores.anchor_nll, **self.floor_sum(chosen, batch)}
+
+
+@register("rpo")
+class RpoObjective(_RankedGroups):
+    """Iterative RPO (Pang et al. 2024): DPO on the round's mined pairs against the round's starting
+    model, plus alpha times the chosen response's NLL over its length:
+    -log sigmoid(beta * ((pi_c - ref_c) - (pi_r - ref_r))) - alpha * log pi(c) / |c|, with pi and ref the
+    summed log-probabilities (under rank_scope, of the scored tokens). The reference scores are computed
+    once per round by `prepare`, before the first update."""
+
+    length_normalised = False
+
+    def __init__(self, cfg: ObjectiveConfig):
+        self.cfg = cfg
+        self.coefficients = {"dpo": 1.0, "nll": float(cfg.alpha)}
+        if self.chosen_floor > 0:
+            self.coefficients["floor"] = float(cfg.chosen_floor)
+
+    @property
+    def needs_reference(self) -> bool:
+        return True
+
+    def items(self, data: RoundData) -> list[RankItem]:
+        return _rank_items(data, "chosen")
+
+    def units(self, batch: dict[str, Any]) -> dict[str, int]:
+        groups = len(batch["group_sizes"])
+        return {"dpo": groups, "nll": groups, **({"floor": groups} if self.chosen_floor > 0 else {})}
+
+    def loss_sums(self, model: torch.nn.Module, batch: dict[str, Any], train: TrainConfig) -> dict[str, torch.Tensor]:
+        scores = self.scores(model, batch, train.mixce_eta)
+        chosen, rejected = self.ranked(scores)
+        reference_chosen = batch["reference_chosen"].to(chosen.device, chosen.dtype)
+        reference_rejected = batch["reference_rejected"][:, 0].to(chosen.device, chosen.dtype)
+        dpo = dpo_loss(chosen, rejected[:, 0], reference_chosen, reference_rejected, self.cfg.beta)
+        nll = -scores.chosen_whole / scores.chosen_whole_tokens.clamp(min=1)
+        return {"dpo": dpo.sum(), "nll": nll.sum(), **self.floor_sum(chosen, batch)}
 
 
 @register("spin")
@@ -486,5 +679,4 @@ class SpinObjective:
         pairs = len(batch["reference"])
         sums, _ = sequence_logprobs(_forward(model, batch), batch["labels"])
         reference = batch["reference"].to(sums.device, sums.dtype)
-        margin = (sums[:pairs] - reference[:, 0]) - (sums[pairs:] - reference[:, 1])
-        return {"dpo": pairwise_sigmoid_loss(self.cfg.beta * margin).sum()}
+        return {"dpo": dpo_loss(sums[:pairs], sums[pairs:], reference[:, 0], reference[:, 1], self.cfg.beta).sum()}

@@ -114,9 +114,15 @@ def response_token_logprobs(logits: torch.Tensor, batch: dict[str, Any]) -> torc
     return -F.cross_entropy(flat[predictor].float(), batch["target"].to(logits.device), reduction="none")
 
 
-def response_sums(token_logprobs: torch.Tensor, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed log-probability of each response and its token count: [R], [R]."""
+def response_sums(
+    token_logprobs: torch.Tensor, batch: dict[str, Any], counted: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed log-probability of each response and its token count: [R], [R]; with `counted` (a mask over
+    the learned tokens), of the counted tokens only."""
     index = batch["response_of_token"].to(token_logprobs.device)
+    ones = torch.ones_like(index)
+    if counted is not None:
+        token_logprobs, ones = token_logprobs * counted, counted.long()
     sums = token_logprobs.new_zeros(batch["responses"]).index_add(0, index, token_logprobs)
-    counts = torch.zeros(batch["responses"], dtype=torch.long, device=token_logprobs.device).index_add(0, index, torch.ones_like(index))
+    counts = torch.zeros(batch["responses"], dtype=torch.long, device=token_logprobs.device).index_add(0, index, ones)
     return sums, counts

@@ -32,6 +32,12 @@ BAD = [
     (["task.prompt_format=nope"], "task.prompt_format='nope' is unknown"),
     (["objective=memphis", "generate.n=1"], "generate.n=1 cannot give"),
     (["objective=cpo_simpo", "generate.n=1"], "generate.n=1 cannot give"),
+    (["objective=rpo", "generate.n=1"], "generate.n=1 cannot give"),
+    (["objective=memphis", "objective.rank_scope=step", "objective.step_delimiters=[]"], "objective.step_delimiters"),
+    (["objective=memphis", "objective.rank_scope=tokens"], "objective.rank_scope='tokens' is unknown"),
+    (["objective=memphis", "objective.chosen_floor=-1"], "objective.chosen_floor must be >= 0"),
+    (["objective=star", "objective.rank_scope=divergent"], "objective.rank_scope=divergent is an option of the pair objectives"),
+    (["objective=spin", "objective.detach_rejected=true"], "objective.detach_rejected=True is an option of the pair objectives"),
     (["+foo=1"], "unknown config key(s) foo"),
     (["+sft.bar=2"], "unknown config key(s) sft.bar"),
     (["run=../../x"], "leaves output_root"),
@@ -67,6 +73,8 @@ def test_a_bad_value_is_refused_naming_the_key(overrides, message):
 @pytest.mark.parametrize("overrides", [
     ["objective=star", "generate.n=1"],  # STaR keeps correct samples: one per question is enough
     ["generate.temperature=0", "generate.n=1"],
+    ["objective=rpo", "objective.rank_scope=step"],
+    ["objective=cpo_simpo", "objective.chosen_floor=5", "objective.detach_rejected=true", "objective.rank_scope=divergent"],
     ["run=sweep-r1/rank.lr:1e-07+objective:star"],  # the run names make sweep gives its jobs
 ])
 def test_good_combinations_pass(overrides):
