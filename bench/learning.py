@@ -76,8 +76,17 @@ ARMS: dict[str, list[str]] = {
     "memphis_w1": [*MEMPHIS, "objective.rank_weight=1"],
     "memphis_w0.2": [*MEMPHIS, "objective.rank_weight=0.2"],
     "memphis_lr1e-4": [*MEMPHIS, "rank.lr=1e-4"],
+    # Remedies for the rank term lowering the chosen responses (docs/learning.md), each alone on memphis at
+    # w = 5, all three together, and Iterative RPO. The floor's lambda is DPOP's published 50.
+    "memphis_divergent": [*MEMPHIS, "objective.rank_scope=divergent"],
+    "memphis_step": [*MEMPHIS, "objective.rank_scope=step"],
+    "memphis_detach": [*MEMPHIS, "objective.detach_rejected=true"],
+    "memphis_floor": [*MEMPHIS, "objective.chosen_floor=50"],
+    "memphis_remedies": [*MEMPHIS, "objective.rank_scope=divergent", "objective.detach_rejected=true", "objective.chosen_floor=50"],
+    "rpo": ["objective=rpo"],
 }
 SWEEP = ("memphis_w1", "memphis_w0.2", "memphis_lr1e-4")
+REMEDIES = ("memphis_divergent", "memphis_step", "memphis_detach", "memphis_floor", "memphis_remedies", "rpo")
 SEQUENCES_PER_ITEM = {"star": 1, "star_sft_replay": 1, "star_rationalize": 1, "sft_continued": 1}  # the pair arms: 2
 PHASE_SECONDS = ("generate_seconds", "mine_seconds", "train_phase_seconds", "evaluate_seconds")  # a round's phases, in metrics.json
 SAMPLES_ROUND_ONE = {arm for arm in ARMS if arm != "sft_continued"}  # arms whose round 1 samples the pool
@@ -155,6 +164,9 @@ def run_arm(work: Path, sft_run: Path, arm: str, seed: int, rounds: int, steps: 
         "train_items": [m.get("train_items") for m in metrics[1:]],
         "pairs": [m.get("pairs") for m in metrics[1:]],
         "pairs_ranked_right": [[m.get("pairs_ranked_right_before"), m.get("pairs_ranked_right_after")] for m in metrics[1:]],
+        # the mined pairs' mean chosen score s_c under the round's starting and final weights: does the
+        # round lower the responses it calls right?
+        "chosen_score": [[m.get("chosen_score_before"), m.get("chosen_score_after")] for m in metrics[1:]],
     }
 
 
