@@ -297,3 +297,28 @@ def test_the_default_records_no_steps_and_judges_by_the_answer():
     stats = SampleStats(n=1)
     stats.add_question([g])
     assert "steps_checked" not in stats.result()
+
+
+def test_inspect_wrong_chain_lists_right_answers_with_a_wrong_step_marked(tmp_path):
+    from rich.console import Console
+
+    from rationale_loop.records import write_jsonl_atomic
+    from rationale_loop.report import InspectFilter, inspect_round
+
+    samples = _faulty_samples(40, seed=11)
+    out = tmp_path / "run" / "round_01"
+    out.mkdir(parents=True)
+    judged = [judge(p, TINYCOT.prompt(p.question), 0, Completion(c, "stop", 20), TINYCOT, "numeric", "count") for p, c, _, _ in samples]
+    write_jsonl_atomic(out / "generations.jsonl", judged)
+    expected = [g for g, (_, c, right, _) in zip(judged, samples) if right and _recomputed_wrong(c)]
+    console = Console(record=True, width=250, force_terminal=False)
+    inspect_round(tmp_path / "run", 1, InspectFilter(wrong_chain=True, samples_per_page=100), console=console)
+    text = console.export_text()
+    assert f"samples with a wrong step 1-{len(expected)} of {len(expected)}" in text
+    for g in expected:
+        assert g.question_id in text
+        for _, _, step, left, _ in g.chain["wrong_steps"]:
+            assert f"{step} (left side is {left})" in text
+    write_jsonl_atomic(out / "generations.jsonl", [judge(p, "", 0, Completion(c, "stop", 20), TINYCOT, "numeric") for p, c, _, _ in samples])
+    with pytest.raises(SystemExit, match="verify.chain=count"):
+        inspect_round(tmp_path / "run", 1, InspectFilter(wrong_chain=True), console=console)
