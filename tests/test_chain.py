@@ -142,7 +142,11 @@ def expressions(draw, depth=3):
 
 def _written(value: Fraction) -> str:
     text = format_value(value)
-    return text if "/" not in text else f"{float(value):.6f}"  # a repeating decimal, rounded to 6 places
+    # a repeating decimal, rounded to 6 places exactly (a float would lose digits of a large value)
+    if "/" not in text:
+        return text
+    scaled = round(abs(value) * 10**6)
+    return f"{'-' if value < 0 else ''}{scaled // 10**6}.{scaled % 10**6:06d}"
 
 
 @settings(max_examples=300, deadline=None)
@@ -322,3 +326,38 @@ def test_inspect_wrong_chain_lists_right_answers_with_a_wrong_step_marked(tmp_pa
     write_jsonl_atomic(out / "generations.jsonl", [judge(p, "", 0, Completion(c, "stop", 20), TINYCOT, "numeric") for p, c, _, _ in samples])
     with pytest.raises(SystemExit, match="verify.chain=count"):
         inspect_round(tmp_path / "run", 1, InspectFilter(wrong_chain=True), console=console)
+
+
+def test_a_round_with_verify_chain_check_records_the_steps_everywhere(tmp_path):
+    """A real (small) round: the samples carry their steps, a wrong step makes a right answer
+    incorrect, and the counts reach stats.json, metrics.json, rounds.jsonl and TensorBoard."""
+    from rationale_loop.loop import read_rounds, run_loop
+    from rationale_loop.records import JsonlRecords, Generation, read_json
+    from test_config import compose_config
+    from test_end_to_end import SMALL
+
+    overrides = [*SMALL, "rounds=1", "sft.epochs=2", "verify.chain=check", "rank.epochs=1",
+                 f"output_root={tmp_path}/runs", f"model.cache_dir={tmp_path}/models", "run=chain"]
+    run_loop(compose_config(*overrides), overrides=overrides)
+    run = tmp_path / "runs" / "chain"
+    samples = list(JsonlRecords(run / "round_01" / "generations.jsonl", Generation))
+    assert all(g.chain is not None for g in samples if g.valid)
+    well_formed = 0
+    for g in samples:
+        if g.valid:
+            assert g.correct == (g.chain["answer_correct"] and not g.chain["wrong"])
+            if re.fullmatch(r"(?:\d+ [-+*] \d+ = -?\d+\.\s*)+", g.rationale):  # the task's own step format
+                well_formed += 1
+                assert g.chain["wrong"] == _recomputed_wrong(g.rationale) and g.chain["unparsed"] == 0
+    assert well_formed > 0
+    stats = read_json(run / "round_01" / "stats.json")
+    assert stats["steps_checked"] == sum(g.chain["checked"] for g in samples if g.chain)
+    assert stats["right_answer_wrong_chain"] == sum(bool(g.chain and g.chain["answer_correct"] and g.chain["wrong"]) for g in samples)
+    row = read_rounds(run)[1]
+    assert row["right_answer_wrong_chain"] == stats["right_answer_wrong_chain"]
+    assert row["eval_answer_accuracy"] >= row["eval_chain_accuracy"] == row["eval_accuracy"]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tensorboard" / "rounds"))
+    events.Reload()
+    assert "round/right_answer_wrong_chain" in events.Tags()["scalars"]
