@@ -98,7 +98,7 @@ _TOKEN_RE = re.compile(
     | (?P<pct>%)
     | (?P<cur>[$\u20ac\u00a3\u00a5\u20b9\u00a2]|\\\$)
     | (?P<root>\u221a)
-    | (?P<word>[^\W\d_]+)
+    | (?P<word>[^\W\d_]+(?:-[^\W\d_]{2,})*)
     | (?P<other>.|\n)
     """,
     re.VERBOSE,
@@ -109,7 +109,7 @@ _OPS = {"\\times": "*", "\\cdot": "*", "\\div": "/"}
 # read ("3 times 4", "half of 10", "10 more than"), so a side they touch is unparsed, not misread.
 MATH_WORDS = frozenset("""
     times of by plus minus twice thrice half double triple quarter third thirds fourth fifth per each every
-    multiplied divided less more than fewer add added adding subtract subtracted subtracting minus over
+    multiplied divided less more than fewer minus over
     product sum difference quotient squared cubed sqrt root power percent
 """.split())
 
