@@ -249,7 +249,7 @@ def _tight_fractions(atoms: list[_Atom]) -> list[_Atom]:
                 and slash.end == den.start and not num.places and not den.places and den.value != 0
                 and num.value.denominator == den.value.denominator == 1 and not (out and out[-1].end == num.start)
                 and not (i + 3 < len(atoms) and atoms[i + 3].start == den.end and atoms[i + 3].kind in ("op", "num"))):
-            out.append(_Atom("num", num.start, den.end, num.value / den.value, fraction=True))
+            out.append(_Atom("num", num.start, den.end, num.value / den.value, fraction=True, text=str(num.value)))
             i += 3
             continue
         out.append(atoms[i])
@@ -333,7 +333,9 @@ class _Expression:
         value, percent = self.unary()
         while True:
             atom = self.peek()
-            implicit = atom is not None and atom.kind == "lp"  # "2(3 + 4)"
+            previous = self.atoms[self.i - 1] if self.i else None
+            # "2(3 + 4)" written tight; "5 (2^2 + 1)" is more often a remark in brackets
+            implicit = atom is not None and atom.kind == "lp" and previous is not None and previous.end == atom.start
             if not implicit and (atom is None or atom.kind != "op" or atom.op not in "*/"):
                 return value, percent
             if not implicit:
@@ -419,6 +421,8 @@ def _side(atoms: list[_Atom], first: bool, last: bool) -> _Side:
         if len(core) > 1 and core[1].kind == "pct":
             side.leading /= 100
     if core and core[0].fraction:
+        # "147+29 = 176/8 = 22": a chain's middle may lead with the fraction's numerator
+        side.leading = core[0].text and Fraction(core[0].text)
         return side
     if len(core) == 1 and core[0].kind == "num":
         side.literal, side.negative = core[0], negative
