@@ -5,7 +5,6 @@ hang it."""
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 import time
