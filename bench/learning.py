@@ -21,6 +21,17 @@ Arms (overrides of the embedded default, whose objective is star):
   sft_continued     no self-training: SFT continued on the SFT set
   adalite, mixce_0.75, neftune_10   the recipe's own pieces on the memphis objective
   memphis_w1, memphis_w0.2, memphis_lr1e-4   memphis with a lighter rank term or a lower rank LR (only when named)
+  memphis_divergent, memphis_step, memphis_detach, memphis_floor   memphis at w = 5 with one remedy for the
+                    rank term lowering the chosen responses: rank_scope=divergent or step, detach_rejected,
+                    chosen_floor=50 (DPOP's lambda); memphis_remedies: divergent + detach + floor together
+  rpo               Iterative RPO: DPO on the mined pairs against the round's start + the chosen NLL per token
+  final_answer, final_chain   star on tiny_arith answering the final count only (task.arith.answer=final,
+                    verifier numeric): the answer alone decides, or a wrong arithmetic step makes a sample
+                    incorrect (verify.chain=check). Both count the steps (the final_answer arm with
+                    verify.chain=count), so each reports how many right-answer-wrong-chain samples it
+                    judged; compare them with --metric answer_accuracy (held-out accuracy by the answer
+                    alone, the same rule in both arms) or chain_accuracy (answer and steps right).
+                    Only when named; their SFT is their own (the final-count task's SFT set), trained once.
 
 Round 1 samples the same pool from the same checkpoint with the same seed in every arm, so it is
 sampled once per seed and shared (found on disk, so separate processes, one per seed, share it too). Held-out accuracy is over the same eval questions for every arm;
@@ -85,11 +96,20 @@ ARMS: dict[str, list[str]] = {
     "memphis_remedies": [*MEMPHIS, "objective.rank_scope=divergent", "objective.detach_rejected=true", "objective.chosen_floor=50"],
     "rpo": ["objective=rpo"],
 }
-SWEEP = ("memphis_w1", "memphis_w0.2", "memphis_lr1e-4")
-REMEDIES = ("memphis_divergent", "memphis_step", "memphis_detach", "memphis_floor", "memphis_remedies", "rpo")
-SEQUENCES_PER_ITEM = {"star": 1, "star_sft_replay": 1, "star_rationalize": 1, "sft_continued": 1}  # the pair arms: 2
+# The final-count task: the embedded default's task answering the count at the end only, checked as a
+# number. A different task, so a different SFT (FINAL_COUNT_SFT); the arms differ only in verify.chain.
+FINAL_COUNT = ["task.arith.answer=final", "task.pool_arith.answer=final", "verify=numeric"]
+ARMS["final_answer"] = ["objective=star", *FINAL_COUNT, "verify.chain=count"]
+ARMS["final_chain"] = ["objective=star", *FINAL_COUNT, "verify.chain=check"]
+FINAL_COUNT_SFT = "sft-final"
+FINAL_COUNT_ARMS = ("final_answer", "final_chain")
+SWEEP = ("memphis_w1", "memphis_w0.2", "memphis_lr1e-4", *FINAL_COUNT_ARMS)
+SEQUENCES_PER_ITEM = {"star": 1, "star_sft_replay": 1, "star_rationalize": 1, "sft_continued": 1,  # the pair arms: 2
+                      "final_answer": 1, "final_chain": 1}
 PHASE_SECONDS = ("generate_seconds", "mine_seconds", "train_phase_seconds", "evaluate_seconds")  # a round's phases, in metrics.json
-SAMPLES_ROUND_ONE = {arm for arm in ARMS if arm != "sft_continued"}  # arms whose round 1 samples the pool
+# arms whose round 1 samples the pool the same way, so that one sample of it serves them all (the
+# final-count arms judge theirs differently, so each samples its own)
+SAMPLES_ROUND_ONE = {arm for arm in ARMS if arm != "sft_continued" and arm not in FINAL_COUNT_ARMS}
 
 
 def compose_config(*overrides: str) -> Any:
@@ -159,6 +179,10 @@ def run_arm(work: Path, sft_run: Path, arm: str, seed: int, rounds: int, steps: 
         # wall seconds of the rounds' phases as they ran (a shared round 1 has no sampling time of its own)
         "seconds": sum(m.get(key, 0.0) for m in metrics[1:] for key in PHASE_SECONDS),
         "accuracy": [r["eval_accuracy"] for r in rows],
+        # verify.chain runs: held-out accuracy by the answer alone, and by answer and steps
+        "answer_accuracy": [r.get("eval_answer_accuracy") for r in rows],
+        "chain_accuracy": [r.get("eval_chain_accuracy") for r in rows],
+        "right_answer_wrong_chain": [m.get("right_answer_wrong_chain") for m in metrics[1:]],
         "eval_questions": rows[0]["eval_questions"],
         "train_tokens": [m.get("train_tokens") for m in metrics[1:]],
         "train_items": [m.get("train_items") for m in metrics[1:]],
@@ -184,16 +208,16 @@ def mean_and_error(accuracies: list[float], questions: int) -> tuple[float, floa
     return mean, math.sqrt(seeds + mean * (1 - mean) / questions)
 
 
-def summarize(results: list[dict], arms: list[str]) -> dict[str, list[dict[str, float]]]:
+def summarize(results: list[dict], arms: list[str], metric: str = "accuracy") -> dict[str, list[dict[str, float]]]:
     summary = {}
     for arm in arms:
-        runs = [r for r in results if r["arm"] == arm]
+        runs = [r for r in results if r["arm"] == arm and all(v is not None for v in r.get(metric) or [None])]
         if not runs:
             continue
-        rounds = min(len(r["accuracy"]) for r in runs)
+        rounds = min(len(r[metric]) for r in runs)
         summary[arm] = []
         for k in range(rounds):
-            mean, error = mean_and_error([r["accuracy"][k] for r in runs], runs[0]["eval_questions"])
+            mean, error = mean_and_error([r[metric][k] for r in runs], runs[0]["eval_questions"])
             summary[arm].append({"round": k, "mean": mean, "se": error, "seeds": len(runs)})
     return summary
 
@@ -239,6 +263,9 @@ def main() -> None:
     default = compose_config().rank
     parser.add_argument("--steps", type=int, default=default.steps, help="optimizer steps per round, every arm")
     parser.add_argument("--sequences", type=int, default=default.batch_size, help="sequences forwarded per step, every arm")
+    parser.add_argument("--metric", default="accuracy", choices=["accuracy", "answer_accuracy", "chain_accuracy"],
+                        help="held-out accuracy as judged by each arm's verifier (accuracy), by the answer alone, or by "
+                             "answer and arithmetic steps (the last two: verify.chain runs, e.g. final_answer and final_chain)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (one process per seed can share the cores)")
     parser.add_argument("--work", default=str(ROOT / "outputs/bench/learning"), help="where the arms' runs go")
     parser.add_argument("--out", default=str(ROOT / "bench/results/learning.json"))
@@ -280,6 +307,12 @@ def main() -> None:
     key, base = convergence["length_key"], convergence["length"]
     print(f"SFT: {convergence['accuracy']:.3f} with {key}={base:g}, {convergence['accuracy_2x']:.3f} with {key}={2 * base:g}")
 
+    sft_runs = {arm: sft_run for arm in ARMS}
+    if any(arm in FINAL_COUNT_ARMS for arm in args.arms):
+        # the final-count task's own SFT, its round 0 evaluated with the steps counted like its arms' rounds
+        final_sft = train_sft(work, FINAL_COUNT_SFT, [*FINAL_COUNT, "verify.chain=count"], args.collect)
+        sft_runs.update({arm: final_sft for arm in FINAL_COUNT_ARMS})
+
     results: list[dict] = []
     arms = list(args.arms)
     if recorded is not None:  # this invocation's runs first; the recorded ones fill the arm/seed pairs it leaves out
@@ -290,16 +323,17 @@ def main() -> None:
         for arm in sorted(args.arms, key=lambda a: a not in SAMPLES_ROUND_ONE):
             if args.collect and len(read_rounds(work / arm / f"seed{seed}")) < args.rounds + 1:
                 continue
-            result = run_arm(work, sft_run, arm, seed, args.rounds, args.steps, args.sequences, args.collect)
+            result = run_arm(work, sft_runs[arm], arm, seed, args.rounds, args.steps, args.sequences, args.collect)
             results.append(result)
             print(f"{arm:>18} seed {seed}: " + " ".join(f"{a:.3f}" for a in result["accuracy"]) + f"  ({result['seconds']:.0f} s)", flush=True)
             runs = with_recorded(results, recorded)
-            _write(out, args, convergence, runs, summarize(runs, arms), time.perf_counter() - started, recorded)
+            _write(out, args, convergence, runs, summarize(runs, arms, args.metric), time.perf_counter() - started, recorded)
 
     runs = with_recorded(results, recorded)
-    summary = summarize(runs, arms)
+    summary = summarize(runs, arms, args.metric)
     print(table(summary))
-    for first, second in (("memphis", "sft_continued"), ("star", "sft_continued"), ("memphis", "star"), ("memphis_w1", "sft_continued")):
+    for first, second in (("memphis", "sft_continued"), ("star", "sft_continued"), ("memphis", "star"), ("memphis_w1", "sft_continued"),
+                          ("final_chain", "final_answer")):
         if first in summary and second in summary:
             a, b = summary[first][-1], summary[second][-1]
             gap, error = a["mean"] - b["mean"], math.sqrt(a["se"] ** 2 + b["se"] ** 2)
@@ -324,6 +358,7 @@ def _write(out: Path, args: Any, convergence: dict, results: list[dict], summary
         "compute": {"steps_per_round": args.steps, "sequences_per_step": args.sequences,
                     "rule": "equal optimizer steps per round, each forwarding the same number of sequences"},
         "rounds": args.rounds,
+        "metric": args.metric,  # which held-out accuracy the summary holds
         "seeds": sorted({r["seed"] for r in results}),
         "sft_convergence": convergence,
         "summary": summary,

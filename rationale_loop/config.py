@@ -292,6 +292,10 @@ class GenerateConfig:
 @dataclass
 class VerifyConfig:
     kind: str = "numeric"
+    # The arithmetic steps of each sample's rationale ("48/2 = 24"), read and checked exactly
+    # (rationale_loop/chain.py): "ignore" (the answer alone decides), "count" (steps counted and checked
+    # in the round's stats, the answer alone decides), "check" (a wrong step makes the sample incorrect).
+    chain: str = "ignore"
 
 
 @dataclass
@@ -313,6 +317,7 @@ class InspectConfig:
     page: int = 1
     question: Optional[str] = None  # only this question id: its samples and pairs
     invalid: bool = False  # show invalid samples (and why) instead of pairs
+    wrong_chain: bool = False  # show samples with the right answer and a wrong arithmetic step (verify.chain)
     unsolved: bool = False  # show questions with no correct sample instead of pairs
     wide: bool = False  # every column of the terminal's rounds table, however narrow the terminal
 
@@ -528,6 +533,10 @@ def _check_ranges(cfg: DictConfig) -> None:
     _require(cfg.inspect.round is None or cfg.inspect.round >= 0, f"inspect.round must be >= 0 (or null: the last), got {cfg.inspect.round}")
 
 
+#: verify.chain's values: the answer alone decides; steps counted too; a wrong step makes a sample incorrect.
+CHAIN_MODES = ("ignore", "count", "check")
+
+
 def _check_names(cfg: DictConfig) -> None:
     """Every name a later phase looks up in a registry, looked up now."""
     from rationale_loop.data.formats import FORMATS
@@ -545,6 +554,7 @@ def _check_names(cfg: DictConfig) -> None:
     _one_of("generate.backend", cfg.generate.backend, BACKENDS)
     _one_of("task.verifier", cfg.task.verifier, VERIFIERS)
     _one_of("verify.kind", cfg.verify.kind, VERIFIERS)
+    _one_of("verify.chain", cfg.verify.chain, CHAIN_MODES)
     _one_of("task.prompt_format", cfg.task.prompt_format, FORMATS)
     if not is_hub_id(cfg.task.source):
         _one_of("task.source", cfg.task.source, TASKS)

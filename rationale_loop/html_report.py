@@ -26,6 +26,9 @@ COLUMN_TITLES = {
     "pairs_ranked_right_before": "own pairs ranked right before", "pairs_ranked_right_after": "ranked right after",
     "chosen_score_before": "mean s_c (chosen) before", "chosen_score_after": "mean s_c after",
     "rejected_score_before": "mean s_r (rejected) before", "rejected_score_after": "mean s_r after",
+    "steps_checked": "steps checked", "steps_wrong": "steps wrong", "steps_unparsed": "steps unparsed",
+    "right_answer_wrong_chain": "right answer, wrong step", "eval_answer_accuracy": "accuracy, answer alone",
+    "eval_chain_accuracy": "accuracy, answer and steps",
 }
 
 CSS = """
@@ -92,6 +95,9 @@ ROUND_TABLES = (
         "rank_term_first", "rank_term_last", "pairs_ranked_right_before", "pairs_ranked_right_after",
         "pair_margin_before", "pair_margin_after", "chosen_score_before", "chosen_score_after",
         "rejected_score_before", "rejected_score_after", "note")),
+    ("Arithmetic steps of the samples (verify.chain)", (
+        "steps_checked", "steps_wrong", "steps_unparsed", "right_answer_wrong_chain", "eval_answer_accuracy",
+        "eval_chain_accuracy")),
 )
 
 

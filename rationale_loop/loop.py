@@ -60,6 +60,10 @@ ROUND_SUMMARY_KEYS = (
     "train_items", "train_steps", "rank_term_first", "rank_term_last",
     "pair_margin_before", "pair_margin_after", "pairs_ranked_right_before", "pairs_ranked_right_after",
     "chosen_score_before", "chosen_score_after", "rejected_score_before", "rejected_score_after",
+    # verify.chain=count or check: the samples' arithmetic steps (stats.CHAIN_STATS), and held-out
+    # accuracy by the answer alone and by answer and steps (evaluate.accuracy_metrics); absent otherwise
+    "steps_checked", "steps_wrong", "steps_unparsed", "right_answer_wrong_chain",
+    "eval_answer_accuracy", "eval_chain_accuracy",
     "note",  # why a round trained on nothing (degenerate_round_note), absent when it trained
 )
 
@@ -356,7 +360,8 @@ class Run:
             raise DataError(f"{partial} holds samples of questions that are not in the pool now ({unknown[:3]}...): "
                                "the task's data changed since the round started; restore it, or delete the file to sample again")
         skip = {index_of[q] for q in done}
-        for group in sample_and_judge(backend, pool, self.fmt, sampling, self.cfg.verify.kind, skip=skip):
+        for group in sample_and_judge(backend, pool, self.fmt, sampling, self.cfg.verify.kind, skip=skip,
+                                      chain=self.cfg.verify.chain):
             append_jsonl(partial, group)
             crash_point("generate")
         sort_jsonl(partial, out / "generations.jsonl", key=lambda row: (row["question_id"], row["sample_index"]))
@@ -489,7 +494,8 @@ class Run:
 
         log.info("sampling the %d SFT questions once each (the objective plays against its SFT data)", len(self.splits.sft))
         once = replace(sampling, n=1)
-        groups = sample_and_judge(backend, self.splits.sft, self.fmt, once, self.cfg.verify.kind, desc="sample SFT questions")
+        groups = sample_and_judge(backend, self.splits.sft, self.fmt, once, self.cfg.verify.kind, desc="sample SFT questions",
+                                  chain=self.cfg.verify.chain)
         return sorted((g for group in groups for g in group), key=lambda g: g.question_id)
 
     def _rationalize(self, backend: Any, pool: list[Problem], solved: set[str], sampling: Any) -> list[Generation]:
@@ -506,7 +512,7 @@ class Run:
         for index, completions in backend.generate(prompts, sampling):
             problem = unsolved[index]
             for sample_index, completion in enumerate(completions):
-                sample = judge(problem, prompts[index], sample_index, completion, self.fmt, self.cfg.verify.kind)
+                sample = judge(problem, prompts[index], sample_index, completion, self.fmt, self.cfg.verify.kind, self.cfg.verify.chain)
                 if sample.correct:
                     kept.append(replace(sample, prompt=self.fmt.prompt(problem.question)))
         return sorted(kept, key=lambda g: (g.question_id, g.sample_index))
@@ -562,7 +568,7 @@ class Run:
             return {**metrics_from_file(samples), "eval_skipped_too_long": too_long}
         backend = self._backend(out / "checkpoint", self.cfg.eval.batch_size)
         metrics = evaluate(backend, questions, self.fmt, self.cfg.verify.kind, self.cfg.eval.max_new_tokens, samples,
-                           stop=self._stop())
+                           stop=self._stop(), chain=self.cfg.verify.chain)
         metrics["eval_skipped_too_long"] = too_long
         log.info("held-out accuracy %.3f (%d questions, %.3f valid)", metrics["eval_accuracy"], metrics["eval_questions"], metrics["eval_valid"])
         crash_point("evaluated")

@@ -76,6 +76,9 @@ class Generation:
     correct: bool
     num_tokens: int
     invalid_reason: str | None = None
+    # verify.chain=count or check: the rationale's arithmetic steps (chain.ChainReport.as_record) and
+    # whether the answer alone was right; absent otherwise
+    chain: dict[str, Any] | None = None
 
 
 @dataclass

@@ -74,6 +74,10 @@ ROUND_COLUMNS: tuple[tuple[str, int, Callable[[dict[str, Any]], str]], ...] = (
     ("chosen s_c", 8, lambda row: _change(row, "chosen_score_before", "chosen_score_after")),
     ("train loss", 12, _value("train_loss")),
 )
+#: Columns shown after those only when a round has their key: (column, rank, cell, key).
+OPTIONAL_COLUMNS = (
+    ("right answer, wrong step", 13, _value("right_answer_wrong_chain"), "right_answer_wrong_chain"),  # verify.chain
+)
 WIDE_HINT = "inspect.wide=true"
 
 
@@ -96,7 +100,8 @@ def rounds_table(run: Path, width: int | None = None, wide: bool = False) -> tup
     side's score, before -> after its training. Within `width` columns (unless `wide`): the most
     important columns that fit, each with its whole header; returns the table and the headers left out."""
     rows = read_rounds(run)
-    columns = [(header, rank, [cell(row) for row in rows]) for header, rank, cell in ROUND_COLUMNS]
+    present = [(header, rank, cell) for header, rank, cell, key in OPTIONAL_COLUMNS if any(row.get(key) is not None for row in rows)]
+    columns = [(header, rank, [cell(row) for row in rows]) for header, rank, cell in (*ROUND_COLUMNS, *present)]
     title = f"held-out accuracy per round  ({run})"
     if wide or width is None:
         return _table(title, [(h, v) for h, _, v in columns]), []
@@ -151,6 +156,7 @@ class InspectFilter:
     per_page: int = 3
     samples_per_page: int | None = None
     wide: bool = False
+    wrong_chain: bool = False
 
     def __post_init__(self) -> None:
         # `make inspect` reads its options without the run's config checks: the same ranges here.
@@ -162,7 +168,7 @@ class InspectFilter:
     def from_config(cls, inspect: Any) -> "InspectFilter":
         """From the config's `inspect` group (InspectConfig)."""
         return cls(inspect.question, inspect.invalid, inspect.unsolved, inspect.page, inspect.pairs,
-                   inspect.get("samples"), bool(inspect.get("wide", False)))
+                   inspect.get("samples"), bool(inspect.get("wide", False)), bool(inspect.get("wrong_chain", False)))
 
     def page_size(self, what: str) -> tuple[int, str]:
         if what == "pairs" or self.samples_per_page is None:
@@ -191,9 +197,11 @@ def inspect_round(run: Path, k: int | None, view: InspectFilter = InspectFilter(
         return
     generations = JsonlRecords(out / "generations.jsonl", Generation)
     pairs = JsonlRecords(out / "pairs.jsonl", Pair) if (out / "pairs.jsonl").exists() else []
-    if view.question is None and not (view.invalid or view.unsolved):
+    if view.question is None and not (view.invalid or view.unsolved or view.wrong_chain):
         console.print(_stats_table(out, generations, pairs))
-    if view.invalid:
+    if view.wrong_chain:
+        _show_wrong_chain(generations, view, console)
+    elif view.invalid:
         _show_invalid(generations, view, console)
     elif view.unsolved:
         _show_unsolved(generations, view, console)
@@ -278,6 +286,33 @@ def _show_invalid(generations: Iterable[Generation], view: InspectFilter, consol
         table.add_column(column, overflow="fold")
     for g in _page(invalid, view, "invalid samples", console):
         table.add_row(plain(g.question_id), str(g.sample_index), plain(g.invalid_reason or ""), str(g.num_tokens), plain(g.completion))
+    console.print(table)
+
+
+def _show_wrong_chain(generations: Iterable[Generation], view: InspectFilter, console: Console) -> None:
+    """Samples whose answer is right and whose rationale holds a wrong arithmetic step, the wrong steps
+    marked (verify.chain=count or check recorded them)."""
+    samples = list(generations)
+    if not any(g.chain is not None for g in samples):
+        raise SystemExit("inspect.wrong_chain=true: this round's samples carry no step checks; "
+                         "they are recorded when the round runs with verify.chain=count or verify.chain=check")
+    found = [g for g in samples if g.chain and g.chain["answer_correct"] and g.chain["wrong"] and view.question in (None, g.question_id)]
+    table = Table(title="right answer, wrong step (marked)", show_lines=True)
+    for column in ("question", "sample", "answer", "wrong steps", "rationale"):
+        table.add_column(column, overflow="fold")
+    for g in _page(found, view, "samples with a wrong step", console):
+        rationale = g.rationale or ""
+        marked = Text()
+        at = 0
+        for start, end, *_ in sorted(g.chain["wrong_steps"]):
+            if start < at or end > len(rationale):
+                continue
+            marked.append(plain(rationale[at:start]))
+            marked.append(plain(rationale[start:end], style="bold red reverse"))
+            at = end
+        marked.append(plain(rationale[at:]))
+        steps = "\n".join(f"{text} (left side is {left})" for _, _, text, left, _ in g.chain["wrong_steps"])
+        table.add_row(plain(g.question_id), str(g.sample_index), plain(quoted(g.answer)), plain(steps), marked)
     console.print(table)
 
 

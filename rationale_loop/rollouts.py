@@ -14,11 +14,21 @@ from rationale_loop.records import Generation, Problem
 from rationale_loop.verify import is_correct
 
 
-def judge(problem: Problem, prompt: str, sample_index: int, completion: Completion, fmt: ReasoningFormat, verify_kind: str) -> Generation:
-    """A sample cut off by the token limit is invalid, not incorrect, whatever text it holds."""
+def judge(problem: Problem, prompt: str, sample_index: int, completion: Completion, fmt: ReasoningFormat, verify_kind: str,
+          chain: str = "ignore") -> Generation:
+    """A sample cut off by the token limit is invalid, not incorrect, whatever text it holds. With
+    `chain` (verify.chain) "count" or "check", the rationale's arithmetic steps are checked and
+    recorded; with "check", a wrong step makes a right answer incorrect."""
     parsed = fmt.parse(completion.text)
     reason = "truncated" if completion.finish_reason == "length" else parsed.reason
     valid = reason is None
+    answer_correct = valid and is_correct(verify_kind, parsed.answer or "", problem.answer)
+    steps = None
+    if chain != "ignore" and valid:
+        from rationale_loop.chain import check_chain
+
+        steps = {**check_chain(parsed.rationale or "").as_record(), "answer_correct": answer_correct}
+    correct = answer_correct and not (chain == "check" and steps["wrong"])
     return Generation(
         question_id=problem.id,
         sample_index=sample_index,
@@ -29,9 +39,10 @@ def judge(problem: Problem, prompt: str, sample_index: int, completion: Completi
         gold=problem.answer,
         finish_reason=completion.finish_reason,
         valid=valid,
-        correct=valid and is_correct(verify_kind, parsed.answer or "", problem.answer),
+        correct=correct,
         num_tokens=completion.num_tokens,
         invalid_reason=reason,
+        chain=steps,
     )
 
 
@@ -43,6 +54,7 @@ def sample_and_judge(
     verify_kind: str,
     desc: str = "generate",
     skip: Collection[int] = (),
+    chain: str = "ignore",
 ) -> Iterator[list[Generation]]:
     """Yield the judged samples of one problem at a time, as the backend finishes them, with a progress
     bar over questions on a terminal (silent otherwise). Problems whose index is in `skip` (already
@@ -52,5 +64,5 @@ def sample_and_judge(
     with bar as progress:
         for index, completions in backend.generate(prompts, sampling, skip):
             problem = problems[index]
-            yield [judge(problem, prompts[index], k, c, fmt, verify_kind) for k, c in enumerate(completions)]
+            yield [judge(problem, prompts[index], k, c, fmt, verify_kind, chain) for k, c in enumerate(completions)]
             progress.update(1)

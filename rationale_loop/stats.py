@@ -19,6 +19,8 @@ class SampleStats:
         self.correct = 0
         self.tokens = 0
         self.invalid: Counter[str] = Counter()
+        self.chain: Counter[str] = Counter()  # verify.chain=count or check: steps over every valid sample
+        self.chain_samples = 0
 
     def add_question(self, samples: Iterable[Generation]) -> None:
         self.questions += 1
@@ -31,9 +33,13 @@ class SampleStats:
             solved = solved or sample.correct
             if sample.invalid_reason:
                 self.invalid[sample.invalid_reason] += 1
+            if sample.chain is not None:
+                self.chain_samples += 1
+                self.chain.update(chain_counts(sample.chain))
         self.solved += solved
 
     def result(self) -> dict[str, Any]:
+        chain = {key: self.chain[key] for key in CHAIN_STATS} if self.chain_samples else {}
         return {
             "questions": self.questions,
             "samples": self.samples,
@@ -45,4 +51,16 @@ class SampleStats:
             "pass_at_n": self.solved / self.questions if self.questions else 0.0,
             "n": self.n,
             "mean_tokens": self.tokens / self.samples if self.samples else 0.0,
+            **chain,
         }
+
+
+#: What a round's stats.json says of its samples' arithmetic steps, when verify.chain is on. A right
+#: answer with a wrong step is what a final-answer verifier would have trained on as correct.
+CHAIN_STATS = ("steps_checked", "steps_wrong", "steps_unparsed", "right_answer_wrong_chain")
+
+
+def chain_counts(chain: dict[str, Any]) -> dict[str, int]:
+    """One sample's contribution to CHAIN_STATS, from its record's `chain`."""
+    return {"steps_checked": chain["checked"], "steps_wrong": chain["wrong"], "steps_unparsed": chain["unparsed"],
+            "right_answer_wrong_chain": int(bool(chain["answer_correct"] and chain["wrong"]))}

@@ -28,6 +28,7 @@ BAD = [
     (["model.dtype=float8"], "model.dtype='float8' is unknown"),
     (["generate.dtype=int4"], "generate.dtype='int4' is unknown"),
     (["verify.kind=nope"], "verify.kind='nope' is unknown"),
+    (["verify.chain=strict"], "verify.chain='strict' is unknown"),
     (["task.verifier=nope"], "task.verifier='nope' is unknown"),
     (["task.prompt_format=nope"], "task.prompt_format='nope' is unknown"),
     (["objective=memphis", "generate.n=1"], "generate.n=1 cannot give"),
