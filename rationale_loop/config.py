@@ -240,6 +240,9 @@ class LaunchConfig:
 
     kind: str = "local"
     num_processes: int = 2
+    # auto: one process per GPU (by local rank) when GPUs are visible, else the CPU over gloo; cuda: GPUs
+    # required; cpu: the CPU over gloo even where GPUs are visible.
+    device: str = "auto"
     config_file: Optional[str] = None  # an `accelerate config` file; its settings apply before extra_args
     extra_args: List[str] = field(default_factory=list)  # more `accelerate launch` flags, as written
     zero_stage: int = 2  # deepspeed only
@@ -548,6 +551,7 @@ def _check_names(cfg: DictConfig) -> None:
     _one_of("average.method", cfg.average.method, ("none", "slerp", "linear"))
     _one_of("peft.method", cfg.peft.method, ("none", "lora", "qlora"))
     _one_of("launch.kind", cfg.launch.kind, ("local", "ddp", "fsdp", "deepspeed"))
+    _one_of("launch.device", cfg.launch.device, ("auto", "cuda", "cpu"))
     from rationale_loop.data.sources import ADAPTERS, PREFERENCE_SCHEMA, TEXT_SCHEMA
     from rationale_loop.data.templates import TEMPLATES
 
