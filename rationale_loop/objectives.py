@@ -20,8 +20,9 @@ import torch
 from rationale_loop.config import ObjectiveConfig, TrainConfig
 from rationale_loop.data.formats import ReasoningFormat
 from rationale_loop.encode import Encoded, Encoder
-from rationale_loop.shared_prompt import SharedRow, collate_rows, forward_logits, response_sums, response_token_logprobs
-from rationale_loop.losses import mixce_token_losses, rank_loss, sequence_logprobs, token_logprobs
+from rationale_loop.shared_prompt import SharedRow, collate_rows, response_sums
+from rationale_loop.losses import mixce_token_losses, rank_loss, sequence_logprobs
+from rationale_loop.token_loss import learned_logprobs, response_logprobs
 from rationale_loop.mine import unique_sides
 from rationale_loop.records import Generation, Pair, Problem
 
@@ -135,7 +136,7 @@ class SupervisedObjective:
         return {"nll": _learned_tokens(batch["labels"])}
 
     def loss_sums(self, model: torch.nn.Module, batch: dict[str, Any], train: TrainConfig) -> dict[str, torch.Tensor]:
-        logprobs, mask = token_logprobs(_forward(model, batch), batch["labels"])
+        logprobs, mask = learned_logprobs(model, batch, train.loss_chunk_tokens)  # padded or packed (packing.py)
         return {"nll": mixce_token_losses(logprobs, mask, train.mixce_eta).sum()}
 
 
@@ -284,30 +285,28 @@ class _RankedGroups:
         return {"anchor": _learned_tokens(labels[reused]) + _learned_tokens(labels[own]), "rank": len(batch["group_sizes"])}
 
     def scores(
-        self, model: torch.nn.Module, batch: dict[str, Any], mixce_eta: float = 1.0
+        self, model: torch.nn.Module, batch: dict[str, Any], mixce_eta: float = 1.0, chunk: int = 0
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(chosen scores [G], rejected scores [G, K], rejected mask [G, K], anchor (Mix)CE sum). The
         anchor is a token-level CE like SFT's, so `mixce_eta` (the stage's) mixes it the same way."""
         if "shared_mask" in batch:
-            return self._shared_scores(model, batch, mixce_eta)
+            return self._shared_scores(model, batch, mixce_eta, chunk)
         sizes = batch["group_sizes"]
         groups, negatives = len(sizes), sum(sizes)
-        logits = _forward(model, batch)
+        logprobs, learned = learned_logprobs(model, batch, chunk)  # chunk: token_loss.py
         ranked = groups + negatives
-        sums, counts = sequence_logprobs(logits[:ranked], batch["labels"][:ranked])
+        sums, counts = logprobs[:ranked].sum(dim=1), learned[:ranked].sum(dim=1)
         scores = sums / counts.clamp(min=1)
         rejected, mask = _by_group(scores[groups:ranked], sizes)
         reused, own = self._anchor_rows(batch)
-        anchor_nll = logits.new_zeros(())
+        anchor_nll = logprobs.new_zeros(())
         for rows in (reused, own):
-            anchor_logprobs, anchor_mask = token_logprobs(logits[rows], batch["labels"][rows])
-            anchor_nll = anchor_nll + mixce_token_losses(anchor_logprobs, anchor_mask, mixce_eta).sum()
+            anchor_nll = anchor_nll + mixce_token_losses(logprobs[rows], learned[rows], mixce_eta).sum()
         return scores[:groups], rejected, mask, anchor_nll
 
     @staticmethod
-    def _shared_scores(model: torch.nn.Module, batch: dict[str, Any], mixce_eta: float) -> tuple[torch.Tensor, ...]:
-        logits = forward_logits(model, batch)
-        logprobs = response_token_logprobs(logits, batch)
+    def _shared_scores(model: torch.nn.Module, batch: dict[str, Any], mixce_eta: float, chunk: int = 0) -> tuple[torch.Tensor, ...]:
+        logprobs = response_logprobs(model, batch, chunk)
         sums, counts = response_sums(logprobs, batch)
         scores = sums / counts.clamp(min=1)
         rejected, mask = _by_group(scores[batch["rejected_responses"]], batch["group_sizes"])
@@ -393,7 +392,7 @@ class MemphisObjective(_RankedGroups):
         return _rank_items(data, self.cfg.anchor, self.cfg.listwise)
 
     def loss_sums(self, model: torch.nn.Module, batch: dict[str, Any], train: TrainConfig) -> dict[str, torch.Tensor]:
-        chosen, rejected, mask, anchor_nll = self.scores(model, batch, train.mixce_eta)
+        chosen, rejected, mask, anchor_nll = self.scores(model, batch, train.mixce_eta, train.loss_chunk_tokens)
         return {"anchor": anchor_nll, "rank": rank_loss(chosen, rejected, mask).sum()}
 
 
@@ -412,7 +411,7 @@ class CpoSimpoObjective(_RankedGroups):
         return _rank_items(data, "chosen")
 
     def loss_sums(self, model: torch.nn.Module, batch: dict[str, Any], train: TrainConfig) -> dict[str, torch.Tensor]:
-        chosen, rejected, _, anchor_nll = self.scores(model, batch, train.mixce_eta)
+        chosen, rejected, _, anchor_nll = self.scores(model, batch, train.mixce_eta, train.loss_chunk_tokens)
         margin = self.cfg.beta * (chosen - rejected[:, 0]) - self.cfg.gamma
         return {"rank": pairwise_sigmoid_loss(margin).sum(), "anchor": anchor_nll}
 

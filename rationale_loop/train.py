@@ -28,8 +28,9 @@ from rationale_loop.encode import Encoder
 from rationale_loop.errors import CheckpointError, NonFiniteError
 from rationale_loop.faults import crash_point
 from rationale_loop.model import freeze_embeddings, neftune, refuse_non_finite_weights
-from rationale_loop.objectives import Objective
+from rationale_loop.objectives import Objective, SupervisedObjective
 from rationale_loop.optim import build_optimizer, cosine_with_warmup
+from rationale_loop.packing import collate_packed, pack_indices
 from rationale_loop.records import atomic_writer
 
 log = logging.getLogger(__name__)
@@ -140,10 +141,7 @@ def train(
             sort = cfg.sort_by_length and (accelerator.num_processes > 1 or cfg.micro_batch_size < len(batch_indices))
             ordered = sorted(batch_indices, key=lambda i: lengths[i]) if sort else batch_indices
             share, weight = process_share(ordered, accelerator.process_index, accelerator.num_processes)
-            micro_batches = [
-                objective.collate([kept[i] for i in share[j : j + cfg.micro_batch_size]], encoder)
-                for j in range(0, len(share), cfg.micro_batch_size)
-            ]
+            micro_batches = cut_micro_batches(objective, [kept[i] for i in share], encoder, cfg)
             step_terms = accumulate_gradients(model, objective, micro_batches, cfg, accelerator, weight)
             real, forwarded = _sum_over_processes(accelerator, [
                 weight * sum(int(m["attention_mask"].sum()) for m in micro_batches),
@@ -324,6 +322,17 @@ def process_share(batch: list[int], rank: int, processes: int) -> tuple[list[int
     take part in the gradient all-reduce: it forwards one item with weight 0, which adds nothing."""
     share = batch[rank::processes]
     return (share, 1.0) if share else (batch[:1], 0.0)
+
+
+def cut_micro_batches(objective: Objective, encoded: list[Any], encoder: Encoder, cfg: TrainConfig) -> list[dict[str, Any]]:
+    """One process's share of a step, collated: micro_batch_size rows padded to their longest, or, with
+    cfg.packing and a token-level objective, packed end to end in at most micro_batch_tokens tokens
+    (packing.py). The gradient is the same either way (token-weighted over the whole batch)."""
+    if cfg.packing and isinstance(objective, SupervisedObjective):
+        budget = cfg.micro_batch_tokens or cfg.micro_batch_size * cfg.max_length
+        groups = pack_indices([len(e.input_ids) for e in encoded], budget)
+        return [collate_packed([encoded[i] for i in group]) for group in groups]
+    return [objective.collate(encoded[j : j + cfg.micro_batch_size], encoder) for j in range(0, len(encoded), cfg.micro_batch_size)]
 
 
 def _sum_over_processes(accelerator: Accelerator, values: list[float]) -> list[float]:
