@@ -11,9 +11,12 @@ so every token's hidden state is the one it has in its own padded row, and the l
 path's: a row's first label is never learned from the row before it (it is set to -100, which a prompt
 token's label already is). The forward pass spends no compute on padding.
 
-Attention is kept inside each row by a block-diagonal causal mask for sdpa and eager attention (a
-[1, 1, N, N] mask built on the device, N the packed length), and by the restarting position ids alone
-for flash attention, which transformers turns into variable-length (cu_seqlens) calls.
+With flash attention a micro-batch is one row, and the restarting position ids alone keep attention
+inside each original row: transformers turns them into variable-length (cu_seqlens) kernel calls. With
+sdpa or eager attention a block-diagonal causal mask does it, and that attention costs the square of
+the packed row's length whatever the mask hides; so there the micro-batch is cut into rows of at most
+`width` tokens (the step's longest row: first fit, in order), each several originals end to end and
+padded to the widest, which keeps attention's cost per token that of the padded path.
 """
 
 from __future__ import annotations
@@ -41,22 +44,43 @@ def pack_indices(lengths: Sequence[int], budget: int) -> list[list[int]]:
     return groups
 
 
-def collate_packed(examples: Sequence[Encoded]) -> dict[str, Any]:
-    """One packed row: input_ids, labels, position_ids and row_of_token, each [1, N]; attention_mask is all
-    ones (every position is a real token: the training loop counts tokens and padding with it)."""
-    input_ids: list[int] = []
-    labels: list[int] = []
-    positions: list[int] = []
-    rows: list[int] = []
-    for row, example in enumerate(examples):
-        input_ids += example.input_ids
-        # The first token is not predicted from the previous row's last one.
-        labels += [IGNORE_INDEX, *example.labels[1:]]
-        positions += range(len(example.input_ids))
-        rows += [row] * len(example.input_ids)
-    as_row = lambda values: torch.tensor(values, dtype=torch.long).unsqueeze(0)  # noqa: E731
-    return {"input_ids": as_row(input_ids), "labels": as_row(labels), "position_ids": as_row(positions),
-            "row_of_token": as_row(rows), "attention_mask": torch.ones(1, len(input_ids), dtype=torch.long)}
+def collate_packed(examples: Sequence[Encoded], width: int = 0) -> dict[str, Any]:
+    """Packed rows: input_ids, labels, position_ids, row_of_token (which original row, -1 on padding) and
+    attention_mask (1 on real tokens: the training loop counts tokens and padding with it), each [R, W].
+    width 0: one row of everything, no padding; else rows of at most `width` tokens (first fit, in order;
+    an original longer than that has a row of its own)."""
+    bins: list[list[int]] = []
+    fills: list[int] = []
+    for index, example in enumerate(examples):
+        length = len(example.input_ids)
+        if width <= 0:
+            place = 0 if bins else None
+        else:
+            place = next((b for b, fill in enumerate(fills) if fill + length <= width), None)
+        if place is None:
+            bins.append([])
+            fills.append(0)
+            place = len(bins) - 1
+        bins[place].append(index)
+        fills[place] += length
+    shape = (len(bins), max(fills, default=0))
+    input_ids = torch.zeros(shape, dtype=torch.long)  # padding's id is never seen by a real token
+    labels = torch.full(shape, IGNORE_INDEX, dtype=torch.long)
+    positions = torch.zeros(shape, dtype=torch.long)
+    rows = torch.full(shape, -1, dtype=torch.long)
+    for b, members in enumerate(bins):
+        start = 0
+        for index in members:
+            example = examples[index]
+            length = len(example.input_ids)
+            input_ids[b, start : start + length] = torch.tensor(example.input_ids)
+            # The first token is not predicted from the previous original's last one.
+            labels[b, start + 1 : start + length] = torch.tensor(example.labels[1:], dtype=torch.long)
+            positions[b, start : start + length] = torch.arange(length)
+            rows[b, start : start + length] = index
+            start += length
+    return {"input_ids": input_ids, "labels": labels, "position_ids": positions, "row_of_token": rows,
+            "attention_mask": (rows >= 0).long()}
 
 
 def attention_implementation(model: torch.nn.Module) -> str:
@@ -69,13 +93,20 @@ def forward_packed(model: torch.nn.Module, batch: dict[str, Any]) -> Any:
     input_ids = batch["input_ids"]
     positions = batch["position_ids"].to(input_ids.device)
     attention = attention_implementation(model)
-    if attention.startswith("flash"):
+    if attention.startswith("flash") and input_ids.size(0) == 1:
         # No mask: transformers reads the restarts of position_ids as sequence boundaries (varlen kernels).
         return model(input_ids=input_ids, position_ids=positions)
+    if attention.startswith("flash"):
+        raise ValueError("a packed batch cut into rows of a width (for sdpa or eager attention) reached flash attention")
     rows = batch["row_of_token"].to(input_ids.device)
     width = rows.size(1)
     causal = torch.ones((width, width), dtype=torch.bool, device=rows.device).tril()
-    sees = (causal & (rows.unsqueeze(2) == rows.unsqueeze(1))).unsqueeze(1)  # [1, 1, N, N]
+    query, key = rows.unsqueeze(2), rows.unsqueeze(1)  # [R, W, 1], [R, 1, W]
+    # A real token sees its own original's past; padding sees itself only (a query that sees nothing
+    # would make softmax NaN).
+    sees = causal & (query == key) & (query >= 0)
+    sees |= torch.eye(width, dtype=torch.bool, device=rows.device) & (query < 0)
+    sees = sees.unsqueeze(1)  # [R, 1, W, W]
     if attention == "eager":  # eager attention adds a float mask; sdpa takes a boolean one as is
         dtype = next(model.parameters()).dtype
         sees = torch.zeros(sees.shape, dtype=dtype, device=sees.device).masked_fill(~sees, torch.finfo(dtype).min)

@@ -69,15 +69,27 @@ def test_a_packed_row_restarts_positions_and_learns_no_token_across_rows(tokeniz
     assert batch["labels"][0, first] == -100 and batch["attention_mask"].all()
 
 
+def test_rows_of_a_width_are_filled_first_fit_and_padded_to_the_widest():
+    from rationale_loop.encode import Encoded
+
+    rows = [Encoded([1] * n, [5] * n) for n in (3, 4, 2, 1)]
+    batch = collate_packed(rows, width=5)
+    assert batch["row_of_token"].tolist() == [[0, 0, 0, 2, 2], [1, 1, 1, 1, 3]]
+    assert collate_packed(rows[:2], width=5)["attention_mask"].tolist() == [[1, 1, 1, 0], [1, 1, 1, 1]]
+    assert collate_packed(rows[:2], width=5)["labels"][0].tolist() == [-100, 5, 5, -100]
+
+
 @pytest.mark.parametrize("chunk", [0, 6])
-def test_packed_sft_has_the_padded_loss_and_gradients(tokenizer, chunk):
+@pytest.mark.parametrize("one_row", [True, False])
+def test_packed_sft_has_the_padded_loss_and_gradients(tokenizer, chunk, one_row):
     model, objective, encoder = tiny_model(tokenizer), SupervisedObjective(), Encoder(tokenizer, 256)
     encoded = [objective.encode(item, encoder) for item in ITEMS]
     padded_cfg = TrainConfig(micro_batch_size=2, max_length=256, loss_chunk_tokens=chunk)
     budget = len(encoded[0].input_ids) + len(encoded[1].input_ids)  # the first two rows fill one micro-batch
     packed_cfg = TrainConfig(micro_batch_size=2, max_length=256, loss_chunk_tokens=chunk, packing=True, micro_batch_tokens=budget)
-    packed = cut_micro_batches(objective, encoded, encoder, packed_cfg)
+    packed = cut_micro_batches(objective, encoded, encoder, packed_cfg, one_row)
     assert 1 < len(packed) < len(ITEMS), "the budget packs some rows together and cuts the step in more than one"
+    assert not one_row or all(m["input_ids"].size(0) == 1 for m in packed)
     _assert_same(_loss_and_grads(model, objective, packed, packed_cfg),
                  _loss_and_grads(model, objective, cut_micro_batches(objective, encoded, encoder, padded_cfg), padded_cfg))
 
