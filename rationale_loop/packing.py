@@ -15,7 +15,7 @@ With flash attention a micro-batch is one row, and the restarting position ids a
 inside each original row: transformers turns them into variable-length (cu_seqlens) kernel calls. With
 sdpa or eager attention a block-diagonal causal mask does it, and that attention costs the square of
 the packed row's length whatever the mask hides; so there the micro-batch is cut into rows of at most
-`width` tokens (the step's longest row: first fit, in order), each several originals end to end and
+`width` tokens (the step's longest row: first fit decreasing), each several originals end to end and
 padded to the widest, which keeps attention's cost per token that of the padded path.
 """
 
@@ -47,12 +47,14 @@ def pack_indices(lengths: Sequence[int], budget: int) -> list[list[int]]:
 def collate_packed(examples: Sequence[Encoded], width: int = 0) -> dict[str, Any]:
     """Packed rows: input_ids, labels, position_ids, row_of_token (which original row, -1 on padding) and
     attention_mask (1 on real tokens: the training loop counts tokens and padding with it), each [R, W].
-    width 0: one row of everything, no padding; else rows of at most `width` tokens (first fit, in order;
+    width 0: one row of everything, no padding; else rows of at most `width` tokens (first fit decreasing;
     an original longer than that has a row of its own)."""
     bins: list[list[int]] = []
     fills: list[int] = []
-    for index, example in enumerate(examples):
-        length = len(example.input_ids)
+    # Longest first (first fit decreasing): short rows fill the gaps the long ones leave. Where a row sits
+    # changes no number: each sees only itself.
+    for index in sorted(range(len(examples)), key=lambda i: -len(examples[i].input_ids)):
+        length = len(examples[index].input_ids)
         if width <= 0:
             place = 0 if bins else None
         else:
@@ -70,7 +72,7 @@ def collate_packed(examples: Sequence[Encoded], width: int = 0) -> dict[str, Any
     rows = torch.full(shape, -1, dtype=torch.long)
     for b, members in enumerate(bins):
         start = 0
-        for index in members:
+        for index in sorted(members):
             example = examples[index]
             length = len(example.input_ids)
             input_ids[b, start : start + length] = torch.tensor(example.input_ids)

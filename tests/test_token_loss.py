@@ -74,9 +74,10 @@ def test_rows_of_a_width_are_filled_first_fit_and_padded_to_the_widest():
 
     rows = [Encoded([1] * n, [5] * n) for n in (3, 4, 2, 1)]
     batch = collate_packed(rows, width=5)
-    assert batch["row_of_token"].tolist() == [[0, 0, 0, 2, 2], [1, 1, 1, 1, 3]]
-    assert collate_packed(rows[:2], width=5)["attention_mask"].tolist() == [[1, 1, 1, 0], [1, 1, 1, 1]]
-    assert collate_packed(rows[:2], width=5)["labels"][0].tolist() == [-100, 5, 5, -100]
+    # Longest first: 4 opens a row, 3 another, 2 joins the 3 and 1 the 4; each row keeps its originals' order.
+    assert batch["row_of_token"].tolist() == [[1, 1, 1, 1, 3], [0, 0, 0, 2, 2]]
+    assert collate_packed(rows[:2], width=5)["attention_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 1, 0]]
+    assert collate_packed(rows[:2], width=5)["labels"][1].tolist() == [-100, 5, 5, -100]
 
 
 @pytest.mark.parametrize("chunk", [0, 6])
