@@ -1,7 +1,7 @@
 """Padding-free micro-batches for token-level training (train.packing).
 
-Rows of one micro-batch are laid end to end in a single row of at most `micro_batch_tokens` tokens,
-instead of each being padded to the longest:
+A micro-batch holds rows of at most `micro_batch_tokens` tokens together, laid end to end instead of
+each being padded to the longest:
 
     tokens    a a a a | b b | c c c
     position  0 1 2 3 | 0 1 | 0 1 2      (each row starts over)
@@ -9,7 +9,7 @@ instead of each being padded to the longest:
 
 so every token's hidden state is the one it has in its own padded row, and the loss is the padded
 path's: a row's first label is never learned from the row before it (it is set to -100, which a prompt
-token's label already is). The forward pass spends no compute on padding.
+token's label already is). In one row (flash attention) the forward pass spends nothing on padding.
 
 With flash attention a micro-batch is one row, and the restarting position ids alone keep attention
 inside each original row: transformers turns them into variable-length (cu_seqlens) kernel calls. With
