@@ -35,8 +35,11 @@ def fresh_accelerator_state():
 
 def cpu_only_env() -> dict[str, str]:
     """The environment for a test's subprocesses that run DDP over gloo: no GPU visible, so that two
-    processes do not land on one GPU (or on NCCL) on a machine with one, and one thread each."""
-    return {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    processes do not land on one GPU (or on NCCL) on a machine with one, and one thread each. A job script's
+    own folder, not the checkout, heads its sys.path: PYTHONPATH names the checkout, so that the job imports
+    this checkout's rationale_loop and not whichever one is installed."""
+    path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": path}
 
 
 @pytest.fixture(scope="session")

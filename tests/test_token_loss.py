@@ -116,3 +116,33 @@ def test_training_with_packing_and_chunks_reaches_the_padded_weights(tokenizer):
     assert max((plain[k] - fast[k]).abs().max().item() for k in plain) < 1e-5
     assert fast_result.tokens == plain_result.tokens and fast_result.padding_fraction == 0.0 < plain_result.padding_fraction
     assert [r["loss"] for r in fast_result.history] == pytest.approx([r["loss"] for r in plain_result.history], rel=1e-5)
+
+
+@pytest.mark.parametrize("stage, settings", [
+    ("sft", {"packing": True, "micro_batch_tokens": 60, "loss_chunk_tokens": 5}),
+    ("rank", {"loss_chunk_tokens": 5}),
+])
+def test_two_processes_with_packing_and_chunks_reach_the_plain_one_process_weights(tmp_path, stage, settings):
+    """Under DDP (2 processes over gloo) packed micro-batches differ in number between the processes, and
+    the chunked loss reads the head's weight outside the model's forward: the all-reduced gradient is still
+    the plain one-process one."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from conftest import cpu_only_env
+
+    job = str(Path(__file__).with_name("ddp_fast_job.py"))
+    plain = subprocess.run([sys.executable, job, str(tmp_path / "one"), stage, "{}"], capture_output=True, text=True,
+                           env=cpu_only_env(), check=False)
+    assert plain.returncode == 0, plain.stderr[-3000:]
+    fast = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", job,
+                           str(tmp_path / "two"), stage, json.dumps(settings)], capture_output=True, text=True,
+                          env=cpu_only_env(), check=False)
+    assert fast.returncode == 0, fast.stderr[-3000:]
+    a, b = (torch.load(tmp_path / name / "final.pt") for name in ("one", "two"))
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+    losses = [[r["loss"] for r in json.loads((tmp_path / name / "history.json").read_text())] for name in ("one", "two")]
+    assert len(losses[0]) == {"sft": 3, "rank": 2}[stage] and losses[0] == pytest.approx(losses[1], rel=1e-5)
