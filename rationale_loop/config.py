@@ -188,6 +188,14 @@ class TrainConfig:
     # Sort each optimizer step's batch by length before cutting it into micro-batches: less padding, the
     # same gradient (a token-weighted sum over the whole batch). false: the drawn order.
     sort_by_length: bool = True
+    # Per-token log-probabilities through the output head and log-softmax on this many learned tokens at a
+    # time, recomputed in the backward pass (rationale_loop/token_loss.py): the full-vocabulary fp32 logits
+    # of a micro-batch are never held. Same loss and gradients. 0: the plain path.
+    loss_chunk_tokens: int = 0
+    # Token-level objectives (sft, star): rows laid end to end in micro-batches of at most
+    # micro_batch_tokens tokens, no padding (rationale_loop/packing.py); 0 tokens: micro_batch_size * max_length.
+    packing: bool = False
+    micro_batch_tokens: int = 0
     log_every: int = 10
     # Optimizer steps between resumable training states (round_k/train_state.pt, deleted once the
     # phase ends); a crash then costs at most this many steps. 0: never saved, a crash restarts the phase.
@@ -249,6 +257,9 @@ class LaunchConfig:
 
     kind: str = "local"
     num_processes: int = 2
+    # auto: one process per GPU (by local rank) when GPUs are visible, else the CPU over gloo; cuda: GPUs
+    # required; cpu: the CPU over gloo even where GPUs are visible.
+    device: str = "auto"
     config_file: Optional[str] = None  # an `accelerate config` file; its settings apply before extra_args
     extra_args: List[str] = field(default_factory=list)  # more `accelerate launch` flags, as written
     zero_stage: int = 2  # deepspeed only
@@ -525,6 +536,9 @@ def _check_ranges(cfg: DictConfig) -> None:
     _require(cfg.peft.r >= 1, f"peft.r must be at least 1, got {cfg.peft.r}")
     _require(cfg.peft.alpha > 0, f"peft.alpha must be positive, got {cfg.peft.alpha}")
     _require(0.0 <= cfg.peft.dropout < 1.0, f"peft.dropout must be in [0, 1), got {cfg.peft.dropout}")
+    for stage in ("sft", "rank"):
+        _require(cfg[stage].loss_chunk_tokens >= 0, f"{stage}.loss_chunk_tokens must be >= 0 (0: off), got {cfg[stage].loss_chunk_tokens}")
+        _require(cfg[stage].micro_batch_tokens >= 0, f"{stage}.micro_batch_tokens must be >= 0, got {cfg[stage].micro_batch_tokens}")
     _require(cfg.launch.num_processes >= 1, f"launch.num_processes must be at least 1, got {cfg.launch.num_processes}")
     _require(len(cfg.peft.target_modules) > 0, "peft.target_modules is empty: name the modules that get an adapter")
     _require(cfg.report.pairs >= 0, f"report.pairs must be >= 0, got {cfg.report.pairs}")
@@ -573,6 +587,7 @@ def _check_names(cfg: DictConfig) -> None:
     _one_of("average.method", cfg.average.method, ("none", "slerp", "linear"))
     _one_of("peft.method", cfg.peft.method, ("none", "lora", "qlora"))
     _one_of("launch.kind", cfg.launch.kind, ("local", "ddp", "fsdp", "deepspeed"))
+    _one_of("launch.device", cfg.launch.device, ("auto", "cuda", "cpu"))
     from rationale_loop.data.sources import ADAPTERS, PREFERENCE_SCHEMA, TEXT_SCHEMA
     from rationale_loop.data.templates import TEMPLATES
 
@@ -633,6 +648,14 @@ def _check_combinations(cfg: DictConfig) -> None:
              f"objective.rationalize is STaR's and needs objective=star, not {objective.name!r}")
     _require(not (cfg.model.source == "pretrained" and not cfg.model.path), "model.path is required when model.source=pretrained")
     _require(not (cfg.task.source == "files" and not cfg.task.files), "task.source=files needs task.files (sft, pool and eval)")
+    _require(not (cfg.rank.packing and objective.name not in ("star", "sft")),
+             f"rank.packing packs token-level rows (objective star or sft); objective={objective.name} scores groups, "
+             "whose prompt objective.share_prompt already forwards once: set rank.packing=false")
+    sharded = cfg.launch.kind == "fsdp" or (cfg.launch.kind == "deepspeed" and cfg.launch.zero_stage == 3)
+    for stage in ("sft", "rank"):
+        _require(not (sharded and cfg[stage].loss_chunk_tokens > 0),
+                 f"{stage}.loss_chunk_tokens reads the output head's weight outside the forward pass, which launch={cfg.launch.kind} "
+                 f"keeps sharded there; set {stage}.loss_chunk_tokens=0")
     if cfg.peft.method == "qlora":
         import importlib.util
 

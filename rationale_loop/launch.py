@@ -6,11 +6,18 @@ the phase's training items from the round directory (the files the earlier phase
 config.yaml), so nothing but paths crosses the boundary; each trains on its share of every batch, and the
 main process writes train.json, the adapter and the checkpoint. A worker killed mid-phase leaves the
 training state of its last save, and the next call resumes from it, as in process.
+
+Devices (launch.device): "auto" puts each process on the GPU of its local rank (accelerate's --multi_gpu
+does the mapping) when GPUs are visible, and on the CPU over gloo when none is; "cuda" requires GPUs;
+"cpu" hides the GPUs from the workers so that they train on the CPU over gloo on purpose (tests, and
+machines whose GPU is busy generating). More processes than visible GPUs is refused before any work:
+accelerate would otherwise put two ranks on one GPU (rank % count), and NCCL fails there mid-run.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -38,10 +45,40 @@ def launch_command(cfg: Any, run: Path, k: int) -> list[str]:
             "-m", "rationale_loop.worker", str(run), str(k)]
 
 
+def visible_gpus() -> int:
+    """CUDA devices this process can see (CUDA_VISIBLE_DEVICES applies); 0 without CUDA."""
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def check_devices(cfg: Any) -> None:
+    """Refuse, in one line, a launch the visible GPUs cannot hold: one process per GPU."""
+    device = getattr(cfg, "device", "auto")
+    if cfg.kind == "local" or device == "cpu":
+        return
+    gpus = visible_gpus()
+    if device == "auto" and gpus == 0:
+        return  # no GPU at all: the processes train on the CPU over gloo, as launch.device=cpu would
+    if cfg.num_processes > gpus:
+        raise UserError(f"launch.num_processes={cfg.num_processes} needs one GPU per process, and {gpus} GPU(s) are visible: "
+                        f"set launch.num_processes to at most {gpus}, or launch.device=cpu to train on the CPU over gloo")
+
+
+def worker_env(cfg: Any) -> dict[str, str]:
+    """The workers' environment: with launch.device=cpu, no GPU visible, so that accelerate picks gloo and
+    train() the CPU."""
+    env = dict(os.environ)
+    if getattr(cfg, "device", "auto") == "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    return env
+
+
 def run_training_worker(cfg: Any, run: Path, k: int) -> None:
+    check_devices(cfg)
     command = launch_command(cfg, run, k)
     log.info("round %d: training in %d %s process(es): %s", k, cfg.num_processes, cfg.kind, " ".join(command))
-    finished = subprocess.run(command, check=False)
+    finished = subprocess.run(command, check=False, env=worker_env(cfg))
     if finished.returncode != 0:
         raise UserError(f"round {k}: the training worker ({cfg.kind}, {cfg.num_processes} processes) failed with exit "
                         f"status {finished.returncode} (its output is above); the next call resumes from its last saved state")

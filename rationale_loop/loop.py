@@ -818,6 +818,10 @@ def open_run(cfg: DictConfig, overrides: list[str] | None = None) -> Iterator["R
     from rationale_loop.lock import run_lock
 
     validate(cfg)
+    if cfg.launch.kind != "local":  # more processes than GPUs: refused before the run does any work
+        from rationale_loop.launch import check_devices
+
+        check_devices(cfg.launch)
     with run_lock(run_dir(cfg)), _run_log(run_dir(cfg) / "rationale_loop.log"):
         yield Run(cfg, overrides=overrides)
 

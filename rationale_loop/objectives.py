@@ -20,8 +20,9 @@ import torch
 from rationale_loop.config import ObjectiveConfig, TrainConfig
 from rationale_loop.data.formats import ReasoningFormat
 from rationale_loop.encode import Encoded, Encoder
-from rationale_loop.shared_prompt import SharedRow, collate_rows, forward_logits, response_sums, response_token_logprobs
-from rationale_loop.losses import dpo_loss, mixce_token_losses, rank_loss, sequence_logprobs, token_logprobs
+from rationale_loop.shared_prompt import SharedRow, collate_rows, response_sums
+from rationale_loop.losses import dpo_loss, mixce_token_losses, rank_loss, sequence_logprobs
+from rationale_loop.token_loss import learned_logprobs, response_logprobs
 from rationale_loop.mine import unique_sides
 from rationale_loop.rank_scope import scored_windows
 from rationale_loop.records import Generation, Pair, Problem
@@ -136,7 +137,7 @@ class SupervisedObjective:
         return {"nll": _learned_tokens(batch["labels"])}
 
     def loss_sums(self, model: torch.nn.Module, batch: dict[str, Any], train: TrainConfig) -> dict[str, torch.Tensor]:
-        logprobs, mask = token_logprobs(_forward(model, batch), batch["labels"])
+        logprobs, mask = learned_logprobs(model, batch, train.loss_chunk_tokens)  # padded or packed (packing.py)
         return {"nll": mixce_token_losses(logprobs, mask, train.mixce_eta).sum()}
 
 
@@ -384,36 +385,33 @@ class _RankedGroups:
             units["floor"] = groups
         return units
 
-    def scores(self, model: torch.nn.Module, batch: dict[str, Any], mixce_eta: float = 1.0) -> GroupScores:
+    def scores(self, model: torch.nn.Module, batch: dict[str, Any], mixce_eta: float = 1.0, chunk: int = 0) -> GroupScores:
         """Every ranked response's log-probability sum and token count, and the anchor's (Mix)CE sum. The
         anchor is a token-level CE like SFT's, so `mixce_eta` (the stage's) mixes it the same way."""
         if "shared_mask" in batch:
-            return self._shared_scores(model, batch, mixce_eta)
+            return self._shared_scores(model, batch, mixce_eta, chunk)
         sizes = batch["group_sizes"]
         groups, negatives = len(sizes), sum(sizes)
-        logits = _forward(model, batch)
+        logprobs, learned = learned_logprobs(model, batch, chunk)  # chunk: token_loss.py
         ranked = groups + negatives
-        logprobs, learned = token_logprobs(logits[:ranked], batch["labels"][:ranked])
-        whole, whole_tokens = logprobs.sum(dim=1), learned.sum(dim=1)
+        whole, whole_tokens = logprobs[:ranked].sum(dim=1), learned[:ranked].sum(dim=1)
         if "rank_mask" in batch:
             scored = batch["rank_mask"][:ranked].to(logprobs.device)
-            sums, counts = (logprobs * scored).sum(dim=1), scored.sum(dim=1)
+            sums, counts = (logprobs[:ranked] * scored).sum(dim=1), scored.sum(dim=1)
         else:
             sums, counts = whole, whole_tokens
         rejected, mask = _by_group(sums[groups:ranked], sizes)
         rejected_tokens, _ = _by_group(counts[groups:ranked], sizes)
         reused, own = self._anchor_rows(batch)
-        anchor_nll = logits.new_zeros(())
+        anchor_nll = logprobs.new_zeros(())
         for rows in (reused, own):
-            anchor_logprobs, anchor_mask = token_logprobs(logits[rows], batch["labels"][rows])
-            anchor_nll = anchor_nll + mixce_token_losses(anchor_logprobs, anchor_mask, mixce_eta).sum()
+            anchor_nll = anchor_nll + mixce_token_losses(logprobs[rows], learned[rows], mixce_eta).sum()
         return GroupScores(sums[:groups], counts[:groups], rejected, rejected_tokens, mask, anchor_nll,
                            whole[:groups], whole_tokens[:groups])
 
     @staticmethod
-    def _shared_scores(model: torch.nn.Module, batch: dict[str, Any], mixce_eta: float) -> GroupScores:
-        logits = forward_logits(model, batch)
-        logprobs = response_token_logprobs(logits, batch)
+    def _shared_scores(model: torch.nn.Module, batch: dict[str, Any], mixce_eta: float, chunk: int = 0) -> GroupScores:
+        logprobs = response_logprobs(model, batch, chunk)
         whole, whole_tokens = response_sums(logprobs, batch)
         if "rank_token" in batch:
             sums, counts = response_sums(logprobs, batch, batch["rank_token"].to(logprobs.device))
@@ -545,7 +543,7 @@ class MemphisObjective(_RankedGroups):
         return _rank_items(data, self.cfg.anchor, self.cfg.listwise)
 
     def loss_sums(self, model: torch.nn.Module, batch: dict[str, Any], train: TrainConfig) -> dict[str, torch.Tensor]:
-        scores = self.scores(model, batch, train.mixce_eta)
+        scores = self.scores(model, batch, train.mixce_eta, train.loss_chunk_tokens)
         chosen, rejected = self.ranked(scores)
         return {"anchor": scores.anchor_nll, "rank": rank_loss(chosen, rejected, scores.mask).sum(), **self.floor_sum(chosen, batch)}
 
@@ -567,7 +565,7 @@ class CpoSimpoObjective(_RankedGroups):
         return _rank_items(data, "chosen")
 
     def loss_sums(self, model: torch.nn.Module, batch: dict[str, Any], train: TrainConfig) -> dict[str, torch.Tensor]:
-        scores = self.scores(model, batch, train.mixce_eta)
+        scores = self.scores(model, batch, train.mixce_eta, train.loss_chunk_tokens)
         chosen, rejected = self.ranked(scores)
         margin = self.cfg.beta * (chosen - rejected[:, 0]) - self.cfg.gamma
         return {"rank": pairwise_sigmoid_loss(margin).sum(), "anchor": scores.anchor_nll, **self.floor_sum(chosen, batch)}
@@ -601,7 +599,7 @@ class RpoObjective(_RankedGroups):
         return {"dpo": groups, "nll": groups, **({"floor": groups} if self.chosen_floor > 0 else {})}
 
     def loss_sums(self, model: torch.nn.Module, batch: dict[str, Any], train: TrainConfig) -> dict[str, torch.Tensor]:
-        scores = self.scores(model, batch, train.mixce_eta)
+        scores = self.scores(model, batch, train.mixce_eta, train.loss_chunk_tokens)
         chosen, rejected = self.ranked(scores)
         reference_chosen = batch["reference_chosen"].to(chosen.device, chosen.dtype)
         reference_rejected = batch["reference_rejected"][:, 0].to(chosen.device, chosen.dtype)

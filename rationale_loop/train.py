@@ -28,8 +28,9 @@ from rationale_loop.encode import Encoder
 from rationale_loop.errors import CheckpointError, NonFiniteError
 from rationale_loop.faults import crash_point
 from rationale_loop.model import freeze_embeddings, neftune, refuse_non_finite_weights
-from rationale_loop.objectives import Objective
+from rationale_loop.objectives import Objective, SupervisedObjective
 from rationale_loop.optim import build_optimizer, cosine_with_warmup
+from rationale_loop.packing import attention_implementation, collate_packed, pack_indices
 from rationale_loop.records import atomic_writer
 
 log = logging.getLogger(__name__)
@@ -126,6 +127,7 @@ def train(
         history, earlier_seconds, tokens = resumed["history"], resumed["seconds"], resumed.get("tokens", 0)
         padded = resumed.get("padded", 0)
     model, optimizer = accelerator.prepare(model, optimizer)
+    one_row_packs = attention_implementation(model).startswith("flash")  # varlen kernels: see packing.py
     first_step = len(history) + 1
     writer = _tensorboard(log_dir, first_step, accelerator)
 
@@ -140,10 +142,7 @@ def train(
             sort = cfg.sort_by_length and (accelerator.num_processes > 1 or cfg.micro_batch_size < len(batch_indices))
             ordered = sorted(batch_indices, key=lambda i: lengths[i]) if sort else batch_indices
             share, weight = process_share(ordered, accelerator.process_index, accelerator.num_processes)
-            micro_batches = [
-                objective.collate([kept[i] for i in share[j : j + cfg.micro_batch_size]], encoder)
-                for j in range(0, len(share), cfg.micro_batch_size)
-            ]
+            micro_batches = cut_micro_batches(objective, [kept[i] for i in share], encoder, cfg, one_row_packs)
             step_terms = accumulate_gradients(model, objective, micro_batches, cfg, accelerator, weight)
             real, forwarded = _sum_over_processes(accelerator, [
                 weight * sum(int(m["attention_mask"].sum()) for m in micro_batches),
@@ -324,6 +323,20 @@ def process_share(batch: list[int], rank: int, processes: int) -> tuple[list[int
     take part in the gradient all-reduce: it forwards one item with weight 0, which adds nothing."""
     share = batch[rank::processes]
     return (share, 1.0) if share else (batch[:1], 0.0)
+
+
+def cut_micro_batches(objective: Objective, encoded: list[Any], encoder: Encoder, cfg: TrainConfig,
+                      one_row: bool = False) -> list[dict[str, Any]]:
+    """One process's share of a step, collated: micro_batch_size rows padded to their longest, or, with
+    cfg.packing and a token-level objective, packed end to end in at most micro_batch_tokens tokens
+    (packing.py): in one row (`one_row`, for flash attention), else in rows as wide as the share's longest.
+    The gradient is the same either way (token-weighted over the whole batch)."""
+    if cfg.packing and isinstance(objective, SupervisedObjective):
+        lengths = [len(e.input_ids) for e in encoded]
+        budget = cfg.micro_batch_tokens or cfg.micro_batch_size * cfg.max_length
+        width = 0 if one_row else max(lengths, default=0)
+        return [collate_packed([encoded[i] for i in group], width) for group in pack_indices(lengths, budget)]
+    return [objective.collate(encoded[j : j + cfg.micro_batch_size], encoder) for j in range(0, len(encoded), cfg.micro_batch_size)]
 
 
 def _sum_over_processes(accelerator: Accelerator, values: list[float]) -> list[float]:

@@ -19,6 +19,29 @@ def shared_data_dir() -> Path | None:
     return None
 
 
+@pytest.fixture(autouse=True)
+def fresh_accelerator_state():
+    """Each test's Accelerator starts from nothing: accelerate keeps one process-wide state, and a test that
+    asks for Accelerator(cpu=True) after another test's train() settled on a GPU is refused ("AcceleratorState
+    has already been initialized")."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
+def cpu_only_env() -> dict[str, str]:
+    """The environment for a test's subprocesses that run DDP over gloo: no GPU visible, so that two
+    processes do not land on one GPU (or on NCCL) on a machine with one, and one thread each. A job script's
+    own folder, not the checkout, heads its sys.path: PYTHONPATH names the checkout, so that the job imports
+    this checkout's rationale_loop and not whichever one is installed."""
+    path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": path}
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     path = shared_data_dir()

@@ -60,6 +60,10 @@ BAD = [
     (["data.decontaminate_against=[/no/such/gsm8k_test.jsonl]"], "data.decontaminate_against[0]=/no/such/gsm8k_test.jsonl: no such file"),
     (["launch.kind=slurm"], "launch.kind='slurm' is unknown"),
     (["peft=lora", "peft.r=0"], "peft.r must be at least 1"),
+    (["launch.device=tpu"], "launch.device='tpu' is unknown"),
+    (["sft.loss_chunk_tokens=-1"], "sft.loss_chunk_tokens must be >= 0"),
+    (["objective=memphis", "rank.packing=true"], "rank.packing packs token-level rows"),
+    (["launch=fsdp", "rank.loss_chunk_tokens=4096"], "rank.loss_chunk_tokens reads the output head's weight"),
 ]
 
 
@@ -76,6 +80,7 @@ def test_a_bad_value_is_refused_naming_the_key(overrides, message):
     ["generate.temperature=0", "generate.n=1"],
     ["objective=rpo", "objective.rank_scope=step"],
     ["objective=cpo_simpo", "objective.chosen_floor=5", "objective.detach_rejected=true", "objective.rank_scope=divergent"],
+    ["objective=star", "sft.packing=true", "rank.packing=true", "sft.loss_chunk_tokens=2048", "launch=ddp"],
     ["run=sweep-r1/rank.lr:1e-07+objective:star"],  # the run names make sweep gives its jobs
 ])
 def test_good_combinations_pass(overrides):

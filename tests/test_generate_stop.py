@@ -13,7 +13,21 @@ from rationale_loop.generate.base import Completion
 from rationale_loop.generate.hf import cut_at_stop
 
 
+def _stop_string_from(text: str) -> str:
+    """Three letters or digits from the first third of the model's own greedy text, with more text after
+    them: a string the greedy path is known to write, away from the prompt and the end. Letters and digits
+    only, so that no tokenizer's space clean-up moves it between the tokens and the decoded text."""
+    for start in range(len(text) // 3, len(text) - 8):
+        window = text[start : start + 3]
+        if window.isalnum():
+            return window
+    raise AssertionError(f"the trained model's greedy completion is too short to cut: {text!r}")
+
+
 def test_generation_stops_at_the_stop_string(two_round_run):
+    """The case comes from the model's own greedy output, not from what a half-trained model is expected
+    to write (that differs between CPUs and GPUs): greedy decoding with a stop string follows the same path
+    until the string's first appearance, and ends there, without it."""
     from rationale_loop.generate.hf import HFBackend
     from rationale_loop.model import load_model, load_tokenizer
 
@@ -21,14 +35,13 @@ def test_generation_stops_at_the_stop_string(two_round_run):
     backend = HFBackend(load_model(checkpoint), load_tokenizer(checkpoint), batch_size=4)
     prompts = [TINYCOT.prompt(q) for q in ("Ann has 3 pens. She finds 2 more. How many pens does Ann have now?",
                                            "Ben has 12 coins. He loses 5. How many coins does Ben have now?")]
-    greedy = Sampling(n=1, temperature=0.0, max_new_tokens=48)
-    whole = [c for _, cs in sorted(backend.generate(prompts, greedy)) for c in cs]
-    assert all("### Answer:" in c.text for c in whole), "the trained model writes the answer header"
-    stopped = [c for _, cs in sorted(backend.generate(prompts, Sampling(n=1, temperature=0.0, max_new_tokens=48, stop=("### Answer:",))))
-               for c in cs]
-    for full, cut in zip(whole, stopped):
-        assert cut.text == full.text[: full.text.index("### Answer:")] and cut.finish_reason == "stop"
-        assert cut.num_tokens < full.num_tokens, "generation ended at the stop string, not at EOS"
+    for prompt in prompts:
+        greedy = Sampling(n=1, temperature=0.0, max_new_tokens=48)
+        [(_, [full])] = backend.generate([prompt], greedy)
+        stop = _stop_string_from(full.text)
+        [(_, [cut])] = backend.generate([prompt], Sampling(n=1, temperature=0.0, max_new_tokens=48, stop=(stop,)))
+        assert cut.text == full.text[: full.text.index(stop)] and cut.finish_reason == "stop", (stop, full.text)
+        assert cut.num_tokens < full.num_tokens, "generation ended at the stop string, not at EOS or the length limit"
 
 
 def test_cut_at_stop_takes_the_earliest_string():

@@ -1,6 +1,7 @@
 """launch=ddp: the Hydra process starts each round's training phase as a worker under `accelerate
-launch` with 2 real processes (gloo on CPU), which share every batch; the run ends as the in-process run
-does, and the round's record says how many processes trained it."""
+launch` with 2 real processes (gloo on the CPU: launch.device=cpu, so the same on a machine with one GPU),
+which share every batch; the run ends as the in-process run does, and the round's record says how many
+processes trained it. More processes than visible GPUs is refused before any work."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import json
 
 from safetensors.torch import load_file
 
-from rationale_loop.launch import launch_command
+from rationale_loop.launch import check_devices, launch_command, worker_env
 from rationale_loop.loop import run_loop
 
 from test_config import compose_config
@@ -19,7 +20,7 @@ def test_ddp_worker_rounds_match_the_in_process_run(tmp_path):
     # objective=sft: round 1 trains without needing samples (a 3-step SFT model writes few valid ones).
     common = [*QUICK, "rounds=1", "objective=sft", "rank.steps=2", f"output_root={tmp_path}/runs", f"model.cache_dir={tmp_path}/models"]
     local = run_loop(compose_config(*common, "run=local"))
-    ddp = run_loop(compose_config(*common, "run=ddp", "launch=ddp"))
+    ddp = run_loop(compose_config(*common, "run=ddp", "launch=ddp", "launch.device=cpu"))
     assert [r["round"] for r in ddp] == [r["round"] for r in local] == [0, 1]
     for k in (0, 1):
         summary = json.loads((tmp_path / f"runs/ddp/round_{k:02d}/train.json").read_text())
@@ -43,7 +44,7 @@ def test_a_killed_worker_fails_the_round_in_words_and_the_next_call_resumes_it(t
     from rationale_loop.errors import UserError
     from rationale_loop.faults import KILL_AT
 
-    overrides = [*QUICK, "launch=ddp", "sft.save_every=1", f"output_root={tmp_path}/runs", f"model.cache_dir={tmp_path}/models", "run=k"]
+    overrides = [*QUICK, "launch=ddp", "launch.device=cpu", "sft.save_every=1", f"output_root={tmp_path}/runs", f"model.cache_dir={tmp_path}/models", "run=k"]
     monkeypatch.setenv(KILL_AT, "train_step:2")  # only the workers train, so only they pass this point
     with pytest.raises(UserError, match="the training worker \\(ddp, 2 processes\\) failed"):
         run_loop(compose_config(*overrides))
@@ -53,3 +54,37 @@ def test_a_killed_worker_fails_the_round_in_words_and_the_next_call_resumes_it(t
     assert [r["round"] for r in run_loop(compose_config(*overrides))] == [0]
     captured = capfd.readouterr()
     assert (captured.out + captured.err).count("sft: resuming from step 2 of 3") == 2, "both worker processes resume from the saved step"
+
+
+def _gpus(monkeypatch, count: int) -> None:
+    """Pretend this machine has `count` GPUs (the check reads torch.cuda, nothing else)."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: count > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+
+
+def test_more_processes_than_gpus_is_refused_before_any_work(tmp_path, monkeypatch):
+    import pytest
+
+    from rationale_loop.errors import UserError
+
+    _gpus(monkeypatch, 1)
+    overrides = [*QUICK, "launch=ddp", "launch.num_processes=2", f"output_root={tmp_path}/runs", f"model.cache_dir={tmp_path}/models", "run=r"]
+    with pytest.raises(UserError, match=r"launch.num_processes=2 needs one GPU per process, and 1 GPU\(s\) are visible") as refused:
+        run_loop(compose_config(*overrides))
+    assert "\n" not in str(refused.value) and "launch.device=cpu" in str(refused.value)
+    assert not (tmp_path / "runs").exists(), "refused before the run directory was made"
+    # As many processes as GPUs, the CPU on purpose, or (auto) no GPU at all: no refusal.
+    check_devices(compose_config("launch=ddp", "launch.num_processes=1").launch)
+    check_devices(compose_config("launch=ddp", "launch.device=cpu").launch)
+    _gpus(monkeypatch, 0)
+    check_devices(compose_config("launch=ddp").launch)
+    with pytest.raises(UserError, match="0 GPU"):
+        check_devices(compose_config("launch=ddp", "launch.device=cuda").launch)
+
+
+def test_launch_device_cpu_hides_the_gpus_from_the_workers(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    assert worker_env(compose_config("launch=ddp", "launch.device=cpu").launch)["CUDA_VISIBLE_DEVICES"] == ""
+    assert worker_env(compose_config("launch=ddp").launch)["CUDA_VISIBLE_DEVICES"] == "0,1"

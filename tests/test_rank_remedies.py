@@ -3,6 +3,7 @@ rank_scope (divergent, step), detach_rejected, chosen_floor, and Iterative RPO (
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -60,15 +61,15 @@ def test_the_step_window_is_the_first_step_in_which_the_responses_part():
 def _token_grads(monkeypatch, objective, model, tokenizer, items):
     """The loss, the batch, and d loss / d log p of every learned token (shared-prompt layout)."""
     captured = {}
-    original = objectives_module.response_token_logprobs
+    original = objectives_module.response_logprobs
 
-    def spy(logits, batch):
-        logprobs = original(logits, batch)
+    def spy(model, batch, chunk=0):
+        logprobs = original(model, batch, chunk)
         logprobs.retain_grad()
         captured["logprobs"] = logprobs
         return logprobs
 
-    monkeypatch.setattr(objectives_module, "response_token_logprobs", spy)
+    monkeypatch.setattr(objectives_module, "response_logprobs", spy)
     encoder = Encoder(tokenizer, 256)
     encoded = [objective.encode(item, encoder) for item in items]
     objective.prepare(model, encoded, encoder, 8)
@@ -191,7 +192,7 @@ def test_the_floor_is_zero_above_the_start_and_lambda_times_the_drop_below(model
     assert encoded[0].reference[0] == pytest.approx(start, abs=1e-5)
 
     def floor(reference):
-        group = [objectives_module.replace(encoded[0], reference=(reference, encoded[0].reference[1]))]
+        group = [dataclasses.replace(encoded[0], reference=(reference, encoded[0].reference[1]))]
         batch = objective.collate(group, encoder)
         with torch.no_grad():
             terms = objective.loss_sums(model, batch, TrainConfig())
@@ -245,24 +246,27 @@ def test_rpo_is_dpo_against_the_starting_model_plus_alpha_times_the_chosen_nll_p
     ("rpo", {"rank_scope": "step"}),
     ("rpo", {}),
 ])
-def test_the_options_give_the_same_losses_and_gradients_with_and_without_the_shared_prompt(name, options, model, tokenizer):
+def test_the_options_give_the_same_losses_and_gradients_in_every_layout(name, options, model, tokenizer):
+    """Shared prompt or one row per response, full logits or the chunked loss (token_loss.py)."""
     other = TINYCOT.response("3 + 2 = 6. 6 + 4 = 10. 10 - 1 = 9.", "9")
     third = TINYCOT.response("3 + 2 = 5. 5 + 4 = 9. 9 - 1 = 7.", "7")
     items = [RankItem(PROMPT, CHOSEN, (REJECTED, other) if name == "memphis" else (REJECTED,), CHOSEN),
              RankItem(PROMPT, CHOSEN, (third,), CHOSEN)]
     results = []
-    for share in (True, False):
+    for share, chunk in ((True, 0), (False, 0), (True, 5), (False, 5)):
         objective = build_objective(ObjectiveConfig(name=name, anchor="chosen", share_prompt=share, **options))
         encoder = Encoder(tokenizer, 256)
         encoded = [objective.encode(item, encoder) for item in items]
         objective.prepare(model, encoded, encoder, 8)
         model.zero_grad()
         batch = objective.collate(encoded, encoder)
-        units, sums = objective.units(batch), objective.loss_sums(model, batch, TrainConfig())
+        units, sums = objective.units(batch), objective.loss_sums(model, batch, TrainConfig(loss_chunk_tokens=chunk))
         loss = sum(objective.coefficients[n] * sums[n] / units[n] for n in sums)
         loss.backward()
-        results.append((units, {n: float(v) for n, v in sums.items()}, [p.grad.clone() for p in model.parameters()]))
-    (units, sums, grads), (plain_units, plain_sums, plain_grads) = results
-    assert units == plain_units
-    assert sums.keys() == plain_sums.keys() and all(sums[n] == pytest.approx(plain_sums[n], rel=1e-5, abs=1e-7) for n in sums)
-    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(grads, plain_grads))
+        results.append((units, {n: float(v.detach()) for n, v in sums.items()}, [p.grad.clone() for p in model.parameters()]))
+    units, sums, grads = results[0]
+    for other_units, other_sums, other_grads in results[1:]:
+        assert other_units == units
+        assert other_sums.keys() == sums.keys()
+        assert all(other_sums[n] == pytest.approx(sums[n], rel=1e-5, abs=1e-7) for n in sums)
+        assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(other_grads, grads))

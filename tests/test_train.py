@@ -12,6 +12,8 @@ from rationale_loop.model import train_tokenizer
 from rationale_loop.objectives import SFTItem, SupervisedObjective
 from rationale_loop.train import accumulate_gradients, train
 
+from conftest import cpu_only_env
+
 ITEMS = [
     SFTItem(TINYCOT.prompt("Ann has 3 pens."), TINYCOT.response("3 + 2 = 5.", "5")),
     SFTItem(TINYCOT.prompt("Ben has 12 pens. He finds 7 more. Then it doubles."), TINYCOT.response("12 + 7 = 19. 19 * 2 = 38.", "38")),
@@ -57,14 +59,16 @@ def test_frozen_embeddings_stay_put_while_the_rest_trains(tokenizer):
     cfg = TrainConfig(lr=1e-2, batch_size=2, micro_batch_size=1, warmup_ratio=0.0, max_length=256, freeze_embeddings=True)
     result = train(model, tokenizer, ITEMS, SupervisedObjective(), cfg, seed=0, desc="test")
     assert result.steps == 2
-    after = dict(model.named_parameters())
+    # train() moves the model to its device (a GPU where there is one): compare on the CPU.
+    after = {n: p.detach().cpu() for n, p in model.named_parameters()}
     for name in ("model.embed_tokens.weight", "lm_head.weight"):
         assert torch.equal(before[name], after[name]), name
     assert not torch.equal(before["model.layers.0.mlp.up_proj.weight"], after["model.layers.0.mlp.up_proj.weight"])
 
 
 def test_two_process_ddp_training_killed_and_resumed_ends_with_the_weights_of_an_uninterrupted_run(tmp_path):
-    """accelerate launch --multi_gpu runs 2 processes over gloo on CPU. Each keeps its own random state
+    """accelerate launch --multi_gpu runs 2 processes over gloo on CPU (no GPU visible to them, also on a
+    machine that has one: conftest.cpu_only_env). Each keeps its own random state
     (NEFTune noise), saved by the main process for all; both must resume from the same step."""
     import os
     import subprocess
@@ -76,7 +80,7 @@ def test_two_process_ddp_training_killed_and_resumed_ends_with_the_weights_of_an
     job = Path(__file__).with_name("ddp_train_job.py")
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(job)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = cpu_only_env()
     env.pop(KILL_AT, None)
 
     def run(out, kill_at=None):
@@ -97,14 +101,15 @@ def test_two_process_ddp_training_killed_and_resumed_ends_with_the_weights_of_an
 
 def _run_with_one_and_two_processes(job_name: str, out) -> None:
     """Run a job script by plain python into OUT/one and under `accelerate launch` with 2 DDP processes
-    over gloo into OUT/two; both must succeed."""
+    over gloo into OUT/two; both must succeed. Both on the CPU (no GPU visible: conftest.cpu_only_env), so
+    that the weights they reach compare on one device's arithmetic."""
     import os
     import subprocess
     import sys
     from pathlib import Path
 
     job = Path(__file__).with_name(job_name)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = cpu_only_env()
     one = subprocess.run([sys.executable, str(job), str(out / "one")], capture_output=True, text=True, env=env, check=False)
     assert one.returncode == 0, one.stderr[-3000:]
     two = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",

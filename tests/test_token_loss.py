@@ -1,0 +1,148 @@
+"""The chunked loss (train.loss_chunk_tokens, token_loss.py) and padding-free packing (train.packing,
+packing.py) give the plain padded path's loss and gradients, on a tiny Llama, for SFT and the rank stage."""
+
+import pytest
+import torch
+from accelerate import Accelerator
+
+from rationale_loop.config import ObjectiveConfig, TrainConfig
+from rationale_loop.data.formats import TINYCOT
+from rationale_loop.encode import Encoder
+from rationale_loop.objectives import RankItem, SupervisedObjective, build_objective
+from rationale_loop.packing import collate_packed, pack_indices
+from rationale_loop.train import accumulate_gradients, cut_micro_batches, train
+
+from test_train import ITEMS, tiny_model, tokenizer  # noqa: F401  (tokenizer is a fixture)
+
+
+def _loss_and_grads(model, objective, micro_batches, cfg):
+    model.zero_grad()
+    terms = accumulate_gradients(model, objective, micro_batches, cfg, Accelerator(cpu=True))
+    loss = sum(objective.coefficients[n] * v for n, v in terms.items())
+    return loss, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def _assert_same(a, b):
+    (loss_a, grads_a), (loss_b, grads_b) = a, b
+    assert loss_a == pytest.approx(loss_b, rel=1e-5, abs=1e-6)
+    assert grads_a.keys() == grads_b.keys()
+    for name in grads_a:
+        torch.testing.assert_close(grads_a[name], grads_b[name], atol=1e-5, rtol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("eta", [1.0, 0.5])
+def test_chunked_sft_loss_has_the_plain_loss_and_gradients(tokenizer, eta):
+    model, objective, encoder = tiny_model(tokenizer), SupervisedObjective(), Encoder(tokenizer, 256)
+    encoded = [objective.encode(item, encoder) for item in ITEMS]
+    micro = [objective.collate(encoded[:3], encoder), objective.collate(encoded[3:], encoder)]
+    plain = _loss_and_grads(model, objective, micro, TrainConfig(mixce_eta=eta))
+    for chunk in (1, 7, 4096):
+        _assert_same(_loss_and_grads(model, objective, micro, TrainConfig(mixce_eta=eta, loss_chunk_tokens=chunk)), plain)
+
+
+@pytest.mark.parametrize("share_prompt", [True, False])
+def test_chunked_rank_loss_has_the_plain_loss_and_gradients(tokenizer, share_prompt):
+    prompt = TINYCOT.prompt("Ann has 3 pens.")
+    good, bad, worse = (TINYCOT.response(r, a) for r, a in (("3 + 2 = 5.", "5"), ("3 + 2 = 6.", "6"), ("3 - 2 = 1.", "1")))
+    items = [RankItem(prompt, good, (bad, worse), TINYCOT.response("Ann has 3. 3 + 2 = 5.", "5")),
+             RankItem(prompt, good, (bad,), good, anchor_prompt=TINYCOT.prompt("Dev?"))]
+    model, encoder = tiny_model(tokenizer), Encoder(tokenizer, 256)
+    objective = build_objective(ObjectiveConfig(name="memphis", share_prompt=share_prompt))
+    micro = [objective.collate([objective.encode(item, encoder) for item in items], encoder)]
+    plain = _loss_and_grads(model, objective, micro, TrainConfig())
+    for chunk in (1, 5):
+        _assert_same(_loss_and_grads(model, objective, micro, TrainConfig(loss_chunk_tokens=chunk)), plain)
+
+
+def test_rows_are_packed_in_order_within_the_token_budget():
+    assert pack_indices([3, 4, 2, 9, 1, 1], 7) == [[0, 1], [2], [3], [4, 5]]
+    assert pack_indices([], 5) == []
+
+
+def test_a_packed_row_restarts_positions_and_learns_no_token_across_rows(tokenizer):
+    encoder = Encoder(tokenizer, 256)
+    encoded = [SupervisedObjective().encode(item, encoder) for item in ITEMS[:2]]
+    batch = collate_packed(encoded)
+    first = len(encoded[0].input_ids)
+    assert batch["input_ids"].shape == (1, first + len(encoded[1].input_ids))
+    assert batch["position_ids"][0, first] == 0 and batch["position_ids"][0, first - 1] == first - 1
+    assert batch["labels"][0, first] == -100 and batch["attention_mask"].all()
+
+
+def test_rows_of_a_width_are_filled_first_fit_and_padded_to_the_widest():
+    from rationale_loop.encode import Encoded
+
+    rows = [Encoded([1] * n, [5] * n) for n in (3, 4, 2, 1)]
+    batch = collate_packed(rows, width=5)
+    # Longest first: 4 opens a row, 3 another, 2 joins the 3 and 1 the 4; each row keeps its originals' order.
+    assert batch["row_of_token"].tolist() == [[1, 1, 1, 1, 3], [0, 0, 0, 2, 2]]
+    assert collate_packed(rows[:2], width=5)["attention_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 1, 0]]
+    assert collate_packed(rows[:2], width=5)["labels"][1].tolist() == [-100, 5, 5, -100]
+
+
+@pytest.mark.parametrize("chunk", [0, 6])
+@pytest.mark.parametrize("one_row", [True, False])
+def test_packed_sft_has_the_padded_loss_and_gradients(tokenizer, chunk, one_row):
+    model, objective, encoder = tiny_model(tokenizer), SupervisedObjective(), Encoder(tokenizer, 256)
+    encoded = [objective.encode(item, encoder) for item in ITEMS]
+    padded_cfg = TrainConfig(micro_batch_size=2, max_length=256, loss_chunk_tokens=chunk)
+    budget = len(encoded[0].input_ids) + len(encoded[1].input_ids)  # the first two rows fill one micro-batch
+    packed_cfg = TrainConfig(micro_batch_size=2, max_length=256, loss_chunk_tokens=chunk, packing=True, micro_batch_tokens=budget)
+    packed = cut_micro_batches(objective, encoded, encoder, packed_cfg, one_row)
+    assert 1 < len(packed) < len(ITEMS), "the budget packs some rows together and cuts the step in more than one"
+    assert not one_row or all(m["input_ids"].size(0) == 1 for m in packed)
+    _assert_same(_loss_and_grads(model, objective, packed, packed_cfg),
+                 _loss_and_grads(model, objective, cut_micro_batches(objective, encoded, encoder, padded_cfg), padded_cfg))
+
+
+def test_eager_attention_packs_as_sdpa_does(tokenizer):
+    model, objective, encoder = tiny_model(tokenizer), SupervisedObjective(), Encoder(tokenizer, 256)
+    encoded = [objective.encode(item, encoder) for item in ITEMS]
+    cfg = TrainConfig(packing=True, micro_batch_tokens=10_000)
+    sdpa = _loss_and_grads(model, objective, cut_micro_batches(objective, encoded, encoder, cfg), cfg)
+    model.config._attn_implementation = "eager"
+    _assert_same(_loss_and_grads(model, objective, cut_micro_batches(objective, encoded, encoder, cfg), cfg), sdpa)
+
+
+def test_training_with_packing_and_chunks_reaches_the_padded_weights(tokenizer):
+    def trained(**settings):
+        model = tiny_model(tokenizer)
+        cfg = TrainConfig(lr=1e-2, epochs=2, batch_size=4, micro_batch_size=2, max_length=256, save_every=0, **settings)
+        result = train(model, tokenizer, ITEMS, SupervisedObjective(), cfg, seed=0, desc="sft")
+        return model.state_dict(), result
+
+    plain, plain_result = trained()
+    fast, fast_result = trained(packing=True, micro_batch_tokens=80, loss_chunk_tokens=16)
+    assert max((plain[k] - fast[k]).abs().max().item() for k in plain) < 1e-5
+    assert fast_result.tokens == plain_result.tokens and fast_result.padding_fraction == 0.0 < plain_result.padding_fraction
+    assert [r["loss"] for r in fast_result.history] == pytest.approx([r["loss"] for r in plain_result.history], rel=1e-5)
+
+
+@pytest.mark.parametrize("stage, settings", [
+    ("sft", {"packing": True, "micro_batch_tokens": 60, "loss_chunk_tokens": 5}),
+    ("rank", {"loss_chunk_tokens": 5}),
+])
+def test_two_processes_with_packing_and_chunks_reach_the_plain_one_process_weights(tmp_path, stage, settings):
+    """Under DDP (2 processes over gloo) packed micro-batches differ in number between the processes, and
+    the chunked loss reads the head's weight outside the model's forward: the all-reduced gradient is still
+    the plain one-process one."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from conftest import cpu_only_env
+
+    job = str(Path(__file__).with_name("ddp_fast_job.py"))
+    plain = subprocess.run([sys.executable, job, str(tmp_path / "one"), stage, "{}"], capture_output=True, text=True,
+                           env=cpu_only_env(), check=False)
+    assert plain.returncode == 0, plain.stderr[-3000:]
+    fast = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", job,
+                           str(tmp_path / "two"), stage, json.dumps(settings)], capture_output=True, text=True,
+                          env=cpu_only_env(), check=False)
+    assert fast.returncode == 0, fast.stderr[-3000:]
+    a, b = (torch.load(tmp_path / name / "final.pt") for name in ("one", "two"))
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+    losses = [[r["loss"] for r in json.loads((tmp_path / name / "history.json").read_text())] for name in ("one", "two")]
+    assert len(losses[0]) == {"sft": 3, "rank": 2}[stage] and losses[0] == pytest.approx(losses[1], rel=1e-5)
