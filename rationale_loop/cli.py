@@ -76,7 +76,7 @@ def with_run_config(cfg: DictConfig) -> tuple[DictConfig, list[str]]:
     from hydra import compose
     from hydra.core.hydra_config import HydraConfig
 
-    from rationale_loop.loop import run_dir
+    from rationale_loop.rundir import run_dir
     from rationale_loop.paths import check_output_root, check_run_name
     from rationale_loop.run_config import merge_overrides, override_key, remembered_overrides
 
@@ -112,7 +112,8 @@ def data(cfg: DictConfig) -> None:
 
 @command("sft")
 def sft(cfg: DictConfig) -> None:
-    from rationale_loop.loop import run_dir, run_sft
+    from rationale_loop.loop import run_sft
+    from rationale_loop.rundir import run_dir
     from rationale_loop.report import print_rounds
 
     cfg, overrides = with_run_config(cfg)
@@ -122,7 +123,8 @@ def sft(cfg: DictConfig) -> None:
 
 @command("round")
 def round_(cfg: DictConfig) -> None:
-    from rationale_loop.loop import run_dir, run_next_round
+    from rationale_loop.loop import run_next_round
+    from rationale_loop.rundir import run_dir
     from rationale_loop.report import print_rounds
 
     cfg, overrides = with_run_config(cfg)
@@ -132,7 +134,8 @@ def round_(cfg: DictConfig) -> None:
 
 @command("loop")
 def loop(cfg: DictConfig) -> None:
-    from rationale_loop.loop import run_dir, run_loop
+    from rationale_loop.loop import run_loop
+    from rationale_loop.rundir import run_dir
     from rationale_loop.report import print_rounds
 
     cfg, overrides = with_run_config(cfg)
@@ -142,7 +145,7 @@ def loop(cfg: DictConfig) -> None:
 
 def _readable_run(cfg: DictConfig) -> Path:
     """The run a read-only command reads: its directory, which must be one (nothing is created here)."""
-    from rationale_loop.loop import run_dir
+    from rationale_loop.rundir import run_dir
 
     path = run_dir(cfg)
     if os.path.lexists(path) and not path.is_dir():
@@ -152,7 +155,6 @@ def _readable_run(cfg: DictConfig) -> Path:
 
 @command("inspect")
 def inspect(cfg: DictConfig) -> None:
-    from rationale_loop.loop import run_dir
     from rationale_loop.report import InspectFilter, inspect_round
 
     inspect_round(_readable_run(cfg), cfg.inspect.round, InspectFilter.from_config(cfg.inspect))
@@ -161,7 +163,6 @@ def inspect(cfg: DictConfig) -> None:
 @command("report")
 def report(cfg: DictConfig) -> None:
     from rationale_loop.html_report import write_report
-    from rationale_loop.loop import run_dir
 
     print(f"[rationale_loop] wrote {write_report(_readable_run(cfg), pairs_per_round=cfg.report.pairs)}")
 
@@ -236,7 +237,7 @@ def export(argv: list[str]) -> None:
 
     out = arguments.out
     if out is None:
-        from rationale_loop.loop import next_round
+        from rationale_loop.rundir import next_round
 
         out = default_target(run, next_round(run) - 1 if arguments.round is None else arguments.round, arguments.root)
     print(f"[rationale_loop] exported to {export_round(run, arguments.round, out, force=arguments.force, license=arguments.license)}")

@@ -53,7 +53,7 @@ def export_round(run: Path, k: int | None, target: Path | None, force: bool = Fa
     """Write round k of `run` (default: the last finished) into `target`: a new or empty directory, or
     with force an earlier export's (only the files that export wrote are replaced; anything else in it
     stays). Files are written beside and moved in whole, with the modes of a normal download."""
-    from rationale_loop.loop import is_done, next_round, round_dir
+    from rationale_loop.rundir import is_done, next_round, round_dir
 
     run = Path(run)
     last = next_round(run) - 1
@@ -150,7 +150,7 @@ def _literal(value: Any) -> Any:
 
 
 def _rounds(run: Path, k: int) -> list[dict[str, Any]]:
-    from rationale_loop.loop import read_round_metrics
+    from rationale_loop.rundir import read_round_metrics
 
     return [read_round_metrics(run, j) for j in range(k + 1)]
 
@@ -243,7 +243,6 @@ def model_card(run: Path, k: int, license: str = "unknown") -> Any:
     written from what the run recorded."""
     from huggingface_hub import ModelCard, ModelCardData
 
-    from rationale_loop.loop import round_dir
 
     body, base, datasets, tags = _card_body(run, k)
     data = ModelCardData(license=license, library_name="transformers", pipeline_tag="text-generation",
@@ -253,7 +252,7 @@ def model_card(run: Path, k: int, license: str = "unknown") -> Any:
 
 def _card_body(run: Path, k: int) -> tuple[str, str | None, list[str], list[str]]:
     from rationale_loop.data.formats import get_format
-    from rationale_loop.loop import round_dir
+    from rationale_loop.rundir import round_dir
 
     cfg, first = _saved_config(round_dir(run, k)), _saved_config(round_dir(run, 0))
     rounds = _rounds(run, k)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from rationale_loop import plots
-from rationale_loop.loop import ROUND_SUMMARY_KEYS, read_rounds, round_dir
+from rationale_loop.rundir import read_rounds, round_dir, ROUND_SUMMARY_KEYS
 from rationale_loop.records import JsonlRecords, Pair, atomic_writer
 from rationale_loop.report import format_value, standard_error
 

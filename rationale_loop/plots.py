@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from rationale_loop import report
-from rationale_loop.loop import round_dir
+from rationale_loop.rundir import round_dir
 from rationale_loop.records import Generation, JsonlRecords, Pair, read_json
 
 FIGSIZE = (5.6, 3.4)  # two side by side on the report page

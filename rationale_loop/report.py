@@ -22,7 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 from rationale_loop.config import ConfigError
-from rationale_loop.loop import FORK, is_done, read_rounds, round_dir
+from rationale_loop.rundir import FORK, is_done, read_rounds, round_dir
 from rationale_loop.records import Generation, JsonlRecords, Pair, group_by, read_fork_record, read_json
 from rationale_loop.terminal import plain, visible
 

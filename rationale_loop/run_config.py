@@ -107,7 +107,7 @@ def remembered_overrides(run: Path, init_from: str | None) -> list[str]:
     """What a command on `run` starts from: the overrides of the run's latest round that holds
     something (a finished round, or an interrupted one with a finished phase), or, on a fork's first
     call, those of the round it forks. Empty for a new run."""
-    from rationale_loop.loop import FORK, next_round, parse_round_path, round_dir
+    from rationale_loop.rundir import FORK, next_round, parse_round_path, round_dir
 
     if init_from and not os.path.lexists(run / FORK):
         source, k = parse_round_path(init_from)

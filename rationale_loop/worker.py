@@ -13,7 +13,8 @@ from omegaconf import OmegaConf
 
 
 def main(argv: list[str]) -> None:
-    from rationale_loop.loop import Run, round_dir
+    from rationale_loop.loop import Run
+    from rationale_loop.rundir import round_dir
 
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
     run, k = Path(argv[0]), int(argv[1])

@@ -9,7 +9,8 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rationale_loop.errors import UserError
-from rationale_loop.loop import next_round, run_loop
+from rationale_loop.loop import run_loop
+from rationale_loop.rundir import next_round
 from rationale_loop.records import Generation, Pair, read_jsonl
 
 from test_config import compose_config

@@ -12,7 +12,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from rationale_loop.config import ConfigError
-from rationale_loop.loop import fork, parse_round_path
+from rationale_loop.rundir import fork, parse_round_path
 
 from conftest import REPO_ROOT
 

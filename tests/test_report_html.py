@@ -17,7 +17,7 @@ import pytest
 
 from rationale_loop import plots
 from rationale_loop.html_report import write_report
-from rationale_loop.loop import read_rounds
+from rationale_loop.rundir import read_rounds
 from rationale_loop.records import Generation, JsonlRecords, Pair, read_jsonl
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -235,7 +235,7 @@ WIDTHS_PROBE = (
 
 
 def test_rounds_tables_fit_a_1400_pixel_window_with_every_column(chromium, report, tmp_path):
-    from rationale_loop.loop import ROUND_SUMMARY_KEYS
+    from rationale_loop.rundir import ROUND_SUMMARY_KEYS
 
     page = report.read_text()
     for key in ROUND_SUMMARY_KEYS[1:]:

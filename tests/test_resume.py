@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from rationale_loop.faults import KILL_AT
-from rationale_loop.loop import keep_complete_questions
+from rationale_loop.rundir import keep_complete_questions
 
 from test_end_to_end import SMALL
 

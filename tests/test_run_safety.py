@@ -87,9 +87,9 @@ def test_removing_a_link_never_touches_what_it_points_at(tmp_path):
     (run / "round_01" / ".leftover.tmp").symlink_to(outside / "keep.txt")
     (run / "round_01" / ".staging").symlink_to(outside, target_is_directory=True)
     (run / "round_02").symlink_to(outside, target_is_directory=True)
-    from rationale_loop.loop import _remove_leftovers
+    from rationale_loop.rundir import remove_leftovers
 
-    _remove_leftovers(run / "round_01")
+    remove_leftovers(run / "round_01")
     remove(run / "round_02", inside=run)
     assert (outside / "keep.txt").read_text() == "data"
     assert not any(p.is_symlink() for p in run.rglob("*"))

@@ -17,7 +17,8 @@ import pytest
 from rationale_loop.errors import CheckpointError, DataError
 from rationale_loop.integrity import DONE, check_checkpoint, describe_files, mark_done
 from rationale_loop.lock import lock_holder, run_lock
-from rationale_loop.loop import is_done, keep_complete_questions, next_round, read_rounds, run_loop, write_rounds_index
+from rationale_loop.loop import run_loop
+from rationale_loop.rundir import is_done, keep_complete_questions, next_round, read_rounds, write_rounds_index
 from rationale_loop.paths import HELD_RUNS, RunPathError, remove
 from rationale_loop.records import atomic_writer, read_fork_record, read_json, write_json_atomic, write_jsonl_atomic
 
@@ -305,7 +306,7 @@ def test_writers_refuse_a_symbolic_link_or_an_odd_file_at_the_name(tmp_path):
 
 def test_a_fork_whose_rounds_are_links_is_still_read_and_locked(finished, tmp_path):
     """The deliberate links (a fork's rounds) pass: the fork's own lock, rounds index and DONE checks."""
-    from rationale_loop.loop import fork
+    from rationale_loop.rundir import fork
 
     run = tmp_path / "runs" / "fork"
     with run_lock(run):
