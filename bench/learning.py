@@ -9,11 +9,11 @@ anchor on the chosen response is read off the chosen row, not forwarded again), 
 (`train_tokens`) so the equality can be checked. (Sequences, not tokens: a pair arm forwards each pair's
 prompt once when objective.share_prompt is on, its default; the scores are the same either way.)
 
-Arms (overrides of the embedded default, whose objective is star):
+Arms (overrides of the embedded default, whose objective is memphis_detached: memphis with detach_rejected):
   memphis           rank + CE anchor (the recipe's objective)
   anchor_only       w = 0: the anchor alone
   rank_only         the rank term alone (anchor weight 0)
-  star              CE on the model's own correct responses (the embedded default)
+  star              CE on the model's own correct responses
   star_sft_replay   star, with the SFT set's worked examples beside them
   star_rationalize  star, plus unsolved questions retried with the answer as a hint
   cpo_simpo         TRL's CPO-SimPO

@@ -27,15 +27,19 @@ def test_every_experiment_composes_and_validates(experiment):
 
 def test_default_is_the_embedded_tiny_arith_experiment():
     cfg = compose_config()
-    assert cfg.model.source == "tiny" and cfg.task.name == "tiny_arith" and cfg.objective.name == "star"
+    assert cfg.model.source == "tiny" and cfg.task.name == "tiny_arith"
+    # the recipe's objective with the rejected side detached (docs/learning.md: it teaches here; plain memphis does not)
+    assert cfg.objective.name == "memphis" and cfg.objective.detach_rejected and cfg.objective.anchor == "chosen"
     assert cfg.task.pool_arith.answer == cfg.task.arith.answer == "running" and cfg.verify.kind == "exact"
     assert cfg.generate.n == 8 and cfg.generate.temperature == 1.0 and cfg.generate.top_p == 1.0
-    assert cfg.task.sft_size == 400 and cfg.sft.steps == 1000 and cfg.sft.batch_size == 16 and not cfg.objective.sft_replay and cfg.rank.steps == 60
+    assert cfg.task.sft_size == 400 and cfg.sft.steps == 1000 and cfg.sft.batch_size == 16 and cfg.rank.steps == 60 and cfg.rank.batch_size == 16
 
 
 def test_memphis_on_the_embedded_default_keeps_the_recipes_weight_and_anchors_on_the_chosen_response():
     cfg = compose_config("objective=memphis")
     assert (cfg.objective.name, cfg.objective.rank_weight, cfg.objective.anchor) == ("memphis", 5.0, "chosen")
+    assert not cfg.objective.detach_rejected  # the recipe as published; the embedded default is memphis_detached
+    assert not compose_config("objective=star").objective.detach_rejected  # another objective drops the option whole
 
 
 @pytest.mark.parametrize("overrides, kind", [

@@ -77,7 +77,7 @@ def test_a_bad_value_is_refused_naming_the_key(overrides, message):
 
 @pytest.mark.parametrize("overrides", [
     ["objective=star", "generate.n=1"],  # STaR keeps correct samples: one per question is enough
-    ["generate.temperature=0", "generate.n=1"],
+    ["objective=star", "generate.temperature=0", "generate.n=1"],
     ["objective=rpo", "objective.rank_scope=step"],
     ["objective=cpo_simpo", "objective.chosen_floor=5", "objective.detach_rejected=true", "objective.rank_scope=divergent"],
     ["objective=star", "sft.packing=true", "rank.packing=true", "sft.loss_chunk_tokens=2048", "launch=ddp"],
