@@ -223,6 +223,12 @@ def summarize(results: list[dict], arms: list[str], metric: str = "accuracy") ->
     return summary
 
 
+def final_count_summary(results: list[dict]) -> dict[str, dict]:
+    """The final-count arms by each rule both apply: the answer alone, and the answer and every step (the
+    main summary's `accuracy` is each arm's own verifier's, which differ between them)."""
+    return {metric: summarize(results, list(FINAL_COUNT_ARMS), metric) for metric in ("answer_accuracy", "chain_accuracy")}
+
+
 def plot(summary: dict[str, list[dict[str, float]]], path: Path) -> None:
     import matplotlib
 
@@ -333,13 +339,17 @@ def main() -> None:
     runs = with_recorded(results, recorded)
     summary = summarize(runs, arms, args.metric)
     print(table(summary))
-    for first, second in (("memphis", "sft_continued"), ("star", "sft_continued"), ("memphis", "star"), ("memphis_w1", "sft_continued"),
-                          ("final_chain", "final_answer")):
-        if first in summary and second in summary:
-            a, b = summary[first][-1], summary[second][-1]
+    comparisons = [(summary, first, second, "") for first, second in
+                   (("memphis", "sft_continued"), ("star", "sft_continued"), ("memphis", "star"), ("memphis_w1", "sft_continued"),
+                    ("memphis_detach", "star"), ("memphis_detach", "sft_continued"))]
+    # the final-count arms judge held-out answers by different rules, so they are compared by each rule in turn
+    comparisons += [(by_rule, "final_chain", "final_answer", f", by {rule}") for rule, by_rule in final_count_summary(runs).items()]
+    for table_, first, second, rule in comparisons:
+        if first in table_ and second in table_:
+            a, b = table_[first][-1], table_[second][-1]
             gap, error = a["mean"] - b["mean"], math.sqrt(a["se"] ** 2 + b["se"] ** 2)
             in_errors = f" ({gap / error:.1f} SE)" if error > 0 else ""
-            print(f"last round: {first} - {second} = {gap:+.3f} ± {error:.3f}{in_errors}")
+            print(f"last round: {first} - {second} = {gap:+.3f} ± {error:.3f}{in_errors}{rule}")
     plot(summary, out.with_suffix(".png"))
     print(f"wrote {out} and {out.with_suffix('.png')}")
 
@@ -363,6 +373,7 @@ def _write(out: Path, args: Any, convergence: dict, results: list[dict], summary
         "seeds": sorted({r["seed"] for r in results}),
         "sft_convergence": convergence,
         "summary": summary,
+        "final_count_summary": final_count_summary(results),
         "runs": results,
         "seconds": seconds,  # this invocation's wall time
         "arm_seconds": sum(r["seconds"] for r in results),  # the arms' rounds as they ran (several processes may add up)
