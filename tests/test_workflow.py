@@ -17,6 +17,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import REPO_ROOT
+from rationale_loop.faults import WAIT_AT
 
 TINY = ["model.hidden_size=64", "model.intermediate_size=128", "model.num_layers=2", "model.num_heads=2",
         "task.sft_size=200", "task.pool_size=8", "task.eval_size=8", "sft.steps=5", "sft.batch_size=8",
@@ -146,13 +147,17 @@ def test_make_passes_args_without_shell_expansion(tmp_path):
 def test_ctrl_c_ends_with_one_line_and_the_same_command_goes_on(tmp_path):
     run = tmp_path / "runs" / "w"
     slow = [*TINY, "rounds=1", "task.pool_size=64", "generate.n=8", "generate.max_new_tokens=48", "generate.batch_size=8"]
+    # Held inside sampling (after the first question's samples are written) until interrupted: the signal
+    # lands mid-phase on any machine, however fast it samples (rationale_loop/faults.py).
+    never = tmp_path / "never-released"
     process = subprocess.Popen([sys.executable, "-m", "rationale_loop", "loop", *slow, *_where(tmp_path)],
-                               cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, WAIT_AT: f"generate:{never}"})
     partial = run / "round_01" / "generations.jsonl.partial"
     deadline = time.monotonic() + 300
     while not partial.exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert process.poll() is None, "the round finished before it could be interrupted"
+    assert process.poll() is None, "the run ended before it reached sampling"
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130
