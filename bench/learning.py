@@ -65,7 +65,7 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 from rationale_loop.cli import CONFIG_DIR  # noqa: E402
-from rationale_loop.config import register_configs  # noqa: E402
+from rationale_loop.config import pair_objectives, register_configs  # noqa: E402
 from rationale_loop.loop import run_loop  # noqa: E402
 from rationale_loop.rundir import read_rounds, round_dir  # noqa: E402
 
@@ -267,9 +267,12 @@ def main() -> None:
     parser.add_argument("--arms", nargs="+", default=[arm for arm in ARMS if arm not in SWEEP], choices=list(ARMS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--rounds", type=int, default=3)
-    default = compose_config().rank
+    embedded = compose_config()
+    default = embedded.rank
+    # the embedded default's step in sequences: its objective trains on pairs (2 sequences each) or single examples
+    per_item = 2 if embedded.objective.name in pair_objectives() else 1
     parser.add_argument("--steps", type=int, default=default.steps, help="optimizer steps per round, every arm")
-    parser.add_argument("--sequences", type=int, default=default.batch_size, help="sequences forwarded per step, every arm")
+    parser.add_argument("--sequences", type=int, default=default.batch_size * per_item, help="sequences forwarded per step, every arm")
     parser.add_argument("--metric", default="accuracy", choices=["accuracy", "answer_accuracy", "chain_accuracy"],
                         help="held-out accuracy as judged by each arm's verifier (accuracy), by the answer alone, or by "
                              "answer and arithmetic steps (the last two: verify.chain runs, e.g. final_answer and final_chain)")
