@@ -42,6 +42,7 @@ from rationale_loop.rundir import (
     run_dir,
     write_rounds_index,
 )
+from rationale_loop.task_checks import check_task_fits_config
 from rationale_loop.records import (
     Generation,
     JsonlRecords,
@@ -565,36 +566,6 @@ class _Lazy:
 
     def drop(self) -> None:
         self._value = None
-
-
-def check_task_fits_config(cfg: DictConfig, splits: TaskSplits) -> None:
-    """What the config asks of the task's data, checked once the data is loaded and before any work:
-    the verifier reads every gold answer, and a gold anchor has gold rationales to anchor on."""
-    from rationale_loop.verify import is_correct
-
-    for split, problems in (("pool", splits.pool), ("eval", splits.eval)):
-        # Each distinct gold once (the first question that has it): golds repeat a lot, and a verifier
-        # such as `math` is slow enough for this to count on a large pool.
-        first_with = {}
-        for problem in problems:
-            first_with.setdefault(problem.answer, problem)
-        for problem in first_with.values():
-            try:
-                readable = is_correct(cfg.verify.kind, problem.answer, problem.answer)
-            except ValueError as error:
-                readable, why = False, f" ({error})"
-            else:
-                why = ""
-            if not readable:
-                raise ConfigError(f"verify.kind={cfg.verify.kind} cannot check the {split} question {problem.id}: its gold answer "
-                                  f"{problem.answer!r} does not match itself{why}; pick the verifier that fits task {cfg.task.name}")
-    if cfg.objective.name == "memphis" and cfg.objective.anchor == "gold":
-        missing = [p.id for p in splits.pool if not p.rationale]
-        if missing:
-            raise ConfigError(f"objective.anchor=gold needs gold rationales, but {len(missing)} pool question(s) have none "
-                              f"(e.g. {missing[0]}); use objective.anchor=chosen or objective.anchor=replay for task {cfg.task.name}")
-    if cfg.objective.anchor == "replay" and cfg.objective.name == "memphis" and not any(p.rationale for p in splits.sft):
-        raise ConfigError("objective.anchor=replay needs SFT examples with gold rationales, and the task has none")
 
 
 def degenerate_round_note(summary: dict[str, Any], pool_size: int) -> str | None:
