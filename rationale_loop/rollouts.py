@@ -55,11 +55,16 @@ def sample_and_judge(
     desc: str = "generate",
     skip: Collection[int] = (),
     chain: str = "ignore",
+    hinted: bool = False,
 ) -> Iterator[list[Generation]]:
     """Yield the judged samples of one problem at a time, as the backend finishes them, with a progress
     bar over questions on a terminal (silent otherwise). Problems whose index is in `skip` (already
-    sampled by an interrupted run) are not yielded."""
-    prompts = [fmt.prompt(p.question) for p in problems]
+    sampled by an interrupted run) are not yielded. With `hinted` (STaR's rationalization), each
+    question is asked with its gold answer as a hint (fmt.hinted_prompt)."""
+    if hinted:
+        prompts = [fmt.hinted_prompt(p.question, p.answer) for p in problems]
+    else:
+        prompts = [fmt.prompt(p.question) for p in problems]
     bar = tqdm(total=len(problems), initial=len(skip), desc=desc, unit="q", disable=not sys.stderr.isatty(), leave=False)
     with bar as progress:
         for index, completions in backend.generate(prompts, sampling, skip):

@@ -24,7 +24,7 @@ from rationale_loop.errors import DataError
 from rationale_loop.records import atomic_writer, open_regular
 
 OVERRIDES = "overrides.yaml"
-DATA_SETTINGS = "data.yaml"  # what `make data` prepared round 0's mix with (loop.py's DATA_KEYS)
+DATA_SETTINGS = "data.yaml"  # what `make data` prepared round 0's mix with (phases/sft_data.py's DATA_KEYS)
 
 # Keys that say what to do now or where the run lives, not how its rounds are made: never remembered.
 NOT_REMEMBERED = ("run", "output_root", "force", "init_from", "inspect", "report", "hydra")

@@ -57,7 +57,7 @@ def test_every_sample_stops_at_the_formats_end_of_turn_besides_the_configured_st
 
     from rationale_loop.cli import CONFIG_DIR
     from rationale_loop.config import register_configs
-    from rationale_loop.loop import Run
+    from rationale_loop.phases.context import RunContext
 
     register_configs()
     with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
@@ -65,8 +65,8 @@ def test_every_sample_stops_at_the_formats_end_of_turn_besides_the_configured_st
         extra = compose("config", overrides=[f"output_root={tmp_path}", "task.pool_size=8", "task.eval_size=8", "task.sft_size=8",
                                              "generate.stop=[USER:,'\n### User:']"])
     assert TINYCOT.stop == ("\n### User:",)
-    assert Run(plain, rebuild_index=False)._stop() == ("\n### User:",)
-    assert Run(extra, rebuild_index=False)._stop() == ("USER:", "\n### User:")
+    assert RunContext(plain).stop() == ("\n### User:",)
+    assert RunContext(extra).stop() == ("USER:", "\n### User:")
 
 
 @pytest.mark.parametrize("name", sorted(FORMATS))
@@ -77,14 +77,14 @@ def test_each_prompt_format_stops_at_its_own_end_of_turn(name, tmp_path):
 
     from rationale_loop.cli import CONFIG_DIR
     from rationale_loop.config import register_configs
-    from rationale_loop.loop import Run
+    from rationale_loop.phases.context import RunContext
 
     register_configs()
     with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
         cfg = compose("config", overrides=[f"output_root={tmp_path}", "task.pool_size=8", "task.eval_size=8", "task.sft_size=8",
                                            f"task.prompt_format={name}"])
     fmt = FORMATS[name]
-    assert Run(cfg, rebuild_index=False)._stop() == get_template(name).stop == fmt.stop
+    assert RunContext(cfg).stop() == get_template(name).stop == fmt.stop
     answered = fmt.response("2 + 3 = 5.", "5")
     # What a model that does not stop writes after its reply: the end of turn and the next user turn (special
     # tokens such as EOS are dropped when the backends decode, so none here).

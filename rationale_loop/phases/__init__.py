@@ -1,0 +1,11 @@
+"""The phases of a round, each a function of the run's context and the round number that reads the files
+the earlier phases wrote and writes one output of its own (atomically, so a killed call leaves either
+the whole file or none):
+
+    sample    generations.jsonl   the pool's questions sampled and judged       (sample.py)
+    mine      stats.json          pairs.jsonl and the round's counts; stats last (mine.py)
+    train     checkpoint/         train.json, then the checkpoint; SFT is round 0's train phase (train.py)
+    evaluate  eval.jsonl          greedy held-out accuracy of the round's checkpoint (evaluate.py)
+
+loop.py runs them in order, each only when its output is missing (docs/run-directory.md).
+"""
