@@ -92,40 +92,22 @@ def train(
     With `log_dir`, per-step loss, loss terms, learning rate and gradient norm (before clipping) go to TensorBoard. `reply_end`: the prompt
     format's end of a reply, learned after each response (encode.py)."""
     encoder = Encoder(tokenizer, cfg.max_length, reply_end)
-    encoded = [objective.encode(item, encoder) for item in items]
-    kept = [e for e in encoded if e is not None]
-    dropped = len(encoded) - len(kept)
-    if dropped:
-        log.warning("%s: dropped %d of %d items longer than max_length=%d", desc, dropped, len(encoded), cfg.max_length)
+    kept, dropped = _encode(objective, items, encoder, desc, cfg.max_length)
     if not kept:
         log.warning("%s: nothing to train on; the model is left as it was", desc)
         return TrainResult(items=0, dropped_too_long=dropped, steps=0, seconds=0.0, mean_loss=None)
 
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    model.to(accelerator.device)
-    if cfg.gradient_checkpointing:
-        # Non-reentrant: works with frozen embeddings and adapters (no input that requires grad needed).
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    prepare = getattr(objective, "prepare", None)
-    if prepare is not None:
-        # Objectives with a frozen reference (spin) score every item with the starting weights first,
-        # on the device that trains, before a resumed state replaces those weights.
-        prepare(model, kept, encoder, cfg.micro_batch_size)
-    torch.manual_seed(seed)
-    if cfg.freeze_embeddings:
-        freeze_embeddings(model)
+    _ready_model(model, objective, kept, encoder, cfg, accelerator, seed)
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(cfg.optimizer, parameters, lr=cfg.lr, **optimizer_settings(cfg))
     batches = _schedule_order(len(kept), cfg.epochs, cfg.batch_size, seed, cfg.steps)
     scheduler = cosine_with_warmup(optimizer, len(batches), cfg.warmup_ratio, cfg.min_lr_ratio)
-    history: list[dict[str, float]] = []
-    earlier_seconds = 0.0  # spent by the interrupted calls this one resumes
-    tokens = padded = 0
     lengths = [item_length(e) for e in kept]
-    resumed = _load_state(state_path, accelerator, model, optimizer, scheduler, len(batches), desc)
-    if resumed is not None:
-        history, earlier_seconds, tokens = resumed["history"], resumed["seconds"], resumed.get("tokens", 0)
-        padded = resumed.get("padded", 0)
+    # The loss log, the seconds and tokens of the interrupted calls this one resumes (none for a new phase).
+    resumed = _load_state(state_path, accelerator, model, optimizer, scheduler, len(batches), desc) or {}
+    history: list[dict[str, float]] = resumed.get("history", [])
+    earlier_seconds, tokens, padded = resumed.get("seconds", 0.0), resumed.get("tokens", 0), resumed.get("padded", 0)
     model, optimizer = accelerator.prepare(model, optimizer)
     one_row_packs = attention_implementation(model).startswith("flash")  # varlen kernels: see packing.py
     first_step = len(history) + 1
@@ -136,20 +118,12 @@ def train(
     progress = tqdm(total=len(batches), initial=first_step - 1, desc=desc, disable=not sys.stderr.isatty(), leave=False)
     with neftune(accelerator.unwrap_model(model), cfg.neftune_alpha):
         for step, batch_indices in enumerate(batches[first_step - 1 :], start=first_step):
-            # Sorted by length before it is dealt and cut into micro-batches: rows of like length pad little.
-            # The step's gradient is a token-weighted sum over the whole batch, so the order does not change it.
-            # (With one micro-batch on one process there is nothing to gain, and the drawn order is kept.)
-            sort = cfg.sort_by_length and (accelerator.num_processes > 1 or cfg.micro_batch_size < len(batch_indices))
-            ordered = sorted(batch_indices, key=lambda i: lengths[i]) if sort else batch_indices
+            ordered = _dealing_order(batch_indices, lengths, cfg, accelerator.num_processes)
             share, weight = process_share(ordered, accelerator.process_index, accelerator.num_processes)
             micro_batches = cut_micro_batches(objective, [kept[i] for i in share], encoder, cfg, one_row_packs)
             step_terms = accumulate_gradients(model, objective, micro_batches, cfg, accelerator, weight)
-            real, forwarded = _sum_over_processes(accelerator, [
-                weight * sum(int(m["attention_mask"].sum()) for m in micro_batches),
-                weight * sum(m["attention_mask"].numel() for m in micro_batches),
-            ])
-            tokens += int(real)
-            padded += int(forwarded - real)
+            real, padding = _step_tokens(accelerator, micro_batches, weight)
+            tokens, padded = tokens + real, padded + padding
             # Clipping at infinity clips nothing and still returns the norm the finiteness check needs.
             grad_norm = accelerator.clip_grad_norm_(parameters, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
             _refuse_non_finite(step_terms, grad_norm, desc, step, len(batches), batch_indices, state_path)
@@ -159,17 +133,8 @@ def train(
             step_loss = sum(objective.coefficients[n] * v for n, v in step_terms.items())
             record = {"step": step, "lr": scheduler.get_last_lr()[0], "loss": step_loss, **step_terms}
             history.append(record)
-            progress.update(1)
-            progress.set_postfix(loss=f"{step_loss:.4f}")
-            if writer is not None:
-                for name, value in record.items():
-                    if name != "step":
-                        writer.add_scalar(f"train/{name}", value, step)
-                # Before clipping (what clip_grad_norm_ returns), as TRL and the HF Trainer log it.
-                writer.add_scalar("train/grad_norm", float(grad_norm), step)
-            if accelerator.is_main_process and (step % cfg.log_every == 0 or step == len(batches)):
-                log.info("%s step %d/%d loss %.4f %s", desc, step, len(batches), step_loss,
-                         " ".join(f"{n} {v:.4f}" for n, v in step_terms.items()))
+            _report_step(record, step_terms, float(grad_norm), len(batches), desc, progress, writer,
+                         accelerator.is_main_process and (step % cfg.log_every == 0 or step == len(batches)))
             if state_path is not None and cfg.save_every > 0 and step % cfg.save_every == 0 and step < len(batches):
                 elapsed = earlier_seconds + time.perf_counter() - start
                 _save_state(state_path, accelerator, model, optimizer, scheduler, history, len(batches), elapsed, tokens, padded)
@@ -191,6 +156,67 @@ def train(
         processes=accelerator.num_processes,
         padding_fraction=padded / (tokens + padded) if tokens + padded else 0.0,
     )
+
+
+def _encode(objective: Objective, items: Sequence[Any], encoder: Encoder, desc: str, max_length: int) -> tuple[list[Any], int]:
+    """The items as the objective encodes them, without those longer than max_length, and how many those were."""
+    encoded = [objective.encode(item, encoder) for item in items]
+    kept = [e for e in encoded if e is not None]
+    dropped = len(encoded) - len(kept)
+    if dropped:
+        log.warning("%s: dropped %d of %d items longer than max_length=%d", desc, dropped, len(encoded), max_length)
+    return kept, dropped
+
+
+def _ready_model(model: Any, objective: Objective, kept: list[Any], encoder: Encoder, cfg: TrainConfig,
+                 accelerator: Accelerator, seed: int) -> None:
+    """The model on the training device, with what the config asks of it, before the optimizer sees it."""
+    model.to(accelerator.device)
+    if cfg.gradient_checkpointing:
+        # Non-reentrant: works with frozen embeddings and adapters (no input that requires grad needed).
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    prepare = getattr(objective, "prepare", None)
+    if prepare is not None:
+        # Objectives with a frozen reference (spin) score every item with the starting weights first,
+        # on the device that trains, before a resumed state replaces those weights.
+        prepare(model, kept, encoder, cfg.micro_batch_size)
+    torch.manual_seed(seed)
+    if cfg.freeze_embeddings:
+        freeze_embeddings(model)
+
+
+def _dealing_order(batch: list[int], lengths: list[int], cfg: TrainConfig, processes: int) -> list[int]:
+    """A step's items sorted by length before they are dealt and cut into micro-batches: rows of like
+    length pad little. The step's gradient is a token-weighted sum over the whole batch, so the order does
+    not change it. (With one micro-batch on one process there is nothing to gain: the drawn order is kept.)"""
+    if cfg.sort_by_length and (processes > 1 or cfg.micro_batch_size < len(batch)):
+        return sorted(batch, key=lambda i: lengths[i])
+    return batch
+
+
+def _step_tokens(accelerator: Accelerator, micro_batches: list[dict[str, Any]], weight: float) -> tuple[int, int]:
+    """The step's real and padding token positions, summed over every process."""
+    real, forwarded = _sum_over_processes(accelerator, [
+        weight * sum(int(m["attention_mask"].sum()) for m in micro_batches),
+        weight * sum(m["attention_mask"].numel() for m in micro_batches),
+    ])
+    return int(real), int(forwarded - real)
+
+
+def _report_step(record: dict[str, float], terms: dict[str, float], grad_norm: float, steps: int, desc: str,
+                 progress: Any, writer: Any, to_console: bool) -> None:
+    """A step's loss on the progress bar, in TensorBoard and, every log_every steps, in the log."""
+    step, loss = record["step"], record["loss"]
+    progress.update(1)
+    progress.set_postfix(loss=f"{loss:.4f}")
+    if writer is not None:
+        for name, value in record.items():
+            if name != "step":
+                writer.add_scalar(f"train/{name}", value, step)
+        # Before clipping (what clip_grad_norm_ returns), as TRL and the HF Trainer log it.
+        writer.add_scalar("train/grad_norm", grad_norm, step)
+    if to_console:
+        log.info("%s step %d/%d loss %.4f %s", desc, step, steps, loss, " ".join(f"{n} {v:.4f}" for n, v in terms.items()))
 
 
 def _refuse_non_finite(
