@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "rationale_loop"
-READERS = ("report", "html_report", "plots", "export", "run_config", "rundir")
+# Modules below the orchestrator: the run directory's readers, the phases and the training worker.
+READERS = ("report", "html_report", "plots", "export", "run_config", "rundir", "worker", "round_start", "task_checks",
+           *(f"phases/{path.stem}" for path in sorted((PACKAGE / "phases").glob("*.py"))))
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -35,3 +37,22 @@ def test_the_viewers_load_without_the_orchestrator():
             "print('rationale_loop.loop' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=PACKAGE.parent)
     assert result.stdout.strip() == "False"
+
+
+def test_the_orchestrator_is_short():
+    """loop.py reads like the recipe: a table of phases and the commands that run them; the work is in phases/."""
+    assert len((PACKAGE / "loop.py").read_text().splitlines()) <= 210
+
+
+def test_no_function_is_longer_than_a_screen_or_so():
+    """Long functions hide their steps; the optimizer's step (Adalite's update, written from its paper) is the
+    one allowed exception."""
+    allowed = {("optim.py", "step")}
+    long = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > 85 and (path.name, node.name) not in allowed:
+                    long.append(f"{path.relative_to(PACKAGE)}:{node.lineno} {node.name} ({lines} lines)")
+    assert not long, long

@@ -567,31 +567,12 @@ def prepare_sft_mix(data_cfg: Any, evaluation_texts: Iterable[str], tokenizer: A
     turns and rows dropped as empty, rows
     per format, token-length percentiles). The manifest is written last: its presence says the mix is
     complete, and a failed preparation leaves nothing a later stage reads."""
-    import random
-
-    from rationale_loop.data.templates import Segment, get_template
-    from rationale_loop.encode import Encoder
+    from rationale_loop.config import source_configs
+    from rationale_loop.data.templates import get_template
     from rationale_loop.records import write_json_atomic, write_jsonl_atomic
 
-    loaded, texts, preferences = [], [], []
-    rejected_of: dict[str, str] = {}
-    from rationale_loop.config import source_configs
-
     configured = source_configs(data_cfg)
-    excluded: dict[str, int] = {}
-    selections: dict[str, Selected] = {}
-    for name, source in configured.items():
-        selected = select_rows(source.path, source.split, source.max_rows, source.columns, source.exclude)
-        excluded[name] = selected.excluded
-        selections[name] = selected
-        if source.schema == TEXT_SCHEMA:
-            texts.append((name, source.priority, documents(name, selected)))
-        elif source.schema == PREFERENCE_SCHEMA:
-            pairs = preference_pairs(name, selected)
-            rejected_of.update((conversation.id, rejected) for conversation, rejected in pairs)
-            preferences.append((name, source.priority, [conversation for conversation, _ in pairs]))
-        else:
-            loaded.append((name, source.priority, conversations(name, selected, source.schema)))
+    loaded, texts, preferences, rejected_of, selections = _load_sources(configured)
     guard = Contamination(ngram=data_cfg.decontaminate_ngram, threshold=data_cfg.near_duplicate_threshold,
                           embedding_model=data_cfg.embedding_model, embedding_threshold=data_cfg.embedding_threshold)
     guard.add(evaluation_texts)
@@ -605,42 +586,14 @@ def prepare_sft_mix(data_cfg: Any, evaluation_texts: Iterable[str], tokenizer: A
     template = get_template(reasoning_format)
     pair_rows = [{"id": c.id, "prompt": template.prompt(Conversation(c.turns[:1], c.system), tokenizer.eos_token),
                   "chosen": c.turns[1].content, "rejected": rejected_of[c.id]} for c in preferred.items]
-    rng = random.Random(f"formats/{seed}")
-    rows, per_format, lengths = [], {name: 0 for name in data_cfg.formats}, []
-    over_length = {"dropped": {name: 0 for name in data_cfg.formats}, "truncated": {name: 0 for name in data_cfg.formats}}
-    encoder = Encoder(tokenizer, max_length)
     reasoning_sources = {name for name, source in configured.items() if source.schema in REASONING_SCHEMAS}
-    if reasoning_sources:
-        for outcome in over_length.values():
-            outcome.setdefault(reasoning_format, 0)
-        per_format.setdefault(reasoning_format, 0)
-    for conversation in merged.items:
-        if conversation.id.rsplit("/", 1)[0] in reasoning_sources:
-            formats = [reasoning_format]
-        elif data_cfg.multi_format == "all":
-            formats = list(data_cfg.formats)
-        else:
-            formats = [rng.choice(list(data_cfg.formats))]
-        for name in formats:
-            segments, length, outcome = fit(conversation, get_template(name), encoder, truncate=data_cfg.too_long == "truncate")
-            if outcome != "fits":
-                over_length[outcome][name] += 1
-            if segments is None:
-                continue
-            if formats == [reasoning_format] and conversation.id.rsplit("/", 1)[0] in reasoning_sources:
-                segments = header_in_prompt(segments, f"{TINYCOT.rationale_header}\n")
-            rows.append({"id": conversation.id, "format": name, "segments": [[s.text, s.learned] for s in segments],
-                         "data": [[list(span) for span in s.data] for s in segments]})
-            per_format[name] += 1
-            lengths.append(length)
+    rendered = _render(merged.items, data_cfg, reasoning_sources, reasoning_format, tokenizer, max_length, seed)
     if texts:
-        for index, (piece, spans) in enumerate(pack([text for _, text in plain.items], tokenizer, max_length)):
-            rows.append({"id": f"text/{index:06d}", "format": TEXT_SCHEMA, "segments": [[piece, True]], "data": [[list(s) for s in spans]]})
-            lengths.append(len(encoder.prompt_ids("")) + len(encoder.segment_ids(Segment(piece, True, spans))))
-        per_format[TEXT_SCHEMA] = len(rows) - sum(per_format.values())
-    lengths.sort()
+        _add_packed_text(rendered, [text for _, text in plain.items], tokenizer, max_length)
+    rendered.lengths.sort()
+    lengths = rendered.lengths
     manifest = {
-        "sources": {name: {"path": configured[name].path, "schema": configured[name].schema, "excluded": excluded[name],
+        "sources": {name: {"path": configured[name].path, "schema": configured[name].schema, "excluded": selections[name].excluded,
                            # turns with no text dropped, and rows dropped as left with nothing to learn (Row, exchanges)
                            "dropped_empty_turns": selections[name].counts.empty_turns,
                            "dropped_empty_rows": selections[name].counts.empty_rows, "rows": len(items),
@@ -653,18 +606,100 @@ def prepare_sft_mix(data_cfg: Any, evaluation_texts: Iterable[str], tokenizer: A
                             "near_duplicate_threshold": data_cfg.near_duplicate_threshold,
                             "embedding_model": data_cfg.embedding_model, "embedding_threshold": data_cfg.embedding_threshold,
                             "removed": len(merged.removed) + len(plain.removed) + len(preferred.removed)},
-        "formats": per_format,
+        "formats": rendered.per_format,
         # rendered rows longer than sft.max_length tokens: dropped (data.too_long=drop, the recipe's choice) or
         # cut after the last assistant turn that fits (data.too_long=truncate; dropped when not even the first fits)
-        "over_length": over_length,
-        "rendered_rows": len(rows),
+        "over_length": rendered.over_length,
+        "rendered_rows": len(rendered.rows),
         "token_length_percentiles": {f"p{q}": lengths[min(len(lengths) - 1, len(lengths) * q // 100)] for q in (50, 90, 99, 100)} if lengths else {},
     }
-    write_jsonl_atomic(out / MIX_ROWS, rows)
+    write_jsonl_atomic(out / MIX_ROWS, rendered.rows)
     write_jsonl_atomic(out / PREFERENCE_ROWS, pair_rows)
     write_jsonl_atomic(out / DECONTAMINATION, [*merged.removed, *plain.removed, *preferred.removed])
     write_json_atomic(out / MIX_MANIFEST, manifest)
     return manifest
+
+
+def _load_sources(configured: dict[str, Any]) -> tuple[list, list, list, dict[str, str], dict[str, "Selected"]]:
+    """Each configured source's rows, by schema: conversations, plain texts, preference pairs (their
+    conversations and each one's rejected reply), with every source's selection (counts of what was left out)."""
+    loaded, texts, preferences = [], [], []
+    rejected_of: dict[str, str] = {}
+    selections: dict[str, Selected] = {}
+    for name, source in configured.items():
+        selected = select_rows(source.path, source.split, source.max_rows, source.columns, source.exclude)
+        selections[name] = selected
+        if source.schema == TEXT_SCHEMA:
+            texts.append((name, source.priority, documents(name, selected)))
+        elif source.schema == PREFERENCE_SCHEMA:
+            pairs = preference_pairs(name, selected)
+            rejected_of.update((conversation.id, rejected) for conversation, rejected in pairs)
+            preferences.append((name, source.priority, [conversation for conversation, _ in pairs]))
+        else:
+            loaded.append((name, source.priority, conversations(name, selected, source.schema)))
+    return loaded, texts, preferences, rejected_of, selections
+
+
+@dataclass
+class _Rendered:
+    """The mix's rendered rows, with their count per format, token lengths and rows over max_length."""
+
+    rows: list[dict[str, Any]]
+    per_format: dict[str, int]
+    lengths: list[int]
+    over_length: dict[str, dict[str, int]]
+
+
+def _render(conversations_kept: list[Conversation], data_cfg: Any, reasoning_sources: set[str], reasoning_format: str,
+            tokenizer: Any, max_length: int, seed: int) -> _Rendered:
+    """Each conversation in its formats (a worked problem in the task's reasoning format; others in every
+    format of data.formats, or one drawn per conversation), fitted to max_length as data.too_long says."""
+    import random
+
+    from rationale_loop.data.templates import get_template
+    from rationale_loop.encode import Encoder
+
+    rng = random.Random(f"formats/{seed}")
+    rendered = _Rendered([], {name: 0 for name in data_cfg.formats}, [],
+                         {"dropped": {name: 0 for name in data_cfg.formats}, "truncated": {name: 0 for name in data_cfg.formats}})
+    encoder = Encoder(tokenizer, max_length)
+    if reasoning_sources:
+        for outcome in rendered.over_length.values():
+            outcome.setdefault(reasoning_format, 0)
+        rendered.per_format.setdefault(reasoning_format, 0)
+    for conversation in conversations_kept:
+        if conversation.id.rsplit("/", 1)[0] in reasoning_sources:
+            formats = [reasoning_format]
+        elif data_cfg.multi_format == "all":
+            formats = list(data_cfg.formats)
+        else:
+            formats = [rng.choice(list(data_cfg.formats))]
+        for name in formats:
+            segments, length, outcome = fit(conversation, get_template(name), encoder, truncate=data_cfg.too_long == "truncate")
+            if outcome != "fits":
+                rendered.over_length[outcome][name] += 1
+            if segments is None:
+                continue
+            if formats == [reasoning_format] and conversation.id.rsplit("/", 1)[0] in reasoning_sources:
+                segments = header_in_prompt(segments, f"{TINYCOT.rationale_header}\n")
+            rendered.rows.append({"id": conversation.id, "format": name, "segments": [[s.text, s.learned] for s in segments],
+                                  "data": [[list(span) for span in s.data] for s in segments]})
+            rendered.per_format[name] += 1
+            rendered.lengths.append(length)
+    return rendered
+
+
+def _add_packed_text(rendered: _Rendered, texts: list[Any], tokenizer: Any, max_length: int) -> None:
+    """Plain text packed into rows of max_length tokens, learned whole."""
+    from rationale_loop.data.templates import Segment
+    from rationale_loop.encode import Encoder
+
+    encoder = Encoder(tokenizer, max_length)
+    before = len(rendered.rows)
+    for index, (piece, spans) in enumerate(pack(texts, tokenizer, max_length)):
+        rendered.rows.append({"id": f"text/{index:06d}", "format": TEXT_SCHEMA, "segments": [[piece, True]], "data": [[list(s) for s in spans]]})
+        rendered.lengths.append(len(encoder.prompt_ids("")) + len(encoder.segment_ids(Segment(piece, True, spans))))
+    rendered.per_format[TEXT_SCHEMA] = len(rendered.rows) - before
 
 
 def read_preference_pairs(out: Path) -> list[dict[str, str]]:
