@@ -2,6 +2,7 @@
 training changed the weights."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -29,12 +30,46 @@ SMALL = [
 ]
 
 
+ENGINE_EVENTS: list[tuple[str, str]] = []  # what the small run did with generation engines and training, in order
+
+
 @pytest.fixture(scope="module")
 def small_run(tmp_path_factory):
+    from rationale_loop.phases import context, train
+
     root = tmp_path_factory.mktemp("e2e")
     cfg = compose_config(*SMALL, f"output_root={root}/runs", f"model.cache_dir={root}/models", "run=e2e")
-    rows = run_loop(cfg)
+    # Spies around the real calls (each still runs): which engines the run made, closed, and when it trained.
+    make, close, train_here = context.RunContext.make_backend, context.Engines.close, train.train_here
+
+    def making(self, checkpoint, batch_size):
+        ENGINE_EVENTS.append(("make", Path(checkpoint).parent.name))
+        return make(self, checkpoint, batch_size)
+
+    def closing(self):
+        if self._backend is not None:
+            ENGINE_EVENTS.append(("close", Path(self._checkpoint).parent.name))
+        close(self)
+
+    def training(ctx, k):
+        ENGINE_EVENTS.append(("train", f"round_{k:02d}"))
+        train_here(ctx, k)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(context.RunContext, "make_backend", making)
+        patch.setattr(context.Engines, "close", closing)
+        patch.setattr(train, "train_here", training)
+        rows = run_loop(cfg)
     return root / "runs" / "e2e", rows, cfg
+
+
+def test_one_generation_engine_per_round_closed_before_training(small_run):
+    """Round 0's evaluation and round 1's sampling ask the same checkpoint, and share one engine; it is
+    closed before round 1 trains (training needs its memory), and round 1's checkpoint gets its own."""
+    assert ENGINE_EVENTS == [
+        ("train", "round_00"), ("make", "round_00"), ("close", "round_00"), ("train", "round_01"),
+        ("make", "round_01"), ("close", "round_01"),
+    ]
 
 
 def test_run_directory_has_every_file_of_the_contract(small_run):
