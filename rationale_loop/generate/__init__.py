@@ -1,6 +1,6 @@
 """Generation backends, picked by `generate.backend`: "hf" (transformers, in process), "vllm" (vLLM's
 offline engine, in a child process that serves every call until the backend's `close()`), or "auto"
-(vllm where there is a GPU and generate.python's interpreter can import vLLM, else hf).
+(vllm where there is a GPU and generate.python's interpreter has vLLM installed, else hf).
 
 Every backend has `close()` (and is a context manager): a caller that keeps one backend for several
 calls closes it when done, which frees its model (hf) or ends its engine's process (vllm)."""
@@ -60,7 +60,7 @@ def _auto(cfg: Any, checkpoint: Path, dtype: str, batch_size: int, trust_remote_
 
 def resolve_backend(cfg: Any) -> str:
     """The backend `cfg.backend` names, "auto" resolved: "vllm" where CUDA is available and vLLM
-    imports in generate.python's interpreter (this one when unset), else "hf"."""
+    is installed for generate.python's interpreter (this one when unset), else "hf"."""
     if cfg.backend != "auto":
         return cfg.backend
     import torch

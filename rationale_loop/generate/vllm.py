@@ -114,6 +114,13 @@ class VLLMBackend:
         """The worker's process id while one is running."""
         return self._worker.process.pid if self._worker is not None and self._worker.alive() else None
 
+    @property
+    def engine_info(self) -> dict[str, Any]:
+        """What the running worker wrote once its engine was up: import and start seconds, and the
+        engine's own gpu_memory_utilization (None where vLLM keeps it elsewhere); {} without one."""
+        ready = self._worker.dir / "ready.json" if self._worker is not None else None
+        return json.loads(ready.read_text()) if ready is not None and ready.exists() else {}
+
     # -- generation --------------------------------------------------------------------------------
     def generate(
         self, prompts: Sequence[str], sampling: Sampling, skip: Collection[int] = ()
