@@ -209,3 +209,17 @@ def test_a_worker_that_does_not_exit_when_asked_is_killed_after_the_grace(tmp_pa
     started = time.monotonic()
     _shutdown(stuck, tmp_path / "dir", grace_s=1.0)
     assert stuck.returncode == -signal.SIGKILL and time.monotonic() - started < 30 and not (tmp_path / "dir").exists()
+
+
+def test_the_hf_backend_closes_too():
+    import torch
+
+    from rationale_loop.generate.hf import HFBackend
+
+    model = SimpleNamespace(device=torch.device("cpu"))
+    with HFBackend(model, SimpleNamespace(eos_token_id=2, pad_token_id=0)) as backend:
+        assert backend.model is model
+    assert backend.model is None
+    backend.close()  # twice is fine
+    with pytest.raises(RuntimeError, match="closed"):
+        list(backend.generate(["x"], Sampling()))
