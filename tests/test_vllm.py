@@ -136,3 +136,75 @@ def test_a_lora_run_generates_through_vllm_and_its_export_loads_in_vllm_and_tran
     from_round = dict(make_backend(lora.generate, run / "round_01" / "checkpoint", "float32", 8).generate(prompts, greedy))
     from_export = dict(make_backend(lora.generate, exported, "float32", 8).generate(prompts, greedy))
     assert [from_export[i][0].text for i in range(8)] == [from_round[i][0].text for i in range(8)]
+
+
+@pytest.fixture(scope="module")
+def engine(vllm_run):
+    """One engine for the tests below (each start costs ~14 s on a CPU): the SFT round's checkpoint."""
+    from rationale_loop.data.formats import TINYCOT
+    from rationale_loop.generate.vllm import VLLMBackend
+
+    run, _, _ = vllm_run
+    prompts = [TINYCOT.prompt(row["prompt"].split("\n")[1]) for row in list(read_jsonl(run / "round_00" / "eval.jsonl"))[:12]]
+    settings = {"dtype": "float32", "max_model_len": 256, "enforce_eager": True, "gpu_memory_utilization": 0.5}
+    with VLLMBackend(run / "round_00" / "checkpoint", settings, chunk_size=4) as backend:
+        yield backend, prompts, settings
+
+
+def _texts(results):
+    return {i: [(c.text, c.finish_reason, c.num_tokens) for c in completions] for i, completions in results}
+
+
+def test_one_vllm_engine_serves_calls_with_different_sampling_as_a_fresh_engine_would(engine):
+    """Three calls on one engine (different n, temperature, seed, stop, length, reply end); the last
+    one again on a fresh engine gives the same completions: what ran before does not change a call."""
+    from rationale_loop.data.formats import TINYCOT
+    from rationale_loop.generate import Sampling
+    from rationale_loop.generate.vllm import VLLMBackend
+
+    backend, prompts, settings = engine
+    a = Sampling(n=3, temperature=1.0, top_p=0.9, max_new_tokens=24, seed=11)
+    greedy = Sampling(n=1, temperature=0.0, max_new_tokens=32, stop=("### Answer:",))
+    b = Sampling(n=2, temperature=0.8, max_new_tokens=40, seed=3, reply_end=TINYCOT.reply_end)
+    first = _texts(backend.generate(prompts, a))
+    pid = backend.worker_pid
+    second = _texts(backend.generate(prompts, greedy))
+    third = _texts(backend.generate(prompts, b, skip={0, 5}))
+    assert backend.engine_starts == 1 and backend.worker_pid == pid and backend.last_timing["engine_start_s"] == 0.0
+    assert backend.engine_info["gpu_memory_utilization"] == 0.5, "generate.gpu_memory_utilization reaches the engine"
+    assert all(len(first[i]) == 3 for i in range(12)) and len({t for t, _, _ in first[0]}) > 1
+    assert all("### Answer:" not in second[i][0][0] for i in range(12))
+    assert sorted(third) == [i for i in range(12) if i not in (0, 5)] and all(len(c) == 2 for c in third.values())
+    with VLLMBackend(backend.checkpoint, settings, chunk_size=4) as fresh:
+        assert _texts(fresh.generate(prompts, b, skip={0, 5})) == third
+        fresh_pid = fresh.worker_pid
+    assert fresh_pid is not None and fresh.worker_pid is None
+    with pytest.raises(ProcessLookupError):  # close() ended the fresh engine's process
+        __import__("os").kill(fresh_pid, 0)
+    assert _texts(backend.generate(prompts, greedy)) == second and backend.engine_starts == 1
+
+
+def test_an_early_stop_leaves_the_vllm_engine_serving_and_a_killed_worker_fails_clearly(engine):
+    import os
+    import signal
+
+    from rationale_loop.generate import Sampling
+
+    backend, prompts, _ = engine
+    sampling = Sampling(n=2, temperature=0.7, max_new_tokens=32, seed=5)
+    stream = backend.generate(prompts, sampling)
+    index, completions = next(stream)
+    stream.close()  # the caller stops after one result
+    pid = backend.worker_pid
+    whole = _texts(backend.generate(prompts, sampling))
+    assert backend.worker_pid == pid and backend.engine_starts == 1 and len(whole) == 12
+    assert whole[index] == _texts([(index, completions)])[index]
+    # A worker killed while it samples: the call fails, naming how the worker ended.
+    stream = backend.generate(prompts, sampling)
+    next(stream)
+    os.kill(backend.worker_pid, signal.SIGKILL)
+    with pytest.raises(RuntimeError, match=r"was killed by signal SIGKILL after returning \d+ of 12 prompts"):
+        list(stream)
+    assert backend.worker_pid is None
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)

@@ -1,14 +1,24 @@
-"""Generation backends, picked by `generate.backend`: "hf" (transformers, in process) or "vllm"
-(vLLM's offline engine, in a child process)."""
+"""Generation backends, picked by `generate.backend`: "hf" (transformers, in process), "vllm" (vLLM's
+offline engine, in a child process that serves every call until the backend's `close()`), or "auto"
+(vllm where there is a GPU and generate.python's interpreter has vLLM installed, else hf).
+
+Every backend has `close()` (and is a context manager): a caller that keeps one backend for several
+calls closes it when done, which frees its model (hf) or ends its engine's process (vllm)."""
 
 from __future__ import annotations
 
+import functools
+import importlib.util
+import logging
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
 from rationale_loop.generate.base import Backend, Completion, Sampling
 
-__all__ = ["Backend", "Completion", "Sampling", "BACKENDS", "make_backend"]
+__all__ = ["Backend", "Completion", "Sampling", "BACKENDS", "make_backend", "resolve_backend"]
+log = logging.getLogger(__name__)
 
 
 def _hf(cfg: Any, checkpoint: Path, dtype: str, batch_size: int, trust_remote_code: bool) -> Backend:
@@ -42,7 +52,37 @@ def _vllm(cfg: Any, checkpoint: Path, dtype: str, batch_size: int, trust_remote_
     return VLLMBackend(checkpoint, engine, python=cfg.python, chunk_size=batch_size)
 
 
-BACKENDS: dict[str, Callable[..., Backend]] = {"hf": _hf, "vllm": _vllm}
+def _auto(cfg: Any, checkpoint: Path, dtype: str, batch_size: int, trust_remote_code: bool) -> Backend:
+    name = resolve_backend(cfg)
+    log.info("generate.backend=auto: %s", name)
+    return BACKENDS[name](cfg, checkpoint, dtype, batch_size, trust_remote_code)
+
+
+def resolve_backend(cfg: Any) -> str:
+    """The backend `cfg.backend` names, "auto" resolved: "vllm" where CUDA is available and vLLM
+    is installed for generate.python's interpreter (this one when unset), else "hf"."""
+    if cfg.backend != "auto":
+        return cfg.backend
+    import torch
+
+    if not torch.cuda.is_available():
+        return "hf"
+    return "vllm" if vllm_importable(cfg.python) else "hf"
+
+
+@functools.lru_cache(maxsize=None)
+def vllm_importable(python: str | None) -> bool:
+    """Whether `python` (None: this interpreter) finds the vllm module (found, not imported: cheap)."""
+    if python is None or Path(python).absolute() == Path(sys.executable).absolute():
+        return importlib.util.find_spec("vllm") is not None
+    probe = "import importlib.util, sys; sys.exit(importlib.util.find_spec('vllm') is None)"
+    try:
+        return subprocess.run([python, "-c", probe], capture_output=True, timeout=120, check=False).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+BACKENDS: dict[str, Callable[..., Backend]] = {"hf": _hf, "vllm": _vllm, "auto": _auto}
 
 
 def make_backend(cfg: Any, checkpoint: Path, dtype: str, batch_size: int, trust_remote_code: bool = False) -> Backend:

@@ -41,3 +41,9 @@ class Backend(Protocol):
         prompt's completions do not depend on which others are skipped, so a resumed run that skips
         the prompts it already has gets the same samples for the rest."""
         ...
+
+    def close(self) -> None:
+        """Free what the backend holds (its model, its engine's process); a no-op where it holds
+        nothing. Callers that keep one backend for several generate calls close it when done (or use
+        `contextlib.closing`)."""
+        ...

@@ -19,6 +19,25 @@ class HFBackend:
         self.eos_id = tokenizer.eos_token_id
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id
 
+    def __enter__(self) -> "HFBackend":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Drop the backend's model (its memory is freed unless the caller holds it too); generate
+        fails after this."""
+        if self.model is None:
+            return
+        on_gpu = self.model.device.type == "cuda"
+        self.model = None
+        if on_gpu:
+            import gc
+
+            gc.collect()
+            torch.cuda.empty_cache()
+
     def _generation_config(self, sampling: Sampling) -> GenerationConfig:
         # Built from scratch so a checkpoint's own generation defaults (top_k=50, say) never leak in.
         sample = sampling.temperature > 0
@@ -38,6 +57,8 @@ class HFBackend:
     def generate(
         self, prompts: Sequence[str], sampling: Sampling, skip: Collection[int] = ()
     ) -> Iterator[tuple[int, list[Completion]]]:
+        if self.model is None:
+            raise RuntimeError("this HFBackend is closed")
         if sampling.reply_end is None:
             encoded = [self.tokenizer(p, add_special_tokens=True)["input_ids"] for p in prompts]
         else:
