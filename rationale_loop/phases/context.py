@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 
 from rationale_loop.data.formats import ReasoningFormat, get_format
 from rationale_loop.data.tasks import TaskSplits, load_task
-from rationale_loop.generate import Backend, Sampling, make_backend
+from rationale_loop.generate import Backend, Sampling, make_backend, resolve_backend
 from rationale_loop.records import Problem
 from rationale_loop.rundir import round_dir, run_dir
 
@@ -71,7 +71,7 @@ class RunContext:
 
         key = (id(problems), max_new_tokens)
         if key not in self._fits:
-            engine_limit = self.cfg.generate.max_model_len if self.cfg.generate.backend == "vllm" else None
+            engine_limit = self.cfg.generate.max_model_len if resolve_backend(self.cfg.generate) == "vllm" else None
             context = context_length(checkpoint, engine_limit)
             tokenizer = load_tokenizer(checkpoint, self.cfg.model.trust_remote_code) if context else None
             self._fits[key] = fitting(problems, self.fmt, tokenizer, context, max_new_tokens, self.cfg.generate.too_long, what)
