@@ -21,7 +21,8 @@ from typing import Any, Callable, Iterator
 
 from omegaconf import DictConfig, OmegaConf
 
-from rationale_loop.config import ConfigError, config_differences, flatten, saved_form, under, validate
+from rationale_loop.config import ConfigError, config_differences, flatten, saved_form, under
+from rationale_loop.config_checks import validate
 from rationale_loop.data.formats import ReasoningFormat, get_format
 from rationale_loop.data.tasks import TaskSplits, load_task
 from rationale_loop.faults import crash_point

@@ -22,7 +22,7 @@ from typing import Any, Iterable, Iterator
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from rationale_loop.config import ModelConfig
+from rationale_loop.config import DTYPES, ConfigError, ModelConfig, unknown_choice
 from rationale_loop.errors import CheckpointError, NonFiniteError
 from rationale_loop.paths import remove
 from rationale_loop.records import fsync_directory
@@ -128,10 +128,9 @@ def save_directory(target: Path) -> Iterator[Path]:
 
 
 def torch_dtype(name: str) -> torch.dtype:
-    try:
-        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
-    except KeyError:
-        raise ValueError(f"model.dtype must be float32, bfloat16 or float16, got {name!r}") from None
+    if name not in DTYPES:  # config.DTYPES: the names, each torch's own attribute
+        raise ConfigError(unknown_choice("model.dtype", name, DTYPES))
+    return getattr(torch, name)
 
 
 def cpu_has_fast_bf16() -> bool:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from rationale_loop.generate.base import Backend, Completion, Sampling
+from rationale_loop.registry import Registry
 
 __all__ = ["Backend", "Completion", "Sampling", "BACKENDS", "make_backend"]
 
@@ -42,14 +43,10 @@ def _vllm(cfg: Any, checkpoint: Path, dtype: str, batch_size: int, trust_remote_
     return VLLMBackend(checkpoint, engine, python=cfg.python, chunk_size=batch_size)
 
 
-BACKENDS: dict[str, Callable[..., Backend]] = {"hf": _hf, "vllm": _vllm}
+BACKENDS: Registry[Callable[..., Backend]] = Registry("generate.backend", {"hf": _hf, "vllm": _vllm})
 
 
 def make_backend(cfg: Any, checkpoint: Path, dtype: str, batch_size: int, trust_remote_code: bool = False) -> Backend:
     """The backend named by `cfg.backend` (a GenerateConfig) for the checkpoint on disk, in the
     generation dtype that `cfg.dtype` picks."""
-    try:
-        factory = BACKENDS[cfg.backend]
-    except KeyError:
-        raise ValueError(f"generate.backend={cfg.backend!r} is unknown; known: {sorted(BACKENDS)}") from None
-    return factory(cfg, Path(checkpoint), dtype, batch_size, trust_remote_code)
+    return BACKENDS.get(cfg.backend)(cfg, Path(checkpoint), dtype, batch_size, trust_remote_code)
