@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ValidationError
 
 from rationale_loop.errors import UserError
+from rationale_loop.paths import RunPathError, fitting_name, run_directory
 
 # The closed sets of the schema's string values, each defined once here: config_checks.py checks a config
 # against them and the code that acts on a value reads the same constant. (Sets that a module's table
@@ -383,8 +384,6 @@ def register_configs() -> None:
     if not OmegaConf.has_resolver("run_directory"):
         OmegaConf.register_new_resolver("run_directory", _run_directory_or_exit)
     if not OmegaConf.has_resolver("fitting_name"):
-        from rationale_loop.paths import fitting_name
-
         # `run=base/${fitting_name:${hydra:job.override_dirname}}`: a sweep job's name, cut to fit a file name
         OmegaConf.register_new_resolver("fitting_name", fitting_name)
 
@@ -392,8 +391,6 @@ def register_configs() -> None:
 def _run_directory_or_exit(output_root: str, run: str) -> str:
     """Hydra's run directory (conf/config.yaml), checked before Hydra creates it. Hydra would print a
     resolver's exception under two screens of traceback; SystemExit passes through it as one line."""
-    from rationale_loop.paths import RunPathError, run_directory
-
     try:
         return run_directory(output_root, run)
     except RunPathError as error:

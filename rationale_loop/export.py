@@ -19,6 +19,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from rationale_loop.config import Config
 from rationale_loop.errors import UserError
 from rationale_loop.integrity import check_checkpoint
 
@@ -133,7 +134,6 @@ def _saved_config(round_path: Path) -> Any:
     """A round's config.yaml over the schema's defaults (a run made before a key existed ran with its
     default), with every `${...}` kept as its text: an `${oc.env:SECRET}` must never be looked up into
     a file meant to be published."""
-    from rationale_loop.config import Config
     from rationale_loop.run_config import read_saved_config
 
     defaults = OmegaConf.create(OmegaConf.to_container(OmegaConf.structured(Config)))
