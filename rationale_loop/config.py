@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import typing
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -25,7 +24,6 @@ from rationale_loop.paths import RunPathError, fitting_name, run_directory
 # against them and the code that acts on a value reads the same constant. (Sets that a module's table
 # defines, such as objectives or optimizers, live in that module's Registry instead.)
 MODEL_SOURCES = ("tiny", "pretrained")
-ARCHITECTURES = ("llama", "qwen2")  # qwen2: q/k/v biases
 DTYPES = ("float32", "bfloat16", "float16")
 GENERATE_DTYPES = ("auto", *DTYPES)  # auto: model.generation_dtype picks
 ARITH_ANSWERS = ("final", "running")
@@ -60,7 +58,7 @@ class ModelConfig:
     max_position_embeddings: int = 256
     init_seed: int = 0
     # More of the shape, for building stand-ins of real models (conf/model/qwen2_5_0_5b_shape.yaml):
-    architecture: str = "llama"  # llama | qwen2 (q/k/v biases)
+    architecture: str = "llama"  # a key of model.ARCHITECTURES: llama, qwen2 (q/k/v biases)
     num_kv_heads: int = 0  # grouped-query attention; 0: as many as num_heads
     tie_embeddings: bool = False
     rope_theta: float = 10000.0

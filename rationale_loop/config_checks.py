@@ -26,6 +26,7 @@ from rationale_loop.data.templates import TEMPLATES
 from rationale_loop.generate import BACKENDS
 from rationale_loop.launch import LAUNCH_DEVICES, LAUNCH_KINDS
 from rationale_loop.merge import AVERAGE_METHODS
+from rationale_loop.model import ARCHITECTURES
 from rationale_loop.objectives import OBJECTIVES
 from rationale_loop.optim import ADALITE_VARIANTS, OPTIMIZERS
 from rationale_loop.paths import RunPathError, check_output_root, check_run_name
@@ -136,7 +137,7 @@ def _check_names(cfg: DictConfig) -> None:
         _one_of(f"task.files.{split}", split, schema.SPLITS)
         LOADERS.check(source.loader, f"task.files.{split}.loader")
     _one_of("model.source", cfg.model.source, schema.MODEL_SOURCES)
-    _one_of("model.architecture", cfg.model.architecture, schema.ARCHITECTURES)
+    _one_of("model.architecture", cfg.model.architecture, ARCHITECTURES)
     _one_of("model.dtype", cfg.model.dtype, schema.DTYPES)
     _one_of("generate.dtype", cfg.generate.dtype, schema.GENERATE_DTYPES)
     for stage in ("sft", "rank"):

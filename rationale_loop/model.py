@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import torch
+import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from rationale_loop.config import DTYPES, ConfigError, ModelConfig, unknown_choice
@@ -70,11 +71,9 @@ def build_tiny_model(cfg: ModelConfig, corpus: list[str], corpus_key: str) -> Pa
     if (target / "config.json").exists():
         log.info("tiny model: using cached %s", target)
         return target
-    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
-
     log.info("tiny model: building %s (tokenizer trained on %d texts)", target, len(corpus))
     tokenizer = train_tokenizer(corpus, cfg.vocab_size)
-    config_class = {"llama": LlamaConfig, "qwen2": Qwen2Config}[cfg.architecture]
+    config_class = getattr(transformers, ARCHITECTURES[cfg.architecture])
     config = config_class(
         vocab_size=max(len(tokenizer), cfg.model_vocab_size),
         hidden_size=cfg.hidden_size,
@@ -125,6 +124,11 @@ def save_directory(target: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+#: model.architecture's values (source=tiny) -> the transformers config class the tiny model is built from
+#: (qwen2: q/k/v biases); config_checks.py checks the name against these keys.
+ARCHITECTURES = {"llama": "LlamaConfig", "qwen2": "Qwen2Config"}
 
 
 def torch_dtype(name: str) -> torch.dtype:
