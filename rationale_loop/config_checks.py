@@ -33,6 +33,7 @@ from rationale_loop.paths import RunPathError, check_output_root, check_run_name
 from rationale_loop.rank_scope import SCOPES
 from rationale_loop.verify import VERIFIERS
 
+
 def validate(cfg: DictConfig | Config) -> None:
     """Every check the config alone allows, made before any work: a value found wrong after SFT or
     generation has run costs that work, and a library's message about it would not name the key."""
