@@ -26,7 +26,7 @@ from typing import Callable
 import hydra
 from omegaconf import DictConfig
 
-from rationale_loop.config import register_configs
+from rationale_loop.config import ConfigError, check_override_keys, register_configs
 from rationale_loop.errors import UserError
 
 # An absolute path: under `python -m`, Hydra would read a relative one as a Python module name.
@@ -253,8 +253,6 @@ def config_groups() -> dict[str, list[str]]:
 
 def _check_overrides_or_exit(overrides: list[str]) -> None:
     """A misspelt key or group option, or a Hydra key that would move the run: one line, before Hydra."""
-    from rationale_loop.config import ConfigError, check_override_keys
-
     try:
         check_override_keys(overrides, config_groups())
     except ConfigError as error:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import typing
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -19,6 +18,24 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ValidationError
 
 from rationale_loop.errors import UserError
+from rationale_loop.paths import RunPathError, fitting_name, run_directory
+
+# The closed sets of the schema's string values, each defined once here: config_checks.py checks a config
+# against them and the code that acts on a value reads the same constant. (Sets that a module's table
+# defines, such as objectives or optimizers, live in that module's Registry instead.)
+MODEL_SOURCES = ("tiny", "pretrained")
+DTYPES = ("float32", "bfloat16", "float16")
+GENERATE_DTYPES = ("auto", *DTYPES)  # auto: model.generation_dtype picks
+ARITH_ANSWERS = ("final", "running")
+SPLITS = ("sft", "pool", "eval")
+MULTI_FORMATS = ("all", "sample")
+CONVERSATION_TOO_LONG = ("drop", "truncate")
+MIXED_PRECISION = ("no", "bf16")
+ANCHORS = ("gold", "chosen", "replay")
+PEFT_METHODS = ("none", "lora", "qlora")
+PROMPT_TOO_LONG = ("skip", "error")
+#: verify.chain's values: the answer alone decides; steps counted too; a wrong step makes a sample incorrect.
+CHAIN_MODES = ("ignore", "count", "check")
 
 
 @dataclass
@@ -41,7 +58,7 @@ class ModelConfig:
     max_position_embeddings: int = 256
     init_seed: int = 0
     # More of the shape, for building stand-ins of real models (conf/model/qwen2_5_0_5b_shape.yaml):
-    architecture: str = "llama"  # llama | qwen2 (q/k/v biases)
+    architecture: str = "llama"  # a key of model.ARCHITECTURES: llama, qwen2 (q/k/v biases)
     num_kv_heads: int = 0  # grouped-query attention; 0: as many as num_heads
     tie_embeddings: bool = False
     rope_theta: float = 10000.0
@@ -204,7 +221,7 @@ class TrainConfig:
 
 @dataclass
 class ObjectiveConfig:
-    name: str = "memphis"  # memphis | star | spin | cpo_simpo | rpo | sft
+    name: str = "memphis"  # a name of objectives.OBJECTIVES; conf/objective/*.yaml sets it with its options
     rank_weight: float = 5.0  # memphis: w in L = anchor_weight * CE_anchor + w * rank
     anchor_weight: float = 1.0  # memphis: 1 in the recipe; 0 ranks without an anchor (an ablation)
     # memphis: CE anchor on the "gold" rationale and answer, the "chosen" completion, or a "replay" of a
@@ -365,8 +382,6 @@ def register_configs() -> None:
     if not OmegaConf.has_resolver("run_directory"):
         OmegaConf.register_new_resolver("run_directory", _run_directory_or_exit)
     if not OmegaConf.has_resolver("fitting_name"):
-        from rationale_loop.paths import fitting_name
-
         # `run=base/${fitting_name:${hydra:job.override_dirname}}`: a sweep job's name, cut to fit a file name
         OmegaConf.register_new_resolver("fitting_name", fitting_name)
 
@@ -374,8 +389,6 @@ def register_configs() -> None:
 def _run_directory_or_exit(output_root: str, run: str) -> str:
     """Hydra's run directory (conf/config.yaml), checked before Hydra creates it. Hydra would print a
     resolver's exception under two screens of traceback; SystemExit passes through it as one line."""
-    from rationale_loop.paths import RunPathError, run_directory
-
     try:
         return run_directory(output_root, run)
     except RunPathError as error:
@@ -413,6 +426,15 @@ def did_you_mean(name: str, known: Any, shown: str = "{}") -> str:
     return f" (did you mean {shown.format(guess[0])}?)" if guess else ""
 
 
+def unknown_choice(key: str, value: Any, known: Any, also: str = "") -> str:
+    """The one wording of a value outside its closed set (a group option, a registry's name, a schema
+    value): `key=value is unknown (did you mean key=x?); known: a, b, c`; `also` names what else is
+    accepted beside the list (task.source: a dataset id)."""
+    options = sorted(map(str, known))
+    listed = ", ".join(options) + (f", {also}" if also else "")
+    return f"{key}={value} is unknown{did_you_mean(str(value), options, f'{key}={{}}')}; known: {listed}"
+
+
 def check_override_keys(overrides: list[str], groups: dict[str, list[str]]) -> None:
     """One line, with a guess, for an override that names no key of the schema or no option of a
     group, before Hydra answers it with a screen of advice (such as adding the key with '+', which
@@ -432,8 +454,7 @@ def check_override_keys(overrides: list[str], groups: dict[str, list[str]]) -> N
             options = groups[key]
             for choice in (part.strip() for part in value.split(",")):
                 if choice and choice not in options and not choice.startswith("$"):
-                    raise ConfigError(f"{key}={choice} is unknown{did_you_mean(choice, options, f'{key}={{}}')}; "
-                                      f"known: {', '.join(options)}")
+                    raise ConfigError(unknown_choice(key, choice, options))
             continue
         parts = key.split(".")
         if any(keys.get(".".join(parts[:i])) for i in range(1, len(parts))):
@@ -457,213 +478,6 @@ def unknown_keys(cfg: DictConfig, schema: type = None, prefix: str = "") -> list
         elif dataclasses.is_dataclass(hints[key]) and isinstance(cfg[key], DictConfig):
             unknown += unknown_keys(cfg[key], hints[key], f"{prefix}{key}.")
     return unknown
-
-
-def validate(cfg: DictConfig | Config) -> None:
-    """Every check the config alone allows, made before any work: a value found wrong after SFT or
-    generation has run costs that work, and a library's message about it would not name the key."""
-    cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.structured(cfg)
-    extra = unknown_keys(cfg)
-    if extra:
-        keys = schema_keys()
-        guesses = [key + did_you_mean(key, keys) for key in extra]
-        raise ConfigError(f"unknown config key(s) {', '.join(guesses)} (added with '+'?): no part of the tool reads them")
-    from rationale_loop.paths import RunPathError, check_output_root, check_run_name
-
-    try:
-        check_output_root(cfg.output_root)
-        check_run_name(cfg.run)
-    except RunPathError as error:
-        raise ConfigError(str(error)) from None
-    _check_ranges(cfg)
-    _check_names(cfg)
-    _check_combinations(cfg)
-
-
-def _require(condition: bool, message: str) -> None:
-    if not condition:
-        raise ConfigError(message)
-
-
-def _one_of(key: str, value: Any, known: Any) -> None:
-    _require(value in known, f"{key}={value!r} is unknown; known: {', '.join(sorted(map(str, known)))}")
-
-
-def _check_ranges(cfg: DictConfig) -> None:
-    for stage in ("sft", "rank"):
-        train = cfg[stage]
-        _require(train.micro_batch_size > 0 and train.batch_size > 0 and train.batch_size % train.micro_batch_size == 0,
-                 f"{stage}.batch_size ({train.batch_size}) must be a positive multiple of "
-                 f"{stage}.micro_batch_size ({train.micro_batch_size})")
-        _require(train.lr > 0, f"{stage}.lr must be positive, got {train.lr}")
-        _require(train.steps >= 0, f"{stage}.steps must be >= 0 (0: epochs decide), got {train.steps}")
-        _require(train.steps > 0 or train.epochs > 0, f"{stage}.epochs must be positive when {stage}.steps is 0, got {train.epochs}")
-        _require(0.0 <= train.warmup_ratio < 1.0, f"{stage}.warmup_ratio must be in [0, 1), got {train.warmup_ratio}")
-        _require(0.0 <= train.min_lr_ratio <= 1.0, f"{stage}.min_lr_ratio must be in [0, 1], got {train.min_lr_ratio}")
-        _require(train.max_length > 0, f"{stage}.max_length must be positive, got {train.max_length}")
-        _require(train.grad_clip >= 0, f"{stage}.grad_clip must be >= 0 (0: no clipping), got {train.grad_clip}")
-        _require(train.weight_decay >= 0, f"{stage}.weight_decay must be >= 0, got {train.weight_decay}")
-        _require(0.0 <= train.mixce_eta <= 1.0, f"{stage}.mixce_eta must be in [0, 1], got {train.mixce_eta}")
-        _require(train.neftune_alpha >= 0, f"{stage}.neftune_alpha must be >= 0 (0: off), got {train.neftune_alpha}")
-        _require(train.log_every >= 1, f"{stage}.log_every must be at least 1, got {train.log_every}")
-        _require(train.save_every >= 0, f"{stage}.save_every must be >= 0 (0: never), got {train.save_every}")
-        _one_of(f"{stage}.adalite_variant", train.adalite_variant, ("january", "february"))
-        _one_of(f"{stage}.mixed_precision", train.mixed_precision, ("no", "bf16"))
-    gen = cfg.generate
-    _require(gen.n >= 1, f"generate.n must be at least 1, got {gen.n}")
-    _require(gen.temperature >= 0, f"generate.temperature must be >= 0 (0: greedy), got {gen.temperature}")
-    _require(0.0 < gen.top_p <= 1.0, f"generate.top_p must be in (0, 1], got {gen.top_p}")
-    _require(gen.max_new_tokens >= 1, f"generate.max_new_tokens must be at least 1, got {gen.max_new_tokens}")
-    _require(gen.batch_size >= 1, f"generate.batch_size must be at least 1, got {gen.batch_size}")
-    _require(gen.tensor_parallel_size >= 1, f"generate.tensor_parallel_size must be at least 1, got {gen.tensor_parallel_size}")
-    _require(0.0 < gen.gpu_memory_utilization <= 1.0, f"generate.gpu_memory_utilization must be in (0, 1], got {gen.gpu_memory_utilization}")
-    _one_of("generate.too_long", gen.too_long, ("skip", "error"))
-    _require(cfg.eval.max_new_tokens >= 1, f"eval.max_new_tokens must be at least 1, got {cfg.eval.max_new_tokens}")
-    _require(cfg.eval.batch_size >= 1, f"eval.batch_size must be at least 1, got {cfg.eval.batch_size}")
-    for split in ("sft_size", "pool_size", "eval_size"):
-        value = cfg.task[split]
-        _require(cfg.task.source != "tiny_arith" or value > 0, f"task.{split} must be positive for the generated task, got {value}")
-    objective = cfg.objective
-    _require(objective.rank_weight >= 0 and objective.anchor_weight >= 0,
-             f"objective.rank_weight and objective.anchor_weight must be >= 0, got {objective.rank_weight} and {objective.anchor_weight}")
-    _require(objective.beta > 0, f"objective.beta must be positive, got {objective.beta}")
-    _require(objective.chosen_floor >= 0, f"objective.chosen_floor must be >= 0 (0: no floor), got {objective.chosen_floor}")
-    _require(objective.rank_scope != "step" or any(d for d in objective.step_delimiters),
-             "objective.rank_scope=step needs objective.step_delimiters (where a step of the reasoning format ends), "
-             "and they are empty")
-    _require(0.0 <= cfg.average.factor <= 1.0, f"average.factor must be in [0, 1], got {cfg.average.factor}")
-    _require(cfg.rounds >= 0, f"rounds must be >= 0, got {cfg.rounds}")
-    _require(cfg.peft.r >= 1, f"peft.r must be at least 1, got {cfg.peft.r}")
-    _require(cfg.peft.alpha > 0, f"peft.alpha must be positive, got {cfg.peft.alpha}")
-    _require(0.0 <= cfg.peft.dropout < 1.0, f"peft.dropout must be in [0, 1), got {cfg.peft.dropout}")
-    for stage in ("sft", "rank"):
-        _require(cfg[stage].loss_chunk_tokens >= 0, f"{stage}.loss_chunk_tokens must be >= 0 (0: off), got {cfg[stage].loss_chunk_tokens}")
-        _require(cfg[stage].micro_batch_tokens >= 0, f"{stage}.micro_batch_tokens must be >= 0, got {cfg[stage].micro_batch_tokens}")
-    _require(cfg.launch.num_processes >= 1, f"launch.num_processes must be at least 1, got {cfg.launch.num_processes}")
-    _require(len(cfg.peft.target_modules) > 0, "peft.target_modules is empty: name the modules that get an adapter")
-    _require(cfg.report.pairs >= 0, f"report.pairs must be >= 0, got {cfg.report.pairs}")
-    for key in ("pairs", "samples", "page"):
-        _require(cfg.inspect[key] >= 1, f"inspect.{key} must be at least 1, got {cfg.inspect[key]}")
-    _require(cfg.inspect.round is None or cfg.inspect.round >= 0, f"inspect.round must be >= 0 (or null: the last), got {cfg.inspect.round}")
-
-
-#: verify.chain's values: the answer alone decides; steps counted too; a wrong step makes a sample incorrect.
-CHAIN_MODES = ("ignore", "count", "check")
-
-
-def _check_names(cfg: DictConfig) -> None:
-    """Every name a later phase looks up in a registry, looked up now."""
-    from rationale_loop.data.formats import FORMATS
-    from rationale_loop.data.public import LOADERS
-    from rationale_loop.data.tasks import TASKS, is_hub_id
-    from rationale_loop.generate import BACKENDS
-    from rationale_loop.objectives import OBJECTIVES
-    from rationale_loop.optim import OPTIMIZERS
-    from rationale_loop.rank_scope import SCOPES
-    from rationale_loop.verify import VERIFIERS
-
-    _one_of("objective.name", cfg.objective.name, OBJECTIVES)
-    _one_of("objective.anchor", cfg.objective.anchor, ("gold", "chosen", "replay"))
-    _one_of("objective.rank_scope", cfg.objective.rank_scope, SCOPES)
-    _one_of("generate.backend", cfg.generate.backend, BACKENDS)
-    _one_of("task.verifier", cfg.task.verifier, VERIFIERS)
-    _one_of("verify.kind", cfg.verify.kind, VERIFIERS)
-    _one_of("verify.chain", cfg.verify.chain, CHAIN_MODES)
-    _one_of("task.prompt_format", cfg.task.prompt_format, FORMATS)
-    if not is_hub_id(cfg.task.source):
-        _one_of("task.source", cfg.task.source, TASKS)
-    _one_of("task.arith.answer", cfg.task.arith.answer, ("final", "running"))
-    _one_of("task.pool_arith.answer", cfg.task.pool_arith.answer, ("final", "running"))
-    for split, source in cfg.task.files.items():
-        _one_of(f"task.files.{split}", split, ("sft", "pool", "eval"))
-        _one_of(f"task.files.{split}.loader", source.loader, LOADERS)
-    _one_of("model.source", cfg.model.source, ("tiny", "pretrained"))
-    _one_of("model.architecture", cfg.model.architecture, ("llama", "qwen2"))
-    dtypes = ("float32", "bfloat16", "float16")
-    _one_of("model.dtype", cfg.model.dtype, dtypes)
-    _one_of("generate.dtype", cfg.generate.dtype, ("auto", *dtypes))
-    for stage in ("sft", "rank"):
-        _one_of(f"{stage}.optimizer", str(cfg[stage].optimizer).lower(), OPTIMIZERS)
-    _one_of("average.method", cfg.average.method, ("none", "slerp", "linear"))
-    _one_of("peft.method", cfg.peft.method, ("none", "lora", "qlora"))
-    _one_of("launch.kind", cfg.launch.kind, ("local", "ddp", "fsdp", "deepspeed"))
-    _one_of("launch.device", cfg.launch.device, ("auto", "cuda", "cpu"))
-    from rationale_loop.data.sources import ADAPTERS, PREFERENCE_SCHEMA, TEXT_SCHEMA
-    from rationale_loop.data.templates import TEMPLATES
-
-    for name in cfg.data.formats:
-        _one_of("data.formats", name, TEMPLATES)
-    _one_of("data.multi_format", cfg.data.multi_format, ("all", "sample"))
-    _one_of("data.too_long", cfg.data.too_long, ("drop", "truncate"))
-    for name, source in source_configs(cfg.data).items():
-        _one_of(f"data.sources.{name}.schema", source.schema, [*ADAPTERS, TEXT_SCHEMA, PREFERENCE_SCHEMA])
-        _require(bool(source.path), f"data.sources.{name}.path is empty: name a file, a folder or a hub id")
-        _require(source.schema != PREFERENCE_SCHEMA or cfg.objective.name in pair_objectives(),
-                 f"data.sources.{name} holds preference pairs, which only a pair objective's rank stage trains on "
-                 f"(objective={' or '.join(pair_objectives())}), not objective={cfg.objective.name}")
-    _require(cfg.data.preference_per_round >= 0, "data.preference_per_round must be >= 0 (0: every pair, every round)")
-    _check_decontamination(cfg.data)
-
-
-def _check_decontamination(data: DictConfig) -> None:
-    import importlib.util
-
-    _require(data.decontaminate_ngram >= 0, f"data.decontaminate_ngram must be >= 0 (0: off), got {data.decontaminate_ngram}")
-    _require(0.0 < data.near_duplicate_threshold <= 1.0, f"data.near_duplicate_threshold must be in (0, 1] (1: off), got {data.near_duplicate_threshold}")
-    _require(0.0 < data.embedding_threshold <= 1.0, f"data.embedding_threshold must be in (0, 1], got {data.embedding_threshold}")
-    if data.embedding_model:
-        missing = [name for name in ("sentence_transformers", "faiss") if importlib.util.find_spec(name) is None]
-        _require(not missing, f"data.embedding_model={data.embedding_model} needs {' and '.join(missing)}: "
-                              'pip install -e ".[decontam]" (sentence-transformers, faiss-cpu)')
-    for index, path in enumerate(data.decontaminate_against):
-        looks_like_file = Path(path).suffix in (".json", ".jsonl", ".parquet", ".csv")
-        _require(not looks_like_file or Path(path).exists(), f"data.decontaminate_against[{index}]={path}: no such file")
-
-
-def pair_objectives() -> list[str]:
-    """The objectives that train on pairs of a correct and an incorrect sample of one question (each says so)."""
-    from rationale_loop.objectives import OBJECTIVES
-
-    return sorted(name for name, objective in OBJECTIVES.items() if getattr(objective, "trains_on_pairs", False))
-
-
-# Options of the pair objectives only: set on another, they would do nothing.
-PAIR_OPTIONS = {"rank_scope": "sequence", "detach_rejected": False, "chosen_floor": 0.0}
-
-
-def _check_combinations(cfg: DictConfig) -> None:
-    gen, objective = cfg.generate, cfg.objective
-    _require(not (gen.temperature == 0 and gen.n > 1),
-             f"generate.temperature=0 is greedy: its generate.n={gen.n} samples of a question would all be the same; "
-             "set a temperature above 0 or n=1")
-    pairs = objective.name in pair_objectives()
-    for key, default in PAIR_OPTIONS.items():
-        _require(pairs or objective[key] == default,
-                 f"objective.{key}={objective[key]} is an option of the pair objectives ({', '.join(pair_objectives())}), "
-                 f"not of objective={objective.name}")
-    _require(not (pairs and gen.n < 2),
-             f"objective={objective.name} trains on pairs of a correct and an incorrect sample of one question, "
-             f"which generate.n={gen.n} cannot give; set generate.n to 2 or more")
-    _require(not (objective.rationalize and objective.name != "star"),
-             f"objective.rationalize is STaR's and needs objective=star, not {objective.name!r}")
-    _require(not (cfg.model.source == "pretrained" and not cfg.model.path), "model.path is required when model.source=pretrained")
-    _require(not (cfg.task.source == "files" and not cfg.task.files), "task.source=files needs task.files (sft, pool and eval)")
-    _require(not (cfg.rank.packing and objective.name not in ("star", "sft")),
-             f"rank.packing packs token-level rows (objective star or sft); objective={objective.name} scores groups, "
-             "whose prompt objective.share_prompt already forwards once: set rank.packing=false")
-    sharded = cfg.launch.kind == "fsdp" or (cfg.launch.kind == "deepspeed" and cfg.launch.zero_stage == 3)
-    for stage in ("sft", "rank"):
-        _require(not (sharded and cfg[stage].loss_chunk_tokens > 0),
-                 f"{stage}.loss_chunk_tokens reads the output head's weight outside the forward pass, which launch={cfg.launch.kind} "
-                 f"keeps sharded there; set {stage}.loss_chunk_tokens=0")
-    if cfg.peft.method == "qlora":
-        import importlib.util
-
-        import torch
-
-        _require(torch.cuda.is_available(), "peft=qlora loads the base in 4 bits with bitsandbytes, which needs a CUDA GPU; "
-                                            "this machine has none (peft=lora trains an adapter on the full-precision base)")
-        _require(importlib.util.find_spec("bitsandbytes") is not None, "peft=qlora needs bitsandbytes: pip install bitsandbytes")
 
 
 def to_container(cfg: DictConfig) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from rationale_loop.config import Config
 from rationale_loop.errors import UserError
 from rationale_loop.integrity import check_checkpoint
 
@@ -133,7 +134,6 @@ def _saved_config(round_path: Path) -> Any:
     """A round's config.yaml over the schema's defaults (a run made before a key existed ran with its
     default), with every `${...}` kept as its text: an `${oc.env:SECRET}` must never be looked up into
     a file meant to be published."""
-    from rationale_loop.config import Config
     from rationale_loop.run_config import read_saved_config
 
     defaults = OmegaConf.create(OmegaConf.to_container(OmegaConf.structured(Config)))
@@ -190,21 +190,20 @@ def _split_source(cfg: Any, split: str, rows: int | None) -> str:
     return f"{where}; {counted}"
 
 
+def _declared(cfg: Any) -> Any:
+    """The run's objective class, which describes itself (objectives.Declared); None for a name no longer
+    registered (a run made by another version), whose card then gives the bare name."""
+    from rationale_loop.objectives import OBJECTIVES  # torch: loaded when a card is written, not on import
+
+    return OBJECTIVES.get(cfg.objective.name) if cfg.objective.name in OBJECTIVES else None
+
+
 def _objective(cfg: Any) -> str:
-    o = cfg.objective
-    described = {
-        "memphis": f"Memphis-CoT ranking loss: {o.anchor_weight:g} x CE anchor on the {o.anchor} response + {o.rank_weight:g} x "
-                   "rank = -log(e^s_c / (e^s_c + mean_j e^s_rj)) over length-normalised log-probabilities",
-        "star": "STaR: cross-entropy on the model's own correct responses" + (", with rationalization" if o.rationalize else ""),
-        "spin": f"SPIN: DPO (beta {o.beta:g}) with the SFT set's gold responses chosen, the model's own rejected",
-        "cpo_simpo": f"CPO-SimPO (beta {o.beta:g}, gamma {o.gamma:g}, NLL weight {o.alpha:g})",
-        "rpo": f"Iterative RPO: DPO (beta {o.beta:g}) against the round's starting model + {o.alpha:g} x the chosen response's NLL over its length",
-        "sft": "SFT continued on the SFT set (no self-training)",
-    }
+    o, declared = cfg.objective, _declared(cfg)
     options = [f"rank scope {o.get('rank_scope')}"] if o.get("rank_scope", "sequence") != "sequence" else []
     options += ["rejected scores detached"] if o.get("detach_rejected", False) else []
     options += [f"chosen-score floor {o.chosen_floor:g}"] if o.get("chosen_floor", 0.0) > 0 else []
-    return described.get(o.name, o.name) + (f" ({', '.join(options)})" if options else "")
+    return (declared.describe(o) if declared else str(o.name)) + (f" ({', '.join(options)})" if options else "")
 
 
 def _accuracy(row: dict[str, Any]) -> str:
@@ -276,7 +275,8 @@ def _card_body(run: Path, k: int) -> tuple[str, str | None, list[str], list[str]
                        f"{row.get('train_items', '-')} items, {row.get('train_steps', '-')} steps |")
     base_model = None if first.model.source == "tiny" else str(base)
     tags = ["rationale_loop", "self-training", str(cfg.objective.name), "reasoning"]
-    gold_anchor = cfg.objective.name == "memphis" and cfg.objective.anchor == "gold"
+    declared = _declared(cfg)
+    gold_anchor = declared is not None and "pool" in declared.gold_rationales_needed(cfg.objective)
     gen = cfg.generate
     mix = [f"- Mixed into SFT (`data=`): " + ", ".join(f"`{source_name}` ({entry.get('schema')}, {entry.get('path')}): "
                                                      f"{entry.get('kept', '?')} of {entry.get('rows', '?')} rows kept"

@@ -28,6 +28,10 @@ from rationale_loop.errors import UserError
 log = logging.getLogger(__name__)
 
 KIND_FLAGS = {"ddp": ["--multi_gpu"], "fsdp": ["--use_fsdp"], "deepspeed": ["--use_deepspeed"]}
+#: launch.kind's values: in this process, or a worker under `accelerate launch` with KIND_FLAGS.
+LAUNCH_KINDS = ("local", *KIND_FLAGS)
+#: launch.device's values (the module's docstring says what each does).
+LAUNCH_DEVICES = ("auto", "cuda", "cpu")
 
 
 def launch_command(cfg: Any, run: Path, k: int) -> list[str]:

@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterator
 
 from omegaconf import DictConfig
 
-from rationale_loop.config import validate
+from rationale_loop.config_checks import validate
 from rationale_loop.errors import UserError
 from rationale_loop.integrity import check_checkpoint, mark_done
 from rationale_loop.phases import evaluate, mine, sample, train

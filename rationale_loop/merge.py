@@ -13,6 +13,8 @@ from typing import Callable
 
 import torch
 
+from rationale_loop.registry import Registry
+
 DOT_THRESHOLD = 0.9995  # nearly parallel tensors: SLERP's sin(theta) -> 0, so interpolate linearly
 
 
@@ -36,17 +38,17 @@ def slerp(start: torch.Tensor, end: torch.Tensor, t: float) -> torch.Tensor:
     return mixed.view_as(start).to(start.dtype)
 
 
-METHODS: dict[str, Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]] = {"slerp": slerp, "linear": lerp}
+METHODS: Registry[Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]] = Registry(
+    "average.method", {"slerp": slerp, "linear": lerp}, also="none")
+#: average.method's values: no averaging, or a method of METHODS.
+AVERAGE_METHODS = ("none", *METHODS)
 
 
 @torch.no_grad()
 def average_into(model: torch.nn.Module, previous: dict[str, torch.Tensor], method: str, factor: float) -> int:
     """Replace every floating-point parameter of `model` by METHOD(previous, current, factor); returns
     how many tensors were averaged."""
-    try:
-        combine = METHODS[method]
-    except KeyError:
-        raise ValueError(f"average.method={method!r} is unknown; known: none, {', '.join(METHODS)}") from None
+    combine = METHODS.get(method)
     count = 0
     for name, tensor in model.state_dict().items():
         if name in previous and tensor.is_floating_point():

@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import torch
+import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from rationale_loop.config import ModelConfig
+from rationale_loop.config import DTYPES, ConfigError, ModelConfig, unknown_choice
 from rationale_loop.errors import CheckpointError, NonFiniteError
 from rationale_loop.paths import remove
 from rationale_loop.records import fsync_directory
@@ -70,11 +71,9 @@ def build_tiny_model(cfg: ModelConfig, corpus: list[str], corpus_key: str) -> Pa
     if (target / "config.json").exists():
         log.info("tiny model: using cached %s", target)
         return target
-    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
-
     log.info("tiny model: building %s (tokenizer trained on %d texts)", target, len(corpus))
     tokenizer = train_tokenizer(corpus, cfg.vocab_size)
-    config_class = {"llama": LlamaConfig, "qwen2": Qwen2Config}[cfg.architecture]
+    config_class = getattr(transformers, ARCHITECTURES[cfg.architecture])
     config = config_class(
         vocab_size=max(len(tokenizer), cfg.model_vocab_size),
         hidden_size=cfg.hidden_size,
@@ -127,11 +126,15 @@ def save_directory(target: Path) -> Iterator[Path]:
         raise
 
 
+#: model.architecture's values (source=tiny) -> the transformers config class the tiny model is built from
+#: (qwen2: q/k/v biases); config_checks.py checks the name against these keys.
+ARCHITECTURES = {"llama": "LlamaConfig", "qwen2": "Qwen2Config"}
+
+
 def torch_dtype(name: str) -> torch.dtype:
-    try:
-        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
-    except KeyError:
-        raise ValueError(f"model.dtype must be float32, bfloat16 or float16, got {name!r}") from None
+    if name not in DTYPES:  # config.DTYPES: the names, each torch's own attribute
+        raise ConfigError(unknown_choice("model.dtype", name, DTYPES))
+    return getattr(torch, name)
 
 
 def cpu_has_fast_bf16() -> bool:

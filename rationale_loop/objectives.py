@@ -5,8 +5,10 @@ and, before any forward pass, how many units (tokens, groups) each term averages
 loop divides each sum by the unit count of the whole accumulated batch, so a long example weighs the
 same whether it shares a micro-batch with short ones or not.
 
-Adding an objective: a class with the methods of `Objective`, decorated with `@register("name")`, and a
-YAML file in conf/objective/.
+Adding an objective: a class with the methods of `Objective` and the declarations of `Declared` (what it
+needs of the rest of the run), decorated with `@register("name")`, and a YAML file in conf/objective/.
+No other module names an objective: the config checks, the task checks, the loop and the model card
+read its declarations.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from rationale_loop.token_loss import learned_logprobs, response_logprobs
 from rationale_loop.mine import unique_sides
 from rationale_loop.rank_scope import scored_windows
 from rationale_loop.records import Generation, Pair, Problem
+from rationale_loop.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -87,23 +90,35 @@ class Objective(Protocol):
     def loss_sums(self, model: torch.nn.Module, batch: dict[str, Any], train: TrainConfig) -> dict[str, torch.Tensor]: ...
 
 
-OBJECTIVES: dict[str, Callable[[ObjectiveConfig], Objective]] = {}
+class Declared:
+    """What an objective needs of the rest of the run, declared on its class (the defaults: a
+    self-training objective on the round's samples that needs nothing more). config_checks.py checks a
+    config against them, task_checks.py the task's data, the loop reads them to plan a round, and
+    export.py's model card takes `describe`."""
+
+    uses_samples = True  # the round samples the pool for it (False: the pool is not sampled)
+    samples_sft_questions = False  # the round also samples the SFT set's questions (spin's rejected side)
+    trains_on_pairs = False  # a correct and an incorrect sample of one question: needs generate.n >= 2, ranks data='s preference pairs
+    token_level = False  # trains on token-level rows, which rank.packing may pack
+    rationalizes = False  # reads objective.rationalize (retries unsolved questions with the answer as a hint)
+
+    @classmethod
+    def gold_rationales_needed(cls, cfg: Any) -> tuple[str, ...]:
+        """The splits (pool, sft) whose questions must have gold rationales under this objective config."""
+        return ()
+
+    @classmethod
+    def describe(cls, cfg: Any) -> str:
+        """One line for the model card: what the rounds train with, under `cfg` (the objective's config)."""
+        return str(cfg.name)
 
 
-def register(name: str) -> Callable[[type], type]:
-    def add(cls: type) -> type:
-        OBJECTIVES[name] = cls
-        return cls
-
-    return add
+OBJECTIVES: Registry[Callable[[ObjectiveConfig], Objective]] = Registry("objective.name")
+register = OBJECTIVES.register  # @register("name") over an objective class
 
 
 def build_objective(cfg: ObjectiveConfig) -> Objective:
-    try:
-        factory = OBJECTIVES[cfg.name]
-    except KeyError:
-        raise ValueError(f"objective.name={cfg.name!r} is unknown; known: {sorted(OBJECTIVES)}") from None
-    return factory(cfg)
+    return OBJECTIVES.get(cfg.name)(cfg)
 
 
 def _forward(model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
@@ -114,10 +129,11 @@ def _learned_tokens(labels: torch.Tensor) -> int:
     return int((labels[:, 1:] != -100).sum())
 
 
-class SupervisedObjective:
+class SupervisedObjective(Declared):
     """Token-level (Mix)CE on (prompt, response) items: SFT, and the base of rejection-sampling finetuning."""
 
     coefficients = {"nll": 1.0}
+    token_level = True
 
     def __init__(self, cfg: ObjectiveConfig | None = None):
         self.cfg = cfg
@@ -148,6 +164,12 @@ class StarObjective(SupervisedObjective):
     as a hint, trained on without the hint. With `sft_replay`, the SFT set's gold examples join them:
     the round then learns the new questions its samples solved without leaving the worked examples."""
 
+    rationalizes = True
+
+    @classmethod
+    def describe(cls, cfg: Any) -> str:
+        return "STaR: cross-entropy on the model's own correct responses" + (", with rationalization" if cfg.rationalize else "")
+
     def __init__(self, cfg: ObjectiveConfig):
         super().__init__(cfg)
         self.rationalize = cfg.rationalize
@@ -173,6 +195,10 @@ class ContinuedSFTObjective(SupervisedObjective):
     (`uses_samples`)."""
 
     uses_samples = False
+
+    @classmethod
+    def describe(cls, cfg: Any) -> str:
+        return "SFT continued on the SFT set (no self-training)"
 
     def items(self, data: RoundData) -> list[SFTItem]:
         return [SFTItem(data.fmt.prompt(p.question), data.fmt.response(p.rationale, p.answer)) for p in data.sft if p.rationale]
@@ -232,7 +258,7 @@ class GroupScores:
     chosen_whole_tokens: torch.Tensor  # [G]
 
 
-class _RankedGroups:
+class _RankedGroups(Declared):
     """Shared by the objectives that score a chosen response against rejected ones in one forward
     pass: encoding, collation and scores. Two layouts, the same numbers: with `share_prompt`
     (objective.share_prompt, the default), a group's prompt is forwarded once with its responses packed
@@ -245,7 +271,7 @@ class _RankedGroups:
     """
 
     share_anchor = True  # an anchor that is the chosen response is read off the chosen row (see encode)
-    trains_on_pairs = True  # config.py: needs generate.n >= 2, and may rank data='s preference pairs
+    trains_on_pairs = True
     length_normalised = True  # a score is the mean log-probability of its tokens (rpo: the sum)
 
     @property
@@ -533,6 +559,16 @@ class MemphisObjective(_RankedGroups):
     (negatives averaged) plus token-level NLL on the anchor (the gold rationale and answer, or the
     chosen completion)."""
 
+    @classmethod
+    def gold_rationales_needed(cls, cfg: Any) -> tuple[str, ...]:
+        # anchor=gold anchors each pair on its pool question's rationale; replay on SFT examples' (_rank_items)
+        return {"gold": ("pool",), "replay": ("sft",)}.get(cfg.anchor, ())
+
+    @classmethod
+    def describe(cls, cfg: Any) -> str:
+        return (f"Memphis-CoT ranking loss: {cfg.anchor_weight:g} x CE anchor on the {cfg.anchor} response + {cfg.rank_weight:g} x "
+                "rank = -log(e^s_c / (e^s_c + mean_j e^s_rj)) over length-normalised log-probabilities")
+
     def __init__(self, cfg: ObjectiveConfig):
         self.cfg = cfg
         self.coefficients = {"anchor": float(cfg.anchor_weight), "rank": float(cfg.rank_weight)}
@@ -554,6 +590,10 @@ class CpoSimpoObjective(_RankedGroups):
     -log sigmoid(beta * (s_c - s_r) - gamma) + alpha * NLL(chosen), s the length-normalised log-prob.
     With beta 1 and gamma 0 it is memphis on one pair with the anchor on the chosen response, divided
     by w, when alpha = 1 / w."""
+
+    @classmethod
+    def describe(cls, cfg: Any) -> str:
+        return f"CPO-SimPO (beta {cfg.beta:g}, gamma {cfg.gamma:g}, NLL weight {cfg.alpha:g})"
 
     def __init__(self, cfg: ObjectiveConfig):
         self.cfg = cfg
@@ -580,6 +620,11 @@ class RpoObjective(_RankedGroups):
     once per round by `prepare`, before the first update."""
 
     length_normalised = False
+
+    @classmethod
+    def describe(cls, cfg: Any) -> str:
+        return (f"Iterative RPO: DPO (beta {cfg.beta:g}) against the round's starting model + {cfg.alpha:g} x the chosen "
+                "response's NLL over its length")
 
     def __init__(self, cfg: ObjectiveConfig):
         self.cfg = cfg
@@ -609,7 +654,7 @@ class RpoObjective(_RankedGroups):
 
 
 @register("spin")
-class SpinObjective:
+class SpinObjective(Declared):
     """SPIN: the gold response is chosen, the model's own generation rejected, with a DPO loss against
     a frozen reference (the round's starting model):
     -log sigmoid(beta * ((pi_gold - ref_gold) - (pi_gen - ref_gen))), on summed log-probabilities.
@@ -622,6 +667,10 @@ class SpinObjective:
     """
 
     samples_sft_questions = True
+
+    @classmethod
+    def describe(cls, cfg: Any) -> str:
+        return f"SPIN: DPO (beta {cfg.beta:g}) with the SFT set's gold responses chosen, the model's own rejected"
 
     def __init__(self, cfg: ObjectiveConfig):
         self.cfg = cfg

@@ -17,6 +17,9 @@ from typing import Any, Callable, Iterable, NamedTuple
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
+from rationale_loop.config import ConfigError, unknown_choice
+from rationale_loop.registry import Registry
+
 __all__ = [
     "ADALITE_VARIANTS",
     "Adalite",
@@ -129,8 +132,7 @@ _LEGACY_VARIANT = "february"
 
 def _variant(name: Any) -> _Variant:
     if not isinstance(name, str) or name not in _VARIANTS:
-        known = ", ".join(sorted(_VARIANTS))
-        raise ValueError(f"unknown Adalite variant {name!r}; known variants: {known}")
+        raise ConfigError(unknown_choice("adalite_variant", name, _VARIANTS))
     return _VARIANTS[name]
 
 
@@ -339,10 +341,11 @@ def _adalite(params: Iterable[Any], lr: float, **kwargs: Any) -> Adalite:
     return Adalite(params, lr=lr, **kwargs)
 
 
-OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
+# Names are matched lowercased (build_optimizer); a check passes the stage's own key.
+OPTIMIZERS: Registry[Callable[..., torch.optim.Optimizer]] = Registry("<stage>.optimizer", {
     "adamw": _adamw,
     "adalite": _adalite,
-}
+})
 
 
 def build_optimizer(name: str, params: Iterable[Any], lr: float, **kwargs: Any) -> torch.optim.Optimizer:
@@ -351,13 +354,9 @@ def build_optimizer(name: str, params: Iterable[Any], lr: float, **kwargs: Any) 
     Extra keyword arguments go to that optimizer's constructor (e.g. `lambda_`, `eps`,
     `beta_decay`, `centralize`, `variant` ("january" / "february") for Adalite; `betas`, `eps`,
     `weight_decay` for AdamW).
-    Raises ValueError for an unknown name, listing the known ones.
+    Raises ConfigError (a ValueError) for an unknown name, listing the known ones.
     """
-    key = str(name).strip().lower()
-    if key not in OPTIMIZERS:
-        known = ", ".join(sorted(OPTIMIZERS))
-        raise ValueError(f"unknown optimizer {name!r}; known optimizers: {known}")
-    return OPTIMIZERS[key](params, lr=lr, **kwargs)
+    return OPTIMIZERS.get(str(name).strip().lower())(params, lr=lr, **kwargs)
 
 
 def warmup_steps(total_steps: int, warmup_ratio: float) -> int:

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
+from rationale_loop.config import ConfigError, unknown_choice
+
 SCOPES = ("sequence", "divergent", "step")
 
 
@@ -100,4 +102,4 @@ def scored_windows(
             text = decode([list(ids)])[0]
             windows.append(step_window(offsets, text, point, delimiters))
         return windows
-    raise ValueError(f"objective.rank_scope={scope!r} is unknown; known: {', '.join(SCOPES)}")
+    raise ConfigError(unknown_choice("objective.rank_scope", scope, SCOPES))

@@ -6,13 +6,14 @@ from omegaconf import DictConfig
 
 from rationale_loop.config import ConfigError
 from rationale_loop.data.tasks import TaskSplits
+from rationale_loop.objectives import OBJECTIVES
+from rationale_loop.verify import is_correct
 
 
 def check_task_fits_config(cfg: DictConfig, splits: TaskSplits) -> None:
     """What the config asks of the task's data, checked once the data is loaded and before any work:
-    the verifier reads every gold answer, and a gold anchor has gold rationales to anchor on."""
-    from rationale_loop.verify import is_correct
-
+    the verifier reads every gold answer, and the splits whose gold rationales the objective reads
+    (objectives.Declared.gold_rationales_needed) have them."""
     for split, problems in (("pool", splits.pool), ("eval", splits.eval)):
         # Each distinct gold once (the first question that has it): golds repeat a lot, and a verifier
         # such as `math` is slow enough for this to count on a large pool.
@@ -29,10 +30,12 @@ def check_task_fits_config(cfg: DictConfig, splits: TaskSplits) -> None:
             if not readable:
                 raise ConfigError(f"verify.kind={cfg.verify.kind} cannot check the {split} question {problem.id}: its gold answer "
                                   f"{problem.answer!r} does not match itself{why}; pick the verifier that fits task {cfg.task.name}")
-    if cfg.objective.name == "memphis" and cfg.objective.anchor == "gold":
+    needed = OBJECTIVES.get(cfg.objective.name).gold_rationales_needed(cfg.objective)
+    anchor = cfg.objective.anchor
+    if "pool" in needed:
         missing = [p.id for p in splits.pool if not p.rationale]
         if missing:
-            raise ConfigError(f"objective.anchor=gold needs gold rationales, but {len(missing)} pool question(s) have none "
-                              f"(e.g. {missing[0]}); use objective.anchor=chosen or objective.anchor=replay for task {cfg.task.name}")
-    if cfg.objective.anchor == "replay" and cfg.objective.name == "memphis" and not any(p.rationale for p in splits.sft):
-        raise ConfigError("objective.anchor=replay needs SFT examples with gold rationales, and the task has none")
+            raise ConfigError(f"objective.anchor={anchor} needs gold rationales, but {len(missing)} pool question(s) have none "
+                              f"(e.g. {missing[0]}); use another objective.anchor (such as chosen) for task {cfg.task.name}")
+    if "sft" in needed and not any(p.rationale for p in splits.sft):
+        raise ConfigError(f"objective.anchor={anchor} needs SFT examples with gold rationales, and the task has none")

@@ -27,6 +27,8 @@ import unicodedata
 from fractions import Fraction
 from typing import Callable
 
+from rationale_loop.registry import Registry
+
 __all__ = [
     "VERIFIERS",
     "Verifier",
@@ -41,7 +43,7 @@ __all__ = [
 Verifier = Callable[[str, str], bool]
 
 #: kind -> checker(answer, gold). Filled by `register_verifier`, read through `get_verifier`.
-VERIFIERS: dict[str, Verifier] = {}
+VERIFIERS: Registry[Verifier] = Registry("verify.kind")
 
 
 def register_verifier(kind: str, *, replace: bool = False) -> Callable[[Verifier], Verifier]:
@@ -51,22 +53,12 @@ def register_verifier(kind: str, *, replace: bool = False) -> Callable[[Verifier
     one kind would change which answers count as correct depending on import order.
     """
 
-    def decorator(func: Verifier) -> Verifier:
-        if kind in VERIFIERS and not replace:
-            raise ValueError(f"verifier kind {kind!r} is already registered")
-        VERIFIERS[kind] = func
-        return func
-
-    return decorator
+    return VERIFIERS.register(kind, replace=replace)
 
 
 def get_verifier(kind: str) -> Verifier:
-    """The checker for `kind`; an unknown kind raises ValueError listing the known ones."""
-    try:
-        return VERIFIERS[kind]
-    except (KeyError, TypeError):
-        known = ", ".join(sorted(VERIFIERS))
-        raise ValueError(f"unknown verifier kind {kind!r}; known kinds: {known}") from None
+    """The checker for `kind`; an unknown kind raises ConfigError (a ValueError) listing the known ones."""
+    return VERIFIERS.get(kind)
 
 
 def is_correct(kind: str, answer: str | None, gold: str) -> bool:

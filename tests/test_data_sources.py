@@ -254,7 +254,8 @@ def test_preference_pairs_load_from_string_and_message_list_rows(tmp_path):
 
 
 def test_a_round_ranks_preference_pairs_beside_its_mined_pairs(tmp_path):
-    from rationale_loop.config import ConfigError, validate
+    from rationale_loop.config import ConfigError
+    from rationale_loop.config_checks import validate
     from rationale_loop.data.sources import PREFERENCE_ROWS as PREFERENCE_FILE
     from rationale_loop.loop import run_data, run_loop
 
@@ -333,7 +334,7 @@ def test_the_recipe_mix_config_reads_files_shaped_like_its_hub_sources(tmp_path,
     planted test question out."""
     from omegaconf import OmegaConf
 
-    from rationale_loop.config import validate
+    from rationale_loop.config_checks import validate
     from rationale_loop.model import train_tokenizer
 
     from test_config import compose_config

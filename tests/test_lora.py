@@ -14,7 +14,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from rationale_loop.config import ConfigError, validate
+from rationale_loop.config import ConfigError
+from rationale_loop.config_checks import validate
 from rationale_loop.faults import KILL_AT
 from rationale_loop.loop import run_loop
 

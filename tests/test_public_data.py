@@ -40,7 +40,7 @@ def loaded(shared_data: Path) -> dict[str, list[Problem]]:
 
 
 def test_loaders_registry() -> None:
-    assert LOADERS == {"gsm8k": load_gsm8k, "svamp": load_svamp, "aqua": load_aqua}
+    assert dict(LOADERS.items()) == {"gsm8k": load_gsm8k, "svamp": load_svamp, "aqua": load_aqua}
 
 
 def test_counts(loaded: dict[str, list[Problem]]) -> None:

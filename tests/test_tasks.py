@@ -3,7 +3,7 @@ read from a dataset id (here a folder laid out like the hub's openai/gsm8k) give
 
 import pytest
 
-from rationale_loop.config import validate
+from rationale_loop.config_checks import validate
 from rationale_loop.data.tasks import load_task
 from rationale_loop.errors import DataError
 

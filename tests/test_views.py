@@ -115,7 +115,7 @@ def test_inspect_page_sizes_below_one_are_one_line_errors_naming_the_key(tmp_pat
     key = override.split("=")[0]
     if key == "inspect.samples":  # not passed by the command yet (see InspectFilter.from_config): the config check
         from test_config import compose_config
-        from rationale_loop.config import validate
+        from rationale_loop.config_checks import validate
 
         with pytest.raises(ConfigError, match=r"^inspect\.samples must be at least 1"):
             validate(compose_config(override))

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 
 from rationale_loop.data.templates import TEMPLATES, TurnTemplate
 from rationale_loop.records import Conversation, Turn
+from rationale_loop.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -114,13 +115,11 @@ class ReasoningFormat:
         return Parsed(rationale, answer)
 
 
-FORMATS: dict[str, ReasoningFormat] = {name: ReasoningFormat(template) for name, template in TEMPLATES.items()}
-TINYCOT = FORMATS["tinycot"]
+FORMATS: Registry[ReasoningFormat] = Registry(
+    "task.prompt_format", {name: ReasoningFormat(template) for name, template in TEMPLATES.items()})
+TINYCOT = FORMATS.get("tinycot")
 
 
 def get_format(name: str) -> ReasoningFormat:
-    try:
-        return FORMATS[name]
-    except KeyError:
-        raise ValueError(f"unknown prompt format {name!r}; known: {sorted(FORMATS)}") from None
+    return FORMATS.get(name)
 

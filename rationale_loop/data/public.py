@@ -30,6 +30,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from rationale_loop.errors import DataError
 from rationale_loop.records import Problem, _numbered_rows
+from rationale_loop.registry import Registry
 
 __all__ = ["LOADERS", "PARSERS", "load_aqua", "load_gsm8k", "load_svamp", "parse_aqua", "parse_gsm8k", "parse_svamp"]
 
@@ -234,16 +235,17 @@ def parse_aqua(items: Iterable[tuple[str, dict[str, Any]]], stem: str) -> list[P
     return problems
 
 
-LOADERS: dict[str, Callable[[PathLike], list[Problem]]] = {
+# Keyed by task.files.<split>.loader; a check passes the split's own key.
+LOADERS: Registry[Callable[[PathLike], list[Problem]]] = Registry("task.files.<split>.loader", {
     "gsm8k": load_gsm8k,
     "svamp": load_svamp,
     "aqua": load_aqua,
-}
+})
 # The same sets as rows from anywhere (a hub dataset read through `datasets`): (where, row) pairs and the
 # split's name, which takes the file stem's place in the ids (a hub split named like its file, as GSM8K's train
 # and test are, gives the file's ids).
-PARSERS: dict[str, Callable[[Iterable[tuple[str, Any]], str], list[Problem]]] = {
+PARSERS: Registry[Callable[[Iterable[tuple[str, Any]], str], list[Problem]]] = Registry("task.files.<split>.loader", {
     "gsm8k": parse_gsm8k,
     "svamp": parse_svamp,
     "aqua": parse_aqua,
-}
+})

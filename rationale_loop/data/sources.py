@@ -30,10 +30,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from rationale_loop.config import ConfigError, source_configs, unknown_choice
 from rationale_loop.data.decontaminate import NEAR_DUPLICATE, NGRAM, SEMANTIC, Contamination, Match
 from rationale_loop.data.formats import ReasoningFormat, TINYCOT
+from rationale_loop.data.public import split_gsm8k_solution
+from rationale_loop.data.templates import Segment, get_template
 from rationale_loop.errors import DataError
-from rationale_loop.records import Conversation, Turn
+from rationale_loop.records import Conversation, Turn, _numbered_rows, read_jsonl, write_json_atomic, write_jsonl_atomic
 
 ROLE_OF = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "bot": "assistant"}
 
@@ -144,8 +147,6 @@ def _exchange(user: str, reply: str, system: str | None = None) -> tuple[Convers
 
 
 def _gsm8k(row: Row) -> tuple[Conversation, int]:
-    from rationale_loop.data.public import split_gsm8k_solution
-
     question, solution = row.text("question"), row.text("answer")
     if not solution:
         return _exchange(question, "")
@@ -242,6 +243,13 @@ def pack(texts: Iterable[str], tokenizer: Any, length: int) -> list[tuple[str, t
 
 
 PREFERENCE_SCHEMA = "preference"
+#: data.sources.<name>.schema's values: a chat or instruction schema of ADAPTERS, plain text, or preference pairs.
+SCHEMAS = (*ADAPTERS, TEXT_SCHEMA, PREFERENCE_SCHEMA)
+
+
+def check_schema(source_name: str, schema: str) -> None:
+    if schema not in SCHEMAS:
+        raise ConfigError(unknown_choice(f"data.sources.{source_name}.schema", schema, SCHEMAS))
 
 
 def _reply(row: Row, column: str) -> str:
@@ -350,8 +358,6 @@ def json_rows(path: Path) -> PlainRows | None:
     naming it; None for a .json file that is neither (left to `datasets`)."""
     import json
 
-    from rationale_loop.records import _numbered_rows
-
     try:
         return PlainRows([row for _, row in _numbered_rows(path, strip_bom=True)])
     except DataError:
@@ -388,8 +394,6 @@ def load_rows(path: str, split: str = "train", name: str | None = None) -> Any:
         raise
     except Exception as error:  # datasets names neither the line nor, often, the file
         if local.is_file() and local.suffix in (".json", ".jsonl"):
-            from rationale_loop.records import read_jsonl
-
             for _ in read_jsonl(local):  # raises naming the first broken line
                 pass
         raise DataError(f"{path}: cannot be read ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})") from None
@@ -399,10 +403,8 @@ def conversations(source_name: str, selected: "Selected", schema: str) -> list[C
     """Every selected row of a chat or instruction source as a Conversation, each keeping where it came from.
     Every field's type is checked (Row): a wrong one stops with the file, row and field. Empty turns are
     dropped (exchanges), and a row left with no reply to learn; both are counted in selected.counts."""
-    try:
-        required, adapt = ADAPTERS[schema]
-    except KeyError:
-        raise DataError(f"data.sources.{source_name}.schema={schema!r} is unknown; known: {', '.join(sorted(ADAPTERS))}") from None
+    check_schema(source_name, schema)
+    required, adapt = ADAPTERS[schema]
     selected.require(schema, required)
     out = []
     for index, row in selected.rows:
@@ -512,8 +514,6 @@ def fit(conversation: Conversation, template: Any, encoder: Any, truncate: bool)
 def header_in_prompt(segments: list[Any], header: str) -> list[Any]:
     """A worked problem's reply opens with the reasoning layout's rationale header, with which the rounds'
     prompts end: moved from the learned reply to the prompt before it, so the mix teaches what the rounds ask."""
-    from rationale_loop.data.templates import Segment
-
     out: list[Any] = []
     for segment in segments:
         if segment.learned and segment.text.startswith(header) and out and not out[-1].learned:
@@ -567,10 +567,6 @@ def prepare_sft_mix(data_cfg: Any, evaluation_texts: Iterable[str], tokenizer: A
     turns and rows dropped as empty, rows
     per format, token-length percentiles). The manifest is written last: its presence says the mix is
     complete, and a failed preparation leaves nothing a later stage reads."""
-    from rationale_loop.config import source_configs
-    from rationale_loop.data.templates import get_template
-    from rationale_loop.records import write_json_atomic, write_jsonl_atomic
-
     configured = source_configs(data_cfg)
     loaded, texts, preferences, rejected_of, selections = _load_sources(configured)
     guard = Contamination(ngram=data_cfg.decontaminate_ngram, threshold=data_cfg.near_duplicate_threshold,
@@ -656,7 +652,6 @@ def _render(conversations_kept: list[Conversation], data_cfg: Any, reasoning_sou
     format of data.formats, or one drawn per conversation), fitted to max_length as data.too_long says."""
     import random
 
-    from rationale_loop.data.templates import get_template
     from rationale_loop.encode import Encoder
 
     rng = random.Random(f"formats/{seed}")
@@ -691,7 +686,6 @@ def _render(conversations_kept: list[Conversation], data_cfg: Any, reasoning_sou
 
 def _add_packed_text(rendered: _Rendered, texts: list[Any], tokenizer: Any, max_length: int) -> None:
     """Plain text packed into rows of max_length tokens, learned whole."""
-    from rationale_loop.data.templates import Segment
     from rationale_loop.encode import Encoder
 
     encoder = Encoder(tokenizer, max_length)
@@ -704,8 +698,6 @@ def _add_packed_text(rendered: _Rendered, texts: list[Any], tokenizer: Any, max_
 
 def read_preference_pairs(out: Path) -> list[dict[str, str]]:
     """The rendered preference pairs prepare_sft_mix wrote (prompt, chosen, rejected), or none."""
-    from rationale_loop.records import read_jsonl
-
     if not (out / MIX_MANIFEST).exists() or not (out / PREFERENCE_ROWS).exists():
         return []
     return list(read_jsonl(out / PREFERENCE_ROWS))
@@ -713,9 +705,7 @@ def read_preference_pairs(out: Path) -> list[dict[str, str]]:
 
 def read_sft_mix(out: Path) -> list[Any]:
     """The rendered rows prepare_sft_mix wrote, as training items."""
-    from rationale_loop.data.templates import Segment
-    from rationale_loop.objectives import ConversationItem
-    from rationale_loop.records import read_jsonl
+    from rationale_loop.objectives import ConversationItem  # torch: loaded when a mix is read for training
 
     if not (out / MIX_MANIFEST).exists():
         return []

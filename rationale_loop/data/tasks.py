@@ -13,8 +13,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 from rationale_loop.config import TaskConfig
+from rationale_loop.data.public import LOADERS, PARSERS
+from rationale_loop.data.sources import load_rows
+from rationale_loop.data.tiny_arith import ArithSpec, make_splits
 from rationale_loop.errors import DataError
 from rationale_loop.records import Problem
+from rationale_loop.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -40,7 +44,6 @@ def _tiny_arith(cfg: TaskConfig) -> TaskSplits:
     """STaR's setting: worked rationales are few (the SFT split), questions with a checkable answer are
     many (the pool). Pool and eval problems carry their gold answer only: the generator knows their
     rationales, but the task never hands them out, so no round can learn from one."""
-    from rationale_loop.data.tiny_arith import ArithSpec, make_splits
 
     def spec(a: Any) -> ArithSpec:
         return ArithSpec(a.min_steps, a.max_steps, a.max_start, a.max_operand, a.max_value, a.answer)
@@ -58,7 +61,6 @@ def _from_files(cfg: TaskConfig) -> TaskSplits:
     """Each split is a slice [start, start + size) of a file read by one of the public loaders;
     size 0 or less means to the end of the file. A file named test.jsonl/test.json never feeds a
     training split: evaluation questions are not trained on."""
-    from rationale_loop.data.public import LOADERS
 
     def read(split: str, source: Any) -> tuple[Any, str, bool, Callable[[], list[Problem]]]:
         path = Path(source.path)
@@ -66,7 +68,7 @@ def _from_files(cfg: TaskConfig) -> TaskSplits:
             path = Path(cfg.data_dir or ".") / path
         if not path.exists():
             raise DataError(f"task.files.{split}.path: {path} does not exist (task.data_dir={cfg.data_dir!r})")
-        return path, str(path), path.stem == "test", lambda: LOADERS[source.loader](path)
+        return path, str(path), path.stem == "test", lambda: LOADERS.get(source.loader)(path)
 
     return _sliced(cfg, read)
 
@@ -81,8 +83,6 @@ def _from_hub(cfg: TaskConfig) -> TaskSplits:
     """Like files, but each split reads the split `task.files.<split>.split` of the dataset task.source
     (its config task.hub_name) through `datasets`, parsed by the same loader's rules, with the same ids
     (the split's name in the file stem's place). A hub test split never feeds a training split."""
-    from rationale_loop.data.public import PARSERS
-    from rationale_loop.data.sources import load_rows
 
     def read(split: str, source: Any) -> tuple[Any, str, bool, Callable[[], list[Problem]]]:
         if not source.split:
@@ -91,7 +91,7 @@ def _from_hub(cfg: TaskConfig) -> TaskSplits:
         def parse() -> list[Problem]:
             rows = load_rows(cfg.source, source.split, name=cfg.hub_name)
             where = f"{cfg.source}[{source.split}]"
-            return PARSERS[source.loader](((f"{where}[{index}]", dict(row)) for index, row in enumerate(rows)), source.split)
+            return PARSERS.get(source.loader, f"task.files.{split}.loader")(((f"{where}[{index}]", dict(row)) for index, row in enumerate(rows)), source.split)
 
         return (source.loader, source.split), f"{cfg.source}[{source.split}]", source.split == "test", parse
 
@@ -101,7 +101,6 @@ def _from_hub(cfg: TaskConfig) -> TaskSplits:
 def _sliced(cfg: TaskConfig, read: Callable[[str, Any], tuple[Any, str, bool, Callable[[], list[Problem]]]]) -> TaskSplits:
     """The three splits as slices of what `read(split, source)` names: (a key, so a file read twice is
     parsed once; a label for errors; whether it is a test set; how to parse it)."""
-    from rationale_loop.data.public import LOADERS
 
     loaded: dict[Any, list[Problem]] = {}
     splits = {}
@@ -109,8 +108,7 @@ def _sliced(cfg: TaskConfig, read: Callable[[str, Any], tuple[Any, str, bool, Ca
         if split not in cfg.files:
             raise DataError(f"task.files.{split} is missing: say which file the {split} split comes from")
         source = cfg.files[split]
-        if source.loader not in LOADERS:
-            raise DataError(f"task.files.{split}.loader={source.loader!r} is unknown; known: {sorted(LOADERS)}")
+        LOADERS.check(source.loader, f"task.files.{split}.loader")
         key, label, is_test, parse = read(split, source)
         if split != "eval" and is_test:
             raise DataError(f"task.files.{split}: {label} is a test set, which never feeds a training split")
@@ -123,13 +121,18 @@ def _sliced(cfg: TaskConfig, read: Callable[[str, Any], tuple[Any, str, bool, Ca
     return TaskSplits(splits["sft"], splits["pool"], splits["eval"])
 
 
-TASKS: dict[str, Callable[[TaskConfig], TaskSplits]] = {"tiny_arith": _tiny_arith, "files": _from_files}
+TASKS: Registry[Callable[[TaskConfig], TaskSplits]] = Registry(
+    "task.source", {"tiny_arith": _tiny_arith, "files": _from_files}, also="or a dataset id such as openai/gsm8k")
+
+
+def check_source(source: str) -> None:
+    """task.source names a registered task or a dataset id; anything else raises ConfigError."""
+    if source not in TASKS and not is_hub_id(source):
+        TASKS.check(source)
 
 
 def load_task(cfg: TaskConfig) -> TaskSplits:
-    loader = TASKS.get(cfg.source) or (_from_hub if is_hub_id(cfg.source) else None)
-    if loader is None:
-        raise DataError(f"task.source={cfg.source!r} is unknown; known: {sorted(TASKS)}, or a dataset id such as openai/gsm8k")
-    splits = loader(cfg)
+    check_source(cfg.source)
+    splits = (TASKS.get(cfg.source) if cfg.source in TASKS else _from_hub)(cfg)
     splits.check_disjoint(cfg.name)
     return splits

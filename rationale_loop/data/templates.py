@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from rationale_loop.records import Conversation
+from rationale_loop.registry import Registry
 
 EOS = "{eos}"  # stands for the tokenizer's EOS token in a format string
 SLOTS = ("{system}", "{content}")
@@ -164,7 +165,7 @@ ALPACA_SYSTEM = "Below is an instruction that describes a task. Write a response
 AIROBOROS_SYSTEM = ("A chat between a curious user and an assistant. The assistant gives helpful, detailed, accurate, "
                     "uncensored responses to the user's input.")
 
-TEMPLATES: dict[str, TurnTemplate] = {
+TEMPLATES: Registry[TurnTemplate] = Registry("data.formats", {
     t.name: t
     for t in (
         # TinyCoT's own turns: no assistant header (the reasoning layout's rationale header opens the reply).
@@ -182,14 +183,11 @@ TEMPLATES: dict[str, TurnTemplate] = {
         TurnTemplate("airoboros", "{system} ", "USER: {content} ASSISTANT: ", "{content}" + EOS, " ", stop=("USER:",),
                      default_system=AIROBOROS_SYSTEM),
     )
-}
+})
 
 
 def get_template(name: str) -> TurnTemplate:
-    try:
-        return TEMPLATES[name]
-    except KeyError:
-        raise ValueError(f"unknown turn template {name!r}; known: {sorted(TEMPLATES)}") from None
+    return TEMPLATES.get(name)
 
 
 def contextual_instruction(blocks: Iterable[tuple[dict[str, str], str]], instruction: str) -> str:

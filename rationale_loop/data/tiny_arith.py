@@ -14,7 +14,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from rationale_loop.config import ConfigError
+from rationale_loop.config import ARITH_ANSWERS, ConfigError, unknown_choice
 from rationale_loop.records import Problem
 
 NAMES = ["Ann", "Ben", "Cara", "Dev", "Eli", "Fay", "Gus", "Hana", "Ivo", "Jun", "Kai", "Lea", "Max", "Nia", "Omar", "Pia"]
@@ -36,8 +36,8 @@ class ArithSpec:
     answer: str = "final"
 
     def __post_init__(self) -> None:
-        if self.answer not in ("final", "running"):
-            raise ConfigError(f"task.arith.answer / task.pool_arith.answer={self.answer!r} is unknown; known: final, running")
+        if self.answer not in ARITH_ANSWERS:
+            raise ConfigError(unknown_choice("task.arith.answer / task.pool_arith.answer", self.answer, ARITH_ANSWERS))
 
 
 def _step(rng: random.Random, value: int, name: str, item: str, spec: ArithSpec) -> tuple[str, str, int]:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from rationale_loop.generate.base import Backend, Completion, Sampling
+from rationale_loop.registry import Registry
 
 __all__ = ["Backend", "Completion", "Sampling", "BACKENDS", "make_backend", "resolve_backend"]
 log = logging.getLogger(__name__)
@@ -82,14 +83,10 @@ def vllm_importable(python: str | None) -> bool:
         return False
 
 
-BACKENDS: dict[str, Callable[..., Backend]] = {"hf": _hf, "vllm": _vllm, "auto": _auto}
+BACKENDS: Registry[Callable[..., Backend]] = Registry("generate.backend", {"hf": _hf, "vllm": _vllm, "auto": _auto})
 
 
 def make_backend(cfg: Any, checkpoint: Path, dtype: str, batch_size: int, trust_remote_code: bool = False) -> Backend:
     """The backend named by `cfg.backend` (a GenerateConfig) for the checkpoint on disk, in the
     generation dtype that `cfg.dtype` picks."""
-    try:
-        factory = BACKENDS[cfg.backend]
-    except KeyError:
-        raise ValueError(f"generate.backend={cfg.backend!r} is unknown; known: {sorted(BACKENDS)}") from None
-    return factory(cfg, Path(checkpoint), dtype, batch_size, trust_remote_code)
+    return BACKENDS.get(cfg.backend)(cfg, Path(checkpoint), dtype, batch_size, trust_remote_code)

@@ -40,7 +40,7 @@ def mine(ctx: RunContext, k: int, engines: Engines) -> None:
     written = write_jsonl_atomic(out / "pairs.jsonl", pairs())
     stats = {**counts.result(), "pairs": written, "skipped_too_long": too_long}
     backend = lambda: engines.get(ctx.start_checkpoint(k), ctx.cfg.generate.batch_size)  # noqa: E731 (made only if needed)
-    if getattr(build_objective(ctx.cfg.objective), "samples_sft_questions", False):
+    if build_objective(ctx.cfg.objective).samples_sft_questions:
         stats["sft_samples"] = write_jsonl_atomic(out / "sft_generations.jsonl", _sample_sft_questions(ctx, backend(), sampling))
     if ctx.cfg.objective.rationalize:
         unsolved = [p for p in pool if p.id not in solved]

@@ -29,7 +29,7 @@ def sample(ctx: RunContext, k: int, engines: Engines) -> None:
     if not pool:
         log.warning("round %d: no question of the pool can be asked; nothing is sampled", k)
         write_jsonl_atomic(out / OUTPUT, [])
-    elif getattr(build_objective(ctx.cfg.objective), "uses_samples", True):
+    elif build_objective(ctx.cfg.objective).uses_samples:
         start = ctx.start_checkpoint(k)
         log.info("round %d: sampling %d x %d completions from %s", k, len(pool), ctx.cfg.generate.n, start)
         _sample_pool(ctx, k, engines.get(start, ctx.cfg.generate.batch_size), pool)
