@@ -58,9 +58,10 @@ def test_no_round_trains_on_or_prompts_with_a_pool_rationale(two_round_run, tmp_
     """Pool problems are given a rationale the task would never hand out; a spy on the training phase
     sees every item a round trains on. None holds it, and no prompt sampled in the round does."""
     import rationale_loop.loop as loop
+    import rationale_loop.phases.context as context
     import rationale_loop.train as train_module
 
-    monkeypatch.setattr(loop, "load_task", _with_pool_sentinel(loop.load_task))
+    monkeypatch.setattr(context, "load_task", _with_pool_sentinel(context.load_task))
     trained_on = []
     real_train = train_module.train
 
