@@ -12,7 +12,7 @@ from dataclasses import replace
 from rationale_loop.faults import crash_point
 from rationale_loop.generate import Backend, Sampling
 from rationale_loop.mine import mine_question
-from rationale_loop.objectives import build_objective
+from rationale_loop.objectives import OBJECTIVES
 from rationale_loop.phases.context import Engines, RunContext
 from rationale_loop.phases.sample import OUTPUT as GENERATIONS, pool_that_fits
 from rationale_loop.records import Generation, JsonlRecords, Problem, group_by, write_json_atomic, write_jsonl_atomic
@@ -40,7 +40,7 @@ def mine(ctx: RunContext, k: int, engines: Engines) -> None:
     written = write_jsonl_atomic(out / "pairs.jsonl", pairs())
     stats = {**counts.result(), "pairs": written, "skipped_too_long": too_long}
     backend = lambda: engines.get(ctx.start_checkpoint(k), ctx.cfg.generate.batch_size)  # noqa: E731 (made only if needed)
-    if build_objective(ctx.cfg.objective).samples_sft_questions:
+    if OBJECTIVES.get(ctx.cfg.objective.name).samples_sft_questions:
         stats["sft_samples"] = write_jsonl_atomic(out / "sft_generations.jsonl", _sample_sft_questions(ctx, backend(), sampling))
     if ctx.cfg.objective.rationalize:
         unsolved = [p for p in pool if p.id not in solved]

@@ -7,7 +7,7 @@ import logging
 
 from rationale_loop.errors import DataError
 from rationale_loop.faults import crash_point
-from rationale_loop.objectives import build_objective
+from rationale_loop.objectives import OBJECTIVES
 from rationale_loop.phases.context import Engines, RunContext
 from rationale_loop.records import append_jsonl, sort_jsonl, write_jsonl_atomic
 from rationale_loop.rollouts import sample_and_judge
@@ -29,7 +29,7 @@ def sample(ctx: RunContext, k: int, engines: Engines) -> None:
     if not pool:
         log.warning("round %d: no question of the pool can be asked; nothing is sampled", k)
         write_jsonl_atomic(out / OUTPUT, [])
-    elif build_objective(ctx.cfg.objective).uses_samples:
+    elif OBJECTIVES.get(ctx.cfg.objective.name).uses_samples:  # a declaration of its class: nothing is built
         start = ctx.start_checkpoint(k)
         log.info("round %d: sampling %d x %d completions from %s", k, len(pool), ctx.cfg.generate.n, start)
         _sample_pool(ctx, k, engines.get(start, ctx.cfg.generate.batch_size), pool)
