@@ -32,10 +32,14 @@ MULTI_FORMATS = ("all", "sample")
 CONVERSATION_TOO_LONG = ("drop", "truncate")
 MIXED_PRECISION = ("no", "bf16")
 ANCHORS = ("gold", "chosen", "replay")
-PEFT_METHODS = ("none", "lora", "qlora")
 PROMPT_TOO_LONG = ("skip", "error")
 #: verify.chain's values: the answer alone decides; steps counted too; a wrong step makes a sample incorrect.
 CHAIN_MODES = ("ignore", "count", "check")
+#: peft.method -> the peft keys that method reads (none reads none of them): its schema within PeftConfig.
+#: A key of another method named on the command line is refused (config_checks.check_option_keys).
+LORA_KEYS = ("r", "alpha", "dropout", "target_modules")
+PEFT_OPTION_KEYS = {"none": (), "lora": LORA_KEYS, "qlora": LORA_KEYS}
+PEFT_METHODS = tuple(PEFT_OPTION_KEYS)
 
 
 @dataclass
@@ -221,27 +225,31 @@ class TrainConfig:
 
 @dataclass
 class ObjectiveConfig:
+    """The keys of every objective in one schema; each objective's class declares the ones it reads
+    (`options`, objectives.py), and a key of another objective named on the command line is refused.
+    docs/configuration.md lists which objective reads which key."""
+
     name: str = "memphis"  # a name of objectives.OBJECTIVES; conf/objective/*.yaml sets it with its options
-    rank_weight: float = 5.0  # memphis: w in L = anchor_weight * CE_anchor + w * rank
-    anchor_weight: float = 1.0  # memphis: 1 in the recipe; 0 ranks without an anchor (an ablation)
-    # memphis: CE anchor on the "gold" rationale and answer, the "chosen" completion, or a "replay" of a
-    # gold SFT example (for a pool with answers but no rationales)
+    rank_weight: float = 5.0  # w in L = anchor_weight * CE_anchor + w * rank
+    anchor_weight: float = 1.0  # 1 in the recipe; 0 ranks without an anchor (an ablation)
+    # The CE anchor: the "gold" rationale and answer, the "chosen" completion, or a "replay" of a gold SFT
+    # example (for a pool with answers but no rationales)
     anchor: str = "gold"
-    listwise: bool = False  # memphis: each chosen response faces all unique incorrect ones of its question
-    beta: float = 1.0  # cpo_simpo: scale of the score gap; spin, rpo: DPO beta (recipe: 0.1)
-    gamma: float = 0.0  # cpo_simpo: target margin
-    alpha: float = 0.2  # cpo_simpo: weight of the NLL on the chosen response; rpo: of its NLL over its length
-    rationalize: bool = False  # star: retry unsolved questions with the gold answer as a hint
-    # star: train on the SFT set's gold examples too, beside the correct samples (other objectives ignore
-    # it, as star ignores `anchor`: memphis's replay is anchor=replay)
+    listwise: bool = False  # each chosen response faces all unique incorrect ones of its question
+    beta: float = 1.0  # the scale of a score gap (a DPO beta where the loss is DPO's; the recipe's SPIN: 0.1)
+    gamma: float = 0.0  # a target margin on the score gap
+    alpha: float = 0.2  # the weight of the chosen response's NLL beside the pair loss
+    rationalize: bool = False  # retry unsolved questions with the gold answer as a hint
+    # Train on the SFT set's gold examples too, beside the round's correct samples (a replay of the SFT
+    # set as training items; a ranked objective's replay is anchor=replay)
     sft_replay: bool = False
-    # memphis, cpo_simpo: forward each group's prompt once with its responses packed behind it, under a mask
-    # that keeps them apart (rationale_loop/shared_prompt.py); the same scores as one row per response.
+    # Forward each group's prompt once with its responses packed behind it, under a mask that keeps them
+    # apart (rationale_loop/shared_prompt.py); the same scores as one row per response.
     share_prompt: bool = True
-    # Pair objectives (memphis, cpo_simpo, rpo), against the rank term lowering the chosen responses too
-    # (docs/recipe.md, "Likelihood displacement"); each off by default, as the recipe is published.
-    # Which tokens a rank score counts: "sequence" (all), "divergent" (past the prefix a response shares
-    # with the others of its group), "step" (the first step in which they part; rationale_loop/rank_scope.py).
+    # Against the rank term lowering the chosen responses too (docs/recipe.md, "Likelihood displacement"),
+    # each off by default, as the recipe is published. Which tokens a rank score counts: "sequence" (all),
+    # "divergent" (past the prefix a response shares with the others of its group), "step" (the first step
+    # in which they part; rationale_loop/rank_scope.py).
     rank_scope: str = "sequence"
     step_delimiters: List[str] = field(default_factory=lambda: [". ", "\n"])  # where a step ends (rank_scope=step)
     detach_rejected: bool = False  # the rejected scores enter the rank term without gradient

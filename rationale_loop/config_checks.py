@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -23,9 +23,9 @@ from rationale_loop.data.public import LOADERS
 from rationale_loop.data.sources import PREFERENCE_SCHEMA, check_schema
 from rationale_loop.data.tasks import check_source
 from rationale_loop.data.templates import TEMPLATES
-from rationale_loop.generate import BACKENDS
-from rationale_loop.launch import LAUNCH_DEVICES, LAUNCH_KINDS
-from rationale_loop.merge import AVERAGE_METHODS
+from rationale_loop.generate import BACKEND_OPTION_KEYS, BACKENDS
+from rationale_loop.launch import LAUNCH_DEVICES, LAUNCH_KINDS, LAUNCH_OPTION_KEYS
+from rationale_loop.merge import AVERAGE_METHODS, AVERAGE_OPTION_KEYS
 from rationale_loop.model import ARCHITECTURES
 from rationale_loop.objectives import OBJECTIVES
 from rationale_loop.optim import ADALITE_VARIANTS, OPTIMIZERS
@@ -34,9 +34,10 @@ from rationale_loop.rank_scope import SCOPES
 from rationale_loop.verify import VERIFIERS
 
 
-def validate(cfg: DictConfig | Config) -> None:
+def validate(cfg: DictConfig | Config, overrides: Sequence[str] = ()) -> None:
     """Every check the config alone allows, made before any work: a value found wrong after SFT or
-    generation has run costs that work, and a library's message about it would not name the key."""
+    generation has run costs that work, and a library's message about it would not name the key.
+    `overrides`, the command line's, are checked against the schema of the option each group chose."""
     cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.structured(cfg)
     extra = unknown_keys(cfg)
     if extra:
@@ -50,7 +51,45 @@ def validate(cfg: DictConfig | Config) -> None:
         raise ConfigError(str(error)) from None
     _check_ranges(cfg)
     _check_names(cfg)
+    check_option_keys(cfg, overrides)
     _check_combinations(cfg)
+
+
+def option_keys() -> dict[str, tuple[str, Mapping[str, Sequence[str]]]]:
+    """group -> (the key that picks its option, option -> the keys of the group that option reads beside
+    the ones every option reads). One schema per option: each option's keys are declared where the option
+    is defined (an objective's class, the backend, launch and average tables, config.PEFT_OPTION_KEYS)."""
+    return {
+        "objective": ("name", {name: objective.options for name, objective in OBJECTIVES.items()}),
+        "generate": ("backend", BACKEND_OPTION_KEYS),
+        "peft": ("method", schema.PEFT_OPTION_KEYS),
+        "launch": ("kind", LAUNCH_OPTION_KEYS),
+        "average": ("method", AVERAGE_OPTION_KEYS),
+    }
+
+
+def check_option_keys(cfg: DictConfig, overrides: Sequence[str]) -> None:
+    """Refuse a key that the command line sets and the group's chosen option does not read
+    (`objective=star objective.rank_weight=3`), which would otherwise do nothing in silence. A YAML
+    preset may set keys of options it does not pick (an experiment's defaults); only a key the user
+    named is refused."""
+    groups = option_keys()
+    for override in overrides:
+        text = override.lstrip("+~")
+        if "=" not in text:
+            continue
+        group, _, rest = text.split("=", 1)[0].strip().partition(".")
+        key = rest.split(".", 1)[0].split("[", 1)[0]
+        if group not in groups or not key:
+            continue
+        picker, keys_of = groups[group]
+        chosen = cfg[group][picker]
+        owners = sorted(option for option, keys in keys_of.items() if key in keys)
+        own = keys_of.get(chosen, ())
+        if owners and key not in own:
+            reads = f"reads {', '.join(f'{group}.{k}' for k in own)} only" if own else f"reads no {group} key of its own"
+            raise ConfigError(f"{group}.{key} does nothing under {group}.{picker}={chosen}, which {reads}; "
+                              f"{group}.{picker}={' or '.join(owners)} reads it")
 
 
 def _require(condition: bool, message: str) -> None:

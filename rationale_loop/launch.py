@@ -32,6 +32,9 @@ KIND_FLAGS = {"ddp": ["--multi_gpu"], "fsdp": ["--use_fsdp"], "deepspeed": ["--u
 LAUNCH_KINDS = ("local", *KIND_FLAGS)
 #: launch.device's values (the module's docstring says what each does).
 LAUNCH_DEVICES = ("auto", "cuda", "cpu")
+# launch.kind -> the launch keys it reads (local, in this process, reads none): its schema within LaunchConfig.
+PROCESS_KEYS = ("num_processes", "device", "config_file", "extra_args")
+LAUNCH_OPTION_KEYS = {"local": (), "ddp": PROCESS_KEYS, "fsdp": PROCESS_KEYS, "deepspeed": (*PROCESS_KEYS, "zero_stage")}
 
 
 def launch_command(cfg: Any, run: Path, k: int) -> list[str]:

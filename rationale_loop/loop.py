@@ -46,7 +46,7 @@ class Run:
     share, and the overrides its rounds save."""
 
     def __init__(self, cfg: DictConfig, overrides: list[str] | None = None):
-        validate(cfg)
+        validate(cfg, overrides or ())
         self.ctx = RunContext(cfg)
         self.cfg, self.dir, self.overrides = cfg, self.ctx.dir, overrides
         check_task_fits_config(cfg, self.ctx.splits)
@@ -134,7 +134,7 @@ def open_run(cfg: DictConfig, overrides: list[str] | None = None) -> Iterator[Ru
     from rationale_loop.lock import run_lock
     from rationale_loop.rundir import run_dir
 
-    validate(cfg)
+    validate(cfg, overrides or ())
     if cfg.launch.kind != "local":  # more processes than GPUs: refused before the run does any work
         from rationale_loop.launch import check_devices
 

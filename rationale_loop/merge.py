@@ -42,6 +42,8 @@ METHODS: Registry[Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]] =
     "average.method", {"slerp": slerp, "linear": lerp}, also="none")
 #: average.method's values: no averaging, or a method of METHODS.
 AVERAGE_METHODS = ("none", *METHODS)
+#: average.method -> the average keys it reads (none reads none of them): its schema within AverageConfig.
+AVERAGE_OPTION_KEYS = {method: (() if method == "none" else ("factor",)) for method in AVERAGE_METHODS}
 
 
 @torch.no_grad()

@@ -96,6 +96,9 @@ class Declared:
     config against them, task_checks.py the task's data, the loop reads them to plan a round, and
     export.py's model card takes `describe`."""
 
+    # Its schema: the objective.* keys it reads (beside name). It is built with a view of the config that
+    # holds these alone (`Options`), and a key of another objective named on the command line is refused.
+    options: tuple[str, ...] = ()
     uses_samples = True  # the round samples the pool for it (False: the pool is not sampled)
     samples_sft_questions = False  # the round also samples the SFT set's questions (spin's rejected side)
     trains_on_pairs = False  # a correct and an incorrect sample of one question: needs generate.n >= 2, ranks data='s preference pairs
@@ -108,9 +111,34 @@ class Declared:
         return ()
 
     @classmethod
+    def own_options(cls, cfg: Any) -> "Options":
+        return Options(cfg, cls.options)
+
+    @classmethod
     def describe(cls, cfg: Any) -> str:
         """One line for the model card: what the rounds train with, under `cfg` (the objective's config)."""
         return str(cfg.name)
+
+
+class UndeclaredOption(LookupError):
+    """An objective read a key its class does not declare in `options`. Not an AttributeError, so that
+    getattr(cfg, key, default) cannot hide it."""
+
+
+class Options:
+    """An objective's view of its config: `name` and the keys its class declares, nothing else. Reading
+    another key raises, so a declaration that misses a key the code reads fails the first test that
+    builds the objective, instead of letting a key of the command line be refused wrongly."""
+
+    def __init__(self, cfg: Any, keys: Sequence[str]):
+        self._cfg, self._keys = cfg, frozenset(keys) | {"name"}
+
+    def __getattr__(self, key: str) -> Any:
+        if key.startswith("_"):
+            raise AttributeError(key)
+        if key not in self._keys:
+            raise UndeclaredOption(f"objective.{key} is read but not declared in the objective's `options` ({sorted(self._keys)})")
+        return getattr(self._cfg, key)
 
 
 OBJECTIVES: Registry[Callable[[ObjectiveConfig], Objective]] = Registry("objective.name")
@@ -136,7 +164,7 @@ class SupervisedObjective(Declared):
     token_level = True
 
     def __init__(self, cfg: ObjectiveConfig | None = None):
-        self.cfg = cfg
+        self.cfg = None if cfg is None else self.own_options(cfg)
 
     def items(self, data: RoundData) -> list[SFTItem]:
         raise NotImplementedError("SupervisedObjective trains on items given to it directly")
@@ -164,6 +192,7 @@ class StarObjective(SupervisedObjective):
     as a hint, trained on without the hint. With `sft_replay`, the SFT set's gold examples join them:
     the round then learns the new questions its samples solved without leaving the worked examples."""
 
+    options = ("rationalize", "sft_replay")
     rationalizes = True
 
     @classmethod
@@ -172,8 +201,8 @@ class StarObjective(SupervisedObjective):
 
     def __init__(self, cfg: ObjectiveConfig):
         super().__init__(cfg)
-        self.rationalize = cfg.rationalize
-        self.sft_replay = cfg.sft_replay
+        self.rationalize = self.cfg.rationalize
+        self.sft_replay = self.cfg.sft_replay
 
     def items(self, data: RoundData) -> list[SFTItem]:
         seen: set[tuple[str, str]] = set()
@@ -270,6 +299,8 @@ class _RankedGroups(Declared):
     floor under the chosen score at its value under the round's starting weights (`chosen_floor`, DPOP).
     """
 
+    # The options every ranked objective reads; each subclass adds its own coefficients.
+    ranking_options = ("share_prompt", "rank_scope", "step_delimiters", "detach_rejected", "chosen_floor")
     share_anchor = True  # an anchor that is the chosen response is read off the chosen row (see encode)
     trains_on_pairs = True
     length_normalised = True  # a score is the mean log-probability of its tokens (rpo: the sum)
@@ -458,7 +489,7 @@ class _RankedGroups(Declared):
         if self.length_normalised:
             chosen = chosen / scores.chosen_tokens.clamp(min=1)
             rejected = rejected / scores.rejected_tokens.clamp(min=1)
-        if getattr(self.cfg, "detach_rejected", False):
+        if self.cfg.detach_rejected:
             rejected = rejected.detach()  # the rank term then moves the chosen responses only
         return chosen, rejected
 
@@ -559,6 +590,8 @@ class MemphisObjective(_RankedGroups):
     (negatives averaged) plus token-level NLL on the anchor (the gold rationale and answer, or the
     chosen completion)."""
 
+    options = ("rank_weight", "anchor_weight", "anchor", "listwise", *_RankedGroups.ranking_options)
+
     @classmethod
     def gold_rationales_needed(cls, cfg: Any) -> tuple[str, ...]:
         # anchor=gold anchors each pair on its pool question's rationale; replay on SFT examples' (_rank_items)
@@ -570,7 +603,7 @@ class MemphisObjective(_RankedGroups):
                 "rank = -log(e^s_c / (e^s_c + mean_j e^s_rj)) over length-normalised log-probabilities")
 
     def __init__(self, cfg: ObjectiveConfig):
-        self.cfg = cfg
+        self.cfg = cfg = self.own_options(cfg)
         self.coefficients = {"anchor": float(cfg.anchor_weight), "rank": float(cfg.rank_weight)}
         if self.chosen_floor > 0:
             self.coefficients["floor"] = float(cfg.chosen_floor)
@@ -591,12 +624,14 @@ class CpoSimpoObjective(_RankedGroups):
     With beta 1 and gamma 0 it is memphis on one pair with the anchor on the chosen response, divided
     by w, when alpha = 1 / w."""
 
+    options = ("beta", "gamma", "alpha", *_RankedGroups.ranking_options)
+
     @classmethod
     def describe(cls, cfg: Any) -> str:
         return f"CPO-SimPO (beta {cfg.beta:g}, gamma {cfg.gamma:g}, NLL weight {cfg.alpha:g})"
 
     def __init__(self, cfg: ObjectiveConfig):
-        self.cfg = cfg
+        self.cfg = cfg = self.own_options(cfg)
         self.coefficients = {"rank": 1.0, "anchor": float(cfg.alpha)}
         if self.chosen_floor > 0:
             self.coefficients["floor"] = float(cfg.chosen_floor)
@@ -619,6 +654,7 @@ class RpoObjective(_RankedGroups):
     summed log-probabilities (under rank_scope, of the scored tokens). The reference scores are computed
     once per round by `prepare`, before the first update."""
 
+    options = ("beta", "alpha", *_RankedGroups.ranking_options)
     length_normalised = False
 
     @classmethod
@@ -627,7 +663,7 @@ class RpoObjective(_RankedGroups):
                 "response's NLL over its length")
 
     def __init__(self, cfg: ObjectiveConfig):
-        self.cfg = cfg
+        self.cfg = cfg = self.own_options(cfg)
         self.coefficients = {"dpo": 1.0, "nll": float(cfg.alpha)}
         if self.chosen_floor > 0:
             self.coefficients["floor"] = float(cfg.chosen_floor)
@@ -666,6 +702,7 @@ class SpinObjective(Declared):
     same numbers as a frozen copy would give, without holding a second model in memory.
     """
 
+    options = ("beta",)
     samples_sft_questions = True
 
     @classmethod
@@ -673,7 +710,7 @@ class SpinObjective(Declared):
         return f"SPIN: DPO (beta {cfg.beta:g}) with the SFT set's gold responses chosen, the model's own rejected"
 
     def __init__(self, cfg: ObjectiveConfig):
-        self.cfg = cfg
+        self.cfg = cfg = self.own_options(cfg)
         self.coefficients = {"dpo": 1.0}
 
     def items(self, data: RoundData) -> list[RankItem]:

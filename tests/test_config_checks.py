@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -115,3 +116,117 @@ def test_the_debug_switch_shows_the_traceback(tmp_path):
         capture_output=True, text=True, check=False, env={**os.environ, "RATIONALE_LOOP_DEBUG": "1"},
     )
     assert done.returncode != 0 and "Traceback" in done.stderr and "generate.batch_size" in done.stderr
+
+
+# One schema per option of a group: a key the chosen option does not read, named on the command line.
+FOREIGN = [
+    (["objective=star", "objective.rank_weight=3"],
+     "objective.rank_weight does nothing under objective.name=star, which reads objective.rationalize, objective.sft_replay only; "
+     "objective.name=memphis reads it"),
+    (["objective=spin", "objective.anchor=chosen"], "objective.anchor does nothing under objective.name=spin"),
+    (["objective=cpo_simpo", "objective.listwise=true"], "objective.name=memphis reads it"),
+    (["objective=sft", "objective.beta=0.5"], "objective.name=cpo_simpo or rpo or spin reads it"),
+    (["objective=rpo", "objective.gamma=1"], "objective.name=cpo_simpo reads it"),
+    (["objective=memphis", "objective.step_delimiters=[';']"], None),
+    (["peft.r=8"], "peft.r does nothing under peft.method=none, which reads no peft key of its own; peft.method=lora or qlora reads it"),
+    (["launch.num_processes=4"], "launch.num_processes does nothing under launch.kind=local"),
+    (["launch=ddp", "launch.zero_stage=3"], "launch.kind=deepspeed reads it"),
+    (["generate.gpu_memory_utilization=0.5"], "generate.backend=auto or vllm reads it"),
+    (["average.factor=0.5"], "average.factor does nothing under average.method=none"),
+]
+
+
+@pytest.mark.parametrize("overrides, message", FOREIGN, ids=[" ".join(o) for o, _ in FOREIGN])
+def test_a_key_of_another_option_is_refused_at_the_command_line(overrides, message):
+    cfg = compose_config(*overrides)
+    if message is None:
+        validate(cfg, overrides)
+        return
+    validate(cfg)  # the composed config alone is fine: the key just does nothing
+    with pytest.raises(ConfigError) as error:
+        validate(cfg, overrides)
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("overrides", [
+    ["objective=memphis", "objective.rank_weight=3", "objective.listwise=true"],
+    ["objective=star", "objective.rationalize=true", "generate.n=4"],  # generate.n: every backend reads it
+    ["generate=vllm", "generate.gpu_memory_utilization=0.5"],
+    ["generate.backend=auto", "generate.python=/usr/bin/python3"],
+    ["peft=lora", "peft.r=8"],
+    ["launch=deepspeed", "launch.zero_stage=3"],
+    ["average.method=slerp", "average.factor=0.5"],
+    ["objective.name=cpo_simpo", "objective.gamma=0.5"],  # the option picked by its key, in the same command
+])
+def test_a_key_of_the_chosen_option_is_accepted(overrides):
+    validate(compose_config(*overrides), overrides)
+
+
+def test_a_preset_may_set_keys_of_options_it_does_not_pick():
+    """The embedded default's experiment sets objective.anchor=chosen for its memphis rounds; picking
+    star on top of it is not the user naming a foreign key."""
+    overrides = ["objective=star"]
+    cfg = compose_config(*overrides)
+    assert cfg.objective.anchor == "chosen"
+    validate(cfg, overrides)
+
+
+def test_every_option_declares_keys_of_its_group_and_every_key_has_a_reader():
+    from dataclasses import fields
+
+    from rationale_loop import config as schema
+    from rationale_loop.config_checks import option_keys
+    from rationale_loop.generate import BACKENDS
+    from rationale_loop.launch import LAUNCH_KINDS
+    from rationale_loop.merge import AVERAGE_METHODS
+    from rationale_loop.objectives import OBJECTIVES
+
+    closed = {"objective": OBJECTIVES.names(), "generate": BACKENDS.names(), "peft": schema.PEFT_METHODS,
+              "launch": LAUNCH_KINDS, "average": AVERAGE_METHODS}
+    schemas = {"objective": schema.ObjectiveConfig, "generate": schema.GenerateConfig, "peft": schema.PeftConfig,
+               "launch": schema.LaunchConfig, "average": schema.AverageConfig}
+    for group, (picker, keys_of) in option_keys().items():
+        assert sorted(keys_of) == sorted(closed[group]), group
+        names = {f.name for f in fields(schemas[group])}
+        declared = {key for keys in keys_of.values() for key in keys}
+        assert picker in names and declared <= names - {picker}, (group, declared - names)
+    # Every objective key is some objective's: an ObjectiveConfig key no class declares would be read by none.
+    _, objective_keys = option_keys()["objective"]
+    assert {f.name for f in fields(schema.ObjectiveConfig)} - {"name"} == {k for keys in objective_keys.values() for k in keys}
+
+
+def test_an_objective_reads_its_declared_options_only():
+    from rationale_loop.config import ObjectiveConfig
+    from rationale_loop.objectives import OBJECTIVES, UndeclaredOption, build_objective
+
+    star = build_objective(ObjectiveConfig(name="star", rationalize=True))
+    assert star.cfg.rationalize is True and star.cfg.name == "star"
+    with pytest.raises(UndeclaredOption, match="objective.rank_weight"):
+        star.cfg.rank_weight
+    with pytest.raises(UndeclaredOption):
+        getattr(star.cfg, "anchor", "a default does not hide it")
+    for name, objective in OBJECTIVES.items():  # each builds from its declared keys alone
+        build_objective(ObjectiveConfig(name=name, anchor="chosen"))
+
+
+def test_the_command_line_refuses_a_key_of_another_option_before_any_work(tmp_path):
+    done = _cli("round", "objective=star", "objective.rank_weight=3", f"output_root={tmp_path}/runs", "run=bad",
+                f"model.cache_dir={tmp_path}/models")
+    assert done.returncode == 1
+    assert done.stderr.strip().startswith("rationale_loop: error: objective.rank_weight does nothing under objective.name=star")
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "runs" / "bad" / "round_00").exists() and not (tmp_path / "models").exists()
+
+
+def test_the_docs_table_of_option_keys_is_the_declared_one():
+    import re
+
+    from rationale_loop.config_checks import option_keys
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "configuration.md").read_text()
+    table = {}
+    for option, keys in re.findall(r"^\| `([\w.]+=\w+)` \| (.*) \|$", text, flags=re.M):
+        table[option] = tuple(re.findall(r"`(\w+)`", keys))
+    declared = {f"{group}.{picker}={option}": tuple(keys)
+                for group, (picker, keys_of) in option_keys().items() for option, keys in keys_of.items()}
+    assert table == declared

@@ -22,7 +22,7 @@ SMALL = [
     "task.sft_size=1500", "task.pool_size=32", "task.eval_size=32",
     "sft.epochs=4", "sft.steps=0", "sft.batch_size=32", "sft.micro_batch_size=32", "sft.lr=3e-3", "rank.steps=0", "rank.epochs=3",
     # The mechanics under test, at the sampling and objective settings they were written for.
-    "generate.temperature=0.5", "generate.top_p=0.8", "objective.sft_replay=false",
+    "generate.temperature=0.5", "generate.top_p=0.8",
     "generate.n=8", "generate.max_new_tokens=48", "eval.max_new_tokens=48",
     # The final count, not the running one: this half-trained small model gets every count of a chain
     # right too rarely for a 32-question pool to mine pairs.

@@ -47,9 +47,10 @@ def check_overrides(overrides: list[str], sweep: bool = False) -> None:
     check_override_keys(overrides, config_groups())
     if sweep:  # each job's values: the first of each comma-separated choice
         overrides = [o.split("=", 1)[0] + "=" + o.split("=", 1)[1].split(",")[0] if "=" in o else o for o in overrides]
-    cfg = compose_config(*[o for o in overrides if not o.startswith("-")])
+    overrides = [o for o in overrides if not o.startswith("-")]
+    cfg = compose_config(*overrides)
     try:
-        validate(cfg)
+        validate(cfg, overrides)
     except ConfigError as error:
         # What the config asks of the machine (a GPU for peft=qlora) is not the README's to promise here.
         if not re.search(r"CUDA|GPU|bitsandbytes", str(error)):

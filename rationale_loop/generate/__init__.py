@@ -84,6 +84,10 @@ def vllm_importable(python: str | None) -> bool:
 
 
 BACKENDS: Registry[Callable[..., Backend]] = Registry("generate.backend", {"hf": _hf, "vllm": _vllm, "auto": _auto})
+# generate.backend -> the generate keys that backend reads beside the ones every backend reads (n,
+# temperature, ..., batch_size): its schema within GenerateConfig. auto may become vllm, so it reads them too.
+VLLM_KEYS = ("python", "tensor_parallel_size", "gpu_memory_utilization", "max_model_len", "enforce_eager")
+BACKEND_OPTION_KEYS = {"hf": (), "vllm": VLLM_KEYS, "auto": VLLM_KEYS}
 
 
 def make_backend(cfg: Any, checkpoint: Path, dtype: str, batch_size: int, trust_remote_code: bool = False) -> Backend:
