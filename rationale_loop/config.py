@@ -300,14 +300,19 @@ class AverageConfig:
 
 @dataclass
 class GenerateConfig:
-    backend: str = "hf"
+    # "auto": vllm where CUDA is available and generate.python's interpreter has vLLM, else hf
+    # (rationale_loop/generate/__init__.py); "hf" or "vllm" to choose.
+    backend: str = "auto"
     n: int = 8
     temperature: float = 0.5
     top_p: float = 0.8
     max_new_tokens: int = 512
-    # hf: prompts per generate call (each expands to n sequences); vllm: prompts per engine call, whose
-    # results are saved before the next call starts (a crash loses at most one call's work).
+    # hf: prompts per generate call (each expands to n sequences); evaluation's is eval.batch_size.
     batch_size: int = 64
+    # vllm: prompts per engine call (sampling and evaluation alike), each call's results saved before the
+    # next starts (a crash loses at most one call's work) and seeded on its own. The engine batches
+    # within a call by itself (continuous batching), so this is no memory setting.
+    chunk_size: int = 512
     # Weights' dtype while generating: "auto" is bf16 where it is faster (a CPU with native bf16, a GPU),
     # else the model's dtype. Training always uses model.dtype.
     dtype: str = "auto"

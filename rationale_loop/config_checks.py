@@ -127,6 +127,7 @@ def _check_ranges(cfg: DictConfig) -> None:
     _require(0.0 < gen.top_p <= 1.0, f"generate.top_p must be in (0, 1], got {gen.top_p}")
     _require(gen.max_new_tokens >= 1, f"generate.max_new_tokens must be at least 1, got {gen.max_new_tokens}")
     _require(gen.batch_size >= 1, f"generate.batch_size must be at least 1, got {gen.batch_size}")
+    _require(gen.chunk_size >= 1, f"generate.chunk_size must be at least 1, got {gen.chunk_size}")
     _require(gen.tensor_parallel_size >= 1, f"generate.tensor_parallel_size must be at least 1, got {gen.tensor_parallel_size}")
     _require(0.0 < gen.gpu_memory_utilization <= 1.0, f"generate.gpu_memory_utilization must be in (0, 1], got {gen.gpu_memory_utilization}")
     _one_of("generate.too_long", gen.too_long, schema.PROMPT_TOO_LONG)

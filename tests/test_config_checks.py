@@ -131,7 +131,9 @@ FOREIGN = [
     (["peft.r=8"], "peft.r does nothing under peft.method=none, which reads no peft key of its own; peft.method=lora or qlora reads it"),
     (["launch.num_processes=4"], "launch.num_processes does nothing under launch.kind=local"),
     (["launch=ddp", "launch.zero_stage=3"], "launch.kind=deepspeed reads it"),
-    (["generate.gpu_memory_utilization=0.5"], "generate.backend=auto or vllm reads it"),
+    (["generate=hf", "generate.gpu_memory_utilization=0.5"], "generate.backend=auto or vllm reads it"),
+    (["generate=vllm", "generate.batch_size=8"], "generate.batch_size does nothing under generate.backend=vllm, which reads "
+                                                 "generate.chunk_size, "),
     (["average.factor=0.5"], "average.factor does nothing under average.method=none"),
 ]
 
@@ -152,7 +154,7 @@ def test_a_key_of_another_option_is_refused_at_the_command_line(overrides, messa
     ["objective=memphis", "objective.rank_weight=3", "objective.listwise=true"],
     ["objective=star", "objective.rationalize=true", "generate.n=4"],  # generate.n: every backend reads it
     ["generate=vllm", "generate.gpu_memory_utilization=0.5"],
-    ["generate.backend=auto", "generate.python=/usr/bin/python3"],
+    ["generate.python=/usr/bin/python3", "generate.batch_size=8", "generate.chunk_size=64"],  # auto, the default: both
     ["peft=lora", "peft.r=8"],
     ["launch=deepspeed", "launch.zero_stage=3"],
     ["average.method=slerp", "average.factor=0.5"],

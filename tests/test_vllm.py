@@ -90,7 +90,7 @@ def test_vllm_generation_killed_mid_pool_resumes_without_losing_or_duplicating_a
 
     run, _, cfg = vllm_run
     fork = tmp_path / "runs" / "killed"
-    command = [sys.executable, "-m", "rationale_loop", "round", *SMALL, "generate=vllm", "generate.batch_size=8",
+    command = [sys.executable, "-m", "rationale_loop", "round", *SMALL, "generate=vllm", "generate.chunk_size=8",
                f"init_from={run}/round_00", f"output_root={fork.parent}", f"model.cache_dir={cfg.model.cache_dir}", "run=killed"]
     killed = subprocess.run(command, capture_output=True, text=True, env={**os.environ, KILL_AT: "generate:11"}, check=False)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]

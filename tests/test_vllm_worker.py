@@ -189,15 +189,31 @@ def test_vllm_importable_asks_the_named_interpreter(tmp_path):
     assert vllm_importable(sys.executable) == (__import__("importlib").util.find_spec("vllm") is not None)
 
 
-def test_generate_backend_auto_passes_the_config_check_and_is_hf_on_cpu(monkeypatch):
+def test_the_default_backend_is_auto_hf_without_cuda_and_vllm_with_it(monkeypatch, tmp_path):
+    """generate's default is auto: transformers on a machine without CUDA (this one, and CI), vLLM where
+    CUDA is available and generate.python has vLLM. Each backend batches by its own key: hf by
+    generate.batch_size prompts, vLLM in engine calls of generate.chunk_size prompts."""
     import torch
 
-    from rationale_loop.generate import resolve_backend
+    from rationale_loop import generate
+    from rationale_loop.config_checks import validate
     from test_config import compose_config
 
+    cfg = compose_config()
+    validate(cfg)
+    assert cfg.generate.backend == "auto"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    cfg = compose_config("generate.backend=auto")
-    assert cfg.generate.backend == "auto" and resolve_backend(cfg.generate) == "hf"
+    assert generate.resolve_backend(cfg.generate) == "hf"
+    # The environment a GPU machine with `make setup-vllm` has, stood in for: CUDA present, and the
+    # interpreter generate.python names finds vllm (its own probe is tested above).
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(generate, "vllm_importable", lambda python: python == "/venv-vllm/bin/python")
+    assert generate.resolve_backend(cfg.generate) == "hf"  # this interpreter has no vLLM: hf still
+    cfg = compose_config("generate.python=/venv-vllm/bin/python", "generate.chunk_size=96", "generate.batch_size=8")
+    assert generate.resolve_backend(cfg.generate) == "vllm"
+    backend = generate.make_backend(cfg.generate, tmp_path, "float32", batch_size=8)  # starts nothing until generate()
+    assert type(backend).__name__ == "VLLMBackend" and backend.chunk_size == 96 and backend.python == "/venv-vllm/bin/python"
+    assert not hasattr(backend, "batch_size")  # hf's key; the engine batches by itself
 
 
 def test_a_worker_that_does_not_exit_when_asked_is_killed_after_the_grace(tmp_path):

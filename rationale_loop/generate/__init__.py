@@ -50,7 +50,7 @@ def _vllm(cfg: Any, checkpoint: Path, dtype: str, batch_size: int, trust_remote_
         "enforce_eager": cfg.enforce_eager,
         "trust_remote_code": trust_remote_code,
     }
-    return VLLMBackend(checkpoint, engine, python=cfg.python, chunk_size=batch_size)
+    return VLLMBackend(checkpoint, engine, python=cfg.python, chunk_size=cfg.chunk_size)  # batch_size is hf's
 
 
 def _auto(cfg: Any, checkpoint: Path, dtype: str, batch_size: int, trust_remote_code: bool) -> Backend:
@@ -85,9 +85,10 @@ def vllm_importable(python: str | None) -> bool:
 
 BACKENDS: Registry[Callable[..., Backend]] = Registry("generate.backend", {"hf": _hf, "vllm": _vllm, "auto": _auto})
 # generate.backend -> the generate keys that backend reads beside the ones every backend reads (n,
-# temperature, ..., batch_size): its schema within GenerateConfig. auto may become vllm, so it reads them too.
-VLLM_KEYS = ("python", "tensor_parallel_size", "gpu_memory_utilization", "max_model_len", "enforce_eager")
-BACKEND_OPTION_KEYS = {"hf": (), "vllm": VLLM_KEYS, "auto": VLLM_KEYS}
+# temperature, ...): its schema within GenerateConfig. auto may become either, so it reads both.
+HF_KEYS = ("batch_size",)
+VLLM_KEYS = ("chunk_size", "python", "tensor_parallel_size", "gpu_memory_utilization", "max_model_len", "enforce_eager")
+BACKEND_OPTION_KEYS = {"hf": HF_KEYS, "vllm": VLLM_KEYS, "auto": (*HF_KEYS, *VLLM_KEYS)}
 
 
 def make_backend(cfg: Any, checkpoint: Path, dtype: str, batch_size: int, trust_remote_code: bool = False) -> Backend:

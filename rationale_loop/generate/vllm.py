@@ -94,16 +94,6 @@ class VLLMBackend:
         self._running: _Request | None = None  # the call being iterated
         self._cancelled: _Request | None = None  # a call stopped early, its end not read yet
 
-    @property
-    def batch_size(self) -> int:
-        """The backends' common name for what a caller sets per use (rationale_loop/phases/context.py's
-        Engines): here, the prompts of one chunk, streamed back and seeded as a unit."""
-        return self.chunk_size
-
-    @batch_size.setter
-    def batch_size(self, value: int) -> None:
-        self.chunk_size = value
-
     # -- lifecycle ---------------------------------------------------------------------------------
     def __enter__(self) -> "VLLMBackend":
         return self

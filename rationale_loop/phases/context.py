@@ -94,9 +94,11 @@ class Engines:
             self.close()
             self._backend = self._ctx.make_backend(checkpoint, batch_size)
             self._checkpoint = str(checkpoint)
-        # The caller's batch size for this use (evaluation and sampling batch differently); a backend's
-        # batches depend on it alone, so a reused one batches as a new one would.
-        self._backend.batch_size = batch_size
+        # The caller's batch size for this use (hf: evaluation and sampling batch differently); a backend's
+        # batches depend on it alone, so a reused one batches as a new one would. vLLM has no batch size:
+        # its engine batches by itself within each chunk of generate.chunk_size prompts.
+        if hasattr(self._backend, "batch_size"):
+            self._backend.batch_size = batch_size
         return self._backend
 
     def close(self) -> None:
