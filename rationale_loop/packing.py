@@ -1,7 +1,7 @@
 """Padding-free micro-batches for token-level training (train.packing).
 
-A micro-batch holds rows of at most `micro_batch_tokens` tokens together, laid end to end instead of
-each being padded to the longest:
+A micro-batch is one row: the rows it holds (at most `micro_batch_tokens` tokens together) laid end to
+end instead of each being padded to the longest:
 
     tokens    a a a a | b b | c c c
     position  0 1 2 3 | 0 1 | 0 1 2      (each row starts over)
@@ -9,24 +9,27 @@ each being padded to the longest:
 
 so every token's hidden state is the one it has in its own padded row, and the loss is the padded
 path's: a row's first label is never learned from the row before it (it is set to -100, which a prompt
-token's label already is). In one row (flash attention) the forward pass spends nothing on padding.
-
-With flash attention a micro-batch is one row, and the restarting position ids alone keep attention
-inside each original row: transformers turns them into variable-length (cu_seqlens) kernel calls. With
-sdpa or eager attention a block-diagonal causal mask does it, and that attention costs the square of
-the packed row's length whatever the mask hides; so there the micro-batch is cut into rows of at most
-`width` tokens (the step's longest row: first fit decreasing), each several originals end to end and
-padded to the widest, which keeps attention's cost per token that of the padded path.
+token's label already is). The forward pass spends nothing on padding, and attention keeps inside each
+original row at the cost of that row alone:
+- flash attention: transformers reads the restarts of position_ids as row boundaries (varlen kernels);
+- sdpa or eager: while packed rows train (`packed_attention`), the model's attention is `SEGMENTED`,
+  registered here: causal sdpa on each original row's slice of the packed row. A block-diagonal mask
+  over the whole packed row would give the same numbers at the square of the packed length.
 """
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from contextlib import contextmanager
+from typing import Any, Iterator, Sequence
 
 import torch
+import torch.nn.functional as F
 
 from rationale_loop.encode import Encoded
 from rationale_loop.losses import IGNORE_INDEX
+
+#: The attention implementation packed rows train under when the model's is sdpa or eager.
+SEGMENTED = "rationale_loop_segmented"
 
 
 def pack_indices(lengths: Sequence[int], budget: int) -> list[list[int]]:
@@ -44,74 +47,87 @@ def pack_indices(lengths: Sequence[int], budget: int) -> list[list[int]]:
     return groups
 
 
-def collate_packed(examples: Sequence[Encoded], width: int = 0) -> dict[str, Any]:
-    """Packed rows: input_ids, labels, position_ids, row_of_token (which original row, -1 on padding) and
-    attention_mask (1 on real tokens: the training loop counts tokens and padding with it), each [R, W].
-    width 0: one row of everything, no padding; else rows of at most `width` tokens (first fit decreasing;
-    an original longer than that has a row of its own)."""
-    bins: list[list[int]] = []
-    fills: list[int] = []
-    # Longest first (first fit decreasing): short rows fill the gaps the long ones leave. Where a row sits
-    # changes no number: each sees only itself.
-    for index in sorted(range(len(examples)), key=lambda i: -len(examples[i].input_ids)):
-        length = len(examples[index].input_ids)
-        if width <= 0:
-            place = 0 if bins else None
-        else:
-            place = next((b for b, fill in enumerate(fills) if fill + length <= width), None)
-        if place is None:
-            bins.append([])
-            fills.append(0)
-            place = len(bins) - 1
-        bins[place].append(index)
-        fills[place] += length
-    shape = (len(bins), max(fills, default=0))
-    input_ids = torch.zeros(shape, dtype=torch.long)  # padding's id is never seen by a real token
-    labels = torch.full(shape, IGNORE_INDEX, dtype=torch.long)
-    positions = torch.zeros(shape, dtype=torch.long)
-    rows = torch.full(shape, -1, dtype=torch.long)
-    for b, members in enumerate(bins):
-        start = 0
-        for index in sorted(members):
-            example = examples[index]
-            length = len(example.input_ids)
-            input_ids[b, start : start + length] = torch.tensor(example.input_ids)
-            # The first token is not predicted from the previous original's last one.
-            labels[b, start + 1 : start + length] = torch.tensor(example.labels[1:], dtype=torch.long)
-            positions[b, start : start + length] = torch.arange(length)
-            rows[b, start : start + length] = index
-            start += length
-    return {"input_ids": input_ids, "labels": labels, "position_ids": positions, "row_of_token": rows,
-            "attention_mask": (rows >= 0).long()}
+def collate_packed(examples: Sequence[Encoded]) -> dict[str, Any]:
+    """One packed row of the examples, in order: input_ids, labels, position_ids, row_of_token (which
+    example) and attention_mask (all 1: the training loop counts tokens with it), each [1, total]."""
+    input_ids, labels, positions, rows = [], [], [], []
+    for index, example in enumerate(examples):
+        length = len(example.input_ids)
+        input_ids += example.input_ids
+        # The first token is not predicted from the previous example's last one.
+        labels += [IGNORE_INDEX, *example.labels[1:]][:length]
+        positions += range(length)
+        rows += [index] * length
+    batch = {name: torch.tensor([values], dtype=torch.long)
+             for name, values in (("input_ids", input_ids), ("labels", labels), ("position_ids", positions), ("row_of_token", rows))}
+    batch["attention_mask"] = torch.ones_like(batch["input_ids"])
+    return batch
 
 
 def attention_implementation(model: torch.nn.Module) -> str:
+    return _config(model)._attn_implementation or "sdpa"
+
+
+def _config(model: torch.nn.Module) -> Any:
     inner = getattr(model, "module", model)  # under DDP, the wrapped model holds the config
-    return getattr(getattr(inner, "config", None), "_attn_implementation", None) or "sdpa"
+    base = inner.get_base_model() if hasattr(inner, "get_base_model") else inner  # under peft, the base model
+    return base.config
+
+
+def segmented_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                        attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
+                        row_bounds: Sequence[int] | None = None, **kwargs: Any) -> tuple[torch.Tensor, None]:
+    """transformers' attention interface ([1, heads, T, dim] in, [1, T, heads, dim] out) for a packed row:
+    causal attention within each slice row_bounds[i]:row_bounds[i + 1]. Only packed rows reach it."""
+    if row_bounds is None or query.size(0) != 1:
+        raise ValueError(f"{SEGMENTED} attention reached without a packed row's row_bounds (forward_packed passes them)")
+    groups = getattr(module, "num_key_value_groups", 1)
+    if groups > 1:  # grouped-query attention: each key/value head serves `groups` query heads
+        key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
+    pieces = [F.scaled_dot_product_attention(query[:, :, start:end], key[:, :, start:end], value[:, :, start:end],
+                                             dropout_p=dropout, is_causal=True, scale=scaling)
+              for start, end in zip(row_bounds, row_bounds[1:])]
+    return torch.cat(pieces, dim=2).transpose(1, 2).contiguous(), None
+
+
+def _register() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    AttentionInterface.register(SEGMENTED, segmented_attention)
+    # No mask: the slices are the mask, and building one would cost the square of the packed length.
+    AttentionMaskInterface.register(SEGMENTED, lambda *args, **kwargs: None)
+
+
+_register()
+
+
+@contextmanager
+def packed_attention(model: torch.nn.Module) -> Iterator[None]:
+    """While the block runs, an sdpa or eager model attends through SEGMENTED (flash attention packs as
+    it is). Around a whole training loop, so that activations recomputed in the backward pass
+    (gradient checkpointing) see the same attention as the forward pass did."""
+    config = _config(model)
+    before = attention_implementation(model)
+    if before.startswith("flash") or before == SEGMENTED:
+        yield
+        return
+    if before not in ("sdpa", "eager"):
+        raise ValueError(f"train.packing needs sdpa, eager or flash attention, and the model uses {before}")
+    config._attn_implementation = SEGMENTED
+    try:
+        yield
+    finally:
+        config._attn_implementation = before
 
 
 def forward_packed(model: torch.nn.Module, batch: dict[str, Any]) -> Any:
     """The model's output on a packed row, each original row attending to itself only."""
     input_ids = batch["input_ids"]
     positions = batch["position_ids"].to(input_ids.device)
-    attention = attention_implementation(model)
-    if attention.startswith("flash") and input_ids.size(0) == 1:
-        # No mask: transformers reads the restarts of position_ids as sequence boundaries (varlen kernels).
-        return model(input_ids=input_ids, position_ids=positions)
-    if attention.startswith("flash"):
-        raise ValueError("a packed batch cut into rows of a width (for sdpa or eager attention) reached flash attention")
-    rows = batch["row_of_token"].to(input_ids.device)
-    width = rows.size(1)
-    causal = torch.ones((width, width), dtype=torch.bool, device=rows.device).tril()
-    query, key = rows.unsqueeze(2), rows.unsqueeze(1)  # [R, W, 1], [R, 1, W]
-    # A real token sees its own original's past; padding sees itself only (a query that sees nothing
-    # would make softmax NaN).
-    sees = causal & (query == key) & (query >= 0)
-    sees |= torch.eye(width, dtype=torch.bool, device=rows.device) & (query < 0)
-    sees = sees.unsqueeze(1)  # [R, 1, W, W]
-    if attention == "eager":  # eager attention adds a float mask; sdpa takes a boolean one as is
-        dtype = next(model.parameters()).dtype
-        sees = torch.zeros(sees.shape, dtype=dtype, device=sees.device).masked_fill(~sees, torch.finfo(dtype).min)
-    elif attention != "sdpa":
-        raise ValueError(f"train.packing needs sdpa, eager or flash attention, and the model uses {attention}")
-    return model(input_ids=input_ids, attention_mask=sees, position_ids=positions)
+    with packed_attention(model):
+        if attention_implementation(model).startswith("flash"):
+            # No mask: transformers reads the restarts of position_ids as row boundaries (varlen kernels).
+            return model(input_ids=input_ids, position_ids=positions)
+        starts = (batch["position_ids"][0] == 0).nonzero().flatten().tolist()
+        return model(input_ids=input_ids, position_ids=positions, row_bounds=(*starts, input_ids.size(1)))

@@ -30,7 +30,7 @@ from rationale_loop.faults import crash_point
 from rationale_loop.model import freeze_embeddings, neftune, refuse_non_finite_weights
 from rationale_loop.objectives import Objective, SupervisedObjective
 from rationale_loop.optim import build_optimizer, cosine_with_warmup
-from rationale_loop.packing import attention_implementation, collate_packed, pack_indices
+from rationale_loop.packing import collate_packed, packed_attention, pack_indices
 from rationale_loop.records import atomic_writer
 
 log = logging.getLogger(__name__)
@@ -109,18 +109,18 @@ def train(
     history: list[dict[str, float]] = resumed.get("history", [])
     earlier_seconds, tokens, padded = resumed.get("seconds", 0.0), resumed.get("tokens", 0), resumed.get("padded", 0)
     model, optimizer = accelerator.prepare(model, optimizer)
-    one_row_packs = attention_implementation(model).startswith("flash")  # varlen kernels: see packing.py
     first_step = len(history) + 1
     writer = _tensorboard(log_dir, first_step, accelerator)
 
     start = time.perf_counter()
     model.train()
     progress = tqdm(total=len(batches), initial=first_step - 1, desc=desc, disable=not sys.stderr.isatty(), leave=False)
-    with neftune(accelerator.unwrap_model(model), cfg.neftune_alpha):
+    packed = packed_attention(accelerator.unwrap_model(model)) if packs(objective, cfg) else nullcontext()
+    with neftune(accelerator.unwrap_model(model), cfg.neftune_alpha), packed:
         for step, batch_indices in enumerate(batches[first_step - 1 :], start=first_step):
             ordered = _dealing_order(batch_indices, lengths, cfg, accelerator.num_processes)
             share, weight = process_share(ordered, accelerator.process_index, accelerator.num_processes)
-            micro_batches = cut_micro_batches(objective, [kept[i] for i in share], encoder, cfg, one_row_packs)
+            micro_batches = cut_micro_batches(objective, [kept[i] for i in share], encoder, cfg)
             step_terms = accumulate_gradients(model, objective, micro_batches, cfg, accelerator, weight)
             real, padding = _step_tokens(accelerator, micro_batches, weight)
             tokens, padded = tokens + real, padded + padding
@@ -351,17 +351,20 @@ def process_share(batch: list[int], rank: int, processes: int) -> tuple[list[int
     return (share, 1.0) if share else (batch[:1], 0.0)
 
 
-def cut_micro_batches(objective: Objective, encoded: list[Any], encoder: Encoder, cfg: TrainConfig,
-                      one_row: bool = False) -> list[dict[str, Any]]:
+def packs(objective: Objective, cfg: TrainConfig) -> bool:
+    """Whether the stage trains on packed rows: train.packing asks, and only token-level rows pack."""
+    return cfg.packing and isinstance(objective, SupervisedObjective)
+
+
+def cut_micro_batches(objective: Objective, encoded: list[Any], encoder: Encoder, cfg: TrainConfig) -> list[dict[str, Any]]:
     """One process's share of a step, collated: micro_batch_size rows padded to their longest, or, with
-    cfg.packing and a token-level objective, packed end to end in at most micro_batch_tokens tokens
-    (packing.py): in one row (`one_row`, for flash attention), else in rows as wide as the share's longest.
-    The gradient is the same either way (token-weighted over the whole batch)."""
-    if cfg.packing and isinstance(objective, SupervisedObjective):
+    cfg.packing and a token-level objective (`packs`), packed end to end in rows of at most
+    micro_batch_tokens tokens (packing.py). The gradient is the same either way (token-weighted over the
+    whole batch)."""
+    if packs(objective, cfg):
         lengths = [len(e.input_ids) for e in encoded]
         budget = cfg.micro_batch_tokens or cfg.micro_batch_size * cfg.max_length
-        width = 0 if one_row else max(lengths, default=0)
-        return [collate_packed([encoded[i] for i in group], width) for group in pack_indices(lengths, budget)]
+        return [collate_packed([encoded[i] for i in group]) for group in pack_indices(lengths, budget)]
     return [objective.collate(encoded[j : j + cfg.micro_batch_size], encoder) for j in range(0, len(encoded), cfg.micro_batch_size)]
 
 

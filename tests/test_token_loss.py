@@ -69,30 +69,43 @@ def test_a_packed_row_restarts_positions_and_learns_no_token_across_rows(tokeniz
     assert batch["labels"][0, first] == -100 and batch["attention_mask"].all()
 
 
-def test_rows_of_a_width_are_filled_first_fit_and_padded_to_the_widest():
-    from rationale_loop.encode import Encoded
-
-    rows = [Encoded([1] * n, [5] * n) for n in (3, 4, 2, 1)]
-    batch = collate_packed(rows, width=5)
-    # Longest first: 4 opens a row, 3 another, 2 joins the 3 and 1 the 4; each row keeps its originals' order.
-    assert batch["row_of_token"].tolist() == [[1, 1, 1, 1, 3], [0, 0, 0, 2, 2]]
-    assert collate_packed(rows[:2], width=5)["attention_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 1, 0]]
-    assert collate_packed(rows[:2], width=5)["labels"][1].tolist() == [-100, 5, 5, -100]
-
-
 @pytest.mark.parametrize("chunk", [0, 6])
-@pytest.mark.parametrize("one_row", [True, False])
-def test_packed_sft_has_the_padded_loss_and_gradients(tokenizer, chunk, one_row):
+def test_packed_sft_has_the_padded_loss_and_gradients(tokenizer, chunk):
     model, objective, encoder = tiny_model(tokenizer), SupervisedObjective(), Encoder(tokenizer, 256)
     encoded = [objective.encode(item, encoder) for item in ITEMS]
     padded_cfg = TrainConfig(micro_batch_size=2, max_length=256, loss_chunk_tokens=chunk)
     budget = len(encoded[0].input_ids) + len(encoded[1].input_ids)  # the first two rows fill one micro-batch
     packed_cfg = TrainConfig(micro_batch_size=2, max_length=256, loss_chunk_tokens=chunk, packing=True, micro_batch_tokens=budget)
-    packed = cut_micro_batches(objective, encoded, encoder, packed_cfg, one_row)
+    packed = cut_micro_batches(objective, encoded, encoder, packed_cfg)
     assert 1 < len(packed) < len(ITEMS), "the budget packs some rows together and cuts the step in more than one"
-    assert not one_row or all(m["input_ids"].size(0) == 1 for m in packed)
+    assert all(m["input_ids"].size(0) == 1 for m in packed)
     _assert_same(_loss_and_grads(model, objective, packed, packed_cfg),
                  _loss_and_grads(model, objective, cut_micro_batches(objective, encoded, encoder, padded_cfg), padded_cfg))
+    assert model.config._attn_implementation == "sdpa"  # the packed forwards' attention was put back
+
+
+def test_segmented_attention_equals_a_block_diagonal_mask_with_grouped_query_heads():
+    """The packed row's attention, slice by slice, against sdpa over the whole row under the block-diagonal
+    causal mask the slices stand for; 2 key/value heads serving 4 query heads."""
+    from types import SimpleNamespace
+
+    from rationale_loop.packing import segmented_attention
+
+    torch.manual_seed(0)
+    bounds = (0, 5, 7, 13)
+    query = torch.randn(1, 4, 13, 8, requires_grad=True)
+    key, value = torch.randn(1, 2, 13, 8, requires_grad=True), torch.randn(1, 2, 13, 8, requires_grad=True)
+    out, _ = segmented_attention(SimpleNamespace(num_key_value_groups=2), query, key, value, None, scaling=0.3, row_bounds=bounds)
+    rows = torch.repeat_interleave(torch.arange(3), torch.tensor([5, 2, 6]))
+    mask = (rows[:, None] == rows[None, :]) & torch.ones(13, 13, dtype=torch.bool).tril()
+    expected = torch.nn.functional.scaled_dot_product_attention(
+        query, key.repeat_interleave(2, dim=1), value.repeat_interleave(2, dim=1), attn_mask=mask, scale=0.3).transpose(1, 2)
+    assert out.shape == (1, 13, 4, 8) and torch.allclose(out, expected, atol=1e-6)
+    grads = torch.autograd.grad(out.sum(), (query, key, value), retain_graph=True)
+    for got, want in zip(grads, torch.autograd.grad(expected.sum(), (query, key, value))):
+        assert torch.allclose(got, want, atol=1e-5)
+    with pytest.raises(ValueError, match="row_bounds"):
+        segmented_attention(SimpleNamespace(), query, key, value, None)
 
 
 def test_eager_attention_packs_as_sdpa_does(tokenizer):
