@@ -214,7 +214,8 @@ class TrainConfig:
     # of a micro-batch are never held. Same loss and gradients. 0: the plain path.
     loss_chunk_tokens: int = 0
     # Token-level objectives (sft, star): rows laid end to end in micro-batches of at most
-    # micro_batch_tokens tokens, no padding (rationale_loop/packing.py); 0 tokens: micro_batch_size * max_length.
+    # micro_batch_tokens tokens, one row each, no padding, each original row attending to itself only
+    # (rationale_loop/packing.py); 0 tokens: micro_batch_size * max_length.
     packing: bool = False
     micro_batch_tokens: int = 0
     log_every: int = 10
