@@ -31,6 +31,7 @@ from rationale_loop.objectives import OBJECTIVES
 from rationale_loop.optim import ADALITE_VARIANTS, OPTIMIZERS
 from rationale_loop.paths import RunPathError, check_output_root, check_run_name
 from rationale_loop.rank_scope import SCOPES
+from rationale_loop.run_config import override_key
 from rationale_loop.verify import VERIFIERS
 
 
@@ -75,10 +76,9 @@ def check_option_keys(cfg: DictConfig, overrides: Sequence[str]) -> None:
     named is refused."""
     groups = option_keys()
     for override in overrides:
-        text = override.lstrip("+~")
-        if "=" not in text:
+        if "=" not in override:
             continue
-        group, _, rest = text.split("=", 1)[0].strip().partition(".")
+        group, _, rest = override_key(override)[1].partition(".")
         key = rest.split(".", 1)[0].split("[", 1)[0]
         if group not in groups or not key:
             continue

@@ -19,6 +19,7 @@ original row at the cost of that row alone:
 
 from __future__ import annotations
 
+import functools
 from contextlib import contextmanager
 from typing import Any, Iterator, Sequence
 
@@ -48,19 +49,21 @@ def pack_indices(lengths: Sequence[int], budget: int) -> list[list[int]]:
 
 
 def collate_packed(examples: Sequence[Encoded]) -> dict[str, Any]:
-    """One packed row of the examples, in order: input_ids, labels, position_ids, row_of_token (which
-    example) and attention_mask (all 1: the training loop counts tokens with it), each [1, total]."""
-    input_ids, labels, positions, rows = [], [], [], []
-    for index, example in enumerate(examples):
+    """One packed row of the examples, in order: input_ids, labels, position_ids and attention_mask (all
+    1: the training loop counts tokens with it), each [1, total]; and row_bounds, where each example
+    starts and the total (a tuple, worked out here once rather than read back off the device per forward)."""
+    input_ids, labels, positions, bounds = [], [], [], [0]
+    for example in examples:
         length = len(example.input_ids)
         input_ids += example.input_ids
         # The first token is not predicted from the previous example's last one.
         labels += [IGNORE_INDEX, *example.labels[1:]][:length]
         positions += range(length)
-        rows += [index] * length
-    batch = {name: torch.tensor([values], dtype=torch.long)
-             for name, values in (("input_ids", input_ids), ("labels", labels), ("position_ids", positions), ("row_of_token", rows))}
+        bounds.append(bounds[-1] + length)
+    batch: dict[str, Any] = {name: torch.tensor([values], dtype=torch.long)
+                             for name, values in (("input_ids", input_ids), ("labels", labels), ("position_ids", positions))}
     batch["attention_mask"] = torch.ones_like(batch["input_ids"])
+    batch["row_bounds"] = tuple(bounds)
     return batch
 
 
@@ -90,16 +93,15 @@ def segmented_attention(module: torch.nn.Module, query: torch.Tensor, key: torch
     return torch.cat(pieces, dim=2).transpose(1, 2).contiguous(), None
 
 
+@functools.cache
 def _register() -> None:
+    """SEGMENTED in transformers' tables, once, when a packed row first trains (not at import)."""
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface
 
     AttentionInterface.register(SEGMENTED, segmented_attention)
     # No mask: the slices are the mask, and building one would cost the square of the packed length.
     AttentionMaskInterface.register(SEGMENTED, lambda *args, **kwargs: None)
-
-
-_register()
 
 
 @contextmanager
@@ -114,6 +116,7 @@ def packed_attention(model: torch.nn.Module) -> Iterator[None]:
         return
     if before not in ("sdpa", "eager"):
         raise ValueError(f"train.packing needs sdpa, eager or flash attention, and the model uses {before}")
+    _register()
     config._attn_implementation = SEGMENTED
     try:
         yield
@@ -129,5 +132,4 @@ def forward_packed(model: torch.nn.Module, batch: dict[str, Any]) -> Any:
         if attention_implementation(model).startswith("flash"):
             # No mask: transformers reads the restarts of position_ids as row boundaries (varlen kernels).
             return model(input_ids=input_ids, position_ids=positions)
-        starts = (batch["position_ids"][0] == 0).nonzero().flatten().tolist()
-        return model(input_ids=input_ids, position_ids=positions, row_bounds=(*starts, input_ids.size(1)))
+        return model(input_ids=input_ids, position_ids=positions, row_bounds=batch["row_bounds"])

@@ -30,7 +30,7 @@ from rationale_loop.shared_prompt import forward_logits, response_token_logprobs
 
 def _forward(model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
     """The model's `.logits` for a padded or a packed (packing.py) micro-batch."""
-    if "row_of_token" in batch:
+    if "row_bounds" in batch:  # packed (packing.collate_packed)
         return forward_packed(model, batch).logits
     return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
 
