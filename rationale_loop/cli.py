@@ -261,6 +261,18 @@ def _check_overrides_or_exit(overrides: list[str]) -> None:
         raise SystemExit(f"rationale_loop: error: {error}") from None
 
 
+def _check_sweep_or_exit(overrides: list[str]) -> None:
+    """Every job of a sweep checked before the first starts (sweep.py): one line naming the bad job."""
+    from rationale_loop.sweep import check_sweep
+
+    try:
+        check_sweep(overrides, CONFIG_DIR)
+    except UserError as error:
+        if _debugging():
+            raise
+        raise SystemExit(f"rationale_loop: error: {error}") from None
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv if argv is None else argv)
     # `make` hands ARGS over in this variable, split here as a shell would split words but never expanded
@@ -276,5 +288,7 @@ def main(argv: list[str] | None = None) -> None:
     sys.argv = argv
     _check_overrides_or_exit(argv[1:])
     register_configs()
+    if any(arg in ("--multirun", "-m") for arg in argv[1:]):
+        _check_sweep_or_exit([arg for arg in argv[1:] if not arg.startswith("-")])
     entry = hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")(COMMANDS[name])
     entry()

@@ -1,0 +1,71 @@
+"""A sweep is checked whole before its first job starts (rationale_loop/sweep.py): a bad job later in the
+sweep would otherwise stop it after the jobs before it had trained."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rationale_loop.cli import CONFIG_DIR
+from rationale_loop.config import ConfigError, register_configs
+from rationale_loop.run_config import write_overrides
+from rationale_loop.sweep import check_sweep, sweep_jobs
+
+from conftest import REPO_ROOT
+
+
+def test_jobs_are_the_product_of_the_sweeps_in_hydras_order_without_hydras_own_keys():
+    jobs = sweep_jobs(["objective=memphis,star", "rank.lr=range(1,3)", "seed=3", "hydra.sweep.dir=x",
+                       "hydra/job_logging=none", "+data.sources.x={path:a,schema:alpaca}"])
+    assert jobs == [[f"objective={o}", f"rank.lr={lr}", "seed=3", "+data.sources.x={path:a,schema:alpaca}"]
+                    for o in ("memphis", "star") for lr in (1, 2)]
+
+
+def test_sweeps_only_hydra_can_enumerate_are_left_to_it():
+    assert sweep_jobs(["objective=glob(m*)"]) == []  # a glob needs Hydra's config loader
+    assert sweep_jobs(["rank.lr=interval(0,1)"]) == []  # for optimizing sweepers
+    assert sweep_jobs(["not an override"]) == []  # Hydra says what is wrong with the line itself
+
+
+def test_a_bad_job_anywhere_in_the_sweep_is_refused_by_the_values_that_name_it():
+    register_configs()
+    assert check_sweep(["objective=memphis,memphis_detached", "rank.lr=1e-7,2e-7", "objective.rank_weight=2"], CONFIG_DIR) == 4
+    # The memphis job is fine; the star job names a key star never reads.
+    with pytest.raises(ConfigError) as refused:
+        check_sweep(["objective=memphis,star", "objective.rank_weight=3"], CONFIG_DIR)
+    assert str(refused.value) == ("sweep job objective=star: objective.rank_weight does nothing under objective.name=star, which "
+                                  "reads objective.rationalize, objective.sft_replay only; objective.name=memphis reads it "
+                                  "(no job was started)")
+    with pytest.raises(ConfigError, match=r"^sweep job rank.lr=abc: Error merging override rank.lr=abc: Value 'abc' of type 'str' "
+                                          r"could not be converted to Float \(no job was started\)$"):
+        check_sweep(["rank.lr=1e-7,abc"], CONFIG_DIR)
+    with pytest.raises(ConfigError, match=r"^sweep job sft.lr=-1: sft.lr"):
+        check_sweep(["sft.lr=1e-5,-1"], CONFIG_DIR)
+
+
+def test_a_fork_job_is_checked_with_the_recipe_of_the_round_it_forks(tmp_path):
+    """make sweep forks every job from a round; that round's remembered overrides are part of each job's
+    config, so a key foreign to the source's objective is refused though the defaults' objective reads it."""
+    register_configs()
+    source = tmp_path / "runs" / "base" / "round_01"
+    source.mkdir(parents=True)
+    write_overrides(source, ["objective=star"])
+    job_name = 'run="base-r1/${fitting_name:${hydra:job.override_dirname}}"'
+    with pytest.raises(ConfigError, match=r"^sweep job objective.rank_weight=1: objective.rank_weight does nothing under objective.name=star"):
+        check_sweep([f"init_from={source}", job_name, "objective.rank_weight=1,2"], CONFIG_DIR)
+    write_overrides(source, ["objective=memphis"])
+    assert check_sweep([f"init_from={source}", job_name, "objective.rank_weight=1,2"], CONFIG_DIR) == 2
+
+
+def test_the_command_line_refuses_a_bad_sweep_in_one_line_before_creating_anything(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "rationale_loop", "loop", "--multirun", f"output_root={tmp_path}/runs",
+                           f"hydra.sweep.dir={tmp_path}/sweep", "run=s", "objective=memphis,star", "objective.rank_weight=3"],
+                          cwd=REPO_ROOT, capture_output=True, text=True, check=False)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "rationale_loop: error: sweep job objective=star: objective.rank_weight does nothing under objective.name=star, which "
+        "reads objective.rationalize, objective.sft_replay only; objective.name=memphis reads it (no job was started)"]
+    assert list(Path(tmp_path).iterdir()) == []
