@@ -87,9 +87,11 @@ def segmented_attention(module: torch.nn.Module, query: torch.Tensor, key: torch
     groups = getattr(module, "num_key_value_groups", 1)
     if groups > 1:  # grouped-query attention: each key/value head serves `groups` query heads
         key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
-    pieces = [F.scaled_dot_product_attention(query[:, :, start:end], key[:, :, start:end], value[:, :, start:end],
-                                             dropout_p=dropout, is_causal=True, scale=scaling)
-              for start, end in zip(row_bounds, row_bounds[1:])]
+    # split, not slices: split's backward joins the rows' gradients in one cat, where each slice's backward
+    # would fill a zero tensor of the whole packed row and add into it (rows x packed length of traffic).
+    lengths = [end - start for start, end in zip(row_bounds, row_bounds[1:])]
+    pieces = [F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True, scale=scaling)
+              for q, k, v in zip(query.split(lengths, dim=2), key.split(lengths, dim=2), value.split(lengths, dim=2))]
     return torch.cat(pieces, dim=2).transpose(1, 2).contiguous(), None
 
 
