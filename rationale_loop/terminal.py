@@ -10,9 +10,13 @@ Newlines and tabs are kept: completions have lines.
 
 from __future__ import annotations
 
+import io
 import re
-from typing import Any
+from typing import Any, Iterable, Sequence
 
+from rich import box
+from rich.console import Console
+from rich.table import Table
 from rich.text import Text
 
 # C0 controls but tab and newline, DEL, C1 controls (U+0080-U+009F: 8-bit CSI, NEL, ...), and the
@@ -34,3 +38,18 @@ def visible(value: Any) -> str:
 def plain(value: Any, style: str = "") -> Text:
     """A rich Text of `value`, control characters written out, never parsed as markup."""
     return Text(visible(value), style=style)
+
+
+def text_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """A table as plain text (rich, no colour, as wide as it needs): columns whose cells are all numbers
+    are right-aligned. Every cell goes through `plain`: a source's name or a format is data."""
+    rows = [[str(cell) for cell in row] for row in rows]
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    for i, title in enumerate(header):
+        numeric = bool(rows) and all(row[i].replace(".", "", 1).isdigit() for row in rows)
+        table.add_column(plain(title), justify="right" if numeric else "left", no_wrap=True)
+    for row in rows:
+        table.add_row(*map(plain, row))
+    out = io.StringIO()
+    Console(file=out, width=10_000, color_system=None, legacy_windows=False).print(table)
+    return "\n".join(line.rstrip() for line in out.getvalue().splitlines())

@@ -203,10 +203,11 @@ def test_sft_on_a_chat_mix_in_three_formats_then_a_round(tmp_path):
     shown = run_data(cfg)
     out = tmp_path / "runs" / "mix" / "round_00"
     prepared = (out / MIX_MANIFEST).stat().st_mtime_ns
-    assert "counting_chats  sharegpt         0    24           0                    0                0            0    24" in shown
+    table_rows = [line.split() for line in shown.splitlines()]
+    assert ["counting_chats", "sharegpt", "0", "24", "0", "0", "0", "0", "24"] in table_rows
     assert "--- one row in chat-ml" in shown and "⟦Ann starts with 7 apples. 7 + 4 = 11. Ann has 11 apples now.<|im_end|>⟧" in shown
     assert "\n### Assistant:\n⟦" in shown and "<|im_end|>\n<|im_start|>assistant\n⟦Ann starts" in shown, "prompts are shown unmarked"
-    assert "chat-ml    48                     0          8" in shown, "the cut chats are counted"
+    assert ["chat-ml", "48", "0", "8"] in table_rows, "the cut chats are counted"
     rows = run_loop(cfg)
     assert [r["round"] for r in rows] == [0, 1]
     assert (out / MIX_MANIFEST).stat().st_mtime_ns == prepared

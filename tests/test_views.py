@@ -107,6 +107,16 @@ def test_data_preview_writes_out_control_characters(tmp_path):
     assert "\x1b" not in text and "\x07" not in text and r"\x1b]0;pwned\x07 [/INST]" in text
 
 
+def test_a_text_table_right_aligns_number_columns_and_never_reads_a_cell_as_markup():
+    from rationale_loop.terminal import text_table
+
+    text = text_table(["source", "rows"], [["[bold]x[/bold] [/INST]", 7], ["b\x1b[2J", 1234]])
+    lines = text.splitlines()
+    assert lines[0].split() == ["source", "rows"] and set(lines[1]) == {"─"}
+    assert "[bold]x[/bold] [/INST]" in lines[2] and r"b\x1b[2J" in lines[3] and "\x1b" not in text
+    assert lines[2].endswith("   7") and lines[3].endswith("1234"), "numbers right-aligned"
+
+
 # -- the inspect and report options' ranges -----------------------------------------------------------------
 @pytest.mark.parametrize("override", ["inspect.pairs=0", "inspect.pairs=-2", "inspect.page=0", "inspect.samples=0"])
 def test_inspect_page_sizes_below_one_are_one_line_errors_naming_the_key(tmp_path, override):

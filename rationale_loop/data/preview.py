@@ -8,23 +8,11 @@ those and on nothing else.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable
 
-from rationale_loop.terminal import visible
+from rationale_loop.terminal import text_table as table, visible
 
 LEARNED_OPEN, LEARNED_CLOSE = "⟦", "⟧"
-
-
-def table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
-    """A plain-text table, columns padded to their widest cell, numbers right-aligned."""
-    cells = [[str(h) for h in header], *[[str(c) for c in row] for row in rows]]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
-    numeric = [all(row[i].replace(".", "", 1).isdigit() for row in cells[1:]) and len(cells) > 1 for i in range(len(header))]
-
-    def line(row: list[str]) -> str:
-        return "  ".join(c.rjust(w) if num else c.ljust(w) for c, w, num in zip(row, widths, numeric)).rstrip()
-
-    return "\n".join([line(cells[0]), line(["-" * w for w in widths]), *map(line, cells[1:])])
 
 
 def marked(segments: Iterable[tuple[str, bool]]) -> str:
