@@ -59,17 +59,17 @@ def test_no_round_trains_on_or_prompts_with_a_pool_rationale(two_round_run, tmp_
     sees every item a round trains on. None holds it, and no prompt sampled in the round does."""
     import rationale_loop.loop as loop
     import rationale_loop.phases.context as context
-    import rationale_loop.train as train_module
+    import rationale_loop.phases.train as train_phase
 
     monkeypatch.setattr(context, "load_task", _with_pool_sentinel(context.load_task))
     trained_on = []
-    real_train = train_module.train
+    real_train = train_phase.run_training
 
     def spy(model, tokenizer, items, *args, **kwargs):
         trained_on.extend(repr(item) for item in items)
         return real_train(model, tokenizer, items, *args, **kwargs)
 
-    monkeypatch.setattr(train_module, "train", spy)
+    monkeypatch.setattr(train_phase, "run_training", spy)
     run = tmp_path / "runs" / "spied"
     shutil.copytree(two_round_run / "round_00", run / "round_00")
     cfg = compose_config(*SMALL, "sft.epochs=2", *overrides, "force=true", f"output_root={run.parent}",

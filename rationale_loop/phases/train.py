@@ -14,10 +14,22 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
+from accelerate import PartialState
+
+from rationale_loop.adapters import attach, load_for_training, merge
+from rationale_loop.data.sources import read_preference_pairs, read_sft_mix
+from rationale_loop.data.templates import get_template
+from rationale_loop.diagnostics import pair_scores, ranking_summary, term_at_ends
 from rationale_loop.errors import UserError
 from rationale_loop.faults import crash_point
+from rationale_loop.launch import run_training_worker
+from rationale_loop.merge import average_into
+from rationale_loop.model import load_tokenizer, load_weights, save_checkpoint
+from rationale_loop.objectives import RoundData, SFTItem, SupervisedObjective, build_objective
 from rationale_loop.phases.context import Engines, RunContext
+from rationale_loop.phases.sft_data import prepare_mix
 from rationale_loop.records import Generation, JsonlRecords, Pair, write_json_atomic
+from rationale_loop.train import train as run_training
 
 log = logging.getLogger(__name__)
 OUTPUT = "checkpoint"
@@ -32,13 +44,11 @@ def train(ctx: RunContext, k: int, engines: Engines | None = None) -> None:
         engines.close()
     out = ctx.round_dir(k)
     if k == 0:
-        from rationale_loop.phases.sft_data import prepare_mix
 
         prepare_mix(ctx, out)
     if ctx.cfg.launch.kind == "local":
         train_here(ctx, k)
         return
-    from rationale_loop.launch import run_training_worker
 
     run_training_worker(ctx.cfg.launch, ctx.dir, k)
     if not (out / OUTPUT).exists():
@@ -54,11 +64,6 @@ def train_here(ctx: RunContext, k: int) -> None:
 
 
 def _sft(ctx: RunContext) -> None:
-    from rationale_loop.adapters import load_for_training
-    from rationale_loop.data.sources import read_sft_mix
-    from rationale_loop.model import load_tokenizer
-    from rationale_loop.objectives import SFTItem, SupervisedObjective
-
     out, cfg = ctx.round_dir(0), ctx.cfg
     base = ctx.base_model_path()
     log.info("round 0 (SFT): base model %s, %d SFT examples", base, len(ctx.splits.sft))
@@ -67,8 +72,6 @@ def _sft(ctx: RunContext) -> None:
     items = [SFTItem(ctx.fmt.prompt(p.question), ctx.fmt.response(p.rationale, p.answer)) for p in ctx.splits.sft]
     mixed = read_sft_mix(out)
     if mixed:
-        from rationale_loop.data.templates import get_template
-
         items += mixed
         # Plain transformers and vLLM's chat endpoint then render chats as the model was trained on them.
         tokenizer.chat_template = get_template(cfg.data.formats[0]).chat_template()
@@ -77,10 +80,6 @@ def _sft(ctx: RunContext) -> None:
 
 
 def _self_train(ctx: RunContext, k: int) -> None:
-    from rationale_loop.adapters import load_for_training
-    from rationale_loop.model import load_tokenizer
-    from rationale_loop.objectives import RoundData, build_objective
-
     out, cfg, start = ctx.round_dir(k), ctx.cfg, ctx.start_checkpoint(k)
     objective = build_objective(cfg.objective)
     pairs = list(JsonlRecords(out / "pairs.jsonl", Pair))
@@ -93,8 +92,6 @@ def _self_train(ctx: RunContext, k: int) -> None:
     tokenizer = load_tokenizer(start, cfg.model.trust_remote_code)
 
     def rank_own_pairs(current: Any, when: str) -> dict[str, Any]:
-        from rationale_loop.diagnostics import pair_scores, ranking_summary
-
         scores = pair_scores(current, tokenizer, pairs, cfg.rank.max_length, cfg.rank.micro_batch_size, ctx.fmt.reply_end)
         return ranking_summary(scores, when)
 
@@ -114,13 +111,6 @@ def _train_and_save(
     """Train, then write the summary and, last, the checkpoint (atomically). `measure(model, "before" |
     "after")` adds diagnostics of the starting model (measured before any resumed state is loaded, so
     always the round's start) and of the model that is saved."""
-    from accelerate import PartialState
-
-    from rationale_loop.adapters import attach, merge
-    from rationale_loop.diagnostics import term_at_ends
-    from rationale_loop.model import save_checkpoint
-    from rationale_loop.train import train as run_training
-
     cfg = ctx.cfg
     before = measure(model, "before") if measure else {}
     model = attach(model, cfg.peft, seed)
@@ -130,9 +120,6 @@ def _train_and_save(
         return  # under a launcher, the main process merges, measures and writes; the others are done
     model = merge(model, cfg.peft, out / "adapter", start, cfg.model)
     if average_with is not None and cfg.average.method != "none":
-        from rationale_loop.merge import average_into
-        from rationale_loop.model import load_weights
-
         averaged = average_into(model, load_weights(average_with), cfg.average.method, cfg.average.factor)
         log.info("%s: %s-averaged %d tensors with %s (factor %.3f toward the new weights)",
                  desc, cfg.average.method, averaged, average_with, cfg.average.factor)
@@ -152,8 +139,6 @@ def _train_and_save(
 def _preferences(ctx: RunContext, k: int) -> list[tuple[str, str, str]]:
     """Round k's share of data='s preference pairs (prepared in round 0): all of them, or with
     data.preference_per_round = n, the next n of a seeded order, so the rounds go through them in turn."""
-    from rationale_loop.data.sources import read_preference_pairs
-
     rows = [(r["prompt"], r["chosen"], r["rejected"]) for r in read_preference_pairs(ctx.round_dir(0))]
     n = ctx.cfg.data.preference_per_round
     if not rows or n <= 0 or n >= len(rows):
