@@ -261,12 +261,25 @@ def _check_overrides_or_exit(overrides: list[str]) -> None:
         raise SystemExit(f"rationale_loop: error: {error}") from None
 
 
-def _check_sweep_or_exit(overrides: list[str]) -> None:
-    """Every job of a sweep checked before the first starts (sweep.py): one line naming the bad job."""
+# The commands that run rounds, and so validate their config before any work (loop.open_run): a sweep of
+# them is checked whole first. inspect and report only read runs.
+RUN_COMMANDS = ("data", "sft", "round", "loop")
+
+
+def _check_sweep_or_exit(arguments: list[str]) -> None:
+    """Every job of a sweep checked before the first starts (sweep.py): one line naming the bad job. The
+    command line read by Hydra's own parser; a sweep of another config (--config-name, --config-dir)
+    is left to Hydra."""
+    from hydra._internal.utils import get_args_parser
+
     from rationale_loop.sweep import check_sweep
 
+    parsed, _ = get_args_parser().parse_known_args(arguments)
+    multirun = parsed.multirun or any(o.replace(" ", "") == "hydra.mode=MULTIRUN" for o in parsed.overrides)
+    if not multirun or parsed.config_name or parsed.config_dir or parsed.config_path:
+        return
     try:
-        check_sweep(overrides, CONFIG_DIR)
+        check_sweep(parsed.overrides, CONFIG_DIR)
     except UserError as error:
         if _debugging():
             raise
@@ -288,7 +301,7 @@ def main(argv: list[str] | None = None) -> None:
     sys.argv = argv
     _check_overrides_or_exit(argv[1:])
     register_configs()
-    if any(arg in ("--multirun", "-m") for arg in argv[1:]):
-        _check_sweep_or_exit([arg for arg in argv[1:] if not arg.startswith("-")])
+    if name in RUN_COMMANDS:
+        _check_sweep_or_exit(argv[1:])
     entry = hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")(COMMANDS[name])
     entry()

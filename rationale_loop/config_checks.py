@@ -40,30 +40,20 @@ def validate(cfg: DictConfig | Config, overrides: Sequence[str] = ()) -> None:
     generation has run costs that work, and a library's message about it would not name the key.
     `overrides`, the command line's, are checked against the schema of the option each group chose."""
     cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.structured(cfg)
-    try:
-        check_output_root(cfg.output_root)
-        check_run_name(cfg.run)
-    except RunPathError as error:
-        raise ConfigError(str(error)) from None
-    validate_choices(cfg, overrides)
-
-
-def validate_choices(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
-    """validate() less the run's name and place: what a sweep checks for each of its jobs before the first
-    starts (sweep.py), when a job's name still waits on Hydra's job settings."""
-    _check_unknown_keys(cfg)
-    _check_ranges(cfg)
-    _check_names(cfg)
-    check_option_keys(cfg, overrides)
-    _check_combinations(cfg)
-
-
-def _check_unknown_keys(cfg: DictConfig) -> None:
     extra = unknown_keys(cfg)
     if extra:
         keys = schema_keys()
         guesses = [key + did_you_mean(key, keys) for key in extra]
         raise ConfigError(f"unknown config key(s) {', '.join(guesses)} (added with '+'?): no part of the tool reads them")
+    try:
+        check_output_root(cfg.output_root)
+        check_run_name(cfg.run)
+    except RunPathError as error:
+        raise ConfigError(str(error)) from None
+    _check_ranges(cfg)
+    _check_names(cfg)
+    check_option_keys(cfg, overrides)
+    _check_combinations(cfg)
 
 
 def option_keys() -> dict[str, tuple[str, Mapping[str, Sequence[str]]]]:

@@ -51,5 +51,8 @@ def text_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     for row in rows:
         table.add_row(*map(plain, row))
     out = io.StringIO()
-    Console(file=out, width=10_000, color_system=None, legacy_windows=False).print(table)
+    # A height too, or rich takes a dumb terminal's 80 columns; never a notebook's display (it would print
+    # there and return nothing here).
+    Console(file=out, width=10_000, height=10_000, force_terminal=False, force_jupyter=False, color_system=None,
+            legacy_windows=False).print(table)
     return "\n".join(line.rstrip() for line in out.getvalue().splitlines())

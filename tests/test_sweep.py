@@ -12,7 +12,7 @@ import pytest
 from rationale_loop.cli import CONFIG_DIR
 from rationale_loop.config import ConfigError, register_configs
 from rationale_loop.run_config import write_overrides
-from rationale_loop.sweep import check_sweep, sweep_jobs
+from rationale_loop.sweep import check_sweep, job_config, sweep_jobs
 
 from conftest import REPO_ROOT
 
@@ -22,6 +22,12 @@ def test_jobs_are_the_product_of_the_sweeps_in_hydras_order_without_hydras_own_k
                        "hydra/job_logging=none", "+data.sources.x={path:a,schema:alpaca}"])
     assert jobs == [[f"objective={o}", f"rank.lr={lr}", "seed=3", "+data.sources.x={path:a,schema:alpaca}"]
                     for o in ("memphis", "star") for lr in (1, 2)]
+
+
+def test_jobs_are_written_as_hydra_writes_them():
+    """Values in Hydra's own spelling (1e-07, which names make sweep's run directories), and a key given
+    twice once, the last value winning."""
+    assert sweep_jobs(["rank.lr=1e-7,5e-7", "seed=1", "seed=2"]) == [["rank.lr=1e-07", "seed=2"], ["rank.lr=5e-07", "seed=2"]]
 
 
 def test_sweeps_only_hydra_can_enumerate_are_left_to_it():
@@ -58,10 +64,19 @@ def test_a_fork_job_is_checked_with_the_recipe_of_the_round_it_forks(tmp_path):
         check_sweep([f"init_from={source}", job_name, "objective.rank_weight=1,2"], CONFIG_DIR)
     write_overrides(source, ["objective=memphis"])
     assert check_sweep([f"init_from={source}", job_name, "objective.rank_weight=1,2"], CONFIG_DIR) == 2
+    # Each job's run is named from its overrides as Hydra will name it, and that name is checked too.
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg, saved = job_config([f"init_from={source}", job_name, "objective.rank_weight=1"])
+    assert cfg.run == "base-r1/objective.rank_weight:1" and saved[0] == "objective=memphis"
+    with pytest.raises(ConfigError, match=r"^sweep job objective.rank_weight=1: .*run"):
+        check_sweep([f"init_from={source}", 'run="../${hydra:job.override_dirname}"', "objective.rank_weight=1,2"], CONFIG_DIR)
 
 
-def test_the_command_line_refuses_a_bad_sweep_in_one_line_before_creating_anything(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "rationale_loop", "loop", "--multirun", f"output_root={tmp_path}/runs",
+@pytest.mark.parametrize("multirun", ["--multirun", "hydra.mode=MULTIRUN"])
+def test_the_command_line_refuses_a_bad_sweep_in_one_line_before_creating_anything(tmp_path, multirun):
+    done = subprocess.run([sys.executable, "-m", "rationale_loop", "loop", multirun, f"output_root={tmp_path}/runs",
                            f"hydra.sweep.dir={tmp_path}/sweep", "run=s", "objective=memphis,star", "objective.rank_weight=3"],
                           cwd=REPO_ROOT, capture_output=True, text=True, check=False)
     assert done.returncode == 1, done.stdout + done.stderr
