@@ -150,9 +150,12 @@ def test_ctrl_c_ends_with_one_line_and_the_same_command_goes_on(tmp_path):
     # Held inside sampling (after the first question's samples are written) until interrupted: the signal
     # lands mid-phase on any machine, however fast it samples (rationale_loop/faults.py).
     never = tmp_path / "never-released"
+    # Ctrl-C as in a terminal: SIGINT handled by default in the child even when this suite was started with
+    # it ignored (a background job of a non-interactive shell, `cmd &`), which the child would inherit.
     process = subprocess.Popen([sys.executable, "-m", "rationale_loop", "loop", *slow, *_where(tmp_path)],
                                cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, WAIT_AT: f"generate:{never}"})
+                               env={**os.environ, WAIT_AT: f"generate:{never}"},
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     partial = run / "round_01" / "generations.jsonl.partial"
     deadline = time.monotonic() + 300
     while not partial.exists() and process.poll() is None and time.monotonic() < deadline:
