@@ -78,7 +78,7 @@ def with_run_config(cfg: DictConfig) -> tuple[DictConfig, list[str]]:
 
     from rationale_loop.rundir import run_dir
     from rationale_loop.paths import check_output_root, check_run_name
-    from rationale_loop.run_config import merge_overrides, override_key, remembered_overrides
+    from rationale_loop.run_config import merge_overrides, remembered_overrides, with_run_named
 
     check_output_root(cfg.output_root)  # before the run's directory is looked into
     check_run_name(cfg.run)
@@ -89,10 +89,7 @@ def with_run_config(cfg: DictConfig) -> tuple[DictConfig, list[str]]:
     kept = [o for o in merged if o in saved]
     print(f"[rationale_loop] {run_dir(cfg)}: with its saved overrides "
           f"{' '.join(kept) if kept else '(none)'}", flush=True)
-    # The run's name as this job resolved it: a sweep job's name interpolates Hydra's job settings,
-    # which composing again would not see.
-    resolved = [o for o in merged if override_key(o)[1] != "run"] + [f"run='{cfg.run}'"]
-    return compose(config_name="config", overrides=resolved), merged
+    return compose(config_name="config", overrides=with_run_named(merged, cfg.run)), merged
 
 
 def command(name: str) -> Callable[[Callable[[DictConfig], None]], Callable[[DictConfig], None]]:

@@ -103,17 +103,16 @@ def write_overrides(round_path: Path, overrides: list[str]) -> None:
         handle.write(yaml.safe_dump([o for o in overrides if is_remembered(o)], default_flow_style=False, allow_unicode=True))
 
 
-def remembered_overrides(run: Path | None, init_from: str | None) -> list[str]:
+def remembered_overrides(run: Path, init_from: str | None) -> list[str]:
     """What a command on `run` starts from: the overrides of the run's latest round that holds
     something (a finished round, or an interrupted one with a finished phase), or, on a fork's first
-    call, those of the round it forks. Empty for a new run. `run` None: a run not yet named (a sweep
-    job whose name waits on Hydra's job settings), so a new one."""
+    call, those of the round it forks. Empty for a new run."""
     from rationale_loop.rundir import FORK, next_round, parse_round_path, round_dir
 
-    if init_from and (run is None or not os.path.lexists(run / FORK)):
+    if init_from and not os.path.lexists(run / FORK):
         source, k = parse_round_path(init_from)
         return (read_overrides(round_dir(source, k)) or []) if round_dir(source, k).is_dir() else []
-    if run is None or not run.is_dir():
+    if not run.is_dir():
         return []
     k = next_round(run)
     candidates = [round_dir(run, k)] if round_dir(run, k).is_dir() and holds_work(round_dir(run, k)) else []
@@ -123,3 +122,9 @@ def remembered_overrides(run: Path | None, init_from: str | None) -> list[str]:
         if saved is not None:
             return saved
     return []
+
+
+def with_run_named(overrides: list[str], run: str) -> list[str]:
+    """The overrides with `run` as resolved (a sweep job's name interpolates Hydra's job settings, which
+    composing the overrides again would not see)."""
+    return [o for o in overrides if override_key(o)[1] != "run"] + [f"run='{run}'"]

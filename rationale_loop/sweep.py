@@ -26,7 +26,7 @@ from rationale_loop.config import ConfigError
 from rationale_loop.config_checks import validate
 from rationale_loop.errors import UserError
 from rationale_loop.paths import check_output_root, check_run_name
-from rationale_loop.run_config import merge_overrides, override_key, remembered_overrides
+from rationale_loop.run_config import merge_overrides, override_key, remembered_overrides, with_run_named
 from rationale_loop.rundir import run_dir
 
 
@@ -67,17 +67,14 @@ def job_config(job: list[str]) -> tuple[DictConfig, list[str]]:
     initialised Hydra (initialize_config_dir)."""
     name = _run_name(job)
 
-    def composed(overrides: list[str]) -> DictConfig:
-        return compose(config_name="config", overrides=[o for o in overrides if override_key(o)[1] != "run"] + [f"run='{name}'"])
-
-    cfg = composed(job)
+    cfg = compose(config_name="config", overrides=with_run_named(job, name))
     check_output_root(cfg.output_root)  # before the run's directory is looked into, as inside the job
     check_run_name(cfg.run)
     saved = remembered_overrides(run_dir(cfg), cfg.init_from)
     if not saved:
         return cfg, job
     merged = merge_overrides(saved, job)
-    return composed(merged), merged
+    return compose(config_name="config", overrides=with_run_named(merged, name)), merged
 
 
 def check_sweep(overrides: Sequence[str], config_dir: str) -> int:

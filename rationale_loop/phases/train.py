@@ -44,12 +44,10 @@ def train(ctx: RunContext, k: int, engines: Engines | None = None) -> None:
         engines.close()
     out = ctx.round_dir(k)
     if k == 0:
-
         prepare_mix(ctx, out)
     if ctx.cfg.launch.kind == "local":
         train_here(ctx, k)
         return
-
     run_training_worker(ctx.cfg.launch, ctx.dir, k)
     if not (out / OUTPUT).exists():
         raise UserError(f"round {k}: the training worker exited without writing {out / OUTPUT}")
