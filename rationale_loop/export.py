@@ -20,6 +20,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from rationale_loop.config import Config
+from rationale_loop.data.formats import MODEL_FORMAT
 from rationale_loop.errors import UserError
 from rationale_loop.integrity import check_checkpoint
 
@@ -108,18 +109,21 @@ def _earlier_export(target: Path, force: bool) -> list[str]:
 
 
 def _publishable_tokenizer(checkpoint: Path, staging: Path, prompt_format: str) -> None:
-    """The round's tokenizer with a chat_template for the run's prompt format, so that
-    `apply_chat_template` renders a question as the model was trained on it, and with a tokenizer class
+    """The round's tokenizer with the chat_template of the run's prompt format, whatever template the
+    checkpoint holds (a pretrained model's own, a data= run's chat format), so that `apply_chat_template`
+    with a generation prompt renders a question exactly as the rounds asked it; and with a tokenizer class
     that transformers 4 knows too (transformers 5 saves TokenizersBackend, a name 4.x cannot load)."""
     from transformers import AutoTokenizer
 
     from rationale_loop.chat_template import reasoning_chat_template
+    from rationale_loop.data.model_format import export_chat_template
 
     tokenizer = AutoTokenizer.from_pretrained(str(checkpoint))
-    if not tokenizer.chat_template:  # a data= run's SFT set its turn template's; else the reasoning format's
-        from rationale_loop.data.formats import get_format
-
-        tokenizer.chat_template = reasoning_chat_template(get_format(prompt_format), tokenizer)
+    fmt = run_format(checkpoint, prompt_format, tokenizer)
+    if prompt_format == MODEL_FORMAT:
+        tokenizer.chat_template = export_chat_template(tokenizer.chat_template, fmt)
+    else:
+        tokenizer.chat_template = reasoning_chat_template(fmt, tokenizer)
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "tokenizer.model"):
         (staging / name).unlink(missing_ok=True)
     tokenizer.save_pretrained(str(staging))
@@ -128,6 +132,21 @@ def _publishable_tokenizer(checkpoint: Path, staging: Path, prompt_format: str) 
     if config.get("tokenizer_class") == "TokenizersBackend":
         config["tokenizer_class"] = "PreTrainedTokenizerFast"
         config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+
+
+def run_format(checkpoint: Path, prompt_format: str, tokenizer: Any = None) -> Any:
+    """The run's reasoning format: a named one, or the model's own template as the checkpoint's tokenizer
+    holds it (a run asked in it never replaces it: phases/train.py)."""
+    from rationale_loop.data.formats import get_format
+    from rationale_loop.data.model_format import model_format
+
+    if prompt_format != MODEL_FORMAT:
+        return get_format(prompt_format)
+    if tokenizer is None:
+        from rationale_loop.model import load_tokenizer
+
+        tokenizer = load_tokenizer(checkpoint)
+    return model_format(tokenizer, str(checkpoint))
 
 
 def _saved_config(round_path: Path) -> Any:
@@ -220,6 +239,26 @@ def _hub_id(path: str) -> str | None:
     return text if len(parts) == 2 and all(parts) and not text.startswith(".") and not Path(text).exists() else None
 
 
+def _base_hub_id(model: Any) -> str | None:
+    """The base model's hub id for the card's metadata: model.hub_id, a model.path that is a hub id, or what
+    a GGUF file's metadata names; never a local path (it would publish a machine's layout)."""
+    if model.source == "tiny":
+        return None
+    if model.get("hub_id"):
+        return str(model.hub_id)
+    if model.get("gguf_file"):
+        from rationale_loop.gguf import gguf_hub_id
+
+        return gguf_hub_id(str(model.gguf_file))
+    return _hub_id(str(model.path)) if model.path else None
+
+
+def _local_name(model: Any) -> str:
+    """A base model without a hub id, named in the card by its file or folder name alone."""
+    local = str(model.get("gguf_file") or model.path or "not recorded")
+    return Path(local.rpartition(":")[2] if model.get("gguf_file") else local).name or local
+
+
 def _mix_sources(round0: Path) -> list[tuple[str, dict[str, Any]]]:
     """The data= sources of the SFT mix and what was kept of each (round_00's manifest), [] without one."""
     from rationale_loop.data.sources import MIX_MANIFEST
@@ -242,7 +281,6 @@ def model_card(run: Path, k: int, license: str = "unknown") -> Any:
     written from what the run recorded."""
     from huggingface_hub import ModelCard, ModelCardData
 
-
     body, base, datasets, tags = _card_body(run, k)
     data = ModelCardData(license=license, library_name="transformers", pipeline_tag="text-generation",
                          base_model=base, datasets=datasets or None, tags=tags)
@@ -250,16 +288,15 @@ def model_card(run: Path, k: int, license: str = "unknown") -> Any:
 
 
 def _card_body(run: Path, k: int) -> tuple[str, str | None, list[str], list[str]]:
-    from rationale_loop.data.formats import get_format
     from rationale_loop.rundir import round_dir
 
     cfg, first = _saved_config(round_dir(run, k)), _saved_config(round_dir(run, 0))
     rounds = _rounds(run, k)
-    base = rounds[0].get("base_model", first.model.path or "not recorded")
+    base_model = _base_hub_id(first.model)
     base_line = (f"a {first.model.num_layers}-layer, {first.model.hidden_size}-wide Llama-style model built from its config "
                  f"with random weights (seed {first.model.init_seed}) and a tokenizer trained on the SFT text"
-                 if first.model.source == "tiny" else f"`{base}`")
-    fmt = get_format(cfg.task.prompt_format)
+                 if first.model.source == "tiny" else f"`{base_model or _local_name(first.model)}`")
+    fmt = run_format(round_dir(run, k) / "checkpoint", cfg.task.prompt_format)
     name = f"{run.name}-round_{k:02d}"
     sources = _mix_sources(round_dir(run, 0))
     datasets = [d for d in [_hub_id(str(cfg.task.source)) if cfg.task.source not in ("tiny_arith", "files") else None,
@@ -268,12 +305,15 @@ def _card_body(run: Path, k: int) -> tuple[str, str | None, list[str], list[str]
     new_tokens = min(256, context // 2) if context else 256  # a question and its answer must fit the context
     pool_rows = next((r.get("questions") for r in rounds[1:] if r.get("questions") is not None), None)
     results = ["| round | stage | held-out accuracy (± s.e.) | pass@n on the pool | pairs | trained on |", "|---|---|---|---|---|---|"]
+    base_row = rounds[0].get("base_eval_accuracy") is not None
+    if base_row:  # where the model started: the base as loaded, answers read from free text
+        results.append(f"| - | base model, before SFT | {_accuracy({'eval_accuracy': rounds[0]['base_eval_accuracy'], "
+                       f"'eval_questions': rounds[0].get('base_eval_questions')})} | - | - | - |")
     for row in rounds:
         stage = "SFT" if row["round"] == 0 else cfg.objective.name
         pass_at = f"{row['pass_at_n']:.3f}" if row.get("pass_at_n") is not None else "-"
         results.append(f"| {row['round']} | {stage} | {_accuracy(row)} | {pass_at} | {row.get('pairs', '-')} | "
                        f"{row.get('train_items', '-')} items, {row.get('train_steps', '-')} steps |")
-    base_model = None if first.model.source == "tiny" else str(base)
     tags = ["rationale_loop", "self-training", str(cfg.objective.name), "reasoning"]
     declared = _declared(cfg)
     gold_anchor = declared is not None and "pool" in declared.gold_rationales_needed(cfg.objective)
@@ -313,7 +353,9 @@ def _card_body(run: Path, k: int) -> tuple[str, str | None, list[str], list[str]
         ]
     lines += [
         "## Results", "",
-        "Greedy accuracy on the held-out questions after each stage (standard error sqrt(p(1-p)/n)):", "",
+        "Greedy accuracy on the held-out questions after each stage (standard error sqrt(p(1-p)/n))"
+        + ("; the base model's answers are read from free text (a last number, \"the answer is\", ####, \\boxed{})"
+           if base_row else "") + ":", "",
         *results, "",
         "## Use", "",
         "```python",

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from rationale_loop import plots
-from rationale_loop.rundir import read_rounds, round_dir, ROUND_SUMMARY_KEYS
+from rationale_loop.rundir import ROUND_SUMMARY_KEYS, read_rounds, round_dir, round_label, with_base_row
 from rationale_loop.records import JsonlRecords, Pair, atomic_writer
 from rationale_loop.report import format_value, standard_error
 
@@ -111,8 +111,8 @@ def _rounds_table(rows: list[dict[str, Any]]) -> str:
 def _one_rounds_table(title: str, keys: list[str], rows: list[dict[str, Any]]) -> str:
     header = "<th>round</th>" + "".join(f'<th class="{escape(key)}">{escape(COLUMN_TITLES.get(key, key))}</th>' for key in keys)
     lines = []
-    for row in rows:
-        cells = [("0 (SFT)" if row["round"] == 0 else str(row["round"]))]
+    for row in with_base_row(rows):
+        cells = [round_label(row["round"])]
         cells += [_accuracy_cell(row) if key == "eval_accuracy" else format_value(row.get(key)) for key in keys]
         lines.append("<tr>" + "".join(f'<td class="{escape(key)}">{escape(cell)}</td>' for key, cell in zip(["round", *keys], cells)) + "</tr>")
     return (f'<table class="rounds">\n<caption>{escape(title)}</caption>\n<thead><tr>{header}</tr></thead>\n<tbody>\n'

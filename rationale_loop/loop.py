@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 from rationale_loop.config_checks import validate
 from rationale_loop.errors import UserError
 from rationale_loop.integrity import check_checkpoint, mark_done
-from rationale_loop.phases import evaluate, mine, sample, train
+from rationale_loop.phases import base_eval, evaluate, mine, sample, train
 from rationale_loop.phases.context import Engines, RunContext
 from rationale_loop.records import read_json, write_json_atomic
 from rationale_loop.round_start import open_round
@@ -32,6 +32,7 @@ Phase = Callable[[RunContext, int, Engines], Any]
 
 # (output, phase, the summary key of its wall seconds): run in order, each when its output is missing.
 SFT_PHASES: tuple[tuple[str, Phase, str], ...] = (
+    (base_eval.OUTPUT, base_eval.base_eval, "base_eval_seconds"),  # where the model starts (eval.base_model)
     (train.OUTPUT, train.train, "train_phase_seconds"),
 )
 ROUND_PHASES: tuple[tuple[str, Phase, str], ...] = (
@@ -90,7 +91,7 @@ class Run:
         out = self.ctx.round_dir(k)
         trained = read_json(out / train.TRAIN_SUMMARY)
         if k == 0:
-            return {**metrics, "base_model": str(self.ctx.base_model_path()), **trained}
+            return {**metrics, "base_model": str(self.ctx.base_model_path()), **base_eval.base_metrics(out), **trained}
         summary = {**metrics, **read_json(out / mine.OUTPUT), **trained, **seconds}
         note = degenerate_round_note(summary, len(self.ctx.splits.pool))
         if note:

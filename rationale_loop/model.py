@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import shutil
+import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -98,7 +99,7 @@ def save_checkpoint(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
     """save_pretrained into a temporary sibling, then rename: a half-written checkpoint never has the
     final name, so it is never loaded."""
     refuse_non_finite_weights(model, target)
-    with save_directory(target) as staging:
+    with save_directory(target) as staging, quiet_transformers():
         model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
 
@@ -158,6 +159,28 @@ def generation_dtype(setting: str, model_dtype: str) -> str:
     return model_dtype
 
 
+@contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Loading and saving without transformers' progress bars ("Loading weights", GGUF's dequantizing, which
+    is plain tqdm) when the output is not a terminal: piped into a log they are debris, not progress."""
+    if sys.stderr.isatty():
+        yield
+        return
+    bars_were_on = transformers.utils.logging.is_progress_bar_enabled()
+    saved = os.environ.get("TQDM_DISABLE")
+    transformers.utils.logging.disable_progress_bar()
+    os.environ["TQDM_DISABLE"] = "1"  # tqdm reads its defaults from TQDM_* when a bar is made
+    try:
+        yield
+    finally:
+        if bars_were_on:
+            transformers.utils.logging.enable_progress_bar()
+        if saved is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = saved
+
+
 def load_tokenizer(path: str | Path, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
@@ -173,9 +196,10 @@ def load_model(path: str | Path, dtype: str = "float32", trust_remote_code: bool
     """Weights from safetensors only (a pickled .bin can run code when loaded), and the model's own
     Python code only when model.trust_remote_code says so."""
     try:
-        return AutoModelForCausalLM.from_pretrained(
-            str(path), dtype=torch_dtype(dtype), use_safetensors=True, trust_remote_code=trust_remote_code
-        )
+        with quiet_transformers():
+            return AutoModelForCausalLM.from_pretrained(
+                str(path), dtype=torch_dtype(dtype), use_safetensors=True, trust_remote_code=trust_remote_code
+            )
     except (OSError, ValueError, RuntimeError) as error:
         raise CheckpointError(f"the model at {path} does not load: {_first_line(error)}") from error
 

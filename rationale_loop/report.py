@@ -22,7 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 from rationale_loop.config import ConfigError
-from rationale_loop.rundir import FORK, is_done, read_rounds, round_dir
+from rationale_loop.rundir import FORK, is_done, read_rounds, round_dir, round_label, with_base_row
 from rationale_loop.records import Generation, JsonlRecords, Pair, group_by, read_fork_record, read_json
 from rationale_loop.terminal import plain, visible
 
@@ -60,7 +60,7 @@ def _value(key: str) -> Callable[[dict[str, Any]], str]:
 # The terminal's rounds table, in the order shown. The number is the column's rank when the terminal is
 # too narrow for all of them: the narrowest table keeps the lowest ranks (report.html has every column).
 ROUND_COLUMNS: tuple[tuple[str, int, Callable[[dict[str, Any]], str]], ...] = (
-    ("round", 0, lambda row: "0 (SFT)" if row["round"] == 0 else str(row["round"])),
+    ("round", 0, lambda row: round_label(row["round"])),
     ("accuracy ± SE", 1, _accuracy),
     ("samples", 6, _value("samples")),
     ("correct", 4, _value("correct")),
@@ -99,7 +99,7 @@ def rounds_table(run: Path, width: int | None = None, wide: bool = False) -> tup
     whether its ranking reached the weights: its own pairs ranked right, their margin and the chosen
     side's score, before -> after its training. Within `width` columns (unless `wide`): the most
     important columns that fit, each with its whole header; returns the table and the headers left out."""
-    rows = read_rounds(run)
+    rows = with_base_row(read_rounds(run))
     present = [(header, rank, cell) for header, rank, cell, key in OPTIONAL_COLUMNS if any(row.get(key) is not None for row in rows)]
     columns = [(header, rank, [cell(row) for row in rows]) for header, rank, cell in (*ROUND_COLUMNS, *present)]
     title = f"held-out accuracy per round  ({run})"

@@ -151,6 +151,26 @@ def _whole_lines(path: Path) -> Iterator[str]:
                 raise DataError(f"{path}:{line_number}: not valid UTF-8; delete the file to sample the round again") from None
 
 
+# The base model's held-out metrics (phases/base_eval.py), in round 0's row when it was evaluated.
+BASE_KEYS = ("base_eval_accuracy", "base_eval_questions", "base_eval_valid")
+BASE_ROUND = "base"
+
+
+def with_base_row(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rounds' rows with the base model's first (round "base": where the model started, before SFT)
+    when round 0 evaluated it; as they are otherwise."""
+    first = rows[0] if rows else {}
+    if first.get("round") != 0 or first.get("base_eval_accuracy") is None:
+        return rows
+    base = {"round": BASE_ROUND, **{key.removeprefix("base_"): first.get(key) for key in BASE_KEYS}}
+    return [base, *rows]
+
+
+def round_label(k: Any) -> str:
+    """A round's name in tables: the base model, SFT (round 0) or the round's number."""
+    return "base" if k == BASE_ROUND else "0 (SFT)" if k == 0 else str(k)
+
+
 def write_rounds_index(run: Path) -> None:
     """rounds.jsonl is derived from the finished rounds' metrics, rebuilt whole each time, so a
     crash can neither duplicate nor drop a line."""
@@ -159,6 +179,7 @@ def write_rounds_index(run: Path) -> None:
     while is_done(run, k):
         metrics = read_round_metrics(run, k)
         rows.append({key: metrics.get(key) for key in ROUND_SUMMARY_KEYS})
+        rows[-1].update({key: metrics[key] for key in BASE_KEYS if key in metrics})  # round 0's, when the base was evaluated
         k += 1
     write_jsonl_atomic(run / "rounds.jsonl", rows)
 

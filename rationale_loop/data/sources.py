@@ -34,7 +34,7 @@ from rationale_loop.config import ConfigError, source_configs, unknown_choice
 from rationale_loop.data.decontaminate import NEAR_DUPLICATE, NGRAM, SEMANTIC, Contamination, Match
 from rationale_loop.data.formats import ReasoningFormat, TINYCOT
 from rationale_loop.data.public import split_gsm8k_solution
-from rationale_loop.data.templates import Segment, get_template
+from rationale_loop.data.templates import Segment, TurnTemplate, get_template
 from rationale_loop.errors import DataError
 from rationale_loop.records import Conversation, Turn, _numbered_rows, read_jsonl, write_json_atomic, write_jsonl_atomic
 
@@ -554,10 +554,10 @@ DECONTAMINATION = "decontamination.jsonl"  # each row dropped as a held-out text
 
 
 def prepare_sft_mix(data_cfg: Any, evaluation_texts: Iterable[str], tokenizer: Any, out: Path, seed: int,
-                    max_length: int = 2048, reasoning_format: str = "tinycot") -> dict[str, Any]:
+                    max_length: int = 2048, reasoning_template: TurnTemplate | None = None) -> dict[str, Any]:
     """Load, adapt, dedup and decontaminate the configured sources once (against `evaluation_texts` and the
     files of data.decontaminate_against), render each conversation in the configured formats (a worked
-    problem from a reasoning schema, TinyCoT or GSM8K, in `reasoning_format` instead: the turns the task's
+    problem from a reasoning schema, TinyCoT or GSM8K, in `reasoning_template` instead (default tinycot): the turns the task's
     problems are asked in, so it is learned as the rounds ask; one longer
     than max_length tokens dropped or truncated, as data.too_long says; plain text is packed into rows of
     max_length tokens instead; preference pairs are rendered in the task's format into
@@ -579,11 +579,11 @@ def prepare_sft_mix(data_cfg: Any, evaluation_texts: Iterable[str], tokenizer: A
     preferred = mix(preferences, guard)
     # Ranked beside the mined pairs, so asked as they are: the prompt in the task's format (a generation prompt),
     # each reply bare (the rank stage's encoder adds the format's end of a reply, as to every response).
-    template = get_template(reasoning_format)
+    template = reasoning_template or get_template(TINYCOT.name)
     pair_rows = [{"id": c.id, "prompt": template.prompt(Conversation(c.turns[:1], c.system), tokenizer.eos_token),
                   "chosen": c.turns[1].content, "rejected": rejected_of[c.id]} for c in preferred.items]
     reasoning_sources = {name for name, source in configured.items() if source.schema in REASONING_SCHEMAS}
-    rendered = _render(merged.items, data_cfg, reasoning_sources, reasoning_format, tokenizer, max_length, seed)
+    rendered = _render(merged.items, data_cfg, reasoning_sources, template, tokenizer, max_length, seed)
     if texts:
         _add_packed_text(rendered, [text for _, text in plain.items], tokenizer, max_length)
     rendered.lengths.sort()
@@ -646,7 +646,7 @@ class _Rendered:
     over_length: dict[str, dict[str, int]]
 
 
-def _render(conversations_kept: list[Conversation], data_cfg: Any, reasoning_sources: set[str], reasoning_format: str,
+def _render(conversations_kept: list[Conversation], data_cfg: Any, reasoning_sources: set[str], reasoning_template: TurnTemplate,
             tokenizer: Any, max_length: int, seed: int) -> _Rendered:
     """Each conversation in its formats (a worked problem in the task's reasoning format; others in every
     format of data.formats, or one drawn per conversation), fitted to max_length as data.too_long says."""
@@ -658,6 +658,7 @@ def _render(conversations_kept: list[Conversation], data_cfg: Any, reasoning_sou
     rendered = _Rendered([], {name: 0 for name in data_cfg.formats}, [],
                          {"dropped": {name: 0 for name in data_cfg.formats}, "truncated": {name: 0 for name in data_cfg.formats}})
     encoder = Encoder(tokenizer, max_length)
+    reasoning_format = reasoning_template.name
     if reasoning_sources:
         for outcome in rendered.over_length.values():
             outcome.setdefault(reasoning_format, 0)
@@ -670,7 +671,8 @@ def _render(conversations_kept: list[Conversation], data_cfg: Any, reasoning_sou
         else:
             formats = [rng.choice(list(data_cfg.formats))]
         for name in formats:
-            segments, length, outcome = fit(conversation, get_template(name), encoder, truncate=data_cfg.too_long == "truncate")
+            template = reasoning_template if name == reasoning_format else get_template(name)
+            segments, length, outcome = fit(conversation, template, encoder, truncate=data_cfg.too_long == "truncate")
             if outcome != "fits":
                 rendered.over_length[outcome][name] += 1
             if segments is None:

@@ -7,12 +7,14 @@ config.yaml at no cost."""
 
 from __future__ import annotations
 
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
 
 from rationale_loop.data.formats import ReasoningFormat, get_format
+from rationale_loop.data.model_format import MODEL_FORMAT, model_format
 from rationale_loop.data.tasks import TaskSplits, load_task
 from rationale_loop.generate import Backend, Sampling, make_backend, resolve_backend
 from rationale_loop.records import Problem
@@ -23,10 +25,22 @@ class RunContext:
     def __init__(self, cfg: DictConfig):
         self.cfg = cfg
         self.dir = run_dir(cfg)
-        self.fmt: ReasoningFormat = get_format(cfg.task.prompt_format)
         self.splits: TaskSplits = load_task(cfg.task)
         self.problems: dict[str, Problem] = {p.id: p for p in self.splits.pool}
         self._fits: dict[tuple[int, int], tuple[list[Problem], int]] = {}
+        self._base: Path | str | None = None
+
+    @cached_property
+    def fmt(self) -> ReasoningFormat:
+        """The prompt format; `model` is read off the base model's own chat template (data/model_format.py),
+        so it is the same in every round whatever a round's checkpoint saved as its template."""
+        name = self.cfg.task.prompt_format
+        if name != MODEL_FORMAT:
+            return get_format(name)
+        from rationale_loop.model import load_tokenizer
+
+        base = self.base_model_path()
+        return model_format(load_tokenizer(base, self.cfg.model.trust_remote_code), str(base))
 
     def round_dir(self, k: int) -> Path:
         return round_dir(self.dir, k)
@@ -36,9 +50,18 @@ class RunContext:
         return self.round_dir(k - 1) / "checkpoint"
 
     def base_model_path(self) -> Path | str:
+        if self._base is None:
+            self._base = self._find_base_model()
+        return self._base
+
+    def _find_base_model(self) -> Path | str:
         """The model SFT starts from: a hub id or path, or the tiny model built from the task's SFT text
         (cached by that text's hash, so every call of a run gets the same one)."""
         model_cfg = self.cfg.model
+        if model_cfg.source == "pretrained" and model_cfg.gguf_file:
+            from rationale_loop.gguf import convert_gguf
+
+            return convert_gguf(model_cfg.gguf_file, model_cfg.cache_dir)
         if model_cfg.source == "pretrained":
             return model_cfg.path
         from hashlib import sha256

@@ -46,7 +46,7 @@ def prepare_mix(ctx: RunContext, out: Path) -> None:
         return
     tokenizer = load_tokenizer(ctx.base_model_path(), ctx.cfg.model.trust_remote_code)
     manifest = prepare_sft_mix(ctx.cfg.data, [p.question for p in ctx.splits.eval], tokenizer, out, ctx.cfg.seed,
-                               max_length=ctx.cfg.sft.max_length, reasoning_format=ctx.cfg.task.prompt_format)
+                               max_length=ctx.cfg.sft.max_length, reasoning_template=ctx.fmt.template)
     log.info("SFT data mix: %d rendered rows; per source %s; per format %s", manifest["rendered_rows"],
              {name: entry["kept"] for name, entry in manifest["sources"].items()}, manifest["formats"])
 

@@ -18,6 +18,7 @@ from accelerate import PartialState
 
 from rationale_loop.adapters import attach, load_for_training, merge
 from rationale_loop.data.sources import read_preference_pairs, read_sft_mix
+from rationale_loop.data.formats import MODEL_FORMAT
 from rationale_loop.data.templates import get_template
 from rationale_loop.diagnostics import pair_scores, ranking_summary, term_at_ends
 from rationale_loop.errors import UserError
@@ -71,8 +72,10 @@ def _sft(ctx: RunContext) -> None:
     mixed = read_sft_mix(out)
     if mixed:
         items += mixed
-        # Plain transformers and vLLM's chat endpoint then render chats as the model was trained on them.
-        tokenizer.chat_template = get_template(cfg.data.formats[0]).chat_template()
+        # Plain transformers and vLLM's chat endpoint then render chats as the model was trained on them; a run
+        # asked in the model's own template keeps that one (the export adds the rationale header to it).
+        if cfg.task.prompt_format != MODEL_FORMAT:
+            tokenizer.chat_template = get_template(cfg.data.formats[0]).chat_template()
         log.info("round 0 (SFT): %d task examples and %d rendered conversation rows", len(ctx.splits.sft), len(mixed))
     _train_and_save(ctx, model, tokenizer, items, SupervisedObjective(), cfg.sft, cfg.seed, "sft", out, start=base)
 
