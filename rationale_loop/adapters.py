@@ -17,6 +17,7 @@ weights before the first step, when the fresh adapter (B = 0) leaves the model e
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -56,8 +57,11 @@ def attach(model: Any, cfg: PeftConfig, seed: int) -> Any:
 
     targets = cfg.target_modules[0] if list(cfg.target_modules) == ["all-linear"] else list(cfg.target_modules)
     torch.manual_seed(seed)
-    adapted = get_peft_model(model, LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
-                                               target_modules=targets, bias="none", task_type="CAUSAL_LM"))
+    with warnings.catch_warnings():
+        # peft reads transformers' deprecated is_gradient_checkpointing: a library's note to itself, not the user's
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        adapted = get_peft_model(model, LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
+                                                   target_modules=targets, bias="none", task_type="CAUSAL_LM"))
     trainable = sum(p.numel() for p in adapted.parameters() if p.requires_grad)
     total = sum(p.numel() for p in adapted.parameters())
     log.info("%s adapter r=%d alpha=%g on %s: %d of %d parameters train (%.2f%%)",

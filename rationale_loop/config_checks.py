@@ -53,7 +53,20 @@ def validate(cfg: DictConfig | Config, overrides: Sequence[str] = ()) -> None:
     _check_ranges(cfg)
     _check_names(cfg)
     check_option_keys(cfg, overrides)
+    _check_experiment_fits_model(cfg, overrides)
     _check_combinations(cfg)
+
+
+def _check_experiment_fits_model(cfg: DictConfig, overrides: Sequence[str]) -> None:
+    """A pretrained model never trains on the embedded default's settings unannounced: those (conf/experiment/
+    tiny_arith.yaml: LR 2e-3, trained embeddings, temperature 1) are tuned for a 1M-parameter model trained
+    from random weights, and would wreck a pretrained one. Refused rather than switched silently, so the
+    user picks the settings and the run remembers the choice (docs/configuration.md)."""
+    if cfg.model.source == "tiny" or any(override_key(o)[1] == "experiment" for o in overrides if "=" in o):
+        return
+    raise ConfigError("a pretrained model with the embedded default's settings (experiment=tiny_arith, tuned for the tiny "
+                      "model from random weights): add experiment=none for the recipe's, or an experiment made for it "
+                      "(experiment=smollm2_svamp)")
 
 
 def option_keys() -> dict[str, tuple[str, Mapping[str, Sequence[str]]]]:

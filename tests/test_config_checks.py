@@ -232,3 +232,16 @@ def test_the_docs_table_of_option_keys_is_the_declared_one():
     declared = {f"{group}.{picker}={option}": tuple(keys)
                 for group, (picker, keys_of) in option_keys().items() for option, keys in keys_of.items()}
     assert table == declared
+
+
+def test_a_pretrained_model_never_runs_on_the_tiny_model_s_settings_unannounced(tmp_path):
+    """experiment=tiny_arith (the embedded default) is tuned for a 1M-parameter model from random weights."""
+    chosen = ["model=pretrained", "model.path=HuggingFaceTB/SmolLM2-135M-Instruct", "task=gsm8k"]
+    with pytest.raises(ConfigError, match=r"embedded default's settings \(experiment=tiny_arith.*add experiment=none"):
+        validate(compose_config(*chosen), chosen)
+    for experiment in ("experiment=none", "experiment=smollm2_svamp"):
+        validate(compose_config(*chosen, experiment), [*chosen, experiment])
+    done = subprocess.run([sys.executable, "-m", "rationale_loop", "loop", *chosen, f"output_root={tmp_path}/runs"],
+                          capture_output=True, text=True, check=False)
+    assert done.returncode != 0 and "experiment=none" in done.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "runs").exists(), "refused before anything is created"
