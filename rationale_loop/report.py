@@ -22,6 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 from rationale_loop.config import ConfigError
+from rationale_loop.paths import shown
 from rationale_loop.rundir import FORK, is_done, read_rounds, round_dir
 from rationale_loop.records import Generation, JsonlRecords, Pair, group_by, read_fork_record, read_json
 from rationale_loop.terminal import plain, visible
@@ -420,7 +421,7 @@ def compare_runs(runs: list[Path], console: Console | None = None) -> None:
     with its base (links to the base's rounds) are shown dim. A run whose rounds.jsonl cannot be read
     is left out with a warning."""
     console = console or output_console()
-    runs = list(dict.fromkeys(Path(os.path.relpath(run.resolve())) for run in runs))  # one form, whether given absolute or relative
+    runs = list(dict.fromkeys(shown(run) for run in runs))  # one form, whether given absolute or relative
     rows: dict[Path, dict[int, dict[str, Any]]] = {}
     for run in runs:
         try:
@@ -466,7 +467,7 @@ def compare_runs(runs: list[Path], console: Console | None = None) -> None:
 def _common_prefix(paths: list[str]) -> str:
     """The directory all paths share, with its trailing slash, so the table shows only what differs;
     "" when they share none but the root."""
-    if len(paths) < 2:
+    if len(paths) < 2 or len({os.path.isabs(path) for path in paths}) > 1:  # runs below the working directory and elsewhere
         return ""
     prefix = os.path.commonpath(paths)
     return "" if prefix in ("", "/") else prefix.rstrip("/") + "/"

@@ -22,6 +22,7 @@ from rationale_loop.rundir import is_done, keep_complete_questions, next_round, 
 from rationale_loop.paths import HELD_RUNS, RunPathError, remove
 from rationale_loop.records import atomic_writer, read_fork_record, read_json, write_json_atomic, write_jsonl_atomic
 
+from conftest import REPO_ROOT
 from test_config import compose_config
 from test_run_safety import QUICK
 
@@ -34,9 +35,11 @@ def _cli(root: Path, command: str, run: str, *overrides: str) -> subprocess.Comp
                           capture_output=True, text=True, check=False, timeout=TIMEOUT)
 
 
-def _plain(*arguments: str) -> subprocess.CompletedProcess:
+def _plain(*arguments: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """A plain command (compare, export), from `cwd` when given: this checkout's code wherever it runs."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)}
     return subprocess.run([sys.executable, "-m", "rationale_loop", *arguments], capture_output=True, text=True, check=False,
-                          timeout=TIMEOUT)
+                          timeout=TIMEOUT, cwd=cwd, env=env)
 
 
 def _one_line_error(done: subprocess.CompletedProcess, *needles: str) -> str:
@@ -189,14 +192,18 @@ def test_a_damaged_metrics_json_names_the_file_line_and_column(finished):
     _one_line_error(done, f"{path}: not valid JSON (line 4, column 3: Expecting ',' delimiter)", "restore it")
 
 
-def test_a_damaged_rounds_index_names_the_file_and_line(finished):
+def test_a_damaged_rounds_index_names_the_file_and_line(finished, tmp_path):
     run = _copy(finished, "bad_index")
     (run / "rounds.jsonl").write_text('{"round": 0, "eval_accuracy": 0.1}\n{"round": 1, "eval_acc\n')
     with pytest.raises(DataError, match=rf"{run / 'rounds.jsonl'}:2: not valid JSON .*rebuilds it"):
         read_rounds(run)
-    done = _plain("compare", str(run))  # compare skips the run with a warning naming file and line, then has nothing
-    assert done.returncode != 0 and "Traceback" not in done.stderr
-    assert f"{run / 'rounds.jsonl'}:2: not valid JSON" in done.stderr
+    # compare skips the run with a warning naming file and line, then has nothing. The path is shown relative
+    # to the working directory only below it; from anywhere else (here a folder beside the run's, as a
+    # checkout elsewhere is), absolute, never climbing out with "../".
+    for cwd, path in ((run.parent, "bad_index/rounds.jsonl"), (tmp_path, f"{run.resolve()}/rounds.jsonl")):
+        done = _plain("compare", str(run), cwd=cwd)
+        assert done.returncode != 0 and "Traceback" not in done.stderr
+        assert f"skipped {Path(path).parent}: its rounds.jsonl cannot be read ({path}:2: not valid JSON" in done.stderr, (cwd, done.stderr)
     write_rounds_index(run)  # what the next writing command does: derived, so rebuilt whole
     assert [row["round"] for row in read_rounds(run)] == [0]
 
