@@ -322,3 +322,18 @@ def test_a_fork_whose_rounds_are_links_is_still_read_and_locked(finished, tmp_pa
     check_checkpoint(run / "round_00", "round 0 of a fork")
     with run_lock(run):
         pass
+
+
+def test_a_pair_naming_a_sample_that_is_not_there_names_the_file_and_line(tmp_path):
+    """pairs.jsonl edited by hand (or copied from another round): inspect and report stop in one line."""
+    from test_views import make_run
+
+    run = make_run(tmp_path / "runs" / "r")
+    pairs = run / "round_01" / "pairs.jsonl"
+    pair = json.loads(pairs.read_text())
+    pairs.write_text(json.dumps(pair) + "\n" + json.dumps({**pair, "chosen_sample_index": 99}) + "\n")
+    where = [f"output_root={tmp_path}/runs", "run=r"]
+    for done in (_plain("inspect", *where, "inspect.round=1"), _plain("report", *where)):
+        _one_line_error(done, f"{pairs}:2: chosen_sample_index 99 names no sample of question 'q1' in the round's generations.jsonl",
+                        "restore it from a copy, or delete the round")
+    assert not (run / "report.html").exists()
