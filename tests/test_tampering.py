@@ -181,6 +181,15 @@ def test_a_run_path_that_is_a_file_is_one_line(tmp_path):
             pass
 
 
+def test_a_round_path_that_is_a_file_is_one_line_and_kept(finished):
+    run = _copy(finished, "round_file")
+    (run / "round_01").write_text("not a round")
+    done = _cli(finished, "loop", "round_file", "rounds=1")
+    _one_line_error(done, f"{run / 'round_01'} is a regular file, not a round directory; move it away, "
+                          "and the next command runs round 1 again")
+    assert (run / "round_01").read_text() == "not a round"
+
+
 # -- JSON damaged by hand -------------------------------------------------------------------------
 def test_a_damaged_metrics_json_names_the_file_line_and_column(finished):
     run = _copy(finished, "bad_metrics")
