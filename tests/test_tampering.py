@@ -230,6 +230,23 @@ def test_a_damaged_eval_jsonl_of_an_interrupted_round_names_the_file_and_line(fi
     _one_line_error(done, f"{path}:2: not valid JSON", "restore it")
 
 
+@pytest.mark.parametrize("name, saved, message", [
+    ("unknown_key", "- sft.lr=1e-3\n- nonsense.key=1\n", "unknown config key 'nonsense.key'"),
+    ("hydra_key", "- sft.lr=1e-3\n- hydra.run.dir={elsewhere}\n", "'hydra.run.dir={elsewhere}' is never saved by a round"),
+    ("output_root", "- sft.lr=1e-3\n- output_root={elsewhere}\n", "'output_root={elsewhere}' is never saved by a round"),
+    ("not_a_list", "sft.lr: 1e-3\n", "expected a list of overrides (strings)"),
+])
+def test_a_tampered_overrides_file_is_one_line_naming_it_and_never_applied(finished, tmp_path, name, saved, message):
+    """round_KK/overrides.yaml, which later commands start from (run_config.py), edited by hand."""
+    run = _copy(finished, f"overrides_{name}")
+    elsewhere = tmp_path / "elsewhere"
+    path = run / "round_00" / "overrides.yaml"
+    path.write_text(saved.format(elsewhere=elsewhere))
+    done = _cli(finished, "loop", run.name)
+    _one_line_error(done, f"{path}: {message.format(elsewhere=elsewhere)}", "restore it or delete it")
+    assert not elsewhere.exists() and path.read_text() == saved.format(elsewhere=elsewhere)
+
+
 def test_read_json_names_file_line_and_column_and_refuses_what_is_not_an_object(tmp_path):
     path = tmp_path / "round_03" / "stats.json"
     path.parent.mkdir()
