@@ -128,5 +128,7 @@ test-all: $(STAMP) chromium ## every test except vllm and gpu, the slow ones inc
 export: $(STAMP) ## outputs/exports/RUN/round_K: round ROUND of RUN (default the last) as a plain model folder with a model card; ARGS="--out DIR --force --license ID"
 	$(RL) export '$(RUN)' --root $(OUTPUT_ROOT) $(if $(ROUND),--round $(ROUND))
 
-clean-run: $(STAMP) ## delete the run RUN (refused for an empty RUN, a round or folder inside a run, a run others are forked from, or a run in use; ARGS=--force for forked-from)
+# RUN's origin is "file" when the `RUN ?= default` above applies: a run is deleted only when named.
+clean-run: $(STAMP) ## delete the run RUN=name (refused without RUN=: never the default run; for an empty RUN, a round or folder inside a run, a run others are forked from, or a run in use; ARGS=--force for forked-from)
+	$(if $(filter file,$(origin RUN)),$(error make clean-run needs RUN=name: it deletes only a run named on the command line; nothing was deleted))
 	$(RL) clean '$(RUN)' --root $(OUTPUT_ROOT)

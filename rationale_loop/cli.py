@@ -26,11 +26,8 @@ from typing import Callable
 import hydra
 from omegaconf import DictConfig
 
-from rationale_loop.config import ConfigError, check_override_keys, register_configs
+from rationale_loop.config import CONFIG_DIR, ConfigError, check_override_keys, config_groups, register_configs
 from rationale_loop.errors import UserError
-
-# An absolute path: under `python -m`, Hydra would read a relative one as a Python module name.
-CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 COMMANDS: dict[str, Callable[[DictConfig], None]] = {}
 
@@ -241,11 +238,6 @@ def export(argv: list[str]) -> None:
 
 
 PLAIN_COMMANDS = {"compare": compare, "clean": clean, "export": export}
-
-
-def config_groups() -> dict[str, list[str]]:
-    """Each config group of conf/ and its options (the YAML files in it)."""
-    return {d.name: sorted(f.stem for f in d.glob("*.yaml")) for d in Path(CONFIG_DIR).iterdir() if d.is_dir()}
 
 
 def _check_overrides_or_exit(overrides: list[str]) -> None:

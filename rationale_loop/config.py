@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import typing
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -435,6 +436,15 @@ def schema_keys(schema: type = None, prefix: str = "") -> dict[str, bool]:
         else:
             keys[prefix + name] = typing.get_origin(hint) in (dict, Dict) or hint is Any
     return keys
+
+
+# conf/, absolute: under `python -m`, Hydra would read a relative path as a Python module name.
+CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+
+def config_groups() -> dict[str, list[str]]:
+    """Each config group of conf/ and its options (the YAML files in it)."""
+    return {d.name: sorted(f.stem for f in d.glob("*.yaml")) for d in Path(CONFIG_DIR).iterdir() if d.is_dir()}
 
 
 # Hydra's own keys that would move the run or write beside it: the tool decides where a run's files go.

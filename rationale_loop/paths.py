@@ -114,6 +114,14 @@ def _is_under(path: Path, root: Path) -> bool:
     return path == root or root in path.parents
 
 
+def shown(path: str | os.PathLike[str]) -> Path:
+    """`path` as the tool shows it to a person: relative to the working directory when it lies below it
+    (outputs/runs/a), else absolute. A relative path that climbs out (../../../tmp/runs/a) is longer to
+    read than the absolute one and changes with where the command was typed."""
+    absolute, cwd = Path(path).resolve(), Path.cwd().resolve()
+    return absolute.relative_to(cwd) if _is_under(absolute, cwd) else absolute
+
+
 def trusted_root(path: Path, inside: Path | None = None) -> Path | None:
     """The directory from which `path` must be reached without leaving through a link: the held run
     that holds it, else `inside`."""

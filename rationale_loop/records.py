@@ -141,6 +141,11 @@ def _with_hint(message: str, hint: str | None) -> str:
     return f"{message}; {hint}" if hint else message
 
 
+def row_error(path: Path, line_number: int, what: str, hint: str | None = None) -> DataError:
+    """"<path>:<line>: <what>; <what to do>" about a line of a JSONL file; `hint` as in _numbered_rows."""
+    return DataError(_with_hint(f"{path}:{line_number}: {what}", run_file_hint(path) if hint is None else hint or None))
+
+
 def _numbered_rows(path: Path, strip_bom: bool = False, hint: str | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number in the file, row) for every non-empty line; a broken line raises naming both.
     `strip_bom` drops a UTF-8 byte order mark at the start of the file, as "utf-8-sig" does. `hint`
@@ -334,11 +339,15 @@ class JsonlRecords:
         self.path, self.cls, self.hint = Path(path), cls, hint
 
     def __iter__(self) -> Iterator[Any]:
+        for _, record in self.numbered():
+            yield record
+
+    def numbered(self) -> Iterator[tuple[int, Any]]:
+        """(line number in the file, record): for an error about what a record says, naming its line."""
         for line_number, row in _numbered_rows(self.path, hint=self.hint):
             if not isinstance(row, dict):
-                raise DataError(_with_hint(f"{self.path}:{line_number}: not a JSON object but {type(row).__name__}",
-                                           run_file_hint(self.path) if self.hint is None else self.hint or None))
-            yield from_dict(self.cls, row, where=f"{self.path}:{line_number}")
+                raise row_error(self.path, line_number, f"not a JSON object but {type(row).__name__}", self.hint)
+            yield line_number, from_dict(self.cls, row, where=f"{self.path}:{line_number}")
 
 
 def group_by(records: Iterable[Any], attribute: str) -> Iterator[list[Any]]:

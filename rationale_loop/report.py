@@ -22,8 +22,9 @@ from rich.table import Table
 from rich.text import Text
 
 from rationale_loop.config import ConfigError
+from rationale_loop.paths import shown
 from rationale_loop.rundir import FORK, is_done, read_rounds, round_dir, round_label, with_base_row
-from rationale_loop.records import Generation, JsonlRecords, Pair, group_by, read_fork_record, read_json
+from rationale_loop.records import Generation, JsonlRecords, Pair, group_by, read_fork_record, read_json, row_error
 from rationale_loop.terminal import plain, visible
 
 
@@ -242,12 +243,19 @@ def _stats_table(out: Path, generations: Iterable[Generation], pairs: Iterable[P
 
 
 def pair_lengths(generations: Iterable[Generation], pairs: Iterable[Pair]) -> tuple[list[int], list[int]]:
-    """Token counts of every pair's chosen and rejected completion, from the samples they came from."""
+    """Token counts of every pair's chosen and rejected completion, from the samples they came from. A pair
+    naming a sample that the generations do not hold (a file edited by hand, or another round's) raises
+    a DataError naming the pair's file and line."""
     tokens = {(g.question_id, g.sample_index): g.num_tokens for g in generations}
     chosen, rejected = [], []
-    for pair in pairs:
-        chosen.append(tokens[(pair.question_id, pair.chosen_sample_index)])
-        rejected.append(tokens[(pair.question_id, pair.rejected_sample_index)])
+    where = pairs.path if isinstance(pairs, JsonlRecords) else Path("pairs")
+    for line_number, pair in pairs.numbered() if isinstance(pairs, JsonlRecords) else enumerate(pairs, start=1):
+        for side, index, lengths in (("chosen", pair.chosen_sample_index, chosen), ("rejected", pair.rejected_sample_index, rejected)):
+            try:
+                lengths.append(tokens[(pair.question_id, index)])
+            except (KeyError, TypeError):  # TypeError: an index or id edited into a list, which no sample has
+                raise row_error(where, line_number, f"{side}_sample_index {index!r} names no sample of question "
+                                f"{pair.question_id!r} in the round's generations.jsonl") from None
     return chosen, rejected
 
 
@@ -420,7 +428,7 @@ def compare_runs(runs: list[Path], console: Console | None = None) -> None:
     with its base (links to the base's rounds) are shown dim. A run whose rounds.jsonl cannot be read
     is left out with a warning."""
     console = console or output_console()
-    runs = list(dict.fromkeys(Path(os.path.relpath(run.resolve())) for run in runs))  # one form, whether given absolute or relative
+    runs = list(dict.fromkeys(shown(run) for run in runs))  # one form, whether given absolute or relative
     rows: dict[Path, dict[int, dict[str, Any]]] = {}
     for run in runs:
         try:
@@ -466,7 +474,7 @@ def compare_runs(runs: list[Path], console: Console | None = None) -> None:
 def _common_prefix(paths: list[str]) -> str:
     """The directory all paths share, with its trailing slash, so the table shows only what differs;
     "" when they share none but the root."""
-    if len(paths) < 2:
+    if len(paths) < 2 or len({os.path.isabs(path) for path in paths}) > 1:  # runs below the working directory and elsewhere
         return ""
     prefix = os.path.commonpath(paths)
     return "" if prefix in ("", "/") else prefix.rstrip("/") + "/"

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from rationale_loop.config import under
+from rationale_loop.config import ConfigError, check_override_keys, config_groups, under
 from rationale_loop.data.sources import DECONTAMINATION, MIX_MANIFEST, MIX_ROWS, PREFERENCE_ROWS
 from rationale_loop.errors import DataError
 from rationale_loop.records import atomic_writer, open_regular
@@ -67,13 +67,23 @@ def holds_work(round_path: Path) -> bool:
 
 
 def read_overrides(round_path: Path) -> list[str] | None:
-    """The overrides a round ran with, or None for a round made before rounds saved them."""
+    """The overrides a round ran with, or None for a round made before rounds saved them. A file that
+    holds what no round writes (edited by hand, or damaged) is one DataError naming it: nothing of it is
+    applied, not even in part."""
     path = round_path / OVERRIDES
     if not os.path.lexists(path):
         return None
     value = yaml.safe_load(_read_text(path, follow=False))
     if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
         raise DataError(f"{path}: expected a list of overrides (strings); restore it or delete it")
+    for override in value:
+        if not is_remembered(override):  # write_overrides never saves it: dropping it quietly would hide the edit
+            raise DataError(f"{path}: {override!r} is never saved by a round ({', '.join(NOT_REMEMBERED)} are each call's own, "
+                            "given on its command line); restore it or delete it")
+    try:
+        check_override_keys(value, config_groups())
+    except ConfigError as error:  # a key the schema does not have, or a group option conf/ does not hold
+        raise DataError(f"{path}: {error}; restore it or delete it") from None
     return value
 
 

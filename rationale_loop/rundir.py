@@ -57,18 +57,26 @@ def round_dir(run: Path, k: int) -> Path:
 
 def is_done(run: Path, k: int) -> bool:
     """Whether round k has DONE, the regular file that marks it finished. Anything else in its place (a
-    directory, a FIFO, a link) is not taken for finished, and raises naming it, so no command goes on
-    as if the round were not there either."""
+    directory, a FIFO, a link), or in the place of the round's directory, is not taken for finished, and
+    raises naming it, so no command goes on as if the round were not there either."""
     import stat
 
     from rationale_loop.errors import CheckpointError
-    from rationale_loop.paths import file_kind
+    from rationale_loop.paths import RunPathError, file_kind
 
     done = round_dir(run, k) / DONE
     try:
         mode = os.lstat(done).st_mode
-    except (FileNotFoundError, NotADirectoryError):
+    except FileNotFoundError:
         return False
+    except NotADirectoryError:
+        if not run.is_dir():  # the run's own path: named where the run is opened (paths.check_run_is_directory, run_lock)
+            return False
+        # A file (a FIFO...) where the round's directory should be: taken for an unfinished round, the next
+        # command would start or resume the round in it and fail deep inside; the file may be the user's.
+        out = round_dir(run, k)
+        raise RunPathError(f"{out} is {file_kind(os.stat(out).st_mode)}, not a round directory; move it away, "
+                           f"and the next command runs round {k} again")
     if stat.S_ISREG(mode):
         return True
     raise CheckpointError(f"{done} is {file_kind(mode)}, not the file that marks a finished round: restore DONE from a copy, "

@@ -328,6 +328,48 @@ def test_an_over_long_conversation_is_dropped_or_cut_after_an_assistant_turn_and
         assert first["segments"][-1] == ["Hello there<|im_end|>", True], "cut right after the first assistant turn"
 
 
+@pytest.mark.parametrize("too_long", ["drop", "truncate"])
+def test_a_huge_row_is_dropped_or_cut_by_its_length_without_being_read_whole(tmp_path, monkeypatch, too_long):
+    """A row of megabytes (one of 45 MB cost 106 s and 10 GB, tokenized and n-grammed whole before it was
+    dropped): no more of it than max_length tokens can hold is rendered, tokenized or n-gram checked, and
+    memory stays within a few copies of the row as it is read (three: bytes, line, parsed JSON)."""
+    import tracemalloc
+
+    from rationale_loop.data.sources import row_reach
+    from rationale_loop.encode import Encoder
+    from rationale_loop.model import train_tokenizer
+
+    huge = "the river ran past the mill " * 150_000  # 4.2 MB
+    rows = [{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello there"},
+                          {"role": "user", "content": "Tell me a story"}, {"role": "assistant", "content": huge}]},
+            {"messages": [{"role": "user", "content": "Bye"}, {"role": "assistant", "content": "Bye now"}]}]
+    tokenizer = train_tokenizer(["the river ran past the mill", "Hi Hello there Tell me a story Bye now"] * 3, vocab_size=300)
+    held_out = ["what is the sum of all the numbers that the farmer wrote on the board today"]  # the n-gram check on
+
+    def prepare(name: str, rows: list[dict]) -> dict:
+        path = tmp_path / f"{name}.jsonl"
+        path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+        cfg = _data_config({"sources": {"chats": {"path": str(path), "schema": "messages"}}, "formats": ["memphis"], "too_long": too_long})
+        return prepare_sft_mix(cfg, held_out, tokenizer, tmp_path / name, seed=0, max_length=96)
+
+    prepare("warm", rows[1:])  # the modules a preparation imports, loaded before memory is traced
+    read: list[int] = []  # characters of each text tokenized or n-gram checked
+    encode, match = Encoder.encode_segments, Contamination.match
+    monkeypatch.setattr(Encoder, "encode_segments", lambda self, segments: read.append(sum(len(s.text) for s in segments)) or encode(self, segments))
+    monkeypatch.setattr(Contamination, "match", lambda self, text, instruction=None: read.append(len(text)) or match(self, text, instruction))
+    tracemalloc.start()
+    try:
+        manifest = prepare("huge", rows)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    cut = 1 if too_long == "truncate" else 0
+    assert manifest["over_length"] == {"dropped": {"memphis": 1 - cut}, "truncated": {"memphis": cut}}
+    assert manifest["formats"] == {"memphis": 1 + cut} and manifest["sources"]["chats"]["kept"] == 2
+    assert max(read) <= row_reach(tokenizer, 96) + 200 < len(huge) // 100, "never read whole"
+    assert peak < 5 * len(huge), f"{peak / 1e6:.1f} MB traced for a {len(huge) / 1e6:.1f} MB row"
+
+
 def test_the_recipe_mix_config_reads_files_shaped_like_its_hub_sources(tmp_path, shared_data):
     """data=memphis_mix with each hub id pointed at a small local file of the same columns: TinyCoT in
     the reasoning layout, reddit-instruct's bracketed titles excluded through the config's own columns,

@@ -125,3 +125,4 @@ def test_compare_names_runs_with_no_common_directory_in_full():
 
     assert _common_prefix(["baseline", "fork_lr"]) == ""
     assert _common_prefix(["outputs/runs/a", "outputs/runs/b/c"]) == "outputs/runs/"
+    assert _common_prefix(["outputs/runs/a", "/elsewhere/runs/b"]) == "", "a run below the working directory and one out of it"

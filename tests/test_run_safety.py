@@ -125,6 +125,33 @@ def test_clean_run_deletes_a_fork_without_its_source_and_refuses_everything_else
     assert not source.exists()
 
 
+def test_make_clean_run_deletes_only_a_run_named_with_run(tmp_path):
+    """Without RUN=, the Makefile's `RUN ?= default` would name the run `make loop` made: refused, nothing deleted."""
+    from conftest import REPO_ROOT
+
+    root = tmp_path / "runs"
+    for name in ("default", "other"):
+        (root / name / "round_00").mkdir(parents=True)
+    # Neither a RUN of the caller's environment nor the variables of a make that runs this suite reach the target.
+    env = {k: v for k, v in os.environ.items() if k not in ("RUN", "MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+
+    def make(*args: str, **extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["make", "--no-print-directory", "-C", str(REPO_ROOT), "-o", ".venv/.installed",
+                               f"BIN={Path(sys.executable).parent}", "clean-run", f"OUTPUT_ROOT={root}", *args],
+                              capture_output=True, text=True, check=False, env={**env, **extra}, timeout=120)
+
+    done = make()
+    assert done.returncode != 0 and "make clean-run needs RUN=name" in done.stderr and "nothing was deleted" in done.stderr
+    assert "rationale_loop" not in done.stdout, "the tool never ran"
+    assert (root / "default").is_dir() and (root / "other").is_dir()
+    done = make("RUN=other")
+    assert done.returncode == 0, done.stderr
+    assert not (root / "other").exists() and (root / "default").is_dir()
+    done = make(RUN="default")  # named in the environment: the user's own choice too
+    assert done.returncode == 0, done.stderr
+    assert not (root / "default").exists()
+
+
 def test_make_clean_run_refuses_an_empty_run(tmp_path):
     done = subprocess.run([sys.executable, "-m", "rationale_loop", "clean", "", "--root", str(tmp_path)],
                           capture_output=True, text=True, check=False)

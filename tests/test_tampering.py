@@ -22,6 +22,7 @@ from rationale_loop.rundir import is_done, keep_complete_questions, next_round, 
 from rationale_loop.paths import HELD_RUNS, RunPathError, remove
 from rationale_loop.records import atomic_writer, read_fork_record, read_json, write_json_atomic, write_jsonl_atomic
 
+from conftest import REPO_ROOT
 from test_config import compose_config
 from test_run_safety import QUICK
 
@@ -34,9 +35,11 @@ def _cli(root: Path, command: str, run: str, *overrides: str) -> subprocess.Comp
                           capture_output=True, text=True, check=False, timeout=TIMEOUT)
 
 
-def _plain(*arguments: str) -> subprocess.CompletedProcess:
+def _plain(*arguments: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """A plain command (compare, export), from `cwd` when given: this checkout's code wherever it runs."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)}
     return subprocess.run([sys.executable, "-m", "rationale_loop", *arguments], capture_output=True, text=True, check=False,
-                          timeout=TIMEOUT)
+                          timeout=TIMEOUT, cwd=cwd, env=env)
 
 
 def _one_line_error(done: subprocess.CompletedProcess, *needles: str) -> str:
@@ -178,6 +181,15 @@ def test_a_run_path_that_is_a_file_is_one_line(tmp_path):
             pass
 
 
+def test_a_round_path_that_is_a_file_is_one_line_and_kept(finished):
+    run = _copy(finished, "round_file")
+    (run / "round_01").write_text("not a round")
+    done = _cli(finished, "loop", "round_file", "rounds=1")
+    _one_line_error(done, f"{run / 'round_01'} is a regular file, not a round directory; move it away, "
+                          "and the next command runs round 1 again")
+    assert (run / "round_01").read_text() == "not a round"
+
+
 # -- JSON damaged by hand -------------------------------------------------------------------------
 def test_a_damaged_metrics_json_names_the_file_line_and_column(finished):
     run = _copy(finished, "bad_metrics")
@@ -189,14 +201,18 @@ def test_a_damaged_metrics_json_names_the_file_line_and_column(finished):
     _one_line_error(done, f"{path}: not valid JSON (line 4, column 3: Expecting ',' delimiter)", "restore it")
 
 
-def test_a_damaged_rounds_index_names_the_file_and_line(finished):
+def test_a_damaged_rounds_index_names_the_file_and_line(finished, tmp_path):
     run = _copy(finished, "bad_index")
     (run / "rounds.jsonl").write_text('{"round": 0, "eval_accuracy": 0.1}\n{"round": 1, "eval_acc\n')
     with pytest.raises(DataError, match=rf"{run / 'rounds.jsonl'}:2: not valid JSON .*rebuilds it"):
         read_rounds(run)
-    done = _plain("compare", str(run))  # compare skips the run with a warning naming file and line, then has nothing
-    assert done.returncode != 0 and "Traceback" not in done.stderr
-    assert f"{run / 'rounds.jsonl'}:2: not valid JSON" in done.stderr
+    # compare skips the run with a warning naming file and line, then has nothing. The path is shown relative
+    # to the working directory only below it; from anywhere else (here a folder beside the run's, as a
+    # checkout elsewhere is), absolute, never climbing out with "../".
+    for cwd, path in ((run.parent, "bad_index/rounds.jsonl"), (tmp_path, f"{run.resolve()}/rounds.jsonl")):
+        done = _plain("compare", str(run), cwd=cwd)
+        assert done.returncode != 0 and "Traceback" not in done.stderr
+        assert f"skipped {Path(path).parent}: its rounds.jsonl cannot be read ({path}:2: not valid JSON" in done.stderr, (cwd, done.stderr)
     write_rounds_index(run)  # what the next writing command does: derived, so rebuilt whole
     assert [row["round"] for row in read_rounds(run)] == [0]
 
@@ -212,6 +228,23 @@ def test_a_damaged_eval_jsonl_of_an_interrupted_round_names_the_file_and_line(fi
     path.write_text("".join(lines))
     done = _cli(finished, "sft", "bad_eval")
     _one_line_error(done, f"{path}:2: not valid JSON", "restore it")
+
+
+@pytest.mark.parametrize("name, saved, message", [
+    ("unknown_key", "- sft.lr=1e-3\n- nonsense.key=1\n", "unknown config key 'nonsense.key'"),
+    ("hydra_key", "- sft.lr=1e-3\n- hydra.run.dir={elsewhere}\n", "'hydra.run.dir={elsewhere}' is never saved by a round"),
+    ("output_root", "- sft.lr=1e-3\n- output_root={elsewhere}\n", "'output_root={elsewhere}' is never saved by a round"),
+    ("not_a_list", "sft.lr: 1e-3\n", "expected a list of overrides (strings)"),
+])
+def test_a_tampered_overrides_file_is_one_line_naming_it_and_never_applied(finished, tmp_path, name, saved, message):
+    """round_KK/overrides.yaml, which later commands start from (run_config.py), edited by hand."""
+    run = _copy(finished, f"overrides_{name}")
+    elsewhere = tmp_path / "elsewhere"
+    path = run / "round_00" / "overrides.yaml"
+    path.write_text(saved.format(elsewhere=elsewhere))
+    done = _cli(finished, "loop", run.name)
+    _one_line_error(done, f"{path}: {message.format(elsewhere=elsewhere)}", "restore it or delete it")
+    assert not elsewhere.exists() and path.read_text() == saved.format(elsewhere=elsewhere)
 
 
 def test_read_json_names_file_line_and_column_and_refuses_what_is_not_an_object(tmp_path):
@@ -315,3 +348,18 @@ def test_a_fork_whose_rounds_are_links_is_still_read_and_locked(finished, tmp_pa
     check_checkpoint(run / "round_00", "round 0 of a fork")
     with run_lock(run):
         pass
+
+
+def test_a_pair_naming_a_sample_that_is_not_there_names_the_file_and_line(tmp_path):
+    """pairs.jsonl edited by hand (or copied from another round): inspect and report stop in one line."""
+    from test_views import make_run
+
+    run = make_run(tmp_path / "runs" / "r")
+    pairs = run / "round_01" / "pairs.jsonl"
+    pair = json.loads(pairs.read_text())
+    pairs.write_text(json.dumps(pair) + "\n" + json.dumps({**pair, "chosen_sample_index": 99}) + "\n")
+    where = [f"output_root={tmp_path}/runs", "run=r"]
+    for done in (_plain("inspect", *where, "inspect.round=1"), _plain("report", *where)):
+        _one_line_error(done, f"{pairs}:2: chosen_sample_index 99 names no sample of question 'q1' in the round's generations.jsonl",
+                        "restore it from a copy, or delete the round")
+    assert not (run / "report.html").exists()

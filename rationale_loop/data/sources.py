@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
+from functools import partial
+from itertools import accumulate
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -417,10 +419,27 @@ def conversations(source_name: str, selected: "Selected", schema: str) -> list[C
     return out
 
 
-def instruction_key(conversation: Conversation) -> str:
-    """uuid5 of the first user turn, normalized (case and whitespace): the identity dedup goes by."""
-    first = next((t.content for t in conversation.turns if t.role == "user"), "")
-    return str(uuid.uuid5(uuid.NAMESPACE_OID, " ".join(first.lower().split())))
+def instruction_key(instruction: str) -> str:
+    """uuid5 of a conversation's first user turn, normalized (case and whitespace): the identity dedup goes by."""
+    return str(uuid.uuid5(uuid.NAMESPACE_OID, " ".join(instruction.lower().split())))
+
+
+# NFC and NFKC normalizers compose code points, at most 4 into 1 (U+1F82, an alpha with three marks;
+# decomposing never shrinks a text): the characters one token stands for, at most.
+NORMALIZER_SLACK = 4
+
+
+def row_reach(tokenizer: Any, max_length: int) -> int:
+    """The most characters a conversation of max_length tokens can hold: one longer is over-length whatever
+    its text, so it is dropped (or cut) without being rendered, tokenized or n-grammed whole; what a 45 MB
+    row costs beyond reading it is bounded by max_length. A token stands for at most as many characters
+    as its vocabulary entry spells (a byte-level BPE entry spells each byte as one character, a
+    byte-fallback piece "<0xE2>" one byte as six), times what a normalizer composes. The bound is
+    conservative, no row it drops could fit, for the tokenizers of causal models: byte-level BPE (GPT-2's,
+    Llama 3's, Qwen's) and SentencePiece with byte fallback (Llama 2's, Mistral's). Not for a normalizer
+    that deletes or collapses characters (T5's collapses runs of spaces), nor for a tokenizer that fuses
+    unknown characters into one token: neither is among them."""
+    return NORMALIZER_SLACK * max(map(len, tokenizer.get_vocab()), default=1) * max_length
 
 
 @dataclass
@@ -437,10 +456,16 @@ class Mixed:
 COUNTER_OF = {NGRAM: "contaminated", NEAR_DUPLICATE: "near_duplicates", SEMANTIC: "semantic_duplicates"}
 
 
-def conversation_view(conversation: Conversation) -> tuple[str, str, str | None, str]:
-    """(dedup key, the text the n-gram check reads, the instruction the near-duplicate checks read, id)."""
+def conversation_view(conversation: Conversation, reach: int | None = None) -> tuple[str, str, str | None, str]:
+    """(dedup key, the text the n-gram check reads, the instruction the near-duplicate checks read, id).
+    With `reach` (row_reach), the first `reach` characters of each: what fit() keeps of a row (its first
+    turns, at most `reach` characters in all) lies within them, so all of it is checked, and the rest of a
+    huge row, never learned, is never read."""
     first = next((t.content for t in conversation.turns if t.role == "user"), "")
-    return instruction_key(conversation), " ".join(t.content for t in conversation.turns), first, conversation.id
+    if reach is None:
+        return instruction_key(first), " ".join(t.content for t in conversation.turns), first, conversation.id
+    text = " ".join(t.content[:reach] for t in conversation.turns)[: reach + len(conversation.turns)]  # a space per turn
+    return instruction_key(first[:reach]), text, first[:reach], conversation.id
 
 
 def document_view(document: tuple[str, str]) -> tuple[str, str, str | None, str]:
@@ -493,17 +518,21 @@ def mix(sources: list[tuple[str, int, list[Any]]], guard: Contamination,
     return result
 
 
-def fit(conversation: Conversation, template: Any, encoder: Any, truncate: bool) -> tuple[list[Any] | None, int, str]:
+def fit(conversation: Conversation, template: Any, encoder: Any, truncate: bool, reach: int) -> tuple[list[Any] | None, int, str]:
     """The conversation rendered by `template` if it fits the encoder's max_length: (segments, tokens,
     "fits"). Too long: with `truncate`, the longest run of its first turns that ends with an assistant turn
-    and fits ("truncated"), else nothing ("dropped"). Lengths are counted as training encodes them."""
-    segments = template.segments(conversation, encoder.tokenizer.eos_token)
-    encoded = encoder.encode_segments(segments)
-    if encoded is not None:
-        return segments, len(encoded.input_ids), "fits"
+    and fits ("truncated"), else nothing ("dropped"). Lengths are counted as training encodes them. A run
+    of turns (with the system text) longer than `reach` characters (row_reach) cannot fit: never rendered
+    nor tokenized."""
+    sizes = list(accumulate((len(turn.content) for turn in conversation.turns), initial=len(conversation.system or "")))
+    if sizes[-1] <= reach:
+        segments = template.segments(conversation, encoder.tokenizer.eos_token)
+        encoded = encoder.encode_segments(segments)
+        if encoded is not None:
+            return segments, len(encoded.input_ids), "fits"
     if truncate:
         ends = [i + 1 for i, turn in enumerate(conversation.turns) if turn.role == "assistant" and i + 1 < len(conversation.turns)]
-        for end in reversed(ends):
+        for end in (end for end in reversed(ends) if sizes[end] <= reach):
             shorter = template.segments(Conversation(conversation.turns[:end], conversation.system, conversation.id), encoder.tokenizer.eos_token)
             encoded = encoder.encode_segments(shorter)
             if encoded is not None:
@@ -574,7 +603,8 @@ def prepare_sft_mix(data_cfg: Any, evaluation_texts: Iterable[str], tokenizer: A
     guard.add(evaluation_texts)
     for path in data_cfg.decontaminate_against:
         guard.add(held_out_questions(path))
-    merged = mix(loaded, guard)
+    reach = row_reach(tokenizer, max_length)
+    merged = mix(loaded, guard, partial(conversation_view, reach=reach))
     plain = mix(texts, guard, document_view)
     preferred = mix(preferences, guard)
     # Ranked beside the mined pairs, so asked as they are: the prompt in the task's format (a generation prompt),
@@ -583,7 +613,7 @@ def prepare_sft_mix(data_cfg: Any, evaluation_texts: Iterable[str], tokenizer: A
     pair_rows = [{"id": c.id, "prompt": template.prompt(Conversation(c.turns[:1], c.system), tokenizer.eos_token),
                   "chosen": c.turns[1].content, "rejected": rejected_of[c.id]} for c in preferred.items]
     reasoning_sources = {name for name, source in configured.items() if source.schema in REASONING_SCHEMAS}
-    rendered = _render(merged.items, data_cfg, reasoning_sources, template, tokenizer, max_length, seed)
+    rendered = _render(merged.items, data_cfg, reasoning_sources, template, tokenizer, max_length, seed, reach)
     if texts:
         _add_packed_text(rendered, [text for _, text in plain.items], tokenizer, max_length)
     rendered.lengths.sort()
@@ -647,7 +677,7 @@ class _Rendered:
 
 
 def _render(conversations_kept: list[Conversation], data_cfg: Any, reasoning_sources: set[str], reasoning_template: TurnTemplate,
-            tokenizer: Any, max_length: int, seed: int) -> _Rendered:
+            tokenizer: Any, max_length: int, seed: int, reach: int) -> _Rendered:
     """Each conversation in its formats (a worked problem in the task's reasoning format; others in every
     format of data.formats, or one drawn per conversation), fitted to max_length as data.too_long says."""
     import random
@@ -672,7 +702,7 @@ def _render(conversations_kept: list[Conversation], data_cfg: Any, reasoning_sou
             formats = [rng.choice(list(data_cfg.formats))]
         for name in formats:
             template = reasoning_template if name == reasoning_format else get_template(name)
-            segments, length, outcome = fit(conversation, template, encoder, truncate=data_cfg.too_long == "truncate")
+            segments, length, outcome = fit(conversation, template, encoder, data_cfg.too_long == "truncate", reach)
             if outcome != "fits":
                 rendered.over_length[outcome][name] += 1
             if segments is None:
