@@ -83,3 +83,16 @@ def test_the_cli_refuses_a_bad_gguf_file_before_any_work(tmp_path: Path):
     assert done.returncode != 0
     assert done.stderr.strip().splitlines()[-1].endswith("x.gguf: no such file"), done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_model_folder_with_a_broken_config_is_one_line_naming_it(smollm2_folder: Path, shared_data: Path, tmp_path: Path):
+    broken = tmp_path / "broken-model"
+    broken.mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json", "model.safetensors"):
+        (broken / name).symlink_to(smollm2_folder / name)
+    (broken / "config.json").write_text('{"model_type": "llama", "hidden_size": ')  # cut off mid-write
+    done = subprocess.run([sys.executable, "-m", "rationale_loop", "sft", "model=pretrained", f"model.path={broken}",
+                           "experiment=none", "task=svamp", f"task.data_dir={shared_data}", f"output_root={tmp_path}/runs"], capture_output=True, text=True, check=False)
+    assert done.returncode != 0
+    last = done.stderr.strip().splitlines()[-1]
+    assert str(broken) in last and "Traceback" not in done.stderr, done.stderr[-2000:]

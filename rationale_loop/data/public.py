@@ -32,7 +32,8 @@ from rationale_loop.errors import DataError
 from rationale_loop.records import Problem, _numbered_rows
 from rationale_loop.registry import Registry
 
-__all__ = ["LOADERS", "PARSERS", "load_aqua", "load_gsm8k", "load_svamp", "parse_aqua", "parse_gsm8k", "parse_svamp"]
+__all__ = ["LOADERS", "PARSERS", "load_aqua", "load_gsm8k", "load_svamp", "load_svamp_worked", "parse_aqua", "parse_gsm8k",
+           "parse_svamp"]
 
 PathLike = str | os.PathLike[str]
 
@@ -158,8 +159,52 @@ def load_svamp(path: PathLike) -> list[Problem]:
     return parse_svamp(((f"{path}[{index}]", item) for index, item in enumerate(items)), path.stem)
 
 
-def parse_svamp(items: Iterable[tuple[str, Any]], stem: str) -> list[Problem]:
-    """SVAMP items, each with where it came from (for errors), as Problems with ids "svamp/<stem>/<index>"."""
+def load_svamp_worked(path: PathLike) -> list[Problem]:
+    """SVAMP as load_svamp reads it, each item's published `Equation` written out as its worked rationale:
+    "( ( 7.0 + 3.0 ) * 2.0 )" becomes "7 + 3 = 10\n10 * 2 = 20", one line per operation, innermost first.
+    The steps are the publisher's; only their wording is the loader's. An equation that is not plain
+    arithmetic on numbers raises naming the item; one that is a bare number, or whose value is not the
+    item's published answer (an upstream slip), gets no rationale (never a training target)."""
+    path = Path(path)
+    items = _json_document(path)
+    if not isinstance(items, list):
+        raise DataError(f"{path}: expected a JSON array, got {type(items).__name__}")
+    return parse_svamp(((f"{path}[{index}]", item) for index, item in enumerate(items)), path.stem, worked=True)
+
+
+_OPERATORS = {"Add": ("+", lambda a, b: a + b), "Sub": ("-", lambda a, b: a - b),
+              "Mult": ("*", lambda a, b: a * b), "Div": ("/", lambda a, b: a / b)}
+
+
+def _worked_steps(equation: str, where: str) -> tuple[list[str], float]:
+    """The operations of an arithmetic expression in the order they are worked, and its value."""
+    import ast
+
+    steps: list[str] = []
+
+    def value(node: ast.AST) -> float:
+        if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)) and not isinstance(node.value, bool):
+            return float(node.value)
+        if isinstance(node, ast.BinOp) and type(node.op).__name__ in _OPERATORS:
+            left, right = value(node.left), value(node.right)
+            symbol, apply = _OPERATORS[type(node.op).__name__]
+            if symbol == "/" and right == 0:
+                raise DataError(f"{where}: field 'Equation' divides by zero: {equation!r}")
+            result = apply(left, right)
+            steps.append(f"{_format_number(left)} {symbol} {_format_number(right)} = {_format_number(result)}")
+            return result
+        raise DataError(f"{where}: field 'Equation' is not plain arithmetic: {equation!r}")
+
+    try:
+        tree = ast.parse(equation.strip(), mode="eval")
+    except SyntaxError:
+        raise DataError(f"{where}: field 'Equation' is not plain arithmetic: {equation!r}") from None
+    return steps, value(tree.body)
+
+
+def parse_svamp(items: Iterable[tuple[str, Any]], stem: str, worked: bool = False) -> list[Problem]:
+    """SVAMP items, each with where it came from (for errors), as Problems with ids "svamp/<stem>/<index>";
+    with `worked`, each rationale its Equation's steps (load_svamp_worked)."""
     problems = []
     for index, (where, item) in enumerate(items):
         if not isinstance(item, dict):
@@ -169,11 +214,17 @@ def parse_svamp(items: Iterable[tuple[str, Any]], stem: str) -> list[Problem]:
         answer = _field(item, "Answer", (int, float), where)
         if not math.isfinite(answer):
             raise DataError(f"{where}: field 'Answer' is not a finite number: {answer!r}")
+        rationale = ""
+        if worked:
+            steps, result = _worked_steps(_field(item, "Equation", str, where), where)
+            # "" for an equation that is a bare number (nothing to work), or that does not give the published
+            # answer (an upstream slip: a worked example must not contradict its own answer)
+            rationale = "\n".join(steps) if math.isclose(result, answer, rel_tol=1e-6, abs_tol=1e-6) else ""
         problems.append(
             Problem(
                 id=f"svamp/{stem}/{index:05d}",
                 question=f"{_spaced(body)} {_spaced(question)}".strip(),
-                rationale="",
+                rationale=rationale,
                 answer=_format_number(answer),
             )
         )
@@ -239,6 +290,7 @@ def parse_aqua(items: Iterable[tuple[str, dict[str, Any]]], stem: str) -> list[P
 LOADERS: Registry[Callable[[PathLike], list[Problem]]] = Registry("task.files.<split>.loader", {
     "gsm8k": load_gsm8k,
     "svamp": load_svamp,
+    "svamp_worked": load_svamp_worked,
     "aqua": load_aqua,
 })
 # The same sets as rows from anywhere (a hub dataset read through `datasets`): (where, row) pairs and the
@@ -247,5 +299,6 @@ LOADERS: Registry[Callable[[PathLike], list[Problem]]] = Registry("task.files.<s
 PARSERS: Registry[Callable[[Iterable[tuple[str, Any]], str], list[Problem]]] = Registry("task.files.<split>.loader", {
     "gsm8k": parse_gsm8k,
     "svamp": parse_svamp,
+    "svamp_worked": lambda items, stem: parse_svamp(items, stem, worked=True),
     "aqua": parse_aqua,
 })
