@@ -267,6 +267,10 @@ def _check_combinations(cfg: DictConfig) -> None:
     _require(not (cfg.model.source == "tiny" and cfg.task.prompt_format == MODEL_FORMAT),
              "task.prompt_format=model asks in the model's own chat template, and the tiny model has none: name a format "
              "(tinycot, chat-ml, ...)")
+    if cfg.model.source == "pretrained" and cfg.model.gguf_file:
+        from rationale_loop.gguf import resolve_gguf_file
+
+        resolve_gguf_file(cfg.model.gguf_file)  # a missing file or package, named before any work
     _require(not (cfg.model.source == "tiny" and cfg.model.gguf_file), "model.gguf_file needs model.source=pretrained (model=pretrained)")
     _require(not (cfg.task.source == "files" and not cfg.task.files), "task.source=files needs task.files (sft, pool and eval)")
     _require(not cfg.rank.packing or declared.token_level,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from rationale_loop.data.public import LOADERS, load_aqua, load_gsm8k, load_svamp
+from rationale_loop.data.public import LOADERS, load_aqua, load_gsm8k, load_svamp, load_svamp_worked
 from rationale_loop.records import Problem
 
 
@@ -40,7 +40,7 @@ def loaded(shared_data: Path) -> dict[str, list[Problem]]:
 
 
 def test_loaders_registry() -> None:
-    assert dict(LOADERS.items()) == {"gsm8k": load_gsm8k, "svamp": load_svamp, "aqua": load_aqua}
+    assert dict(LOADERS.items()) == {"gsm8k": load_gsm8k, "svamp": load_svamp, "svamp_worked": load_svamp_worked, "aqua": load_aqua}
 
 
 def test_counts(loaded: dict[str, list[Problem]]) -> None:
@@ -207,3 +207,27 @@ def test_aqua_errors_name_file_and_line(tmp_path: Path) -> None:
     assert problem == Problem(
         id="aqua/dev/00000", question="Pick one.\nA) 1\nB) 2", rationale="Because.", answer="B) 2"
     )
+
+
+def test_svamp_worked_writes_each_published_equation_as_checked_steps(shared_data: Path, tmp_path: Path) -> None:
+    """svamp_worked: the Equation "( ( 7.0 + 3.0 ) * 2.0 )" as "7 + 3 = 10\\n10 * 2 = 20", every step right
+    arithmetic ending in the answer; an item whose equation is a bare number, misses its answer or passes
+    through a repeating decimal has none."""
+    from rationale_loop.chain import check_chain
+    from rationale_loop.errors import DataError
+
+    plain, worked = load_svamp(shared_data / "svamp" / "SVAMP.json"), load_svamp_worked(shared_data / "svamp" / "SVAMP.json")
+    assert [(p.id, p.question, p.answer) for p in plain] == [(p.id, p.question, p.answer) for p in worked]
+    assert worked[0].rationale == "76 - 25 = 51"
+    without = [index for index, p in enumerate(worked) if not p.rationale]
+    # a bare number (554), an upstream slip (679: the steps give 5, the answer is 1), 55 / 15 on the way to 220 (997)
+    assert without == [554, 679, 997]
+    for problem in worked:
+        if problem.rationale:
+            chain = check_chain(problem.rationale)
+            assert chain.checked == problem.rationale.count("\n") + 1 and not chain.wrong, problem
+            assert float(problem.rationale.rsplit("= ", 1)[1]) == pytest.approx(float(problem.answer))
+    bad = tmp_path / "SVAMP.json"
+    bad.write_text(json.dumps([{"Body": "x", "Question": "y", "Equation": "__import__('os')", "Answer": 1.0}]))
+    with pytest.raises(DataError, match=r"SVAMP.json\[0\]: field 'Equation' is not plain arithmetic"):
+        load_svamp_worked(bad)

@@ -163,8 +163,9 @@ def load_svamp_worked(path: PathLike) -> list[Problem]:
     """SVAMP as load_svamp reads it, each item's published `Equation` written out as its worked rationale:
     "( ( 7.0 + 3.0 ) * 2.0 )" becomes "7 + 3 = 10\n10 * 2 = 20", one line per operation, innermost first.
     The steps are the publisher's; only their wording is the loader's. An equation that is not plain
-    arithmetic on numbers raises naming the item; one that is a bare number, or whose value is not the
-    item's published answer (an upstream slip), gets no rationale (never a training target)."""
+    arithmetic on numbers raises naming the item; one that is a bare number, whose value is not the item's
+    published answer (an upstream slip), or whose steps pass through a repeating decimal gets no rationale
+    (never a training target)."""
     path = Path(path)
     items = _json_document(path)
     if not isinstance(items, list):
@@ -217,9 +218,11 @@ def parse_svamp(items: Iterable[tuple[str, Any]], stem: str, worked: bool = Fals
         rationale = ""
         if worked:
             steps, result = _worked_steps(_field(item, "Equation", str, where), where)
-            # "" for an equation that is a bare number (nothing to work), or that does not give the published
-            # answer (an upstream slip: a worked example must not contradict its own answer)
-            rationale = "\n".join(steps) if math.isclose(result, answer, rel_tol=1e-6, abs_tol=1e-6) else ""
+            # "" for an equation that is a bare number (nothing to work), that does not give the published
+            # answer (an upstream slip: a worked example must not contradict its own answer), or whose step
+            # leaves a repeating decimal ("55 / 15 = 3.6666666666666665": not exact, and not how it is worked)
+            exact = all(len(step.rpartition("= ")[2].partition(".")[2]) <= 4 for step in steps)
+            rationale = "\n".join(steps) if exact and math.isclose(result, answer, rel_tol=1e-6, abs_tol=1e-6) else ""
         problems.append(
             Problem(
                 id=f"svamp/{stem}/{index:05d}",
