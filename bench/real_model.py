@@ -5,7 +5,7 @@ The two arms, run one after the other on a quiet machine (data_dir holds gsm8k/ 
 
     python -m rationale_loop loop run=svamp_loop output_root=ROOT experiment=smollm2_svamp task.data_dir=DATA
     python -m rationale_loop loop run=svamp_sft output_root=ROOT init_from=ROOT/svamp_loop/round_0 \\
-        objective=sft rank.batch_size=16 rank.micro_batch_size=8 rank.lr=2e-4
+        objective=sft rank.batch_size=16 rank.micro_batch_size=8 rank.lr=3e-4
 
 The second continues SFT from the first's SFT checkpoint at equal compute: the same rounds and optimizer
 steps, each step 16 sequences (a ranked pair is 2), at SFT's learning rate, on the SFT set's worked examples.
