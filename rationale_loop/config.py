@@ -474,10 +474,10 @@ def check_override_keys(overrides: list[str], groups: dict[str, list[str]]) -> N
     validate() then refuses)."""
     keys = schema_keys()
     for override in overrides:
-        if override.startswith("-") or "=" not in override:
+        if override.startswith("-") or ("=" not in override and not override.startswith("~")):  # `~key` drops the key
             continue
         text = override.lstrip("+~")
-        key, value = text.split("=", 1)
+        key, _, value = text.partition("=")
         key = key.strip()
         if key.startswith("hydra.") or key.startswith("hydra/"):
             if under(key, FORBIDDEN_HYDRA_KEYS):

@@ -73,6 +73,28 @@ def test_later_rounds_remember_the_run_overrides_and_a_new_one_is_a_kept_change(
     assert not (run / ".hydra").exists() and (run / "rationale_loop.log").is_file()
 
 
+def test_a_remembered_override_is_dropped_by_a_new_option_or_by_tilde_and_a_typed_one_is_refused(tmp_path):
+    first = _cli("sft", *TINY, "objective.rank_weight=2", "rank.lr=1e-5", *_where(tmp_path))
+    assert first.returncode == 0, first.stderr[-3000:]
+    run = tmp_path / "runs" / "w"
+    # Typed with an option that does not read it: refused as ever, before any work.
+    typed = _cli("round", "rounds=1", "objective=star", "objective.rank_weight=2", *_where(tmp_path))
+    assert typed.returncode == 1 and "objective.rank_weight does nothing under objective.name=star" in _one_line(typed.stderr)
+    assert not (run / "round_01").exists()
+    # Remembered, it is dropped in one line; `~rank.lr` drops the remembered rank.lr (the default applies again).
+    done = _cli("round", "rounds=1", "objective=star", "~rank.lr", *_where(tmp_path))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert ("objective.name=star does not read objective.rank_weight (objective.rank_weight=2, remembered from "
+            f"{run / 'round_00'}): dropped") in done.stdout
+    assert f"~rank.lr: rank.lr=1e-5 (remembered from {run / 'round_00'}) dropped" in done.stdout
+    saved = OmegaConf.load(run / "round_01" / "overrides.yaml")
+    assert "objective=star" in saved and not any(o.startswith(("objective.rank_weight", "rank.lr", "~")) for o in saved)
+    assert OmegaConf.load(run / "round_01" / "config.yaml").rank.lr == 3e-4  # the embedded default's (experiment=tiny_arith)
+    # Nothing left to drop: one line, not Hydra's "does not support deletion".
+    again = _cli("round", "rounds=2", "~rank.lr", *_where(tmp_path))
+    assert again.returncode == 1 and "~rank.lr drops an override the run remembers" in _one_line(again.stderr)
+
+
 def test_make_data_then_the_loop_with_other_training_settings(tmp_path):
     where = [*TINY, "data=chat_mix", *_where(tmp_path)]
     prepared = _cli("data", *where, "sft.lr=1e-3")
