@@ -189,6 +189,14 @@ def inspect_round(run: Path, k: int | None, view: InspectFilter = InspectFilter(
     if not out.exists():
         raise SystemExit(f"{out} does not exist")
     console.print(Text.assemble((visible(out), "bold"), "" if is_done(run, k) else "  (not finished)"))
+    overview = view.question is None and not (view.invalid or view.unsolved or view.wrong_chain)
+    _show_round(out, view, overview, console)
+    if overview:  # the round among the others, last as under loop and round (inspect.wide: every column)
+        print_rounds(run, console, wide=view.wide)
+
+
+def _show_round(out: Path, view: InspectFilter, overview: bool, console: Console) -> None:
+    """The round's accuracy and, when it sampled, its stats (in the overview) and the page `view` asks for."""
     metrics_path = out / "metrics.json"
     if metrics_path.exists():
         metrics = read_json(metrics_path)
@@ -198,7 +206,7 @@ def inspect_round(run: Path, k: int | None, view: InspectFilter = InspectFilter(
         return
     generations = JsonlRecords(out / "generations.jsonl", Generation)
     pairs = JsonlRecords(out / "pairs.jsonl", Pair) if (out / "pairs.jsonl").exists() else []
-    if view.question is None and not (view.invalid or view.unsolved or view.wrong_chain):
+    if overview:
         console.print(_stats_table(out, generations, pairs))
     if view.wrong_chain:
         _show_wrong_chain(generations, view, console)
