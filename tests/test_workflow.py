@@ -66,8 +66,9 @@ def test_later_rounds_remember_the_run_overrides_and_a_new_one_is_a_kept_change(
     assert OmegaConf.load(run / "round_04" / "config.yaml").rank.lr == 1e-5
     assert OmegaConf.load(run / "round_04" / "config.yaml").model.hidden_size == 64
     # Past the rounds asked for: said once, in words that say how to go on.
-    done = _cli("round", *_where(tmp_path))
-    assert done.returncode == 0 and "are done; rounds=5 runs round 5" in done.stdout and "next is" not in done.stdout
+    for command in ("round", "loop"):
+        done = _cli(command, *_where(tmp_path))
+        assert done.returncode == 0 and "are done; rounds=5 runs round 5" in done.stdout and "next is" not in done.stdout
     # Hydra keeps nothing of its own in the run (inspect and report used to overwrite .hydra/overrides.yaml).
     assert _cli("inspect", *_where(tmp_path)).returncode == 0
     assert not (run / ".hydra").exists() and (run / "rationale_loop.log").is_file()
