@@ -307,8 +307,8 @@ def _card_body(run: Path, k: int) -> tuple[str, str | None, list[str], list[str]
     results = ["| round | stage | held-out accuracy (± s.e.) | pass@n on the pool | pairs | trained on |", "|---|---|---|---|---|---|"]
     base_row = rounds[0].get("base_eval_accuracy") is not None
     if base_row:  # where the model started: the base as loaded, answers read from free text
-        results.append(f"| - | base model, before SFT | {_accuracy({'eval_accuracy': rounds[0]['base_eval_accuracy'], "
-                       f"'eval_questions': rounds[0].get('base_eval_questions')})} | - | - | - |")
+        base = _accuracy({"eval_accuracy": rounds[0]["base_eval_accuracy"], "eval_questions": rounds[0].get("base_eval_questions")})
+        results.append(f"| - | base model, before SFT | {base} | - | - | - |")
     for row in rounds:
         stage = "SFT" if row["round"] == 0 else cfg.objective.name
         pass_at = f"{row['pass_at_n']:.3f}" if row.get("pass_at_n") is not None else "-"
