@@ -272,7 +272,18 @@ def _check_sweep_or_exit(arguments: list[str]) -> None:
         raise SystemExit(f"rationale_loop: error: {error}") from None
 
 
+def _no_bars_unless_on_a_terminal() -> None:
+    """Piped into a file or a CI log, a progress bar is debris (lines redrawn with \r). The tool's own bars
+    are drawn on a terminal only (terminal.progress_bar); this turns off every library's too (datasets'
+    "Generating train split", transformers' and the hub's), in this process and the ones it starts (DDP
+    workers, vLLM's), unless the user set these variables."""
+    if not sys.stderr.isatty():
+        os.environ.setdefault("TQDM_DISABLE", "1")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
 def main(argv: list[str] | None = None) -> None:
+    _no_bars_unless_on_a_terminal()
     argv = list(sys.argv if argv is None else argv)
     # `make` hands ARGS over in this variable, split here as a shell would split words but never expanded
     # (bash would brace-expand `{path:x,schema:alpaca}` and glob `[1,2]`); popped, so no child sees it.

@@ -96,6 +96,19 @@ def test_a_remembered_override_is_dropped_by_a_new_option_or_by_tilde_and_a_type
     assert again.returncode == 1 and "~rank.lr drops an override the run remembers" in _one_line(again.stderr)
 
 
+def test_piped_output_holds_no_progress_bar(tmp_path):
+    """Not on a terminal, nothing of a progress bar is printed: the tokenizer's training (a new model cache),
+    SFT, generation, LoRA's adapter and the export's merge; the tool's own lines stay whole."""
+    where = [f"output_root={tmp_path}/runs", f"model.cache_dir={tmp_path}/fresh_models", "run=w"]
+    trained = _cli("sft", *TINY, "peft=lora", *where)
+    exported = _cli("export", "w", "--root", f"{tmp_path}/runs", "--out", f"{tmp_path}/export")
+    for done in (trained, exported):
+        assert done.returncode == 0, done.stderr[-3000:]
+        for stream in (done.stdout, done.stderr):
+            assert "\r" not in stream and "it/s" not in stream and "s/it" not in stream and "%|" not in stream, stream[-3000:]
+    assert "\n\n" not in trained.stdout.split("held-out accuracy per round")[0], trained.stdout[:3000]
+
+
 def test_make_data_then_the_loop_with_other_training_settings(tmp_path):
     where = [*TINY, "data=chat_mix", *_where(tmp_path)]
     prepared = _cli("data", *where, "sft.lr=1e-3")
