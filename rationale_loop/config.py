@@ -494,7 +494,7 @@ def check_override_keys(overrides: list[str], groups: dict[str, list[str]]) -> N
             continue  # below a free-form dict
         if key not in keys:
             raise ConfigError(f"unknown config key {key!r}{did_you_mean(key, keys)}; "
-                              "`python -m rationale_loop loop --cfg job` lists every key")
+                              "`.venv/bin/python -m rationale_loop loop --cfg job` lists every key")
 
 
 def unknown_keys(cfg: DictConfig, schema: type = None, prefix: str = "") -> list[str]:

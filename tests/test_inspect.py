@@ -84,7 +84,8 @@ def test_round_zero_has_no_samples_to_show(two_round_run):
 
 
 def test_make_inspect_ends_with_the_rounds_table_and_wide_shows_every_column(two_round_run):
-    """The rounds table's footer sends users to inspect.wide=true: under `inspect` it shows every column."""
+    """The rounds table's footer sends users to inspect.wide=true: under `inspect` it shows every column.
+    A round the run does not have is one line that lists the ones it has."""
     import os
     import subprocess
     import sys
@@ -93,10 +94,12 @@ def test_make_inspect_ends_with_the_rounds_table_and_wide_shows_every_column(two
     from rationale_loop.report import OPTIONAL_COLUMNS, ROUND_COLUMNS
     from rationale_loop.rundir import read_rounds
 
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "rationale_loop", "inspect", "run=two", f"output_root={two_round_run.parent}",
+                               *args], cwd=REPO_ROOT, capture_output=True, text=True, check=False, env={**os.environ, "COLUMNS": "80"})
+
     def inspect(*args: str) -> str:
-        done = subprocess.run([sys.executable, "-m", "rationale_loop", "inspect", "run=two", f"output_root={two_round_run.parent}",
-                               *args], cwd=REPO_ROOT, capture_output=True, text=True, check=False,
-                              env={**os.environ, "COLUMNS": "80"})
+        done = run(*args)
         assert done.returncode == 0, done.stderr[-3000:]
         return done.stdout
 
@@ -109,3 +112,6 @@ def test_make_inspect_ends_with_the_rounds_table_and_wide_shows_every_column(two
     assert all(header in wide for header in headers), [h for h in headers if h not in wide]
     # A filtered view is about the round alone.
     assert "held-out accuracy per round" not in inspect("inspect.invalid=true")
+    missing = run("inspect.round=9")
+    assert missing.returncode == 1 and missing.stderr.strip().splitlines() == [
+        f"{two_round_run / 'round_09'} does not exist; {two_round_run} has rounds 0-2"]

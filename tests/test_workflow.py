@@ -162,8 +162,8 @@ def test_read_only_commands_and_refused_configs_create_nothing(tmp_path, args):
     assert done.returncode != 0
     line = _one_line(done.stderr)
     assert set(tmp_path.iterdir()) == before, "nothing is created, not even the runs folder"
-    if args[1] == "rank.lrr=1e-4":
-        assert "did you mean rank.lr?" in line
+    if args[1] == "rank.lrr=1e-4":  # and how to list the keys, with the interpreter the README's setup makes
+        assert "did you mean rank.lr?" in line and "`.venv/bin/python -m rationale_loop loop --cfg job` lists every key" in line
     if args[1] == "objective=stra":
         assert "did you mean objective=star?" in line
 
