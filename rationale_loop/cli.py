@@ -67,26 +67,23 @@ def _what_was_kept(args: tuple[object, ...]) -> str:
             f"`make round RUN={cfg.run}` (or `make loop RUN={cfg.run}`) goes on from where it stopped.")
 
 
+# This call's `~key`s (run_config.split_drops): held back from Hydra's own composition of the command line,
+# which knows nothing of the run's remembered overrides they drop, and applied by with_run_config.
+DROPS: list[str] = []
+
+
 def with_run_config(cfg: DictConfig) -> tuple[DictConfig, list[str]]:
     """The config this call runs with: the run's remembered overrides (run_config.py) with this call's
-    laid over them, composed again; and that list of overrides, which the rounds it opens save."""
-    from hydra import compose
+    laid over them, composed again (sweep.compose_remembered); and that list of overrides, which the
+    rounds it opens save."""
     from hydra.core.hydra_config import HydraConfig
 
-    from rationale_loop.rundir import run_dir
-    from rationale_loop.paths import check_output_root, check_run_name
-    from rationale_loop.run_config import merge_overrides, remembered_overrides, with_run_named
+    from rationale_loop.sweep import compose_remembered
 
-    check_output_root(cfg.output_root)  # before the run's directory is looked into
-    check_run_name(cfg.run)
-    saved = remembered_overrides(run_dir(cfg), cfg.init_from)
-    merged = merge_overrides(saved, list(HydraConfig.get().overrides.task))
-    if not saved:
-        return cfg, merged
-    kept = [o for o in merged if o in saved]
-    print(f"[rationale_loop] {run_dir(cfg)}: with its saved overrides "
-          f"{' '.join(kept) if kept else '(none)'}", flush=True)
-    return compose(config_name="config", overrides=with_run_named(merged, cfg.run)), merged
+    composed, merged, notes = compose_remembered(cfg, [*HydraConfig.get().overrides.task, *DROPS], cfg.run)
+    for note in notes:
+        print(f"[rationale_loop] {note}", flush=True)
+    return composed, merged
 
 
 def command(name: str) -> Callable[[Callable[[DictConfig], None]], Callable[[DictConfig], None]]:
@@ -275,7 +272,18 @@ def _check_sweep_or_exit(arguments: list[str]) -> None:
         raise SystemExit(f"rationale_loop: error: {error}") from None
 
 
+def _no_bars_unless_on_a_terminal() -> None:
+    """Piped into a file or a CI log, a progress bar is debris (lines redrawn with \r). The tool's own bars
+    are drawn on a terminal only (terminal.progress_bar); this turns off every library's too (datasets'
+    "Generating train split", transformers' and the hub's), in this process and the ones it starts (DDP
+    workers, vLLM's), unless the user set these variables."""
+    if not sys.stderr.isatty():
+        os.environ.setdefault("TQDM_DISABLE", "1")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
 def main(argv: list[str] | None = None) -> None:
+    _no_bars_unless_on_a_terminal()
     argv = list(sys.argv if argv is None else argv)
     # `make` hands ARGS over in this variable, split here as a shell would split words but never expanded
     # (bash would brace-expand `{path:x,schema:alpaca}` and glob `[1,2]`); popped, so no child sees it.
@@ -287,10 +295,13 @@ def main(argv: list[str] | None = None) -> None:
         names = ", ".join([*COMMANDS, *PLAIN_COMMANDS])
         raise SystemExit(f"usage: python -m rationale_loop <{names}> [hydra overrides]\n{__doc__}")
     name = argv.pop(1)
-    sys.argv = argv
     _check_overrides_or_exit(argv[1:])
     register_configs()
     if name in RUN_COMMANDS:
+        from rationale_loop.run_config import split_drops
+
         _check_sweep_or_exit(argv[1:])
+        argv[1:], DROPS[:] = split_drops(argv[1:])
+    sys.argv = argv
     entry = hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")(COMMANDS[name])
     entry()

@@ -474,10 +474,10 @@ def check_override_keys(overrides: list[str], groups: dict[str, list[str]]) -> N
     validate() then refuses)."""
     keys = schema_keys()
     for override in overrides:
-        if override.startswith("-") or "=" not in override:
+        if override.startswith("-") or ("=" not in override and not override.startswith("~")):  # `~key` drops the key
             continue
         text = override.lstrip("+~")
-        key, value = text.split("=", 1)
+        key, _, value = text.partition("=")
         key = key.strip()
         if key.startswith("hydra.") or key.startswith("hydra/"):
             if under(key, FORBIDDEN_HYDRA_KEYS):
@@ -494,7 +494,7 @@ def check_override_keys(overrides: list[str], groups: dict[str, list[str]]) -> N
             continue  # below a free-form dict
         if key not in keys:
             raise ConfigError(f"unknown config key {key!r}{did_you_mean(key, keys)}; "
-                              "`python -m rationale_loop loop --cfg job` lists every key")
+                              "`.venv/bin/python -m rationale_loop loop --cfg job` lists every key")
 
 
 def unknown_keys(cfg: DictConfig, schema: type = None, prefix: str = "") -> list[str]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -82,11 +82,10 @@ def option_keys() -> dict[str, tuple[str, Mapping[str, Sequence[str]]]]:
     }
 
 
-def check_option_keys(cfg: DictConfig, overrides: Sequence[str]) -> None:
-    """Refuse a key that the command line sets and the group's chosen option does not read
-    (`objective=star objective.rank_weight=3`), which would otherwise do nothing in silence. A YAML
-    preset may set keys of options it does not pick (an experiment's defaults); only a key the user
-    named is refused."""
+def unread_option_keys(cfg: DictConfig, overrides: Sequence[str]) -> Iterator[tuple[str, str, str]]:
+    """(override, the choice, why) for each override that sets a key the group's chosen option does not read
+    (`objective=star objective.rank_weight=3`): the choice as `objective.name=star`, and why in words
+    naming the option and the ones that read the key."""
     groups = option_keys()
     for override in overrides:
         if "=" not in override:
@@ -101,8 +100,18 @@ def check_option_keys(cfg: DictConfig, overrides: Sequence[str]) -> None:
         own = keys_of.get(chosen, ())
         if owners and key not in own:
             reads = f"reads {', '.join(f'{group}.{k}' for k in own)} only" if own else f"reads no {group} key of its own"
-            raise ConfigError(f"{group}.{key} does nothing under {group}.{picker}={chosen}, which {reads}; "
-                              f"{group}.{picker}={' or '.join(owners)} reads it")
+            choice = f"{group}.{picker}={chosen}"
+            yield override, choice, (f"{group}.{key} does nothing under {choice}, which {reads}; "
+                                     f"{group}.{picker}={' or '.join(owners)} reads it")
+
+
+def check_option_keys(cfg: DictConfig, overrides: Sequence[str]) -> None:
+    """Refuse a key that the command line sets and the group's chosen option does not read, which would
+    otherwise do nothing in silence. A YAML preset may set keys of options it does not pick (an
+    experiment's defaults); only a key the user named is refused. (A key the run remembers, which a newly
+    chosen option does not read, is dropped before this check: sweep.compose_remembered.)"""
+    for _, _, why in unread_option_keys(cfg, overrides):
+        raise ConfigError(why)
 
 
 def _require(condition: bool, message: str) -> None:

@@ -174,11 +174,12 @@ def _rounds(run: Path, k: int) -> list[dict[str, Any]]:
     return [read_round_metrics(run, j) for j in range(k + 1)]
 
 
-def _stage(train: Any, peft: Any) -> list[tuple[str, str]]:
+def _stage(train: Any, peft: Any, rounds: list[dict[str, Any]], unit: str = "sequences") -> list[tuple[str, str]]:
+    """The settings table of a training stage, as `rounds` (the rounds that trained with it) ran it."""
     length = f"{train.steps} optimizer steps" if train.steps > 0 else f"{train.epochs:g} epoch(s)"
     optimizer = train.optimizer if train.optimizer != "adalite" else f"adalite ({train.adalite_variant}, lambda {train.adalite_lambda:g})"
     rows = [("learning rate", f"{train.lr:g}, cosine schedule, warmup {train.warmup_ratio:g} of the steps"),
-            ("length", length), ("batch", f"{train.batch_size} sequences (micro-batches of {train.micro_batch_size})"),
+            ("length", length), ("batch", _batch(train, rounds, unit)),
             ("optimizer", f"{optimizer}, weight decay {train.weight_decay:g}, gradient clip {train.grad_clip:g}"),
             ("max length", f"{train.max_length} tokens (longer rows dropped)")]
     if train.mixce_eta < 1:
@@ -191,6 +192,36 @@ def _stage(train: Any, peft: Any) -> list[tuple[str, str]]:
         rows.append(("adapter", f"{peft.method}, r {peft.r}, alpha {peft.alpha:g}, dropout {peft.dropout:g}, "
                                 f"on {', '.join(peft.target_modules)}; merged into the weights"))
     return rows
+
+
+def _batch(train: Any, rounds: list[dict[str, Any]], unit: str) -> str:
+    """The configured batch, and the one a round took when it had fewer items than that (a batch is never
+    more than the epochs' items: train._schedule_order, which cut the round's batches)."""
+    from rationale_loop.train import _schedule_order
+
+    configured = f"{train.batch_size} {unit} (micro-batches of {train.micro_batch_size})"
+    taken = {row["round"]: len(_schedule_order(row["train_items"], train.epochs, train.batch_size, 0, train.steps)[0])
+             for row in rounds if row.get("train_steps") and row.get("train_items")}
+    smaller = [f"round {k}: {size}" for k, size in taken.items() if size < train.batch_size]
+    return configured + (f"; {', '.join(smaller)} (all its items)" if smaller else "")
+
+
+def _what_happened(k: int, rounds: list[dict[str, Any]], cfg: Any) -> str:
+    """What the run did to the model after SFT, as its rounds recorded it: a round that trained on nothing
+    (no pair mined...) kept the model it started from, and the card says so rather than claim training."""
+    if k == 0:
+        return "supervised finetuning on worked rationales (round 0; no round of self-training)."
+    idle = [row for row in rounds[1:] if not row.get("train_steps")]
+    how = (f"supervised finetuning on worked rationales, then {k} round(s) of self-training in which the model answers "
+           f"a pool of questions, its answers are checked against the known ones, and it is trained on what it got right "
+           f"({_objective(cfg)}).")
+    if not idle:
+        return how
+    why = "; ".join(f"round {row['round']}: {row.get('note') or 'nothing to train on'}" for row in idle)
+    if len(idle) == k:
+        return (f"supervised finetuning on worked rationales; its {k} round(s) of self-training trained on nothing "
+                f"({why}), so its weights are those of SFT.")
+    return f"{how} {len(idle)} of the {k} rounds trained on nothing and kept the model they started from ({why})."
 
 
 def _table(rows: list[tuple[str, str]]) -> str:
@@ -323,9 +354,7 @@ def _card_body(run: Path, k: int) -> tuple[str, str | None, list[str], list[str]
                                                      for source_name, entry in sources)] if sources else []
     lines = [
         f"# {name}", "",
-        f"{name} is {base_line}, finetuned with rationale_loop: supervised finetuning on worked rationales, then "
-        f"{k} round(s) of self-training in which the model answers a pool of questions, its answers are checked "
-        f"against the known ones, and it is trained on what it got right ({_objective(cfg)}).",
+        f"{name} is {base_line}, finetuned with rationale_loop: {_what_happened(k, rounds, cfg)}",
         "",
         "## Data", "",
         f"- SFT: {_split_source(first, 'sft', rounds[0].get('train_items'))} trained on (question, gold rationale, answer)",
@@ -338,7 +367,7 @@ def _card_body(run: Path, k: int) -> tuple[str, str | None, list[str], list[str]
         f"`{cfg.task.prompt_format}`. A question is asked as:", "", "```", fmt.prompt("<question>") + fmt.response("<rationale>", "<answer>"), "```",
         "",
         "## Procedure", "",
-        "### 1. Supervised finetuning", "", _table(_stage(first.sft, first.peft)), "",
+        "### 1. Supervised finetuning", "", _table(_stage(first.sft, first.peft, rounds[:1])), "",
     ]
     if k > 0:
         lines += [
@@ -349,7 +378,7 @@ def _card_body(run: Path, k: int) -> tuple[str, str | None, list[str], list[str]
             f"one to one, and trains with {_objective(cfg)}."
             + (f" Weights are {cfg.average.method}-averaged with the round's start (factor {cfg.average.factor:g})."
                if cfg.average.method != "none" else ""),
-            "", _table(_stage(cfg.rank, cfg.peft)), "",
+            "", _table(_stage(cfg.rank, cfg.peft, rounds[1:], "pairs" if declared and declared.trains_on_pairs else "sequences")), "",
         ]
     lines += [
         "## Results", "",

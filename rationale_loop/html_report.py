@@ -101,11 +101,19 @@ ROUND_TABLES = (
 )
 
 
+# What a table none of whose rounds recorded a value says instead of a table of dashes.
+EMPTY_TABLES = {"Arithmetic steps of the samples (verify.chain)": (
+    "Arithmetic steps of the samples: not checked in this run (verify.chain=ignore). verify.chain=count counts "
+    "each sample's steps; verify.chain=check also makes a right answer reached by a wrong step incorrect.")}
+
+
 def _rounds_table(rows: list[dict[str, Any]]) -> str:
     grouped = [key for _, keys in ROUND_TABLES for key in keys]
     tables = [(title, list(keys)) for title, keys in ROUND_TABLES]
     tables[-1][1].extend(key for key in ROUND_SUMMARY_KEYS[1:] if key not in grouped)
-    return "\n".join(_one_rounds_table(title, keys, rows) for title, keys in tables)
+    return "\n".join(f'<p class="off">{escape(EMPTY_TABLES[title])}</p>'
+                     if title in EMPTY_TABLES and not any(row.get(key) is not None for row in rows for key in keys)
+                     else _one_rounds_table(title, keys, rows) for title, keys in tables)
 
 
 def _one_rounds_table(title: str, keys: list[str], rows: list[dict[str, Any]]) -> str:

@@ -182,19 +182,27 @@ def run_data(cfg: DictConfig, overrides: list[str] | None = None) -> str:
         return f"[rationale_loop] SFT data of {run.dir} (prepared in {out}):\n\n" + preview(out, example, len(sft))
 
 
+def _all_done(run: Run) -> bool:
+    """True, said with how to go on, when every round `rounds` asks for is finished."""
+    k = next_round(run.dir)
+    if k > run.cfg.rounds:
+        print(f"[rationale_loop] all {run.cfg.rounds} round(s) of {run.dir} after SFT are done; "
+              f"rounds={k} runs round {k}, and the run remembers it", flush=True)
+    return k > run.cfg.rounds
+
+
 def run_next_round(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]:
     with open_run(cfg, overrides) as run:
-        k = next_round(run.dir)
-        if k > cfg.rounds:
-            print(f"[rationale_loop] all {cfg.rounds} round(s) of {run.dir} after SFT are done; "
-                  f"rounds={k} runs round {k}, and the run remembers it", flush=True)
+        if _all_done(run):
             return {}
         print(f"[rationale_loop] run {run.dir}: next is {describe_next(run.dir)}", flush=True)
-        return run.run_round(k)
+        return run.run_round(next_round(run.dir))
 
 
 def run_loop(cfg: DictConfig, overrides: list[str] | None = None) -> list[dict[str, Any]]:
     with open_run(cfg, overrides) as run:
+        if _all_done(run):
+            return read_rounds(run.dir)
         print(f"[rationale_loop] run {run.dir}: {cfg.rounds} round(s) after SFT; next is {describe_next(run.dir)}", flush=True)
         while (k := next_round(run.dir)) <= cfg.rounds:
             run.run_round(k)

@@ -27,6 +27,7 @@ DPI = 100
 # A little above 1, so that a point at 1.0 (every sample valid) is not cut in half by the frame.
 FRACTION_TOP = 1.05
 NO_ROUNDS_YET = "no self-training round finished yet (round 0 is SFT)"
+NO_PAIRS = "no finished round mined a pair to rank"
 
 
 # -- data read from the run directory ------------------------------------------------------------------
@@ -119,7 +120,7 @@ def ranking_figure(rows: list[dict[str, Any]]) -> Figure:
         ax.axhline(0.5, color="gray", linestyle=":", linewidth=1)
         _legend_outside(ax)
     else:
-        _note(ax, NO_ROUNDS_YET)
+        _note(ax, NO_PAIRS if _self_training_rows(rows) else NO_ROUNDS_YET)
     _fraction_axis(ax, rows, "fraction of pairs with s_c > s_r")
     return figure
 

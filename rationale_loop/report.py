@@ -23,7 +23,7 @@ from rich.text import Text
 
 from rationale_loop.config import ConfigError
 from rationale_loop.paths import shown
-from rationale_loop.rundir import FORK, is_done, read_rounds, round_dir, round_label, with_base_row
+from rationale_loop.rundir import FORK, is_done, next_round, read_rounds, round_dir, round_label, with_base_row
 from rationale_loop.records import Generation, JsonlRecords, Pair, group_by, read_fork_record, read_json, row_error
 from rationale_loop.terminal import plain, visible
 
@@ -187,8 +187,24 @@ def inspect_round(run: Path, k: int | None, view: InspectFilter = InspectFilter(
         raise ConfigError(f"inspect.round must be >= 0 (or null: the last finished round), got {k}")
     out = round_dir(run, k)
     if not out.exists():
-        raise SystemExit(f"{out} does not exist")
+        raise SystemExit(f"{out} does not exist; {_rounds_there(run)}")
     console.print(Text.assemble((visible(out), "bold"), "" if is_done(run, k) else "  (not finished)"))
+    overview = view.question is None and not (view.invalid or view.unsolved or view.wrong_chain)
+    _show_round(out, view, overview, console)
+    if overview:  # the round among the others, last as under loop and round (inspect.wide: every column)
+        print_rounds(run, console, wide=view.wide)
+
+
+def _rounds_there(run: Path) -> str:
+    """The rounds a run has, for a message about one it does not have."""
+    done = next_round(run) if run.is_dir() else 0
+    have = ([f"rounds 0-{done - 1}" if done > 1 else "round 0"] if done else []) + (
+        [f"round {done} (not finished)"] if round_dir(run, done).is_dir() else [])
+    return f"{run} has {' and '.join(have)}" if have else f"{run} has no round"
+
+
+def _show_round(out: Path, view: InspectFilter, overview: bool, console: Console) -> None:
+    """The round's accuracy and, when it sampled, its stats (in the overview) and the page `view` asks for."""
     metrics_path = out / "metrics.json"
     if metrics_path.exists():
         metrics = read_json(metrics_path)
@@ -198,7 +214,7 @@ def inspect_round(run: Path, k: int | None, view: InspectFilter = InspectFilter(
         return
     generations = JsonlRecords(out / "generations.jsonl", Generation)
     pairs = JsonlRecords(out / "pairs.jsonl", Pair) if (out / "pairs.jsonl").exists() else []
-    if view.question is None and not (view.invalid or view.unsolved or view.wrong_chain):
+    if overview:
         console.print(_stats_table(out, generations, pairs))
     if view.wrong_chain:
         _show_wrong_chain(generations, view, console)

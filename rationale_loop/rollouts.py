@@ -3,14 +3,13 @@ answer against the gold answer. Shared by a round's generation phase and by eval
 
 from __future__ import annotations
 
-import sys
 from typing import Collection, Iterator, Sequence
 
-from tqdm.auto import tqdm
 
 from rationale_loop.data.formats import ReasoningFormat
 from rationale_loop.generate.base import Backend, Completion, Sampling
 from rationale_loop.records import Generation, Problem
+from rationale_loop.terminal import progress_bar
 from rationale_loop.verify import is_correct
 
 
@@ -65,8 +64,7 @@ def sample_and_judge(
         prompts = [fmt.hinted_prompt(p.question, p.answer) for p in problems]
     else:
         prompts = [fmt.prompt(p.question) for p in problems]
-    bar = tqdm(total=len(problems), initial=len(skip), desc=desc, unit="q", disable=not sys.stderr.isatty(), leave=False)
-    with bar as progress:
+    with progress_bar(len(problems), len(skip), desc, unit="q") as progress:
         for index, completions in backend.generate(prompts, sampling, skip):
             problem = problems[index]
             yield [judge(problem, prompts[index], k, c, fmt, verify_kind, chain) for k, c in enumerate(completions)]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Sequence
 
 import yaml
 
@@ -49,15 +50,28 @@ def is_remembered(override: str) -> bool:
 def merge_overrides(saved: list[str], new: list[str]) -> list[str]:
     """The saved overrides with each key the new ones name replaced (in the saved order), then the new
     ones for other keys. A key first added with "+" keeps its "+" when it is given again without one:
-    the user is changing a value, not adding the key a second time."""
+    the user is changing a value, not adding the key a second time. A new `~key` drops the saved
+    override of the key (the default applies again); one with no saved override to drop is kept, for
+    Hydra to delete what a preset put there (an entry of data.sources)."""
     merged: dict[str, str] = {override_key(o)[1]: o for o in saved if is_remembered(o)}
     for override in new:
         prefix, key = override_key(override)
         earlier = merged.get(key)
+        if prefix == "~" and earlier is not None:
+            del merged[key]
+            continue
         if earlier is not None and not prefix and override_key(earlier)[0] == "+":
             override = "+" + override
         merged[key] = override
     return list(merged.values())
+
+
+def split_drops(overrides: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(the overrides but the `~key`s, the `~key`s): Hydra composes a call's own overrides before the run's
+    remembered ones are read, and a `~key` that drops one of them would fail there (a key of the schema
+    cannot be deleted); merge_overrides applies them. Hydra's own (`~hydra/...`) stay Hydra's."""
+    drops = [o for o in overrides if override_key(o)[0] == "~" and is_remembered(o)]
+    return [o for o in overrides if o not in drops], drops
 
 
 def holds_work(round_path: Path) -> bool:
@@ -113,25 +127,26 @@ def write_overrides(round_path: Path, overrides: list[str]) -> None:
         handle.write(yaml.safe_dump([o for o in overrides if is_remembered(o)], default_flow_style=False, allow_unicode=True))
 
 
-def remembered_overrides(run: Path, init_from: str | None) -> list[str]:
+def remembered_overrides(run: Path, init_from: str | None) -> tuple[list[str], Path | None]:
     """What a command on `run` starts from: the overrides of the run's latest round that holds
     something (a finished round, or an interrupted one with a finished phase), or, on a fork's first
-    call, those of the round it forks. Empty for a new run."""
+    call, those of the round it forks; and that round, for messages. Empty (and None) for a new run."""
     from rationale_loop.rundir import FORK, next_round, parse_round_path, round_dir
 
     if init_from and not os.path.lexists(run / FORK):
         source, k = parse_round_path(init_from)
-        return (read_overrides(round_dir(source, k)) or []) if round_dir(source, k).is_dir() else []
+        saved = read_overrides(round_dir(source, k)) if round_dir(source, k).is_dir() else None
+        return (saved, round_dir(source, k)) if saved is not None else ([], None)
     if not run.is_dir():
-        return []
+        return [], None
     k = next_round(run)
     candidates = [round_dir(run, k)] if round_dir(run, k).is_dir() and holds_work(round_dir(run, k)) else []
     candidates += [round_dir(run, j) for j in range(k - 1, -1, -1)]
     for path in candidates:
         saved = read_overrides(path)
         if saved is not None:
-            return saved
-    return []
+            return saved, path
+    return [], None
 
 
 def with_run_named(overrides: list[str], run: str) -> list[str]:

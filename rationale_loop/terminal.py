@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import io
 import re
-from typing import Any, Iterable, Sequence
+import sys
+from contextlib import contextmanager
+from typing import Any, Iterable, Iterator, Sequence
 
 from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 # C0 controls but tab and newline, DEL, C1 controls (U+0080-U+009F: 8-bit CSI, NEL, ...), and the
 # bidirectional embeddings, overrides and isolates that reorder what a reader sees ("Trojan Source").
@@ -56,3 +60,36 @@ def text_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     Console(file=out, width=10_000, height=10_000, force_terminal=False, force_jupyter=False, color_system=None,
             legacy_windows=False).print(table)
     return "\n".join(line.rstrip() for line in out.getvalue().splitlines())
+
+
+class _Bar(tqdm):
+    """tqdm with its speed averaged over the whole phase, and no remaining time until it has moved twice.
+    Generation yields a batch's questions together once the batch is done, and its first batch (the longest
+    prompts) is its slowest: the first redraw, one question in that batch's time, would put the remaining
+    time at the batch's time per question (48 minutes for a 17-second phase)."""
+
+    moves, last_n = 0, None
+    WITHOUT_ETA = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]"
+
+    def display(self, msg: str | None = None, pos: int | None = None) -> Any:
+        if self.n != self.last_n:
+            self.moves, self.last_n = self.moves + 1, self.n
+        return super().display(msg, pos)
+
+    @property
+    def format_dict(self) -> dict[str, Any]:
+        shown = super().format_dict
+        return shown if self.moves > 2 else {**shown, "bar_format": self.WITHOUT_ETA}  # the first draw is at n=initial
+
+
+@contextmanager
+def progress_bar(total: int, initial: int = 0, desc: str = "", unit: str = "it") -> Iterator[tqdm]:
+    """A progress bar on a terminal, nothing at all otherwise (piped into a log, a bar is debris). While it
+    is shown, log lines go above it (tqdm.write), not onto the end of its line."""
+    if not sys.stderr.isatty():
+        with tqdm(total=total, initial=initial, disable=True) as bar:
+            yield bar
+        return
+    with logging_redirect_tqdm(tqdm_class=_Bar), _Bar(total=total, initial=initial, desc=desc, unit=unit, leave=False,
+                                                     smoothing=0) as bar:
+        yield bar

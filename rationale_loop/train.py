@@ -11,7 +11,6 @@ import logging
 import math
 from contextlib import nullcontext
 import random
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +19,6 @@ from typing import Any, Sequence
 import torch
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, gather_object
-from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rationale_loop.config import TrainConfig
@@ -32,6 +30,7 @@ from rationale_loop.objectives import Objective, SupervisedObjective
 from rationale_loop.optim import build_optimizer, cosine_with_warmup
 from rationale_loop.packing import collate_packed, packed_attention, pack_indices
 from rationale_loop.records import atomic_writer
+from rationale_loop.terminal import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -114,9 +113,9 @@ def train(
 
     start = time.perf_counter()
     model.train()
-    progress = tqdm(total=len(batches), initial=first_step - 1, desc=desc, disable=not sys.stderr.isatty(), leave=False)
     packed = packed_attention(accelerator.unwrap_model(model)) if packs(objective, cfg) else nullcontext()
-    with neftune(accelerator.unwrap_model(model), cfg.neftune_alpha), packed:
+    bar = progress_bar(len(batches), first_step - 1, desc)
+    with neftune(accelerator.unwrap_model(model), cfg.neftune_alpha), packed, bar as progress:
         for step, batch_indices in enumerate(batches[first_step - 1 :], start=first_step):
             ordered = _dealing_order(batch_indices, lengths, cfg, accelerator.num_processes)
             share, weight = process_share(ordered, accelerator.process_index, accelerator.num_processes)
@@ -139,7 +138,6 @@ def train(
                 elapsed = earlier_seconds + time.perf_counter() - start
                 _save_state(state_path, accelerator, model, optimizer, scheduler, history, len(batches), elapsed, tokens, padded)
             crash_point("train_step")
-    progress.close()
     if writer is not None:
         writer.close()
     model = accelerator.unwrap_model(model)

@@ -23,7 +23,7 @@ def compose_config(*overrides: str):
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_composes_and_validates(experiment):
     cfg = compose_config(f"experiment={experiment}")
-    validate(cfg)
+    validate(cfg, [f"experiment={experiment}"])  # as the command line names it: a pretrained model needs it named
 
 
 def test_default_is_the_embedded_tiny_arith_experiment():

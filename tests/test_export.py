@@ -176,3 +176,27 @@ def test_a_pretrained_run_s_card_names_its_base_model_and_hub_datasets(two_round
     assert done.returncode == 0, done.stderr
     card = ModelCard.load(str(tmp_path / "x" / "README.md"))
     assert card.data.base_model == "Qwen/Qwen2.5-0.5B" and card.data.datasets == ["openai/gsm8k"] and card.data.license == "apache-2.0"
+
+
+def test_the_card_says_a_round_trained_on_nothing_and_the_batch_a_round_took(two_round_run, tmp_path):
+    """As if round 1 had mined no pair and round 2 had fewer pairs than a batch (the metrics are edited)."""
+    run = tmp_path / "runs" / "idle"
+    shutil.copytree(two_round_run, run, symlinks=True)
+
+    def record(k: int, **values) -> None:
+        metrics = run / f"round_{k:02d}" / "metrics.json"
+        metrics.write_text(json.dumps({**json.loads(metrics.read_text()), **values}))
+
+    note = "no pair could be mined (no question had both a correct and an incorrect sample)"
+    record(1, train_items=0, train_steps=0, pairs=0, note=note)
+    record(2, train_items=3, train_steps=1)
+    rank = OmegaConf.load(run / "round_02" / "config.yaml").rank
+    assert rank.steps == 0 and math.ceil(rank.epochs * 3) < rank.batch_size, "the small run's rank stage runs by epochs"
+    assert _export(str(run), "--round", "1", "--out", str(tmp_path / "one")).returncode == 0
+    card = (tmp_path / "one" / "README.md").read_text()
+    assert "trained on what it got right" not in card
+    assert f"its 1 round(s) of self-training trained on nothing (round 1: {note}), so its weights are those of SFT" in card
+    assert _export(str(run), "--round", "2", "--out", str(tmp_path / "two")).returncode == 0
+    card = (tmp_path / "two" / "README.md").read_text()
+    assert "trained on what it got right" in card and f"1 of the 2 rounds trained on nothing and kept the model they started from (round 1: {note})" in card
+    assert f"| batch | {rank.batch_size} pairs (micro-batches of {rank.micro_batch_size}); round 2: {math.ceil(rank.epochs * 3)} (all its items) |" in card

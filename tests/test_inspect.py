@@ -81,3 +81,37 @@ def test_invalid_and_unsolved_filters_match_the_generations(two_round_run):
 
 def test_round_zero_has_no_samples_to_show(two_round_run):
     assert "round 0 is SFT" in _shown(two_round_run, 0)
+
+
+def test_make_inspect_ends_with_the_rounds_table_and_wide_shows_every_column(two_round_run):
+    """The rounds table's footer sends users to inspect.wide=true: under `inspect` it shows every column.
+    A round the run does not have is one line that lists the ones it has."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT
+    from rationale_loop.report import OPTIONAL_COLUMNS, ROUND_COLUMNS
+    from rationale_loop.rundir import read_rounds
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "rationale_loop", "inspect", "run=two", f"output_root={two_round_run.parent}",
+                               *args], cwd=REPO_ROOT, capture_output=True, text=True, check=False, env={**os.environ, "COLUMNS": "80"})
+
+    def inspect(*args: str) -> str:
+        done = run(*args)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.stdout
+
+    rows = read_rounds(two_round_run)
+    headers = [c[0] for c in ROUND_COLUMNS] + [c[0] for c in OPTIONAL_COLUMNS if any(r.get(c[3]) is not None for r in rows)]
+    narrow = inspect()
+    assert "held-out accuracy per round" in narrow and "not shown at 80 columns" in narrow and "inspect.wide=true" in narrow
+    wide = inspect("inspect.wide=true")
+    assert "held-out accuracy per round" in wide and "not shown at" not in wide
+    assert all(header in wide for header in headers), [h for h in headers if h not in wide]
+    # A filtered view is about the round alone.
+    assert "held-out accuracy per round" not in inspect("inspect.invalid=true")
+    missing = run("inspect.round=9")
+    assert missing.returncode == 1 and missing.stderr.strip().splitlines() == [
+        f"{two_round_run / 'round_09'} does not exist; {two_round_run} has rounds 0-2"]

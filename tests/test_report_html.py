@@ -169,6 +169,27 @@ def test_a_run_with_only_sft_has_plots_and_no_pairs(two_round_run, tmp_path):
     assert dom.pair_rounds == []
 
 
+def test_the_ranking_plot_says_no_round_mined_a_pair_and_an_sft_only_run_has_no_round_yet(two_round_run):
+    rows = read_rounds(two_round_run)
+    unpaired = [rows[0], *({**row, "pairs": 0, "pairs_ranked_right_before": None, "pairs_ranked_right_after": None} for row in rows[1:])]
+    for shown, note in ((unpaired, plots.NO_PAIRS), (rows[:1], plots.NO_ROUNDS_YET)):
+        assert [text.get_text() for text in plots.ranking_figure(shown).axes[0].texts] == [note]
+
+
+def test_the_chain_table_says_chain_checking_is_off_and_shows_its_steps_when_on(report, two_round_run, tmp_path):
+    from rationale_loop.html_report import EMPTY_TABLES
+
+    title = "Arithmetic steps of the samples (verify.chain)"
+    texts = Dom(report.read_text()).texts
+    assert EMPTY_TABLES[title] in texts and title not in texts, "the small run checks no steps"
+    run = tmp_path / "chain"
+    shutil.copytree(two_round_run, run, ignore=shutil.ignore_patterns("checkpoint"))
+    rows = [{**row, "steps_checked": 40 + row["round"]} if row["round"] else row for row in read_rounds(two_round_run)]
+    (run / "rounds.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    texts = Dom(write_report(run).read_text()).texts
+    assert title in texts and EMPTY_TABLES[title] not in texts and "41" in texts and "42" in texts
+
+
 def test_a_run_with_no_finished_round_is_refused(tmp_path):
     with pytest.raises(SystemExit, match="no finished round"):
         write_report(tmp_path / "empty")

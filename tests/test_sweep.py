@@ -84,3 +84,29 @@ def test_the_command_line_refuses_a_bad_sweep_in_one_line_before_creating_anythi
         "rationale_loop: error: sweep job objective=star: objective.rank_weight does nothing under objective.name=star, which "
         "reads objective.rationalize, objective.sft_replay only; objective.name=memphis reads it (no job was started)"]
     assert list(Path(tmp_path).iterdir()) == []
+
+
+def test_a_remembered_key_the_jobs_option_does_not_read_is_dropped_and_a_typed_one_refused(tmp_path):
+    """README's sweep after README's loop: the source remembers objective.rank_weight=1, which the star job's
+    objective does not read; it is dropped for that job (the user did not type it), kept for the memphis job."""
+    register_configs()
+    source = tmp_path / "runs" / "w1" / "round_01"
+    source.mkdir(parents=True)
+    write_overrides(source, ["objective.rank_weight=1", "rounds=2"])
+    job_name = 'run="w1-r1/${fitting_name:${hydra:job.override_dirname}}"'
+    assert check_sweep([f"init_from={source}", job_name, "rank.lr=1e-7,5e-7", "objective=memphis,star"], CONFIG_DIR) == 4
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        star, star_saved = job_config([f"init_from={source}", job_name, "objective=star"])
+        memphis, memphis_saved = job_config([f"init_from={source}", job_name, "objective=memphis"])
+        dropped, dropped_saved = job_config([f"init_from={source}", job_name, "objective=memphis"], ["~objective.rank_weight"])
+    assert "objective.rank_weight=1" not in star_saved and "objective=star" in star_saved and "rounds=2" in star_saved
+    assert "objective.rank_weight=1" in memphis_saved and memphis.objective.rank_weight == 1
+    assert "objective.rank_weight=1" not in dropped_saved and dropped.objective.rank_weight == 5  # memphis' own
+    # Typed on the command line, the key is still refused; a `~key` of a key the run does not remember is one line.
+    with pytest.raises(ConfigError, match=r"^sweep job objective=star: objective.rank_weight does nothing under objective.name=star"):
+        check_sweep([f"init_from={source}", job_name, "objective=memphis,star", "objective.rank_weight=2"], CONFIG_DIR)
+    with pytest.raises(ConfigError, match=r"^sweep job .*: ~rank.lr drops an override the run remembers, and .* remembers none of rank.lr"):
+        check_sweep([f"init_from={source}", job_name, "objective=memphis,star", "~rank.lr"], CONFIG_DIR)
+    assert check_sweep([f"init_from={source}", job_name, "objective=memphis,star", "~objective.rank_weight"], CONFIG_DIR) == 2

@@ -66,11 +66,47 @@ def test_later_rounds_remember_the_run_overrides_and_a_new_one_is_a_kept_change(
     assert OmegaConf.load(run / "round_04" / "config.yaml").rank.lr == 1e-5
     assert OmegaConf.load(run / "round_04" / "config.yaml").model.hidden_size == 64
     # Past the rounds asked for: said once, in words that say how to go on.
-    done = _cli("round", *_where(tmp_path))
-    assert done.returncode == 0 and "are done; rounds=5 runs round 5" in done.stdout and "next is" not in done.stdout
+    for command in ("round", "loop"):
+        done = _cli(command, *_where(tmp_path))
+        assert done.returncode == 0 and "are done; rounds=5 runs round 5" in done.stdout and "next is" not in done.stdout
     # Hydra keeps nothing of its own in the run (inspect and report used to overwrite .hydra/overrides.yaml).
     assert _cli("inspect", *_where(tmp_path)).returncode == 0
     assert not (run / ".hydra").exists() and (run / "rationale_loop.log").is_file()
+
+
+def test_a_remembered_override_is_dropped_by_a_new_option_or_by_tilde_and_a_typed_one_is_refused(tmp_path):
+    first = _cli("sft", *TINY, "objective.rank_weight=2", "rank.lr=1e-5", *_where(tmp_path))
+    assert first.returncode == 0, first.stderr[-3000:]
+    run = tmp_path / "runs" / "w"
+    # Typed with an option that does not read it: refused as ever, before any work.
+    typed = _cli("round", "rounds=1", "objective=star", "objective.rank_weight=2", *_where(tmp_path))
+    assert typed.returncode == 1 and "objective.rank_weight does nothing under objective.name=star" in _one_line(typed.stderr)
+    assert not (run / "round_01").exists()
+    # Remembered, it is dropped in one line; `~rank.lr` drops the remembered rank.lr (the default applies again).
+    done = _cli("round", "rounds=1", "objective=star", "~rank.lr", *_where(tmp_path))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert ("objective.name=star does not read objective.rank_weight (objective.rank_weight=2, remembered from "
+            f"{run / 'round_00'}): dropped") in done.stdout
+    assert f"~rank.lr: rank.lr=1e-5 (remembered from {run / 'round_00'}) dropped" in done.stdout
+    saved = OmegaConf.load(run / "round_01" / "overrides.yaml")
+    assert "objective=star" in saved and not any(o.startswith(("objective.rank_weight", "rank.lr", "~")) for o in saved)
+    assert OmegaConf.load(run / "round_01" / "config.yaml").rank.lr == 3e-4  # the embedded default's (experiment=tiny_arith)
+    # Nothing left to drop: one line, not Hydra's "does not support deletion".
+    again = _cli("round", "rounds=2", "~rank.lr", *_where(tmp_path))
+    assert again.returncode == 1 and "~rank.lr drops an override the run remembers" in _one_line(again.stderr)
+
+
+def test_piped_output_holds_no_progress_bar(tmp_path):
+    """Not on a terminal, nothing of a progress bar is printed: the tokenizer's training (a new model cache),
+    SFT, generation, LoRA's adapter and the export's merge; the tool's own lines stay whole."""
+    where = [f"output_root={tmp_path}/runs", f"model.cache_dir={tmp_path}/fresh_models", "run=w"]
+    trained = _cli("sft", *TINY, "peft=lora", *where)
+    exported = _cli("export", "w", "--root", f"{tmp_path}/runs", "--out", f"{tmp_path}/export")
+    for done in (trained, exported):
+        assert done.returncode == 0, done.stderr[-3000:]
+        for stream in (done.stdout, done.stderr):
+            assert "\r" not in stream and "it/s" not in stream and "s/it" not in stream and "%|" not in stream, stream[-3000:]
+    assert "\n\n" not in trained.stdout.split("held-out accuracy per round")[0], trained.stdout[:3000]
 
 
 def test_make_data_then_the_loop_with_other_training_settings(tmp_path):
@@ -126,8 +162,8 @@ def test_read_only_commands_and_refused_configs_create_nothing(tmp_path, args):
     assert done.returncode != 0
     line = _one_line(done.stderr)
     assert set(tmp_path.iterdir()) == before, "nothing is created, not even the runs folder"
-    if args[1] == "rank.lrr=1e-4":
-        assert "did you mean rank.lr?" in line
+    if args[1] == "rank.lrr=1e-4":  # and how to list the keys, with the interpreter the README's setup makes
+        assert "did you mean rank.lr?" in line and "`.venv/bin/python -m rationale_loop loop --cfg job` lists every key" in line
     if args[1] == "objective=stra":
         assert "did you mean objective=star?" in line
 
@@ -145,25 +181,31 @@ def test_make_passes_args_without_shell_expansion(tmp_path):
 
 
 def test_ctrl_c_ends_with_one_line_and_the_same_command_goes_on(tmp_path):
+    """Under make, as a user presses it: SIGINT to make, its shell and the tool at once (a terminal's
+    foreground process group). The tool's one line, and no "make: *** ... Error 130" after it."""
     run = tmp_path / "runs" / "w"
-    slow = [*TINY, "rounds=1", "task.pool_size=64", "generate.n=8", "generate.max_new_tokens=48", "generate.batch_size=8"]
+    slow = [*TINY, "rounds=1", "task.pool_size=64", "generate.n=8", "generate.max_new_tokens=48", "generate.batch_size=8",
+            f"model.cache_dir={tmp_path.parent}/workflow_models"]
     # Held inside sampling (after the first question's samples are written) until interrupted: the signal
     # lands mid-phase on any machine, however fast it samples (rationale_loop/faults.py).
     never = tmp_path / "never-released"
-    # Ctrl-C as in a terminal: SIGINT handled by default in the child even when this suite was started with
-    # it ignored (a background job of a non-interactive shell, `cmd &`), which the child would inherit.
-    process = subprocess.Popen([sys.executable, "-m", "rationale_loop", "loop", *slow, *_where(tmp_path)],
+    # Ctrl-C as in a terminal: SIGINT handled by default in make even when this suite was started with it
+    # ignored (a background job of a non-interactive shell, `cmd &`), which make would inherit; make in a
+    # process group of its own, which the signal is sent to.
+    process = subprocess.Popen(["make", "--no-print-directory", "-o", ".venv/.installed", f"BIN={Path(sys.executable).parent}",
+                                "loop", "RUN=w", f"OUTPUT_ROOT={tmp_path}/runs", f"ARGS={' '.join(slow)}"],
                                cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, WAIT_AT: f"generate:{never}"},
+                               env={**os.environ, WAIT_AT: f"generate:{never}"}, start_new_session=True,
                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     partial = run / "round_01" / "generations.jsonl.partial"
     deadline = time.monotonic() + 300
     while not partial.exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
     assert process.poll() is None, "the run ended before it reached sampling"
-    process.send_signal(signal.SIGINT)
+    os.killpg(process.pid, signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 130
+    # make ends as interrupted (a calling shell sees 130), which it does only when the tool exited 130.
+    assert process.returncode == -signal.SIGINT, stderr[-3000:]
     line = _one_line(stderr)
     assert line.startswith("rationale_loop: interrupted") and f"make round RUN=w" in line
     assert not (run / "round_01" / "DONE").exists()
