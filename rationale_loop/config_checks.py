@@ -62,7 +62,9 @@ def _check_experiment_fits_model(cfg: DictConfig, overrides: Sequence[str]) -> N
     tiny_arith.yaml: LR 2e-3, trained embeddings, temperature 1) are tuned for a 1M-parameter model trained
     from random weights, and would wreck a pretrained one. Refused rather than switched silently, so the
     user picks the settings and the run remembers the choice (docs/configuration.md)."""
-    if cfg.model.source == "tiny" or any(override_key(o)[1] == "experiment" for o in overrides if "=" in o):
+    # Only a command line says which experiment was picked (none named: the default); a config checked
+    # without one (composed by a caller that named its own) is not judged here.
+    if not overrides or cfg.model.source == "tiny" or any(override_key(o)[1] == "experiment" for o in overrides if "=" in o):
         return
     raise ConfigError("a pretrained model with the embedded default's settings (experiment=tiny_arith, tuned for the tiny "
                       "model from random weights): add experiment=none for the recipe's, or an experiment made for it "

@@ -92,7 +92,8 @@ def test_a_model_folder_with_a_broken_config_is_one_line_naming_it(smollm2_folde
         (broken / name).symlink_to(smollm2_folder / name)
     (broken / "config.json").write_text('{"model_type": "llama", "hidden_size": ')  # cut off mid-write
     done = subprocess.run([sys.executable, "-m", "rationale_loop", "sft", "model=pretrained", f"model.path={broken}",
-                           "experiment=none", "task=svamp", f"task.data_dir={shared_data}", f"output_root={tmp_path}/runs"], capture_output=True, text=True, check=False)
+                           "experiment=none", "task=svamp", "objective.anchor=chosen", f"task.data_dir={shared_data}",
+                           f"output_root={tmp_path}/runs"], capture_output=True, text=True, check=False)
     assert done.returncode != 0
     last = done.stderr.strip().splitlines()[-1]
     assert str(broken) in last and "Traceback" not in done.stderr, done.stderr[-2000:]
