@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 from collections import Counter
 from pathlib import Path
@@ -92,12 +93,20 @@ def markdown(name: str, rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _cpu_name() -> str:
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.machine()
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), platform.machine())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--out", type=Path, default=Path("bench/results/real_model.json"))
     args = parser.parse_args()
-    result = {"machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version()},
+    result = {"machine": {"cpu": _cpu_name(), "cores": os.cpu_count(), "python": platform.python_version()},
               "runs": {run.name: stages(run) for run in args.runs}}
     for name, rows in result["runs"].items():
         print(markdown(name, rows), end="\n\n")
