@@ -44,7 +44,7 @@ def _error(read: Callable[[Path], Any], path: Path) -> str:
 
 
 def test_every_public_loader_is_covered() -> None:
-    assert set(LOADERS) == {"gsm8k", "aqua", "svamp"}
+    assert set(LOADERS) == {"gsm8k", "aqua", "svamp", "svamp_worked"}
 
 
 @pytest.mark.parametrize("reader", sorted(JSONL_READERS))
@@ -98,6 +98,7 @@ def test_svamp_bad_bytes_name_file_line_and_column(tmp_path: Path) -> None:
     path.write_bytes(_svamp_bytes(_bad_line(SVAMP).rstrip(b"\n")))
     column = len('{"Body": "') + len("é") + 1
     assert _error(LOADERS["svamp"], path) == f"{path}:4: not valid UTF-8 (byte 0xff at column {column})"
+    assert _error(LOADERS["svamp_worked"], path) == f"{path}:4: not valid UTF-8 (byte 0xff at column {column})"
 
 
 def test_svamp_bad_bytes_after_a_byte_order_mark(tmp_path: Path) -> None:
