@@ -260,10 +260,10 @@ def test_rounds_tables_fit_a_1400_pixel_window_with_every_column(chromium, repor
     from rationale_loop.rundir import ROUND_SUMMARY_KEYS
 
     page = report.read_text()
-    chain_title, chain_keys = ROUND_TABLES[-1]  # the run checks no chain: that table is one line saying so
-    assert escape(EMPTY_TABLES[chain_title]) in page
+    # The small run checks no arithmetic steps: that table is a line saying so (the chain table test).
+    said_off = {key for title, keys in ROUND_TABLES if title in EMPTY_TABLES for key in keys}
     for key in ROUND_SUMMARY_KEYS[1:]:
-        assert (f'<td class="{key}">' in page) == (key not in chain_keys), key
+        assert f'<td class="{key}">' in page or key in said_off, key
     probe = tmp_path / "widths.html"
     probe.write_text(page.replace("</body>", WIDTHS_PROBE + "</body>"))
     dom = Dom(run_chromium(chromium, probe, tmp_path / "profile", "--window-size=1400,900", "--dump-dom"))
