@@ -62,6 +62,6 @@ class FreeTextReading:
             if marker:
                 text = text.partition(marker)[0]
         answer = read_free_answer(text)
-        if answer is None or not answer:
+        if not answer:
             return Parsed(None, None, "no_answer")
         return Parsed(text.strip(), answer)

@@ -162,24 +162,17 @@ def generation_dtype(setting: str, model_dtype: str) -> str:
 
 @contextmanager
 def quiet_transformers() -> Iterator[None]:
-    """Loading and saving without transformers' progress bars ("Loading weights", GGUF's dequantizing, which
-    is plain tqdm) when the output is not a terminal: piped into a log they are debris, not progress."""
-    if sys.stderr.isatty():
+    """Loading and saving without transformers' progress bars ("Loading weights", "Writing model shards")
+    when the output is not a terminal: piped into a log they are debris, not progress. (Plain tqdm bars of
+    other libraries are off through TQDM_DISABLE, which the CLI sets before it starts: tqdm reads it once.)"""
+    if sys.stderr.isatty() or not transformers.utils.logging.is_progress_bar_enabled():
         yield
         return
-    bars_were_on = transformers.utils.logging.is_progress_bar_enabled()
-    saved = os.environ.get("TQDM_DISABLE")
     transformers.utils.logging.disable_progress_bar()
-    os.environ["TQDM_DISABLE"] = "1"  # tqdm reads its defaults from TQDM_* when a bar is made
     try:
         yield
     finally:
-        if bars_were_on:
-            transformers.utils.logging.enable_progress_bar()
-        if saved is None:
-            os.environ.pop("TQDM_DISABLE", None)
-        else:
-            os.environ["TQDM_DISABLE"] = saved
+        transformers.utils.logging.enable_progress_bar()
 
 
 def load_tokenizer(path: str | Path, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:

@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from rationale_loop.evaluate import evaluate as evaluate_questions, metrics_from_file
+from rationale_loop.evaluate import accuracy_metrics, evaluate as evaluate_questions
 from rationale_loop.free_text import FreeTextReading
 from rationale_loop.phases.context import Engines, RunContext
 
@@ -45,6 +45,7 @@ def base_metrics(round0: Path) -> dict[str, Any]:
 
     from rationale_loop.records import Generation, JsonlRecords
 
-    reasons = Counter(s.invalid_reason for s in JsonlRecords(round0 / OUTPUT, Generation) if s.invalid_reason)
-    return {**{PREFIX + key: value for key, value in metrics_from_file(round0 / OUTPUT).items()},
+    samples = list(JsonlRecords(round0 / OUTPUT, Generation))  # read once: the metrics and the reasons
+    reasons = Counter(s.invalid_reason for s in samples if s.invalid_reason)
+    return {**{PREFIX + key: value for key, value in accuracy_metrics(samples).items()},
             PREFIX + "invalid_reasons": dict(sorted(reasons.items()))}
