@@ -1,14 +1,16 @@
-"""Generation through transformers `generate`: prompts batched by length, left padding, KV cache,
-n samples per prompt expanded inside one call, stopping at EOS or at a stop string."""
+"""Generation in process with a transformers model: prompts batched by length, left padding, KV cache,
+each prompt's n samples sharing its forward pass, finished rows leaving the batch (generate/decode.py),
+stopping at EOS or at a stop string."""
 
 from __future__ import annotations
 
-from typing import Collection, Iterator, Sequence
+from typing import Callable, Collection, Iterator, Sequence
 
 import torch
-from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rationale_loop.generate.base import Completion, Sampling
+from rationale_loop.generate.decode import Decoded, decode_batch
 
 
 class HFBackend:
@@ -38,22 +40,6 @@ class HFBackend:
             gc.collect()
             torch.cuda.empty_cache()
 
-    def _generation_config(self, sampling: Sampling) -> GenerationConfig:
-        # Built from scratch so a checkpoint's own generation defaults (top_k=50, say) never leak in.
-        sample = sampling.temperature > 0
-        return GenerationConfig(
-            max_new_tokens=sampling.max_new_tokens,
-            do_sample=sample,
-            temperature=sampling.temperature if sample else None,
-            top_p=sampling.top_p if sample else None,
-            top_k=0 if sample else None,
-            num_return_sequences=sampling.n,
-            pad_token_id=self.pad_id,
-            eos_token_id=self.eos_id,
-            stop_strings=list(sampling.stop) or None,
-            use_cache=True,
-        )
-
     def generate(
         self, prompts: Sequence[str], sampling: Sampling, skip: Collection[int] = ()
     ) -> Iterator[tuple[int, list[Completion]]]:
@@ -69,7 +55,6 @@ class HFBackend:
         # Longest first: batches of similar length waste little on padding, and an out-of-memory
         # error, if any, comes at once rather than at the end.
         order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
-        config = self._generation_config(sampling)
         was_training = self.model.training
         self.model.eval()
         try:
@@ -79,8 +64,8 @@ class HFBackend:
                 # number: a resumed run samples the batches it still needs exactly as the first run did.
                 if all(i in skip for i in indices):
                     continue
-                torch.manual_seed(sampling.seed * 1_000_003 + batch_number)
-                completions = self._generate_batch([encoded[i] for i in indices], config, sampling)
+                generator = torch.Generator(self.model.device).manual_seed(sampling.seed * 1_000_003 + batch_number)
+                completions = self._generate_batch([encoded[i] for i in indices], sampling, generator)
                 for offset, index in enumerate(indices):
                     if index not in skip:
                         yield index, completions[offset * sampling.n : (offset + 1) * sampling.n]
@@ -88,29 +73,32 @@ class HFBackend:
             self.model.train(was_training)
 
     @torch.inference_mode()
-    def _generate_batch(self, batch: list[list[int]], config: GenerationConfig, sampling: Sampling) -> list[Completion]:
-        width = max(len(ids) for ids in batch)
-        input_ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, ids in enumerate(batch):
-            input_ids[row, width - len(ids) :] = torch.tensor(ids)
-            attention_mask[row, width - len(ids) :] = 1
-        device = self.model.device
-        # Stop strings are matched on decoded text, so generate needs the tokenizer for them.
-        extra = {"tokenizer": self.tokenizer} if sampling.stop else {}
-        output = self.model.generate(
-            input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), generation_config=config, **extra
+    def _generate_batch(self, batch: list[list[int]], sampling: Sampling, generator: torch.Generator) -> list[Completion]:
+        decoded = decode_batch(
+            self.model, batch, sampling.n, sampling.temperature, sampling.top_p, sampling.max_new_tokens,
+            end_id=self.eos_id, pad_id=self.pad_id, generator=generator, stopped=self._stop_check(sampling.stop),
         )
-        new_tokens = output[:, width:].tolist()
-        return [self._completion(tokens, sampling.max_new_tokens, sampling.stop) for tokens in new_tokens]
+        return [self._completion(row, sampling.stop) for row in decoded]
 
-    def _completion(self, tokens: list[int], max_new_tokens: int, stop: Sequence[str] = ()) -> Completion:
-        if self.eos_id in tokens:
-            end = tokens.index(self.eos_id)
-            text = self.tokenizer.decode(tokens[:end], skip_special_tokens=True)
-            return cut_at_stop(Completion(text, "stop", end + 1), stop)
+    def _stop_check(self, stop: Sequence[str]) -> Callable[[list[int]], bool] | None:
+        """Whether a row's tokens end in one of the stop strings. Only the last few tokens are decoded: a
+        string of L characters lies within the last L tokens plus the few bytes a character may split into."""
+        strings = [s for s in stop if s]
+        if not strings:
+            return None
+        window = 4 * max(len(s) for s in strings) + 2
+        decode = self.tokenizer.decode
+
+        def stopped(tokens: list[int]) -> bool:
+            tail = decode(tokens[-window:], skip_special_tokens=True)
+            return any(s in tail for s in strings)
+
+        return stopped
+
+    def _completion(self, row: Decoded, stop: Sequence[str] = ()) -> Completion:
+        tokens = row.tokens[:-1] if row.tokens and row.tokens[-1] == self.eos_id else row.tokens
         text = self.tokenizer.decode(tokens, skip_special_tokens=True)
-        return cut_at_stop(Completion(text, "length", min(len(tokens), max_new_tokens)), stop)
+        return cut_at_stop(Completion(text, row.finish_reason, len(row.tokens)), stop)
 
 
 def cut_at_stop(completion: Completion, stop: Sequence[str]) -> Completion:
