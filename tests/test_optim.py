@@ -581,6 +581,26 @@ def test_registry_builds_and_rejects_unknown():
         build_optimizer("lion", p, lr=1e-3)
 
 
+def test_adamw_takes_the_fused_kernel_unless_told_otherwise():
+    model = torch.nn.Linear(4, 3)
+    assert build_optimizer("adamw", model.parameters(), lr=1e-3).param_groups[0]["fused"] is True
+    groups = [{"params": [model.weight]}, {"params": [model.bias], "weight_decay": 0.0}]
+    assert build_optimizer("adamw", groups, lr=1e-3).param_groups[1]["fused"] is True
+    assert not build_optimizer("adamw", model.parameters(), lr=1e-3, foreach=False).param_groups[0]["fused"]
+    assert not build_optimizer("adamw", model.parameters(), lr=1e-3, fused=False).param_groups[0]["fused"]
+    # The same update as torch's default kernel, within float rounding.
+    fused, plain = torch.nn.Linear(4, 3), torch.nn.Linear(4, 3)
+    plain.load_state_dict(fused.state_dict())
+    start = fused.weight.detach().clone()
+    optimizers = [build_optimizer("adamw", m.parameters(), lr=1e-2, fused=f) for m, f in ((fused, None), (plain, False))]
+    for _ in range(3):
+        for m, optimizer in zip((fused, plain), optimizers):
+            m(torch.ones(2, 4)).square().sum().backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    assert torch.allclose(fused.weight, plain.weight, atol=1e-6) and not torch.allclose(fused.weight, start)
+
+
 # --------------------------------------------------------------------------- schedule
 
 
