@@ -53,9 +53,14 @@ def pick_tokens(logits: torch.Tensor, temperature: float, top_p: float, generato
     return tokens
 
 
-def _cache_keyword(model: PreTrainedModel) -> str:
-    """The forward argument that takes the KV cache: `cache` in recent transformers, `past_key_values` before."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+def _forward_options(model: PreTrainedModel, cache: DynamicCache) -> tuple[dict, dict]:
+    """The forward arguments of a step and of the prompts' pass: the KV cache under the name this model's
+    forward takes (`cache` in recent transformers, `past_key_values` before), and on the prompts' pass only
+    the last position's logits where the model can be told so (a prompt's other logits are never read)."""
+    forward = getattr(model, "get_base_model", lambda: model)().forward
+    parameters = inspect.signature(forward).parameters
+    step = {"cache" if "cache" in parameters else "past_key_values": cache, "use_cache": True}
+    return step, {**step, "logits_to_keep": 1} if "logits_to_keep" in parameters else step
 
 
 def decode_batch(
@@ -82,9 +87,8 @@ def decode_batch(
     input_ids, mask = input_ids.to(device), mask.to(device)
     positions = (mask.cumsum(dim=-1) - 1).clamp(min=0)
     cache = DynamicCache(config=model.config)
-    keyword = _cache_keyword(model)
-    logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                   logits_to_keep=1, **{keyword: cache}).logits[:, -1]
+    step_options, prompt_options = _forward_options(model, cache)
+    logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, **prompt_options).logits[:, -1]
     if n > 1:  # the prompt was read once; its samples share its cache from here on
         cache.batch_repeat_interleave(n)
         logits, mask = logits.repeat_interleave(n, dim=0), mask.repeat_interleave(n, dim=0)
@@ -112,7 +116,6 @@ def decode_batch(
             tokens, mask, next_position = tokens[index], mask[index], next_position[index]
             live = [live[slot] for slot in keep]
         mask = torch.cat([mask, mask.new_ones((len(live), 1))], dim=-1)
-        logits = model(input_ids=tokens[:, None], attention_mask=mask, position_ids=next_position, use_cache=True,
-                       **{keyword: cache}).logits[:, -1]
+        logits = model(input_ids=tokens[:, None], attention_mask=mask, position_ids=next_position, **step_options).logits[:, -1]
         next_position = next_position + 1
     return [result or Decoded([], "length") for result in results]  # (None only when max_new_tokens is 0)

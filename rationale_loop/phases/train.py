@@ -14,6 +14,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
 from accelerate import PartialState
 
 from rationale_loop.adapters import attach, load_for_training, merge
@@ -93,7 +94,11 @@ def _self_train(ctx: RunContext, k: int) -> None:
     tokenizer = load_tokenizer(start, cfg.model.trust_remote_code)
 
     def rank_own_pairs(current: Any, when: str) -> dict[str, Any]:
-        scores = pair_scores(current, tokenizer, pairs, cfg.rank.max_length, cfg.rank.micro_batch_size, ctx.fmt.reply_end)
+        # In the precision the round trains in (what its rank term saw): in fp32 these two passes over the
+        # pairs took 60% of a SmolLM2 round's training phase; under bf16 autocast they take 1/1.5 of that.
+        device = next(current.parameters()).device.type
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=cfg.rank.mixed_precision == "bf16"):
+            scores = pair_scores(current, tokenizer, pairs, cfg.rank.max_length, cfg.rank.micro_batch_size, ctx.fmt.reply_end)
         return ranking_summary(scores, when)
 
     _train_and_save(ctx, model, tokenizer, items, objective, cfg.rank, cfg.seed + k, f"round {k}", out,
