@@ -1,17 +1,19 @@
 """The real-model learning table (docs/learning.md): runs of experiment=smollm2_svamp read back from their
 run directories, one row per stage, the base model first.
 
-The two arms, run one after the other on a quiet machine (data_dir holds gsm8k/ and svamp/):
+The arms, run one after the other on a quiet machine (data_dir holds svamp/):
 
     python -m rationale_loop loop run=svamp_loop output_root=ROOT experiment=smollm2_svamp task.data_dir=DATA
     python -m rationale_loop loop run=svamp_sft output_root=ROOT init_from=ROOT/svamp_loop/round_0 \\
         objective=sft rank.batch_size=16 rank.micro_batch_size=8 rank.lr=3e-4
+    python -m rationale_loop loop run=svamp_star output_root=ROOT init_from=ROOT/svamp_loop/round_0 \\
+        objective=star rank.batch_size=16 rank.micro_batch_size=8 rank.lr=3e-4
 
 The second continues SFT from the first's SFT checkpoint at equal compute: the same rounds and optimizer
 steps, each step 16 sequences (a ranked pair is 2), at SFT's learning rate, on the SFT set's worked examples.
-Then:
+The third is STaR at the same compute and rate: each round's correct samples as SFT examples. Then:
 
-    python bench/real_model.py ROOT/svamp_loop ROOT/svamp_sft [--out bench/results/real_model.json]
+    python bench/real_model.py ROOT/svamp_loop ROOT/svamp_sft ROOT/svamp_star [--out bench/results/real_model.json]
 
 Per stage: held-out accuracy ± its standard error sqrt(p(1-p)/n), how many held-out answers were cut off by
 the token limit, and for the rounds the pool's pass@n, valid and truncated samples, pairs, and the arithmetic

