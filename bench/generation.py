@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import time
@@ -42,6 +41,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 from hydra import compose, initialize_config_dir  # noqa: E402
 
@@ -53,6 +53,31 @@ from rationale_loop.generate import Sampling  # noqa: E402
 from rationale_loop.generate.hf import HFBackend  # noqa: E402
 from rationale_loop.generate.vllm import VLLMBackend  # noqa: E402
 from rationale_loop.model import load_model, load_tokenizer  # noqa: E402
+from training_stages import machine_description  # noqa: E402
+
+
+def machine() -> dict:
+    """The CPU, threads and library versions the figures were measured with (no host names or paths)."""
+    import transformers
+
+    return {**machine_description(torch.get_num_threads()), "transformers": transformers.__version__}
+
+
+def checkpoint_label(checkpoint: Path) -> str:
+    """Which checkpoint, without the folder it lay in on the measuring machine."""
+    return "/".join(Path(checkpoint).parts[-2:])
+
+
+def report(result: dict, out: Path, columns: list[tuple[str, int, str]], ratio_format: str) -> None:
+    """Write the result and print its rows as a table: columns are (row key, width, format spec)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"{'backend':<38}" + "".join(f"{key:>{width}}" for key, width, _ in columns))
+    for name, row in result["rows"].items():
+        print(f"{name:<38}" + "".join(f"{row.get(key, ''):>{width}{spec if key in row else ''}}" for key, width, spec in columns))
+    for name, value in result["ratios"].items():
+        print(f"{name}: {value:{ratio_format}}x")
+    print(f"wrote {out}")
 
 
 def tokens_of(results) -> int:
@@ -147,23 +172,17 @@ def real_model(args) -> None:
     else:
         print(f"(no {args.vllm_python}: `make setup-vllm` for the vLLM rows)")
     result = {
-        "machine": {"cpu_threads": torch.get_num_threads(), "platform": platform.platform(), "matmul_peak_gflops": peaks},
-        "settings": {"experiment": args.experiment, "checkpoint": str(checkpoint), "parameters": parameters, "n": sampling.n,
+        "machine": {**machine(), "matmul_peak_gflops": peaks},
+        "settings": {"experiment": args.experiment, "checkpoint": checkpoint_label(checkpoint), "parameters": parameters, "n": sampling.n,
                      "temperature": sampling.temperature, "top_p": sampling.top_p, "max_new_tokens": sampling.max_new_tokens,
                      "hf_batch_size": batch_size, "repeats": args.repeats},
         "rows": rows,
         "ratios": {f"hf_{d}_over_transformers_generate_{d}": rows[f"hf_{d}"]["tokens_per_s"] / rows[f"transformers_generate_{d}"]["tokens_per_s"]
                    for d in args.dtypes.split(",")},
     }
-    out = Path(args.out if args.out != DEFAULT_OUT else ROOT / f"bench/results/generation_{args.experiment}.json")
-    out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"matmul peak: bf16 {peaks['bfloat16']:.0f} GFLOP/s, fp32 {peaks['float32']:.0f} GFLOP/s; {parameters / 1e6:.1f}M parameters")
-    print(f"{'backend':<38}{'tokens':>8}{'seconds':>9}{'tok/s':>8}{'of peak':>9}")
-    for name, row in rows.items():
-        print(f"{name:<38}{row['tokens']:>8}{row['seconds']:>9.2f}{row['tokens_per_s']:>8.1f}{row['share_of_matmul_peak']:>9.1%}")
-    for name, value in result["ratios"].items():
-        print(f"{name}: {value:.2f}x")
-    print(f"wrote {out}")
+    report(result, Path(args.out if args.out != DEFAULT_OUT else ROOT / f"bench/results/generation_{args.experiment}.json"),
+           [("tokens", 8, "d"), ("seconds", 9, ".2f"), ("tokens_per_s", 13, ".1f"), ("share_of_matmul_peak", 21, ".1%")], ".2f")
 
 
 def run_naive(model, tokenizer, prompts, sampling):
@@ -279,9 +298,9 @@ def main() -> None:
         return max(rows[n]["tokens_per_s"] for n in names)
 
     result = {
-        "machine": {"cpu_threads": torch.get_num_threads(), "platform": platform.platform()},
+        "machine": machine(),
         "settings": {"n": gen.n, "temperature": gen.temperature, "top_p": gen.top_p, "max_new_tokens": gen.max_new_tokens,
-                     "hf_batch_size": gen.batch_size, "repeats": args.repeats, "checkpoint": str(checkpoint)},
+                     "hf_batch_size": gen.batch_size, "repeats": args.repeats, "checkpoint": checkpoint_label(checkpoint)},
         "rows": rows,
         "ratios": {
             "hf_best_over_naive_best": best("hf", "hf_bf16") / best("naive", "naive_bf16"),
@@ -289,14 +308,7 @@ def main() -> None:
             **({"hf_bf16_over_vllm_bf16_with_start": rows["hf_bf16"]["tokens_per_s"] / rows["vllm_with_start"]["tokens_per_s"]} if "vllm_with_start" in rows else {}),
         },
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"{'backend':<22}{'questions':>10}{'tokens':>10}{'seconds':>10}{'tok/s':>10}")
-    for name, row in rows.items():
-        print(f"{name:<22}{row.get('questions', ''):>10}{row.get('tokens', ''):>10}{row['seconds']:>10.2f}{row.get('tokens_per_s', float('nan')):>10.1f}")
-    for name, value in result["ratios"].items():
-        print(f"{name}: {value:.1f}x")
-    print(f"wrote {args.out}")
+    report(result, Path(args.out), [("questions", 10, "d"), ("tokens", 10, "d"), ("seconds", 10, ".2f"), ("tokens_per_s", 13, ".1f")], ".1f")
 
 
 if __name__ == "__main__":

@@ -89,11 +89,10 @@ def decode_batch(
     cache = DynamicCache(config=model.config)
     step_options, prompt_options = _forward_options(model, cache)
     logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, **prompt_options).logits[:, -1]
+    next_position = positions[:, -1:] + 1
     if n > 1:  # the prompt was read once; its samples share its cache from here on
         cache.batch_repeat_interleave(n)
-        logits, mask = logits.repeat_interleave(n, dim=0), mask.repeat_interleave(n, dim=0)
-        positions = positions.repeat_interleave(n, dim=0)
-    next_position = positions[:, -1:] + 1
+        logits, mask, next_position = (t.repeat_interleave(n, dim=0) for t in (logits, mask, next_position))
     live = list(range(len(prompts) * n))  # the original row of each row of the batch
     results: list[Decoded | None] = [None] * len(live)
     sampled: list[list[int]] = [[] for _ in live]
