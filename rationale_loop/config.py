@@ -315,6 +315,10 @@ class GenerateConfig:
     temperature: float = 0.5
     top_p: float = 0.8
     max_new_tokens: int = 512
+    # Processes that share a round's sampling (rationale_loop/generate/shards.py), started by `accelerate
+    # launch`: one engine each, on its own GPU(s) where GPUs are visible, else on the CPU with its share of
+    # the cores. The merged generations.jsonl is byte-identical to one process's.
+    workers: int = 1
     # hf: prompts per generate call (each expands to n sequences); evaluation's is eval.batch_size.
     batch_size: int = 64
     # vllm: prompts per engine call (sampling and evaluation alike), each call's results saved before the

@@ -150,6 +150,7 @@ def _check_ranges(cfg: DictConfig) -> None:
     _require(gen.temperature >= 0, f"generate.temperature must be >= 0 (0: greedy), got {gen.temperature}")
     _require(0.0 < gen.top_p <= 1.0, f"generate.top_p must be in (0, 1], got {gen.top_p}")
     _require(gen.max_new_tokens >= 1, f"generate.max_new_tokens must be at least 1, got {gen.max_new_tokens}")
+    _require(gen.workers >= 1, f"generate.workers must be at least 1, got {gen.workers}")
     _require(gen.batch_size >= 1, f"generate.batch_size must be at least 1, got {gen.batch_size}")
     _require(gen.chunk_size >= 1, f"generate.chunk_size must be at least 1, got {gen.chunk_size}")
     _require(gen.tensor_parallel_size >= 1, f"generate.tensor_parallel_size must be at least 1, got {gen.tensor_parallel_size}")

@@ -1,11 +1,12 @@
 """Named crash points, for testing that every phase of a round resumes after a hard crash.
 
-`RATIONALE_LOOP_KILL_AT=<point>[:<hit>]` makes the process send itself SIGKILL the <hit>-th time (default
-the first) it passes the named point: no exception handler, `finally` block or atexit hook runs, exactly
-as when the machine's OOM killer or a pre-empted node ends a job. Unset, a crash point costs one
+`RATIONALE_LOOP_KILL_AT=<point>[:<hit>][@<rank>]` makes the process send itself SIGKILL the <hit>-th time
+(default the first) it passes the named point: no exception handler, `finally` block or atexit hook runs,
+exactly as when the machine's OOM killer or a pre-empted node ends a job. With @<rank>, only the process of
+that rank under a launcher (the RANK variable) is killed: one worker of several. Unset, a crash point costs one
 dictionary lookup. The points a round passes:
 
-    generate      after each question's samples are appended to generations.jsonl.partial
+    generate      after each question's samples are appended to generations.jsonl.partial (a worker's own)
     generated     after generations.jsonl is written, before mining
     mined         after pairs.jsonl and stats.json are written, before training
     train_step    after each optimizer step (and the training state saved at that step, if any)
@@ -34,8 +35,9 @@ def crash_point(name: str) -> None:
     wanted = os.environ.get(KILL_AT)
     if not wanted:
         return
+    wanted, _, rank = wanted.partition("@")
     point, _, hit = wanted.partition(":")
-    if point != name:
+    if point != name or (rank and rank != os.environ.get("RANK", "0")):
         return
     _passes[name] += 1
     if _passes[name] == int(hit or 1):

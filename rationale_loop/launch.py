@@ -46,10 +46,47 @@ def launch_command(cfg: Any, run: Path, k: int) -> list[str]:
         flags = ["--config_file", str(cfg.config_file), *flags]
     if "--num_machines" not in cfg.extra_args and not cfg.config_file:
         flags += ["--num_machines", "1"]
-    # Without these accelerate guesses (and warns): mixed precision comes from model.dtype, not the launcher.
-    flags += ["--mixed_precision", "no", "--dynamo_backend", "no"]
-    return [sys.executable, "-m", "accelerate.commands.launch", *flags, *map(str, cfg.extra_args),
-            "-m", "rationale_loop.worker", str(run), str(k)]
+    return accelerate_command([*flags, *map(str, cfg.extra_args)], "rationale_loop.worker", [str(run), str(k)])
+
+
+def accelerate_command(flags: list[str], module: str, args: list[str]) -> list[str]:
+    """`accelerate launch FLAGS -m MODULE ARGS`. Without the two flags added here accelerate guesses (and
+    warns): mixed precision comes from model.dtype, not the launcher, and nothing is compiled."""
+    return [sys.executable, "-m", "accelerate.commands.launch", *flags, "--mixed_precision", "no", "--dynamo_backend", "no",
+            "-m", module, *args]
+
+
+def generation_command(workers: int, run: Path, k: int, gpus: list[str]) -> list[str]:
+    """The `accelerate launch` command line for round k's sampling in `workers` processes on this machine
+    (rationale_loop/sample_worker.py); `gpus` are the GPU ids the workers share out (none: the CPU)."""
+    flags = ["--multi_gpu", "--num_processes", str(workers), "--num_machines", "1"]
+    return accelerate_command(flags, "rationale_loop.sample_worker", [str(run), str(k), ",".join(gpus)])
+
+
+def visible_gpu_ids() -> list[str]:
+    """The ids of the GPUs this process can see, as CUDA_VISIBLE_DEVICES names them (or 0..count-1)."""
+    count = visible_gpus()
+    named = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    return named[:count] if len(named) >= count else [str(i) for i in range(count)]
+
+
+def check_generation_gpus(workers: int, gpus_per_worker: int) -> list[str]:
+    """The visible GPU ids, refused in one line when GPUs are visible but too few for one engine of
+    `gpus_per_worker` GPUs (vLLM's tensor parallel size) per worker; none visible: the workers use the CPU."""
+    gpus = visible_gpu_ids()
+    if gpus and workers * gpus_per_worker > len(gpus):
+        raise UserError(f"generate.workers={workers} with {gpus_per_worker} GPU(s) per engine needs {workers * gpus_per_worker} GPUs, "
+                        f"and {len(gpus)} are visible: set generate.workers to at most {len(gpus) // gpus_per_worker}")
+    return gpus
+
+
+def run_generation_workers(workers: int, run: Path, k: int, gpus: list[str]) -> None:
+    command = generation_command(workers, run, k, gpus)
+    log.info("round %d: sampling in %d worker processes: %s", k, workers, " ".join(command))
+    finished = subprocess.run(command, check=False)
+    if finished.returncode != 0:
+        raise UserError(f"round {k}: a sampling worker failed with exit status {finished.returncode} (its output is above); "
+                        "the next call resumes, each worker keeping the questions it finished")
 
 
 def visible_gpus() -> int:
@@ -70,6 +107,17 @@ def check_devices(cfg: Any) -> None:
     if cfg.num_processes > gpus:
         raise UserError(f"launch.num_processes={cfg.num_processes} needs one GPU per process, and {gpus} GPU(s) are visible: "
                         f"set launch.num_processes to at most {gpus}, or launch.device=cpu to train on the CPU over gloo")
+
+
+def check_processes(cfg: Any) -> None:
+    """Refuse, in one line, training processes (launch=) or sampling workers (generate.workers) that the
+    visible GPUs cannot hold, before a run does any work (`cfg` is the whole config)."""
+    if cfg.launch.kind != "local":
+        check_devices(cfg.launch)
+    if cfg.generate.workers > 1:
+        from rationale_loop.generate import gpus_per_engine
+
+        check_generation_gpus(cfg.generate.workers, gpus_per_engine(cfg.generate))
 
 
 def worker_env(cfg: Any) -> dict[str, str]:

@@ -132,14 +132,12 @@ def open_run(cfg: DictConfig, overrides: list[str] | None = None) -> Iterator[Ru
     that writes a run opens it this way. The config is checked first, so a bad one is refused before the
     run directory is even created. The run's log (rationale_loop.log) is appended to meanwhile; the
     generation engine is closed at the end."""
+    from rationale_loop.launch import check_processes
     from rationale_loop.lock import run_lock
     from rationale_loop.rundir import run_dir
 
     validate(cfg, overrides or ())
-    if cfg.launch.kind != "local":  # more processes than GPUs: refused before the run does any work
-        from rationale_loop.launch import check_devices
-
-        check_devices(cfg.launch)
+    check_processes(cfg)  # more processes than GPUs: refused before the run does any work
     with run_lock(run_dir(cfg)), _run_log(run_dir(cfg) / "rationale_loop.log"):
         run = Run(cfg, overrides=overrides)
         try:

@@ -20,7 +20,7 @@ import tempfile
 from dataclasses import MISSING, asdict, dataclass, fields
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any, Callable, Iterable, Iterator
+from typing import IO, Any, Callable, Iterable, Iterator, Sequence
 
 from rationale_loop.errors import DataError
 from rationale_loop.paths import RunPathError, check_no_link_out, file_kind, trusted_root
@@ -307,28 +307,36 @@ def append_jsonl(path: str | os.PathLike[str], rows: Iterable[Any]) -> None:
         os.fsync(handle.fileno())
 
 
-def sort_jsonl(source: str | os.PathLike[str], target: str | os.PathLike[str], key: Callable[[dict[str, Any]], Any]) -> int:
-    """Write the lines of `source` to `target` ordered by `key`, holding only (key, offset) pairs in
-    memory, never the rows themselves: a pool ten times larger costs ten times the disk, not the RAM.
-    Atomic like write_jsonl_atomic; returns the number of rows."""
-    source, target = Path(source), Path(target)
+def sort_jsonl(source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], target: str | os.PathLike[str],
+               key: Callable[[dict[str, Any]], Any]) -> int:
+    """Write the lines of `source` (a file, or several read as one) to `target` ordered by `key`, holding
+    only (key, file, offset) entries in memory, never the rows themselves: a pool ten times larger costs ten
+    times the disk, not the RAM. Atomic like write_jsonl_atomic; returns the number of rows."""
+    sources = [Path(source)] if isinstance(source, (str, os.PathLike)) else [Path(s) for s in source]
+    target = Path(target)
     index = []
-    with open_regular(source) as handle:
-        offset = 0
-        for line_number, line in enumerate(handle, start=1):
-            if line.strip():
-                try:
-                    row = json.loads(line)
-                except ValueError as error:
-                    raise DataError(f"{source}:{line_number}: not valid JSON ({error})") from None
-                index.append((key(row), offset, len(line)))
-            offset += len(line)
+    for number, path in enumerate(sources):
+        with open_regular(path) as handle:
+            offset = 0
+            for line_number, line in enumerate(handle, start=1):
+                if line.strip():
+                    try:
+                        row = json.loads(line)
+                    except ValueError as error:
+                        raise DataError(f"{path}:{line_number}: not valid JSON ({error})") from None
+                    index.append((key(row), number, offset, len(line)))
+                offset += len(line)
     index.sort(key=lambda entry: entry[0])
-    with source.open("rb") as reader, atomic_writer(target, binary=True) as writer:
-        for _, offset, length in index:
-            reader.seek(offset)
-            line = reader.read(length)
-            writer.write(line if line.endswith(b"\n") else line + b"\n")
+    readers = [path.open("rb") for path in sources]
+    try:
+        with atomic_writer(target, binary=True) as writer:
+            for _, number, offset, length in index:
+                readers[number].seek(offset)
+                line = readers[number].read(length)
+                writer.write(line if line.endswith(b"\n") else line + b"\n")
+    finally:
+        for reader in readers:
+            reader.close()
     return len(index)
 
 

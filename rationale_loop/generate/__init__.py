@@ -18,7 +18,7 @@ from typing import Any, Callable
 from rationale_loop.generate.base import Backend, Completion, Sampling
 from rationale_loop.registry import Registry
 
-__all__ = ["Backend", "Completion", "Sampling", "BACKENDS", "make_backend", "resolve_backend"]
+__all__ = ["Backend", "Completion", "Sampling", "BACKENDS", "make_backend", "resolve_backend", "seed_units", "gpus_per_engine"]
 log = logging.getLogger(__name__)
 
 
@@ -73,6 +73,11 @@ def resolve_backend(cfg: Any) -> str:
     return "vllm" if vllm_importable(cfg.python) else "hf"
 
 
+def gpus_per_engine(cfg: Any) -> int:
+    """The GPUs one engine of `cfg.backend` takes where GPUs are used: vLLM's tensor parallel size, else 1."""
+    return cfg.tensor_parallel_size if resolve_backend(cfg) == "vllm" else 1
+
+
 @functools.lru_cache(maxsize=None)
 def vllm_importable(python: str | None) -> bool:
     """Whether `python` (None: this interpreter) finds the vllm module (found, not imported: cheap)."""
@@ -83,6 +88,30 @@ def vllm_importable(python: str | None) -> bool:
         return subprocess.run([python, "-c", probe], capture_output=True, timeout=120, check=False).returncode == 0
     except (OSError, subprocess.TimeoutExpired):
         return False
+
+
+def _hf_units(cfg: Any, checkpoint: Path, prompts: list[str], sampling: Sampling, batch_size: int, trust_remote_code: bool) -> list[list[int]]:
+    from rationale_loop.generate.hf import encode_prompts, prompt_batches
+    from rationale_loop.model import load_tokenizer
+
+    return prompt_batches(encode_prompts(load_tokenizer(checkpoint, trust_remote_code), prompts, sampling), batch_size)
+
+
+def _vllm_units(cfg: Any, checkpoint: Path, prompts: list[str], sampling: Sampling, batch_size: int, trust_remote_code: bool) -> list[list[int]]:
+    from rationale_loop.generate.vllm import prompt_chunks
+
+    return [list(chunk) for chunk in prompt_chunks(len(prompts), cfg.chunk_size)]
+
+
+SEED_UNITS: Registry[Callable[..., list[list[int]]]] = Registry("generate.backend", {"hf": _hf_units, "vllm": _vllm_units})
+
+
+def seed_units(cfg: Any, checkpoint: Path, prompts: list[str], sampling: Sampling, batch_size: int,
+               trust_remote_code: bool = False) -> list[list[int]]:
+    """The groups of prompt indices that the backend `cfg` resolves to samples together, each seeded by its
+    number alone (hf: its batches; vllm: its chunks), worked out without loading the model. A process given
+    whole groups (the others skipped) samples them exactly as one process given every prompt does."""
+    return SEED_UNITS.get(resolve_backend(cfg))(cfg, Path(checkpoint), list(prompts), sampling, batch_size, trust_remote_code)
 
 
 BACKENDS: Registry[Callable[..., Backend]] = Registry("generate.backend", {"hf": _hf, "vllm": _vllm, "auto": _auto})

@@ -45,23 +45,11 @@ class HFBackend:
     ) -> Iterator[tuple[int, list[Completion]]]:
         if self.model is None:
             raise RuntimeError("this HFBackend is closed")
-        if sampling.reply_end is None:
-            encoded = [self.tokenizer(p, add_special_tokens=True)["input_ids"] for p in prompts]
-        else:
-            from rationale_loop.encode import Encoder
-
-            encoder = Encoder(self.tokenizer, max_length=1 << 30, reply_end=sampling.reply_end)
-            encoded = [list(encoder.prompt_ids(p)) for p in prompts]
-        # Longest first: batches of similar length waste little on padding, and an out-of-memory
-        # error, if any, comes at once rather than at the end.
-        order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
+        encoded = encode_prompts(self.tokenizer, prompts, sampling)
         was_training = self.model.training
         self.model.eval()
         try:
-            for batch_number, start in enumerate(range(0, len(order), self.batch_size)):
-                indices = order[start : start + self.batch_size]
-                # Batches are cut from every prompt, skipped ones included, and each is seeded by its
-                # number: a resumed run samples the batches it still needs exactly as the first run did.
+            for batch_number, indices in enumerate(prompt_batches(encoded, self.batch_size)):
                 if all(i in skip for i in indices):
                     continue
                 generator = torch.Generator(self.model.device).manual_seed(sampling.seed * 1_000_003 + batch_number)
@@ -99,6 +87,25 @@ class HFBackend:
         tokens = row.tokens[:-1] if row.tokens and row.tokens[-1] == self.eos_id else row.tokens
         text = self.tokenizer.decode(tokens, skip_special_tokens=True)
         return cut_at_stop(Completion(text, row.finish_reason, len(row.tokens)), stop)
+
+
+def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], sampling: Sampling) -> list[list[int]]:
+    """The prompts' token ids, read as training reads them when the format names its reply end."""
+    if sampling.reply_end is None:
+        return [tokenizer(p, add_special_tokens=True)["input_ids"] for p in prompts]
+    from rationale_loop.encode import Encoder
+
+    encoder = Encoder(tokenizer, max_length=1 << 30, reply_end=sampling.reply_end)
+    return [list(encoder.prompt_ids(p)) for p in prompts]
+
+
+def prompt_batches(encoded: Sequence[Sequence[int]], batch_size: int) -> list[list[int]]:
+    """The prompt indices of each batch, longest prompts first: batches of similar length waste little on
+    padding, and an out-of-memory error, if any, comes at once rather than at the end. Batches are cut
+    from every prompt, skipped ones included, and batch b is seeded by b: a resumed run, or a generation
+    worker given some of the batches (generate.workers), samples each batch exactly as one whole run does."""
+    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
+    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
 
 
 def cut_at_stop(completion: Completion, stop: Sequence[str]) -> Completion:

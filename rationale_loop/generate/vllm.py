@@ -476,7 +476,6 @@ def _serve_request(llm: Any, message: dict[str, Any], stopped: Callable[[], bool
     sampling = Sampling(**{**request["sampling"], "stop": tuple(request["sampling"]["stop"])})
     prompts = request["prompts"]
     skip = set(request["skip"])
-    chunk_size = max(1, request["chunk_size"] or len(prompts))
     greedy = sampling.temperature <= 0
     # No per-request seed: on vLLM's CPU build a seeded request whose prefill is split into chunks fails
     # ("CPU Generator does not use offset"), and a shared per-request seed would give sample i of every
@@ -494,8 +493,7 @@ def _serve_request(llm: Any, message: dict[str, Any], stopped: Callable[[], bool
         llm.reset_prefix_cache()
     asked = _prompt_reader(llm, prompts, sampling.reply_end)
     with open(message["results"], "a", encoding="utf-8") as handle:
-        for chunk_number, start in enumerate(range(0, len(prompts), chunk_size)):
-            indices = range(start, min(start + chunk_size, len(prompts)))
+        for chunk_number, indices in enumerate(prompt_chunks(len(prompts), request["chunk_size"])):
             if all(i in skip for i in indices):
                 continue
             if stopped():
@@ -514,6 +512,13 @@ def _serve_request(llm: Any, message: dict[str, Any], stopped: Callable[[], bool
                 handle.write(json.dumps({"index": index, "completions": completions}) + "\n")
             handle.flush()
     return "finished", time.perf_counter() - begun
+
+
+def prompt_chunks(count: int, chunk_size: int | None) -> list[range]:
+    """The prompt indices of each engine call, in order; chunk c is seeded by c, so a resumed request, or a
+    generation worker given some of the chunks (generate.workers), samples each exactly as a whole run."""
+    size = max(1, chunk_size or count)
+    return [range(start, min(start + size, count)) for start in range(0, count, size)]
 
 
 def _append_line(path: str, row: dict[str, Any]) -> None:
