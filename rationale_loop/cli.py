@@ -4,6 +4,7 @@
     sft      round 0 only (supervised finetuning)
     round    the next unfinished round of the run (round 0 is SFT), saying which and why
     loop     every remaining round up to `rounds`, then the accuracy table
+    join     a machine other than the first of a multi-machine run: its part of each launch (docs/scaling.md)
     inspect  one round's stats and pairs (inspect.round=k)
     report   write the run's report.html: rounds table, plots, a sample of each round's pairs
     compare  runs side by side (not Hydra overrides): compare NAME_OR_DIR... [--root DIR] | compare --forks-of NAME_OR_DIR
@@ -132,6 +133,13 @@ def loop(cfg: DictConfig) -> None:
     cfg, overrides = with_run_config(cfg)
     run_loop(cfg, overrides)
     print_rounds(run_dir(cfg), wide=cfg.inspect.wide)
+
+
+@command("join")
+def join(cfg: DictConfig) -> None:
+    from rationale_loop.join import join as serve_launches
+
+    serve_launches(cfg)
 
 
 def _readable_run(cfg: DictConfig) -> Path:

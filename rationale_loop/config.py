@@ -293,6 +293,12 @@ class LaunchConfig:
     # auto: one process per GPU (by local rank) when GPUs are visible, else the CPU over gloo; cuda: GPUs
     # required; cpu: the CPU over gloo even where GPUs are visible.
     device: str = "auto"
+    # Several machines (docs/scaling.md): num_processes counts them all; machine 0 runs the run (`make
+    # loop`), every other one `make join` with its machine_rank; main_address:main_port is machine 0's.
+    num_machines: int = 1
+    machine_rank: int = 0
+    main_address: Optional[str] = None
+    main_port: int = 29500
     config_file: Optional[str] = None  # an `accelerate config` file; its settings apply before extra_args
     extra_args: List[str] = field(default_factory=list)  # more `accelerate launch` flags, as written
     zero_stage: int = 2  # deepspeed only

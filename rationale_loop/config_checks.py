@@ -178,6 +178,7 @@ def _check_ranges(cfg: DictConfig) -> None:
         _require(cfg[stage].loss_chunk_tokens >= 0, f"{stage}.loss_chunk_tokens must be >= 0 (0: off), got {cfg[stage].loss_chunk_tokens}")
         _require(cfg[stage].micro_batch_tokens >= 0, f"{stage}.micro_batch_tokens must be >= 0, got {cfg[stage].micro_batch_tokens}")
     _require(cfg.launch.num_processes >= 1, f"launch.num_processes must be at least 1, got {cfg.launch.num_processes}")
+    _check_machines(cfg)
     _require(len(cfg.peft.target_modules) > 0, "peft.target_modules is empty: name the modules that get an adapter")
     _require(cfg.report.pairs >= 0, f"report.pairs must be >= 0, got {cfg.report.pairs}")
     for key in ("pairs", "samples", "page"):
@@ -297,3 +298,21 @@ def _check_combinations(cfg: DictConfig) -> None:
         _require(torch.cuda.is_available(), "peft=qlora loads the base in 4 bits with bitsandbytes, which needs a CUDA GPU; "
                                             "this machine has none (peft=lora trains an adapter on the full-precision base)")
         _require(importlib.util.find_spec("bitsandbytes") is not None, "peft=qlora needs bitsandbytes: pip install bitsandbytes")
+
+
+def _check_machines(cfg: DictConfig) -> None:
+    """A launch over several machines (docs/scaling.md): a rank among them, an address to meet at, and
+    processes (and sampling workers) that share out evenly."""
+    launch = cfg.launch
+    _require(launch.num_machines >= 1, f"launch.num_machines must be at least 1, got {launch.num_machines}")
+    if launch.num_machines == 1:
+        return
+    _require(0 <= launch.machine_rank < launch.num_machines,
+             f"launch.machine_rank must be in [0, {launch.num_machines}) for launch.num_machines={launch.num_machines}, got {launch.machine_rank}")
+    _require(bool(launch.main_address), f"launch.num_machines={launch.num_machines} needs launch.main_address: machine 0's address, which every machine reaches")
+    _require(1 <= launch.main_port <= 65535, f"launch.main_port must be a port number (1-65535), got {launch.main_port}")
+    _require(launch.num_processes % launch.num_machines == 0,
+             f"launch.num_processes={launch.num_processes} (all machines' processes) must be a multiple of launch.num_machines={launch.num_machines}")
+    _require(cfg.generate.workers == 1 or cfg.generate.workers % launch.num_machines == 0,
+             f"generate.workers={cfg.generate.workers} (all machines' workers) must be a multiple of launch.num_machines={launch.num_machines}")
+

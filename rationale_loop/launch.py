@@ -20,10 +20,14 @@ import logging
 import os
 import subprocess
 import sys
+import uuid
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from rationale_loop.errors import UserError
+from rationale_loop.records import write_json_atomic
+from rationale_loop.rundir import round_dir
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +37,7 @@ LAUNCH_KINDS = ("local", *KIND_FLAGS)
 #: launch.device's values (the module's docstring says what each does).
 LAUNCH_DEVICES = ("auto", "cuda", "cpu")
 # launch.kind -> the launch keys it reads (local, in this process, reads none): its schema within LaunchConfig.
-PROCESS_KEYS = ("num_processes", "device", "config_file", "extra_args")
+PROCESS_KEYS = ("num_processes", "device", "num_machines", "machine_rank", "main_address", "main_port", "config_file", "extra_args")
 LAUNCH_OPTION_KEYS = {"local": (), "ddp": PROCESS_KEYS, "fsdp": PROCESS_KEYS, "deepspeed": (*PROCESS_KEYS, "zero_stage")}
 
 
@@ -44,8 +48,8 @@ def launch_command(cfg: Any, run: Path, k: int) -> list[str]:
         flags += ["--zero_stage", str(cfg.zero_stage)]
     if cfg.config_file:
         flags = ["--config_file", str(cfg.config_file), *flags]
-    if "--num_machines" not in cfg.extra_args and not cfg.config_file:
-        flags += ["--num_machines", "1"]
+    if cfg.num_machines > 1 or ("--num_machines" not in cfg.extra_args and not cfg.config_file):
+        flags += machine_flags(cfg)
     return accelerate_command([*flags, *map(str, cfg.extra_args)], "rationale_loop.worker", [str(run), str(k)])
 
 
@@ -56,11 +60,27 @@ def accelerate_command(flags: list[str], module: str, args: list[str]) -> list[s
             "-m", module, *args]
 
 
-def generation_command(workers: int, run: Path, k: int, gpus: list[str]) -> list[str]:
-    """The `accelerate launch` command line for round k's sampling in `workers` processes on this machine
-    (rationale_loop/sample_worker.py); `gpus` are the GPU ids the workers share out (none: the CPU)."""
-    flags = ["--multi_gpu", "--num_processes", str(workers), "--num_machines", "1"]
+def machine_flags(cfg: Any) -> list[str]:
+    """accelerate's flags for the machines a launch spans (`cfg` a LaunchConfig; one machine unless
+    launch.num_machines says more)."""
+    if cfg.num_machines == 1:
+        return ["--num_machines", "1"]
+    return ["--num_machines", str(cfg.num_machines), "--machine_rank", str(cfg.machine_rank),
+            "--main_process_ip", str(cfg.main_address), "--main_process_port", str(cfg.main_port)]
+
+
+def generation_command(workers: int, run: Path, k: int, gpus: list[str], launch: Any = None) -> list[str]:
+    """The `accelerate launch` command line for round k's sampling in `workers` processes in all
+    (rationale_loop/sample_worker.py), on the machines of `launch` when it spans several (else this one);
+    `gpus` are the GPU ids this machine's workers share out (none: the CPU)."""
+    machines = machine_flags(launch) if launch is not None and spans_machines(launch) else ["--num_machines", "1"]
+    flags = ["--multi_gpu", "--num_processes", str(workers), *machines]
     return accelerate_command(flags, "rationale_loop.sample_worker", [str(run), str(k), ",".join(gpus)])
+
+
+def spans_machines(cfg: Any) -> bool:
+    """Whether a launch (a LaunchConfig) runs on more than this machine."""
+    return cfg.kind != "local" and cfg.num_machines > 1
 
 
 def visible_gpu_ids() -> list[str]:
@@ -70,23 +90,41 @@ def visible_gpu_ids() -> list[str]:
     return named[:count] if len(named) >= count else [str(i) for i in range(count)]
 
 
-def check_generation_gpus(workers: int, gpus_per_worker: int) -> list[str]:
-    """The visible GPU ids, refused in one line when GPUs are visible but too few for one engine of
-    `gpus_per_worker` GPUs (vLLM's tensor parallel size) per worker; none visible: the workers use the CPU."""
-    gpus = visible_gpu_ids()
-    if gpus and workers * gpus_per_worker > len(gpus):
-        raise UserError(f"generate.workers={workers} with {gpus_per_worker} GPU(s) per engine needs {workers * gpus_per_worker} GPUs, "
-                        f"and {len(gpus)} are visible: set generate.workers to at most {len(gpus) // gpus_per_worker}")
+def check_generation_gpus(workers: int, gpus_per_worker: int, machines: int = 1) -> list[str]:
+    """This machine's visible GPU ids, refused in one line when GPUs are visible but too few for one engine
+    of `gpus_per_worker` GPUs (vLLM's tensor parallel size) per worker of this machine (workers / machines);
+    none visible: the workers use the CPU."""
+    gpus, here = visible_gpu_ids(), workers // machines
+    if gpus and here * gpus_per_worker > len(gpus):
+        per_machine = f" ({here} on each of {machines} machines)" if machines > 1 else ""
+        raise UserError(f"generate.workers={workers}{per_machine} with {gpus_per_worker} GPU(s) per engine needs {here * gpus_per_worker} "
+                        f"GPUs on a machine, and {len(gpus)} are visible: set generate.workers to at most {machines * (len(gpus) // gpus_per_worker)}")
     return gpus
 
 
-def run_generation_workers(workers: int, run: Path, k: int, gpus: list[str]) -> None:
-    command = generation_command(workers, run, k, gpus)
+def run_generation_workers(workers: int, run: Path, k: int, gpus: list[str], launch: Any) -> None:
+    command = generation_command(workers, run, k, gpus, launch)
     log.info("round %d: sampling in %d worker processes: %s", k, workers, " ".join(command))
-    finished = subprocess.run(command, check=False)
-    if finished.returncode != 0:
-        raise UserError(f"round {k}: a sampling worker failed with exit status {finished.returncode} (its output is above); "
+    status = run_launched(command, run, k, "sample", launch)
+    if status != 0:
+        raise UserError(f"round {k}: a sampling worker failed with exit status {status} (its output is above); "
                         "the next call resumes, each worker keeping the questions it finished")
+
+
+# Machine 0's note to the other machines' `make join` that a launch spanning them has started (join.py).
+TICKET_GLOB = ".launch-*.json"
+
+
+@contextmanager
+def ticket(run: Path, k: int, phase: str, command: list[str], env: dict[str, str] | None = None) -> Iterator[Path]:
+    """A ticket for round k's `phase` launched by `command` on machine 0 (with `env` set for it, e.g. no
+    GPU for launch.device=cpu), there while the block runs."""
+    path = round_dir(run, k) / f".launch-{phase}.json"
+    write_json_atomic(path, {"phase": phase, "round": k, "attempt": uuid.uuid4().hex, "command": command, "env": env or {}})
+    try:
+        yield path
+    finally:
+        path.unlink(missing_ok=True)
 
 
 def visible_gpus() -> int:
@@ -104,9 +142,11 @@ def check_devices(cfg: Any) -> None:
     gpus = visible_gpus()
     if device == "auto" and gpus == 0:
         return  # no GPU at all: the processes train on the CPU over gloo, as launch.device=cpu would
-    if cfg.num_processes > gpus:
-        raise UserError(f"launch.num_processes={cfg.num_processes} needs one GPU per process, and {gpus} GPU(s) are visible: "
-                        f"set launch.num_processes to at most {gpus}, or launch.device=cpu to train on the CPU over gloo")
+    machines = getattr(cfg, "num_machines", 1)
+    if cfg.num_processes // machines > gpus:
+        each = f" ({cfg.num_processes // machines} on each of {machines} machines)" if machines > 1 else ""
+        raise UserError(f"launch.num_processes={cfg.num_processes}{each} needs one GPU per process, and {gpus} GPU(s) are visible: "
+                        f"set launch.num_processes to at most {gpus * machines}, or launch.device=cpu to train on the CPU over gloo")
 
 
 def check_processes(cfg: Any) -> None:
@@ -117,7 +157,8 @@ def check_processes(cfg: Any) -> None:
     if cfg.generate.workers > 1:
         from rationale_loop.generate import gpus_per_engine
 
-        check_generation_gpus(cfg.generate.workers, gpus_per_engine(cfg.generate))
+        machines = cfg.launch.num_machines if spans_machines(cfg.launch) else 1
+        check_generation_gpus(cfg.generate.workers, gpus_per_engine(cfg.generate), machines)
 
 
 def worker_env(cfg: Any) -> dict[str, str]:
@@ -133,7 +174,16 @@ def run_training_worker(cfg: Any, run: Path, k: int) -> None:
     check_devices(cfg)
     command = launch_command(cfg, run, k)
     log.info("round %d: training in %d %s process(es): %s", k, cfg.num_processes, cfg.kind, " ".join(command))
-    finished = subprocess.run(command, check=False, env=worker_env(cfg))
-    if finished.returncode != 0:
+    status = run_launched(command, run, k, "train", cfg, env=worker_env(cfg))
+    if status != 0:
         raise UserError(f"round {k}: the training worker ({cfg.kind}, {cfg.num_processes} processes) failed with exit "
-                        f"status {finished.returncode} (its output is above); the next call resumes from its last saved state")
+                        f"status {status} (its output is above); the next call resumes from its last saved state")
+
+
+def run_launched(command: list[str], run: Path, k: int, phase: str, launch: Any, env: dict[str, str] | None = None) -> int:
+    """Run an `accelerate launch` command to its end and return its exit status. When the launch spans
+    several machines, a ticket (rationale_loop/join.py) tells the other machines' `make join` to start their
+    part of it meanwhile; it is removed once the command ends."""
+    changed = {name: value for name, value in (env or {}).items() if os.environ.get(name) != value}
+    with ticket(run, k, phase, command, changed) if spans_machines(launch) else nullcontext():
+        return subprocess.run(command, check=False, env=env).returncode

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from contextlib import nullcontext
 import random
 import time
@@ -45,6 +46,8 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
     tokens: int = 0  # non-padding tokens trained on over the whole phase, by all processes together
     processes: int = 1  # how many processes shared the work
+    # Each process's machine (the launcher's GROUP_RANK) and the items it was dealt in this call: the split.
+    shares: list[dict[str, int]] = field(default_factory=list)
     padding_fraction: float = 0.0  # of the token positions forwarded, the share that was padding
 
 
@@ -109,6 +112,7 @@ def train(
     earlier_seconds, tokens, padded = resumed.get("seconds", 0.0), resumed.get("tokens", 0), resumed.get("padded", 0)
     model, optimizer = accelerator.prepare(model, optimizer)
     first_step = len(history) + 1
+    dealt = 0
     writer = _tensorboard(log_dir, first_step, accelerator)
 
     start = time.perf_counter()
@@ -119,6 +123,7 @@ def train(
         for step, batch_indices in enumerate(batches[first_step - 1 :], start=first_step):
             ordered = _dealing_order(batch_indices, lengths, cfg, accelerator.num_processes)
             share, weight = process_share(ordered, accelerator.process_index, accelerator.num_processes)
+            dealt += len(share)
             micro_batches = cut_micro_batches(objective, [kept[i] for i in share], encoder, cfg)
             step_terms = accumulate_gradients(model, objective, micro_batches, cfg, accelerator, weight)
             real, padding = _step_tokens(accelerator, micro_batches, weight)
@@ -152,8 +157,14 @@ def train(
         history=history,
         tokens=tokens,
         processes=accelerator.num_processes,
+        shares=_process_shares(accelerator, dealt),
         padding_fraction=padded / (tokens + padded) if tokens + padded else 0.0,
     )
+
+
+def _process_shares(accelerator: Accelerator, dealt: int) -> list[dict[str, int]]:
+    mine = {"process": accelerator.process_index, "machine": int(os.environ.get("GROUP_RANK", "0")), "items": dealt}
+    return gather_object([mine]) if accelerator.num_processes > 1 else [mine]
 
 
 def _encode(objective: Objective, items: Sequence[Any], encoder: Encoder, desc: str, max_length: int) -> tuple[list[Any], int]:

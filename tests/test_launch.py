@@ -88,3 +88,44 @@ def test_launch_device_cpu_hides_the_gpus_from_the_workers(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
     assert worker_env(compose_config("launch=ddp", "launch.device=cpu").launch)["CUDA_VISIBLE_DEVICES"] == ""
     assert worker_env(compose_config("launch=ddp").launch)["CUDA_VISIBLE_DEVICES"] == "0,1"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_two_machines_on_localhost_train_each_round_together(tmp_path):
+    """launch.num_machines=2 as two "machines" on this host: machine 0 runs the loop, machine 1 `join`s it.
+    Every round's training is one process on each machine (train.json's shares, gathered from the
+    processes themselves), and the weights equal one process's."""
+    import os
+    import subprocess
+    import sys
+
+    common = [*QUICK, "rounds=1", "objective=sft", "rank.steps=2", f"output_root={tmp_path}/runs", f"model.cache_dir={tmp_path}/models"]
+    run_loop(compose_config(*common, "run=local"))
+    machines = [*common, "run=two", "launch=ddp", "launch.device=cpu", "launch.num_processes=2", "launch.num_machines=2",
+                "launch.main_address=127.0.0.1", f"launch.main_port={_free_port()}"]
+    log = tmp_path / "join.log"
+    with log.open("w") as output:
+        joiner = subprocess.Popen([sys.executable, "-m", "rationale_loop", "join", *machines, "launch.machine_rank=1"],
+                                  stdout=output, stderr=subprocess.STDOUT, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+        try:
+            run_loop(compose_config(*machines))
+            assert joiner.wait(timeout=120) == 0, log.read_text()[-2000:]
+        finally:
+            joiner.kill()
+    assert "machine 1 took part in 2 launch(es)" in log.read_text()
+    for k in (0, 1):
+        two = json.loads((tmp_path / f"runs/two/round_{k:02d}/train.json").read_text())
+        one = json.loads((tmp_path / f"runs/local/round_{k:02d}/train.json").read_text())
+        assert two["train_processes"] == 2 and sorted(s["machine"] for s in two["train_shares"]) == [0, 1]
+        assert all(s["items"] > 0 for s in two["train_shares"]), "each machine trained on part of every round"
+        assert sum(s["items"] for s in two["train_shares"]) == one["train_shares"][0]["items"]
+        a, b = (load_file(str(tmp_path / f"runs/{run}/round_{k:02d}/checkpoint/model.safetensors")) for run in ("local", "two"))
+        assert max((a[n] - b[n]).abs().max().item() for n in a) < 1e-4, f"round {k}"
+    assert not list((tmp_path / "runs/two").glob("round_*/.launch-*.json")), "tickets are removed when their launch ends"

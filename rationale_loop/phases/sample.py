@@ -115,7 +115,7 @@ def _complete_so_far(out: Path, n: int, pool_ids: set[str]) -> set[str]:
 def _sample_in_workers(ctx: RunContext, k: int, pool: list[Problem], todo: list[int]) -> None:
     """Deal the questions still to sample to generate.workers processes, run them, and record the deal and
     the workers' receipts in sample_workers.json."""
-    from rationale_loop.launch import check_generation_gpus, run_generation_workers
+    from rationale_loop.launch import check_generation_gpus, run_generation_workers, spans_machines
 
     gen, out = ctx.cfg.generate, ctx.round_dir(k)
     prompts = [ctx.fmt.prompt(p.question) for p in pool]
@@ -130,7 +130,10 @@ def _sample_in_workers(ctx: RunContext, k: int, pool: list[Problem], todo: list[
               "shards": [[pool[i].id for i in shard] for shard in shards]}
     write_json_atomic(out / WORKERS_RECORD, record)
     shutil.rmtree(out / RECEIPTS, ignore_errors=True)
-    run_generation_workers(gen.workers, ctx.dir, k, check_generation_gpus(gen.workers, record["gpus_per_worker"]))
+    launch = ctx.cfg.launch
+    machines = launch.num_machines if spans_machines(launch) else 1
+    gpus = check_generation_gpus(gen.workers, record["gpus_per_worker"], machines)
+    run_generation_workers(gen.workers, ctx.dir, k, gpus, launch)
     receipts = []
     for rank in range(gen.workers):
         receipt = out / RECEIPTS / f"worker-{rank}.json"
@@ -158,7 +161,7 @@ def sample_share(ctx: RunContext, k: int, rank: int, workers: int) -> None:
     if mine:
         with closing(ctx.make_backend(ctx.start_checkpoint(k), ctx.cfg.generate.batch_size)) as backend:
             sample_into(ctx, k, backend, pool, mine, partial_file(out, rank, workers))
-    receipt = {"rank": rank, "questions": len(mine), "seconds": round(time.perf_counter() - begun, 2),
-               "host": socket.gethostname(), "pid": os.getpid()}
+    receipt = {"rank": rank, "machine": int(os.environ.get("GROUP_RANK", "0")), "questions": len(mine),
+               "seconds": round(time.perf_counter() - begun, 2), "host": socket.gethostname(), "pid": os.getpid()}
     (out / RECEIPTS).mkdir(exist_ok=True)
     write_json_atomic(out / RECEIPTS / f"worker-{rank}.json", receipt)

@@ -167,6 +167,7 @@ def train_summary(result: Any) -> dict[str, Any]:
         "train_steps": data["steps"],
         "train_tokens": data["tokens"],
         "train_processes": data["processes"],
+        "train_shares": data["shares"],
         "train_padding_fraction": round(data["padding_fraction"], 4),
         "train_seconds": round(data["seconds"], 2),
         "train_history": history,
