@@ -32,6 +32,10 @@ from rationale_loop.rundir import round_dir
 log = logging.getLogger(__name__)
 
 KIND_FLAGS = {"ddp": ["--multi_gpu"], "fsdp": ["--use_fsdp"], "deepspeed": ["--use_deepspeed"]}
+# Kinds accelerate runs only on GPUs: on the CPU (MULTI_CPU) it wraps the model in DDP instead, without a
+# word (FSDP1 refuses outright; with --fsdp_version 2 every process was measured holding every parameter),
+# and skips DeepSpeed. Refused there rather than run as something else (docs/scaling.md).
+GPU_ONLY_KINDS = ("fsdp", "deepspeed")
 #: launch.kind's values: in this process, or a worker under `accelerate launch` with KIND_FLAGS.
 LAUNCH_KINDS = ("local", *KIND_FLAGS)
 #: launch.device's values (the module's docstring says what each does).
@@ -137,9 +141,15 @@ def visible_gpus() -> int:
 def check_devices(cfg: Any) -> None:
     """Refuse, in one line, a launch the visible GPUs cannot hold: one process per GPU."""
     device = getattr(cfg, "device", "auto")
-    if cfg.kind == "local" or device == "cpu":
+    if cfg.kind == "local":
         return
     gpus = visible_gpus()
+    if cfg.kind in GPU_ONLY_KINDS and (device == "cpu" or gpus == 0):
+        where = "launch.device=cpu" if device == "cpu" else "this machine has no visible GPU"
+        raise UserError(f"launch={cfg.kind} needs GPUs ({where}): accelerate runs {cfg.kind} on GPUs only, and on the CPU would "
+                        "train as plain DDP without saying so; use launch=ddp on the CPU")
+    if device == "cpu":
+        return
     if device == "auto" and gpus == 0:
         return  # no GPU at all: the processes train on the CPU over gloo, as launch.device=cpu would
     machines = getattr(cfg, "num_machines", 1)

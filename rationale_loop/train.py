@@ -46,7 +46,8 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
     tokens: int = 0  # non-padding tokens trained on over the whole phase, by all processes together
     processes: int = 1  # how many processes shared the work
-    # Each process's machine (the launcher's GROUP_RANK) and the items it was dealt in this call: the split.
+    # Each process's machine (the launcher's GROUP_RANK), the items it was dealt in this call and the
+    # parameter entries it held: how the work and the weights were split.
     shares: list[dict[str, int]] = field(default_factory=list)
     padding_fraction: float = 0.0  # of the token positions forwarded, the share that was padding
 
@@ -145,6 +146,7 @@ def train(
             crash_point("train_step")
     if writer is not None:
         writer.close()
+    shares = _process_shares(accelerator, model, dealt)
     model = accelerator.unwrap_model(model)
     model.eval()
     seconds = earlier_seconds + time.perf_counter() - start
@@ -157,13 +159,16 @@ def train(
         history=history,
         tokens=tokens,
         processes=accelerator.num_processes,
-        shares=_process_shares(accelerator, dealt),
+        shares=shares,
         padding_fraction=padded / (tokens + padded) if tokens + padded else 0.0,
     )
 
 
-def _process_shares(accelerator: Accelerator, dealt: int) -> list[dict[str, int]]:
-    mine = {"process": accelerator.process_index, "machine": int(os.environ.get("GROUP_RANK", "0")), "items": dealt}
+def _process_shares(accelerator: Accelerator, model: torch.nn.Module, dealt: int) -> list[dict[str, int]]:
+    """Each process's machine, the items it was dealt and the parameter entries it holds (all of them
+    under DDP; its shard under FSDP, whose parameters are DTensors)."""
+    held = sum((p.to_local() if hasattr(p, "to_local") else p).numel() for p in model.parameters())
+    mine = {"process": accelerator.process_index, "machine": int(os.environ.get("GROUP_RANK", "0")), "items": dealt, "parameters": held}
     return gather_object([mine]) if accelerator.num_processes > 1 else [mine]
 
 

@@ -129,3 +129,23 @@ def test_two_machines_on_localhost_train_each_round_together(tmp_path):
         a, b = (load_file(str(tmp_path / f"runs/{run}/round_{k:02d}/checkpoint/model.safetensors")) for run in ("local", "two"))
         assert max((a[n] - b[n]).abs().max().item() for n in a) < 1e-4, f"round {k}"
     assert not list((tmp_path / "runs/two").glob("round_*/.launch-*.json")), "tickets are removed when their launch ends"
+
+
+def test_fsdp_and_deepspeed_on_the_cpu_are_refused_before_any_work(tmp_path, monkeypatch):
+    """accelerate runs FSDP and DeepSpeed on GPUs only: on the CPU it would train as plain DDP (measured:
+    every FSDP process held every parameter), so the launch is refused rather than run as something else."""
+    import pytest
+
+    from rationale_loop.errors import UserError
+
+    for kind in ("fsdp", "deepspeed"):
+        overrides = [*QUICK, f"launch={kind}", "launch.device=cpu", f"output_root={tmp_path}/runs", f"model.cache_dir={tmp_path}/models", "run=r"]
+        with pytest.raises(UserError, match=f"launch={kind} needs GPUs \\(launch.device=cpu\\).*use launch=ddp on the CPU") as refused:
+            run_loop(compose_config(*overrides))
+        assert "\n" not in str(refused.value)
+    _gpus(monkeypatch, 0)
+    with pytest.raises(UserError, match="launch=fsdp needs GPUs \\(this machine has no visible GPU\\)"):
+        check_devices(compose_config("launch=fsdp").launch)
+    assert not (tmp_path / "runs").exists(), "refused before the run directory was made"
+    _gpus(monkeypatch, 2)
+    check_devices(compose_config("launch=fsdp").launch)  # GPUs visible: FSDP is accelerate's to run
