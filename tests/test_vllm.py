@@ -108,6 +108,24 @@ def test_vllm_generation_killed_mid_pool_resumes_without_losing_or_duplicating_a
     assert set(saved[:complete]) <= lines, "the samples saved before the kill are kept as they were"
 
 
+def test_two_vllm_sampling_workers_write_one_engines_bytes(vllm_run, tmp_path):
+    """generate.workers=2 with vLLM: two engines, one in each worker process under `accelerate launch`,
+    dealt whole engine calls (4 calls of 8 prompts, 2 each); the merged generations.jsonl equals the one
+    engine's that sampled every call, both forked from the same SFT checkpoint."""
+    from rationale_loop.loop import run_loop
+
+    run, _, cfg = vllm_run
+    common = [*SMALL, "generate=vllm", "generate.chunk_size=8", f"init_from={run}/round_00", f"output_root={tmp_path}/runs",
+              f"model.cache_dir={cfg.model.cache_dir}"]
+    run_loop(compose_config(*common, "run=one"))
+    run_loop(compose_config(*common, "run=two", "generate.workers=2"))
+    one, two = (tmp_path / f"runs/{name}/round_01" for name in ("one", "two"))
+    assert (two / "generations.jsonl").read_bytes() == (one / "generations.jsonl").read_bytes()
+    record = json.loads((two / "sample_workers.json").read_text())
+    assert record["backend"] == "vllm" and record["seed_units"] == 4
+    assert [r["questions"] for r in record["receipts"]] == [16, 16] and record["receipts"][0]["pid"] != record["receipts"][1]["pid"]
+
+
 def test_a_lora_run_generates_through_vllm_and_its_export_loads_in_vllm_and_transformers(vllm_run, tmp_path):
     """peft=lora end to end with the vLLM backend: round 1 samples its pool through vLLM from the SFT
     round's merged checkpoint; each round keeps its adapter; the exported round loads in plain
