@@ -112,8 +112,7 @@ def train(
     history: list[dict[str, float]] = resumed.get("history", [])
     earlier_seconds, tokens, padded = resumed.get("seconds", 0.0), resumed.get("tokens", 0), resumed.get("padded", 0)
     model, optimizer = accelerator.prepare(model, optimizer)
-    first_step = len(history) + 1
-    dealt = 0
+    first_step, dealt = len(history) + 1, 0  # dealt: the items this process trains on in this call
     writer = _tensorboard(log_dir, first_step, accelerator)
 
     start = time.perf_counter()
@@ -146,7 +145,6 @@ def train(
             crash_point("train_step")
     if writer is not None:
         writer.close()
-    shares = _process_shares(accelerator, model, dealt)
     model = accelerator.unwrap_model(model)
     model.eval()
     seconds = earlier_seconds + time.perf_counter() - start
@@ -159,14 +157,14 @@ def train(
         history=history,
         tokens=tokens,
         processes=accelerator.num_processes,
-        shares=shares,
+        shares=_process_shares(accelerator, model, dealt),
         padding_fraction=padded / (tokens + padded) if tokens + padded else 0.0,
     )
 
 
 def _process_shares(accelerator: Accelerator, model: torch.nn.Module, dealt: int) -> list[dict[str, int]]:
     """Each process's machine, the items it was dealt and the parameter entries it holds (all of them
-    under DDP; its shard under FSDP, whose parameters are DTensors)."""
+    under DDP; its shard under FSDP, whose parameters stay DTensors once unwrapped)."""
     held = sum((p.to_local() if hasattr(p, "to_local") else p).numel() for p in model.parameters())
     mine = {"process": accelerator.process_index, "machine": int(os.environ.get("GROUP_RANK", "0")), "items": dealt, "parameters": held}
     return gather_object([mine]) if accelerator.num_processes > 1 else [mine]
