@@ -46,7 +46,7 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
     tokens: int = 0  # non-padding tokens trained on over the whole phase, by all processes together
     processes: int = 1  # how many processes shared the work
-    # Each process's machine (the launcher's GROUP_RANK), the items it was dealt in this call and the
+    # Each process's machine (the launcher's GROUP_RANK), the items the whole phase dealt it and the
     # parameter entries it held: how the work and the weights were split.
     shares: list[dict[str, int]] = field(default_factory=list)
     padding_fraction: float = 0.0  # of the token positions forwarded, the share that was padding
@@ -112,7 +112,7 @@ def train(
     history: list[dict[str, float]] = resumed.get("history", [])
     earlier_seconds, tokens, padded = resumed.get("seconds", 0.0), resumed.get("tokens", 0), resumed.get("padded", 0)
     model, optimizer = accelerator.prepare(model, optimizer)
-    first_step, dealt = len(history) + 1, 0  # dealt: the items this process trains on in this call
+    first_step = len(history) + 1
     writer = _tensorboard(log_dir, first_step, accelerator)
 
     start = time.perf_counter()
@@ -121,9 +121,7 @@ def train(
     bar = progress_bar(len(batches), first_step - 1, desc)
     with neftune(accelerator.unwrap_model(model), cfg.neftune_alpha), packed, bar as progress:
         for step, batch_indices in enumerate(batches[first_step - 1 :], start=first_step):
-            ordered = _dealing_order(batch_indices, lengths, cfg, accelerator.num_processes)
-            share, weight = process_share(ordered, accelerator.process_index, accelerator.num_processes)
-            dealt += len(share)
+            share, weight = _my_share(batch_indices, lengths, cfg, accelerator)
             micro_batches = cut_micro_batches(objective, [kept[i] for i in share], encoder, cfg)
             step_terms = accumulate_gradients(model, objective, micro_batches, cfg, accelerator, weight)
             real, padding = _step_tokens(accelerator, micro_batches, weight)
@@ -157,13 +155,19 @@ def train(
         history=history,
         tokens=tokens,
         processes=accelerator.num_processes,
-        shares=_process_shares(accelerator, model, dealt),
+        shares=_process_shares(accelerator, model, sum(len(_my_share(b, lengths, cfg, accelerator)[0]) for b in batches)),
         padding_fraction=padded / (tokens + padded) if tokens + padded else 0.0,
     )
 
 
+def _my_share(batch: list[int], lengths: list[int], cfg: TrainConfig, accelerator: Accelerator) -> tuple[list[int], float]:
+    """This process's items of one optimizer step's batch, and its weight in the step's mean."""
+    ordered = _dealing_order(batch, lengths, cfg, accelerator.num_processes)
+    return process_share(ordered, accelerator.process_index, accelerator.num_processes)
+
+
 def _process_shares(accelerator: Accelerator, model: torch.nn.Module, dealt: int) -> list[dict[str, int]]:
-    """Each process's machine, the items it was dealt and the parameter entries it holds (all of them
+    """Each process's machine, the items the phase dealt it and the parameter entries it holds (all of them
     under DDP; its shard under FSDP, whose parameters stay DTensors once unwrapped)."""
     held = sum((p.to_local() if hasattr(p, "to_local") else p).numel() for p in model.parameters())
     mine = {"process": accelerator.process_index, "machine": int(os.environ.get("GROUP_RANK", "0")), "items": dealt, "parameters": held}
