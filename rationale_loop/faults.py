@@ -11,6 +11,7 @@ dictionary lookup. The points a round passes:
     mined         after pairs.jsonl and stats.json are written, before training
     train_step    after each optimizer step (and the training state saved at that step, if any)
     trained       after the round's checkpoint is saved, before evaluation
+    evaluate      after each held-out question's sample is appended (in generate.workers' workers only)
     evaluated     after eval.jsonl is written, before metrics.json and DONE
 
 `RATIONALE_LOOP_WAIT_AT=<point>:<file>` makes the process stop at the named point (every time it passes

@@ -73,13 +73,13 @@ def machine_flags(cfg: Any) -> list[str]:
             "--main_process_ip", str(cfg.main_address), "--main_process_port", str(cfg.main_port)]
 
 
-def generation_command(workers: int, run: Path, k: int, gpus: list[str], launch: Any = None) -> list[str]:
-    """The `accelerate launch` command line for round k's sampling in `workers` processes in all
-    (rationale_loop/sample_worker.py), on the machines of `launch` when it spans several (else this one);
-    `gpus` are the GPU ids this machine's workers share out (none: the CPU)."""
+def generation_command(workers: int, run: Path, k: int, job: str, gpus: list[str], launch: Any = None) -> list[str]:
+    """The `accelerate launch` command line for round k's generation job ("sample" or "evaluate") in
+    `workers` processes in all (rationale_loop/sample_worker.py), on the machines of `launch` when it spans
+    several (else this one); `gpus` are the GPU ids this machine's workers share out (none: the CPU)."""
     machines = machine_flags(launch) if launch is not None and spans_machines(launch) else ["--num_machines", "1"]
     flags = ["--multi_gpu", "--num_processes", str(workers), *machines]
-    return accelerate_command(flags, "rationale_loop.sample_worker", [str(run), str(k), ",".join(gpus)])
+    return accelerate_command(flags, "rationale_loop.sample_worker", [str(run), str(k), job, ",".join(gpus)])
 
 
 def spans_machines(cfg: Any) -> bool:
@@ -106,13 +106,13 @@ def check_generation_gpus(workers: int, gpus_per_worker: int, machines: int = 1)
     return gpus
 
 
-def run_generation_workers(workers: int, run: Path, k: int, gpus: list[str], launch: Any) -> None:
-    command = generation_command(workers, run, k, gpus, launch)
-    log.info("round %d: sampling in %d worker processes: %s", k, workers, " ".join(command))
-    status = run_launched(command, run, k, "sample", launch)
+def run_generation_workers(workers: int, run: Path, k: int, job: str, gpus: list[str], launch: Any) -> None:
+    command = generation_command(workers, run, k, job, gpus, launch)
+    log.info("round %d: the %s phase's generation in %d worker processes: %s", k, job, workers, " ".join(command))
+    status = run_launched(command, run, k, job, launch)
     if status != 0:
-        raise UserError(f"round {k}: a sampling worker failed with exit status {status} (its output is above); "
-                        "the next call resumes, each worker keeping the questions it finished")
+        raise UserError(f"round {k}: a {job} worker failed with exit status {status} (its output is above); "
+                        "the next call resumes, keeping every question the workers finished")
 
 
 # Machine 0's note to the other machines' `make join` that a launch spanning them has started (join.py).

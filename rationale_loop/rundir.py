@@ -104,14 +104,15 @@ def describe_next(run: Path) -> str:
 
 def remove_leftovers(out: Path) -> None:
     """What a kill in the middle of an atomic write leaves: temporary files and checkpoint staging
-    directories (model-sized), and the partial generation files (one per sampling worker) whose sorted
-    copy was already written."""
+    directories (model-sized), and the partial generation files (one per worker) whose sorted copy was
+    already written."""
     for leftover in sorted(out.glob(".*")):
         if leftover.is_symlink() or leftover.is_dir() or leftover.name.endswith(".tmp"):
             remove(leftover, inside=out)  # a link is removed as a link, never followed
-    if (out / "generations.jsonl").exists():
-        for partial in sorted(out.glob("generations.jsonl.partial*")):
-            remove(partial, inside=out)
+    for output in ("generations.jsonl", "eval.jsonl"):
+        if (out / output).exists():
+            for partial in sorted(out.glob(f"{output}.partial*")):
+                remove(partial, inside=out)
 
 
 def keep_complete_questions(partial: Path, n: int) -> set[str]:

@@ -20,8 +20,8 @@ from rationale_loop.records import read_jsonl
 from test_config import compose_config
 from test_run_safety import QUICK
 
-# Batches of 4 prompts: 5 seed units for a pool of 20, dealt 3 and 2.
-COMMON = [*QUICK, "rounds=1", "generate.n=2", "task.pool_size=20", "generate.batch_size=4", "rank.steps=1"]
+# Batches of 4 prompts: 5 seed units for a pool of 20, dealt 3 and 2; the 8 held-out questions in 2.
+COMMON = [*QUICK, "rounds=1", "generate.n=2", "task.pool_size=20", "generate.batch_size=4", "eval.batch_size=4", "rank.steps=1"]
 
 
 def _overrides(root, run: str, *extra: str) -> list[str]:
@@ -30,16 +30,19 @@ def _overrides(root, run: str, *extra: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def one_worker(tmp_path_factory):
-    """The bytes of round 1's generations.jsonl sampled by one process (in the Hydra process)."""
+    """The bytes of round 1's generations.jsonl sampled by one process (in the Hydra process), and of every
+    round's eval.jsonl."""
     root = tmp_path_factory.mktemp("one")
     run_loop(compose_config(*_overrides(root, "one")))
-    return (root / "runs/one/round_01/generations.jsonl").read_bytes()
+    evals = [(root / f"runs/one/round_{k:02d}/eval.jsonl").read_bytes() for k in (0, 1)]
+    return (root / "runs/one/round_01/generations.jsonl").read_bytes(), evals
 
 
 def test_two_sampling_workers_split_the_pool_and_write_one_workers_bytes(tmp_path, one_worker):
+    generations, evals = one_worker
     run_loop(compose_config(*_overrides(tmp_path, "two", "generate.workers=2")))
     out = tmp_path / "runs/two/round_01"
-    assert (out / "generations.jsonl").read_bytes() == one_worker
+    assert (out / "generations.jsonl").read_bytes() == generations
     record = json.loads((out / "sample_workers.json").read_text())
     shards, receipts = record["shards"], record["receipts"]
     questions = {row["question_id"] for row in read_jsonl(out / "generations.jsonl")}
@@ -47,14 +50,19 @@ def test_two_sampling_workers_split_the_pool_and_write_one_workers_bytes(tmp_pat
     assert all(shards) and not set(shards[0]) & set(shards[1]) and set(shards[0]) | set(shards[1]) == questions
     assert [r["rank"] for r in receipts] == [0, 1] and receipts[0]["pid"] != receipts[1]["pid"], "two processes"
     assert [r["questions"] for r in receipts] == [len(s) for s in shards] == [12, 8]
-    assert not list(out.glob("generations.jsonl.partial*")) and not (out / ".sample_receipts").exists()
+    assert not list(out.glob("generations.jsonl.partial*")) and not (out / ".worker_receipts").exists()
+    # The held-out evaluation of both rounds in the two workers too: 8 questions in batches of eval.batch_size.
+    for k in (0, 1):
+        assert (tmp_path / f"runs/two/round_{k:02d}/eval.jsonl").read_bytes() == evals[k]
+        record = json.loads((tmp_path / f"runs/two/round_{k:02d}/evaluate_workers.json").read_text())
+        assert [r["questions"] for r in record["receipts"]] == [4, 4]
 
 
 def test_a_killed_sampling_worker_fails_the_round_in_words_and_the_next_call_keeps_what_was_finished(tmp_path, one_worker, monkeypatch):
     overrides = _overrides(tmp_path, "kill", "generate.workers=2")
     out = tmp_path / "runs/kill/round_01"
     monkeypatch.setenv(KILL_AT, "generate:2@1")  # worker 1 dies after its second question; worker 0 is stopped
-    with pytest.raises(UserError, match="round 1: a sampling worker failed") as failed:
+    with pytest.raises(UserError, match="round 1: a sample worker failed") as failed:
         run_loop(compose_config(*overrides))
     assert "\n" not in str(failed.value)
     kept = {row["question_id"] for partial in out.glob("generations.jsonl.partial.worker-*") for row in read_jsonl(partial)}
@@ -66,7 +74,7 @@ def test_a_killed_sampling_worker_fails_the_round_in_words_and_the_next_call_kee
     record = json.loads((out / "sample_workers.json").read_text())
     assert not {q for shard in record["shards"] for q in shard} & kept, "no finished question is sampled again"
     assert sum(r["questions"] for r in record["receipts"]) == 20 - len(kept)
-    assert (out / "generations.jsonl").read_bytes() == one_worker
+    assert (out / "generations.jsonl").read_bytes() == one_worker[0]
 
 
 def test_deal_gives_whole_units_round_robin_and_only_what_is_left():
@@ -80,9 +88,9 @@ def test_deal_gives_whole_units_round_robin_and_only_what_is_left():
 
 
 def test_generation_command_starts_the_sample_worker_on_every_process(tmp_path):
-    command = generation_command(4, tmp_path / "run", 2, ["0", "1", "2", "3"])
+    command = generation_command(4, tmp_path / "run", 2, "sample", ["0", "1", "2", "3"])
     assert command[command.index("--num_processes") + 1] == "4" and "--multi_gpu" in command
-    assert command[-5:] == ["-m", "rationale_loop.sample_worker", str(tmp_path / "run"), "2", "0,1,2,3"]
+    assert command[-6:] == ["-m", "rationale_loop.sample_worker", str(tmp_path / "run"), "2", "sample", "0,1,2,3"]
 
 
 def test_more_sampling_workers_than_gpus_is_refused_before_any_work(tmp_path, monkeypatch):

@@ -110,8 +110,8 @@ def test_vllm_generation_killed_mid_pool_resumes_without_losing_or_duplicating_a
 
 def test_two_vllm_sampling_workers_write_one_engines_bytes(vllm_run, tmp_path):
     """generate.workers=2 with vLLM: two engines, one in each worker process under `accelerate launch`,
-    dealt whole engine calls (4 calls of 8 prompts, 2 each); the merged generations.jsonl equals the one
-    engine's that sampled every call, both forked from the same SFT checkpoint."""
+    dealt whole engine calls (4 calls of 8 prompts, 2 each); the merged generations.jsonl and eval.jsonl
+    equal the one engine's that generated every call, both forked from the same SFT checkpoint."""
     from rationale_loop.loop import run_loop
 
     run, _, cfg = vllm_run
@@ -121,6 +121,7 @@ def test_two_vllm_sampling_workers_write_one_engines_bytes(vllm_run, tmp_path):
     run_loop(compose_config(*common, "run=two", "generate.workers=2"))
     one, two = (tmp_path / f"runs/{name}/round_01" for name in ("one", "two"))
     assert (two / "generations.jsonl").read_bytes() == (one / "generations.jsonl").read_bytes()
+    assert (two / "eval.jsonl").read_bytes() == (one / "eval.jsonl").read_bytes()  # the evaluation in the two workers too
     record = json.loads((two / "sample_workers.json").read_text())
     assert record["backend"] == "vllm" and record["seed_units"] == 4
     assert [r["questions"] for r in record["receipts"]] == [16, 16] and record["receipts"][0]["pid"] != record["receipts"][1]["pid"]
