@@ -109,23 +109,10 @@ def test_sampling_workers_on_two_machines_write_one_workers_bytes(tmp_path):
     """generate.workers=2 over launch.num_machines=2 ("machines" on this host; machine 1 `join`s): one
     sampling worker on each machine, and the same bytes as one process sampling from the same SFT
     checkpoint (a fork of round 0: SFT over two machines gives other weights in the last bits)."""
-    import os
-    import subprocess
-    import sys
+    from test_launch import _free_port, run_on_two_machines, two_machines
 
-    from test_launch import _free_port
-
-    machines = _overrides(tmp_path, "two", "generate.workers=2", "launch=ddp", "launch.device=cpu", "launch.num_processes=2",
-                          "launch.num_machines=2", "launch.main_address=127.0.0.1", f"launch.main_port={_free_port()}")
-    log = tmp_path / "join.log"
-    with log.open("w") as output:
-        joiner = subprocess.Popen([sys.executable, "-m", "rationale_loop", "join", *machines, "launch.machine_rank=1"],
-                                  stdout=output, stderr=subprocess.STDOUT, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
-        try:
-            run_loop(compose_config(*machines))
-            assert joiner.wait(timeout=120) == 0, log.read_text()[-2000:]
-        finally:
-            joiner.kill()
+    machines = _overrides(tmp_path, "two", "generate.workers=2", *two_machines(_free_port()))
+    log = run_on_two_machines(machines, tmp_path / "join.log")
     out = tmp_path / "runs/two/round_01"
     run_loop(compose_config(*_overrides(tmp_path, "one", f"init_from={tmp_path}/runs/two/round_00")))
     assert (out / "generations.jsonl").read_bytes() == (tmp_path / "runs/one/round_01/generations.jsonl").read_bytes()

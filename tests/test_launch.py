@@ -6,6 +6,7 @@ processes trained it. More processes than visible GPUs is refused before any wor
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from safetensors.torch import load_file
 
@@ -98,19 +99,18 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def test_two_machines_on_localhost_train_each_round_together(tmp_path):
-    """launch.num_machines=2 as two "machines" on this host: machine 0 runs the loop, machine 1 `join`s it.
-    Every round's training is one process on each machine (train.json's shares, gathered from the
-    processes themselves), and the weights equal one process's."""
+def two_machines(port: int) -> list[str]:
+    """Overrides for two "machines" on this host, one training process each, meeting at `port`."""
+    return ["launch=ddp", "launch.device=cpu", "launch.num_processes=2", "launch.num_machines=2", "launch.main_address=127.0.0.1",
+            f"launch.main_port={port}"]
+
+
+def run_on_two_machines(machines: list[str], log: Path) -> Path:
+    """Machine 0's loop in this process and machine 1's `join` beside it (its output in `log`), to their end."""
     import os
     import subprocess
     import sys
 
-    common = [*QUICK, "rounds=1", "objective=sft", "rank.steps=2", f"output_root={tmp_path}/runs", f"model.cache_dir={tmp_path}/models"]
-    run_loop(compose_config(*common, "run=local"))
-    machines = [*common, "run=two", "launch=ddp", "launch.device=cpu", "launch.num_processes=2", "launch.num_machines=2",
-                "launch.main_address=127.0.0.1", f"launch.main_port={_free_port()}"]
-    log = tmp_path / "join.log"
     with log.open("w") as output:
         joiner = subprocess.Popen([sys.executable, "-m", "rationale_loop", "join", *machines, "launch.machine_rank=1"],
                                   stdout=output, stderr=subprocess.STDOUT, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
@@ -119,6 +119,17 @@ def test_two_machines_on_localhost_train_each_round_together(tmp_path):
             assert joiner.wait(timeout=120) == 0, log.read_text()[-2000:]
         finally:
             joiner.kill()
+    return log
+
+
+def test_two_machines_on_localhost_train_each_round_together(tmp_path):
+    """launch.num_machines=2 as two "machines" on this host: machine 0 runs the loop, machine 1 `join`s it.
+    Every round's training is one process on each machine (train.json's shares, gathered from the
+    processes themselves), and the weights equal one process's."""
+    common = [*QUICK, "rounds=1", "objective=sft", "rank.steps=2", f"output_root={tmp_path}/runs", f"model.cache_dir={tmp_path}/models"]
+    run_loop(compose_config(*common, "run=local"))
+    machines = [*common, "run=two", *two_machines(_free_port())]
+    log = run_on_two_machines(machines, tmp_path / "join.log")
     assert "machine 1 took part in 2 launch(es)" in log.read_text()
     for k in (0, 1):
         two = json.loads((tmp_path / f"runs/two/round_{k:02d}/train.json").read_text())
