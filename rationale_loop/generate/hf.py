@@ -58,7 +58,9 @@ class HFBackend:
                     if index not in skip:
                         yield index, completions[offset * sampling.n : (offset + 1) * sampling.n]
         finally:
-            self.model.train(was_training)
+            # A generator left unfinished (Ctrl-C) is closed when it is collected, which may be after close().
+            if self.model is not None:
+                self.model.train(was_training)
 
     @torch.inference_mode()
     def _generate_batch(self, batch: list[list[int]], sampling: Sampling, generator: torch.Generator) -> list[Completion]:

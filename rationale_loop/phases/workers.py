@@ -83,9 +83,8 @@ def generate_into(ctx: RunContext, backend: Any, job: Job, wanted: Collection[in
     question with the rest skipped: it batches and seeds as for all of them."""
     wanted = set(wanted)
     skip = {i for i in range(len(job.problems)) if i not in wanted}
-    groups = sample_and_judge(backend, job.problems, ctx.fmt, job.sampling, ctx.cfg.verify.kind, desc=job.name, skip=skip,
-                              chain=ctx.cfg.verify.chain)
-    for group in groups:
+    for group in sample_and_judge(backend, job.problems, ctx.fmt, job.sampling, ctx.cfg.verify.kind, desc=job.name,
+                                  skip=skip, chain=ctx.cfg.verify.chain):
         append_jsonl(target, group)
         crash_point("generate" if job.name == "sample" else "evaluate")
 
