@@ -94,3 +94,18 @@ def test_each_prompt_format_stops_at_its_own_end_of_turn(name, tmp_path):
     assert ran_on != answered
     assert cut_at_stop(Completion(ran_on, "length", 9), fmt.stop).text.rstrip() == answered
     assert fmt.parse(ran_on).answer == fmt.parse(answered).answer == "5"
+
+
+def test_a_generation_left_unfinished_and_closed_after_its_backend_raises_nothing(two_round_run):
+    """Ctrl-C mid-pool leaves the backend's generator unfinished; the run closes the backend, and the
+    generator's own clean-up runs later, when it is collected: it must not fail on the closed backend."""
+    from rationale_loop.generate.hf import HFBackend
+    from rationale_loop.model import load_model, load_tokenizer
+
+    checkpoint = two_round_run / "round_01" / "checkpoint"
+    backend = HFBackend(load_model(checkpoint), load_tokenizer(checkpoint), batch_size=1)
+    prompts = [TINYCOT.prompt(q) for q in ("Ann has 3 pens. She finds 2 more.", "Ben has 12 coins. He loses 5.")]
+    unfinished = backend.generate(prompts, Sampling(n=1, temperature=0.0, max_new_tokens=8))
+    next(unfinished)
+    backend.close()
+    unfinished.close()  # runs the generator's finally block, as collection would
