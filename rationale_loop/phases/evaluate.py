@@ -11,7 +11,7 @@ from typing import Any
 from rationale_loop.evaluate import evaluate as evaluate_questions, metrics_from_file
 from rationale_loop.faults import crash_point
 from rationale_loop.phases.context import Engines, RunContext
-from rationale_loop.phases.workers import complete_so_far, evaluate_job, merge, run_in_workers
+from rationale_loop.phases.workers import evaluate_job, generate_job
 
 log = logging.getLogger(__name__)
 OUTPUT = "eval.jsonl"
@@ -23,12 +23,7 @@ def evaluate(ctx: RunContext, k: int, engines: Engines) -> dict[str, Any]:
     if (out / OUTPUT).exists():
         return {**metrics_from_file(out / OUTPUT), "eval_skipped_too_long": too_long}
     if cfg.generate.workers > 1:
-        engines.close()  # each worker loads its own engine; the memory this one holds is theirs
-        done = complete_so_far(out, job)
-        todo = [i for i, problem in enumerate(job.problems) if problem.id not in done]
-        if todo:
-            run_in_workers(ctx, k, job, todo)
-        merge(out, job, k)
+        generate_job(ctx, k, job, engines)
         metrics = metrics_from_file(out / OUTPUT)
     else:
         metrics = evaluate_questions(engines.get(job.checkpoint, job.batch_size), job.problems, ctx.fmt, cfg.verify.kind,

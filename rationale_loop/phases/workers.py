@@ -117,6 +117,22 @@ def merge(out: Path, job: Job, k: int) -> None:
         partial.unlink()
 
 
+def generate_job(ctx: RunContext, k: int, job: Job, engines: Any) -> None:
+    """The job's output: the questions no partial file holds whole yet, generated in this process (workers
+    = 1, with `engines`' backend) or in generate.workers processes, then every partial file merged."""
+    out = ctx.round_dir(k)
+    done = complete_so_far(out, job)
+    todo = [i for i, problem in enumerate(job.problems) if problem.id not in done]
+    if done:
+        log.info("resuming generation: %d of %d questions were already sampled", len(done), len(job.problems))
+    if todo and ctx.cfg.generate.workers > 1:
+        engines.close()  # each worker loads its own engine; the memory this one holds is theirs
+        run_in_workers(ctx, k, job, todo)
+    elif todo:
+        generate_into(ctx, engines.get(job.checkpoint, job.batch_size), job, todo, partial_file(out, job))
+    merge(out, job, k)
+
+
 def run_in_workers(ctx: RunContext, k: int, job: Job, todo: list[int]) -> None:
     """Deal the job's questions still to do to generate.workers processes, run them, and record the deal
     and the workers' receipts in the job's record."""
