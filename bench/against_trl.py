@@ -43,10 +43,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from training_stages import items_and_tokenizer, machine_description  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
-from rationale_loop.config import ObjectiveConfig, TrainConfig  # noqa: E402
-from rationale_loop.encode import Encoder  # noqa: E402
-from rationale_loop.objectives import SupervisedObjective, build_objective  # noqa: E402
-from rationale_loop.train import train  # noqa: E402
+from rationale_loop.config.schema import ObjectiveConfig, TrainConfig  # noqa: E402
+from rationale_loop.data.encode import Encoder  # noqa: E402
+from rationale_loop.training.objectives import SupervisedObjective, build_objective  # noqa: E402
+from rationale_loop.training.train import train  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "against_trl.json"
 # name -> (layers, hidden, share of --steps): the larger model runs a third of the steps (its steps are long).

@@ -46,13 +46,13 @@ sys.path.insert(0, str(ROOT / "bench"))
 from hydra import compose, initialize_config_dir  # noqa: E402
 
 from rationale_loop.cli import CONFIG_DIR  # noqa: E402
-from rationale_loop.config import register_configs  # noqa: E402
+from rationale_loop.config.schema import register_configs  # noqa: E402
 from rationale_loop.data.formats import get_format  # noqa: E402
 from rationale_loop.data.tasks import load_task  # noqa: E402
 from rationale_loop.generate import Sampling  # noqa: E402
 from rationale_loop.generate.hf import HFBackend  # noqa: E402
 from rationale_loop.generate.vllm import VLLMBackend  # noqa: E402
-from rationale_loop.model import load_model, load_tokenizer  # noqa: E402
+from rationale_loop.models.model import load_model, load_tokenizer  # noqa: E402
 from training_stages import machine_description  # noqa: E402
 
 

@@ -3,7 +3,7 @@
 On a machine with a CUDA GPU the model is Qwen2.5-0.5B's shape (conf/model/qwen2_5_0_5b_shape.yaml:
 24 layers x 896, a 151,936-row tied head, bf16 weights, random) and the run reports, per stage:
   tokens/s    non-padding tokens of the rows a stage trains on (SFT: prompt + response; rank: chosen +
-              rejected), per second of training loop (rationale_loop.train's own clock)
+              rejected), per second of training loop (rationale_loop.training.train's own clock)
   MFU         model FLOPs per second over a bf16 matmul peak measured in the same run (a 4096^3 matmul,
               best of 20, before and after the stages); model FLOPs = 6 x (every linear layer's
               parameters, the head included) + 12 x layers x hidden x row length, per token
@@ -46,10 +46,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from training_stages import items_and_tokenizer, machine_description  # noqa: E402
 
-from rationale_loop.config import ModelConfig, ObjectiveConfig, TrainConfig  # noqa: E402
-from rationale_loop.encode import Encoder  # noqa: E402
-from rationale_loop.objectives import SupervisedObjective, build_objective  # noqa: E402
-from rationale_loop.train import train  # noqa: E402
+from rationale_loop.config.schema import ModelConfig, ObjectiveConfig, TrainConfig  # noqa: E402
+from rationale_loop.data.encode import Encoder  # noqa: E402
+from rationale_loop.training.objectives import SupervisedObjective, build_objective  # noqa: E402
+from rationale_loop.training.train import train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results" / "gpu.json"

@@ -65,10 +65,10 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 from rationale_loop.cli import CONFIG_DIR  # noqa: E402
-from rationale_loop.config import register_configs  # noqa: E402
-from rationale_loop.config_checks import pair_objectives  # noqa: E402
+from rationale_loop.config.schema import register_configs  # noqa: E402
+from rationale_loop.preflight.config_checks import pair_objectives  # noqa: E402
 from rationale_loop.loop import run_loop  # noqa: E402
-from rationale_loop.rundir import read_rounds, round_dir  # noqa: E402
+from rationale_loop.run.rundir import read_rounds, round_dir  # noqa: E402
 
 MEMPHIS = ["objective=memphis"]  # with the embedded default's anchor on the chosen completion
 ARMS: dict[str, list[str]] = {

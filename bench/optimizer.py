@@ -1,6 +1,6 @@
 """AdamW's step time with torch's three kernels, side by side in one run: the per-tensor loop (what torch
 picks on a CPU when told nothing), foreach (tensors in groups) and fused (one kernel; what
-rationale_loop/optim.py picks by default). Parameter sets: the embedded default's model (full
+rationale_loop/training/optim.py picks by default). Parameter sets: the embedded default's model (full
 finetuning), SmolLM2-135M's shape with random weights (full finetuning) and a LoRA adapter on it (rank 16
 on every projection, the trainable set of `peft=lora`). Gradients are random and fixed; each timed call is
 one `optimizer.step()`, after warm-up steps. Medians of --repeats rounds, the kernels interleaved within a

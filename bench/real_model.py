@@ -45,7 +45,7 @@ def _accuracy(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _pool(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    from rationale_loop.chain import check_chain
+    from rationale_loop.judging.chain import check_chain
 
     if not rows:
         return {}

@@ -27,13 +27,13 @@ from pathlib import Path
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from rationale_loop.config import ObjectiveConfig, TrainConfig
+from rationale_loop.config.schema import ObjectiveConfig, TrainConfig
 from rationale_loop.data.formats import TINYCOT
 from rationale_loop.data.tiny_arith import ArithSpec, make_splits
-from rationale_loop.encode import Encoder
-from rationale_loop.model import train_tokenizer
-from rationale_loop.objectives import RankItem, SFTItem, SupervisedObjective, build_objective
-from rationale_loop.train import train
+from rationale_loop.data.encode import Encoder
+from rationale_loop.models.model import train_tokenizer
+from rationale_loop.training.objectives import RankItem, SFTItem, SupervisedObjective, build_objective
+from rationale_loop.training.train import train
 
 RESULTS = Path(__file__).resolve().parent / "results" / "training_stages.json"
 

@@ -27,8 +27,8 @@ from typing import Callable
 import hydra
 from omegaconf import DictConfig
 
-from rationale_loop.config import CONFIG_DIR, ConfigError, check_override_keys, config_groups, register_configs
-from rationale_loop.errors import UserError
+from rationale_loop.config.schema import CONFIG_DIR, ConfigError, check_override_keys, config_groups, register_configs
+from rationale_loop.config.errors import UserError
 
 COMMANDS: dict[str, Callable[[DictConfig], None]] = {}
 
@@ -105,8 +105,8 @@ def data(cfg: DictConfig) -> None:
 @command("sft")
 def sft(cfg: DictConfig) -> None:
     from rationale_loop.loop import run_sft
-    from rationale_loop.rundir import run_dir
-    from rationale_loop.report import print_rounds
+    from rationale_loop.run.rundir import run_dir
+    from rationale_loop.views.report import print_rounds
 
     cfg, overrides = with_run_config(cfg)
     run_sft(cfg, overrides)
@@ -116,8 +116,8 @@ def sft(cfg: DictConfig) -> None:
 @command("round")
 def round_(cfg: DictConfig) -> None:
     from rationale_loop.loop import run_next_round
-    from rationale_loop.rundir import run_dir
-    from rationale_loop.report import print_rounds
+    from rationale_loop.run.rundir import run_dir
+    from rationale_loop.views.report import print_rounds
 
     cfg, overrides = with_run_config(cfg)
     run_next_round(cfg, overrides)
@@ -127,8 +127,8 @@ def round_(cfg: DictConfig) -> None:
 @command("loop")
 def loop(cfg: DictConfig) -> None:
     from rationale_loop.loop import run_loop
-    from rationale_loop.rundir import run_dir
-    from rationale_loop.report import print_rounds
+    from rationale_loop.run.rundir import run_dir
+    from rationale_loop.views.report import print_rounds
 
     cfg, overrides = with_run_config(cfg)
     run_loop(cfg, overrides)
@@ -144,7 +144,7 @@ def join(cfg: DictConfig) -> None:
 
 def _readable_run(cfg: DictConfig) -> Path:
     """The run a read-only command reads: its directory, which must be one (nothing is created here)."""
-    from rationale_loop.rundir import run_dir
+    from rationale_loop.run.rundir import run_dir
 
     path = run_dir(cfg)
     if os.path.lexists(path) and not path.is_dir():
@@ -154,14 +154,14 @@ def _readable_run(cfg: DictConfig) -> Path:
 
 @command("inspect")
 def inspect(cfg: DictConfig) -> None:
-    from rationale_loop.report import InspectFilter, inspect_round
+    from rationale_loop.views.report import InspectFilter, inspect_round
 
     inspect_round(_readable_run(cfg), cfg.inspect.round, InspectFilter.from_config(cfg.inspect))
 
 
 @command("report")
 def report(cfg: DictConfig) -> None:
-    from rationale_loop.html_report import write_report
+    from rationale_loop.views.html_report import write_report
 
     print(f"[rationale_loop] wrote {write_report(_readable_run(cfg), pairs_per_round=cfg.report.pairs)}")
 
@@ -172,7 +172,7 @@ def compare(argv: list[str]) -> None:
     by their directories."""
     import argparse
 
-    from rationale_loop.report import compare_runs, forks_of, resolve_run
+    from rationale_loop.views.report import compare_runs, forks_of, resolve_run
 
     parser = argparse.ArgumentParser(prog="python -m rationale_loop compare", description="runs side by side")
     parser.add_argument("runs", nargs="*", help="runs: names under --root (as in run=NAME) or run directories")
@@ -236,7 +236,7 @@ def export(argv: list[str]) -> None:
 
     out = arguments.out
     if out is None:
-        from rationale_loop.rundir import next_round
+        from rationale_loop.run.rundir import next_round
 
         out = default_target(run, next_round(run) - 1 if arguments.round is None else arguments.round, arguments.root)
     print(f"[rationale_loop] exported to {export_round(run, arguments.round, out, force=arguments.force, license=arguments.license)}")
@@ -306,7 +306,7 @@ def main(argv: list[str] | None = None) -> None:
     _check_overrides_or_exit(argv[1:])
     register_configs()
     if name in RUN_COMMANDS:
-        from rationale_loop.run_config import split_drops
+        from rationale_loop.run.run_config import split_drops
 
         _check_sweep_or_exit(argv[1:])
         argv[1:], DROPS[:] = split_drops(argv[1:])

@@ -19,10 +19,10 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from rationale_loop.config import Config
+from rationale_loop.config.schema import Config
 from rationale_loop.data.formats import MODEL_FORMAT
-from rationale_loop.errors import UserError
-from rationale_loop.integrity import check_checkpoint
+from rationale_loop.config.errors import UserError
+from rationale_loop.run.integrity import check_checkpoint
 
 CHECKPOINT_SUFFIXES = (".json", ".safetensors", ".txt", ".model", ".jinja")
 
@@ -55,7 +55,7 @@ def export_round(run: Path, k: int | None, target: Path | None, force: bool = Fa
     """Write round k of `run` (default: the last finished) into `target`: a new or empty directory, or
     with force an earlier export's (only the files that export wrote are replaced; anything else in it
     stays). Files are written beside and moved in whole, with the modes of a normal download."""
-    from rationale_loop.rundir import is_done, next_round, round_dir
+    from rationale_loop.run.rundir import is_done, next_round, round_dir
 
     run = Path(run)
     last = next_round(run) - 1
@@ -102,7 +102,7 @@ def _earlier_export(target: Path, force: bool) -> list[str]:
                         "(nothing in it is replaced or deleted)")
     if not force:
         raise UserError(f"{target} holds an earlier export; pass --force to replace it (only the files it wrote)")
-    from rationale_loop.records import read_json
+    from rationale_loop.run.records import read_json
 
     files = read_json(marker).get("files", [])
     return [name for name in files if isinstance(name, str) and "/" not in name and not name.startswith(".")]
@@ -115,7 +115,7 @@ def _publishable_tokenizer(checkpoint: Path, staging: Path, prompt_format: str) 
     that transformers 4 knows too (transformers 5 saves TokenizersBackend, a name 4.x cannot load)."""
     from transformers import AutoTokenizer
 
-    from rationale_loop.chat_template import reasoning_chat_template
+    from rationale_loop.models.chat_template import reasoning_chat_template
     from rationale_loop.data.model_format import export_chat_template
 
     tokenizer = AutoTokenizer.from_pretrained(str(checkpoint))
@@ -143,7 +143,7 @@ def run_format(checkpoint: Path, prompt_format: str, tokenizer: Any = None) -> A
     if prompt_format != MODEL_FORMAT:
         return get_format(prompt_format)
     if tokenizer is None:
-        from rationale_loop.model import load_tokenizer
+        from rationale_loop.models.model import load_tokenizer
 
         tokenizer = load_tokenizer(checkpoint)
     return model_format(tokenizer, str(checkpoint))
@@ -153,7 +153,7 @@ def _saved_config(round_path: Path) -> Any:
     """A round's config.yaml over the schema's defaults (a run made before a key existed ran with its
     default), with every `${...}` kept as its text: an `${oc.env:SECRET}` must never be looked up into
     a file meant to be published."""
-    from rationale_loop.run_config import read_saved_config
+    from rationale_loop.run.run_config import read_saved_config
 
     defaults = OmegaConf.create(OmegaConf.to_container(OmegaConf.structured(Config)))
     return OmegaConf.merge(defaults, OmegaConf.create(_literal(read_saved_config(round_path / "config.yaml"))))
@@ -169,7 +169,7 @@ def _literal(value: Any) -> Any:
 
 
 def _rounds(run: Path, k: int) -> list[dict[str, Any]]:
-    from rationale_loop.rundir import read_round_metrics
+    from rationale_loop.run.rundir import read_round_metrics
 
     return [read_round_metrics(run, j) for j in range(k + 1)]
 
@@ -197,7 +197,7 @@ def _stage(train: Any, peft: Any, rounds: list[dict[str, Any]], unit: str = "seq
 def _batch(train: Any, rounds: list[dict[str, Any]], unit: str) -> str:
     """The configured batch, and the one a round took when it had fewer items than that (a batch is never
     more than the epochs' items: train._schedule_order, which cut the round's batches)."""
-    from rationale_loop.train import _schedule_order
+    from rationale_loop.training.train import _schedule_order
 
     configured = f"{train.batch_size} {unit} (micro-batches of {train.micro_batch_size})"
     taken = {row["round"]: len(_schedule_order(row["train_items"], train.epochs, train.batch_size, 0, train.steps)[0])
@@ -243,7 +243,7 @@ def _split_source(cfg: Any, split: str, rows: int | None) -> str:
 def _declared(cfg: Any) -> Any:
     """The run's objective class, which describes itself (objectives.Declared); None for a name no longer
     registered (a run made by another version), whose card then gives the bare name."""
-    from rationale_loop.objectives import OBJECTIVES  # torch: loaded when a card is written, not on import
+    from rationale_loop.training.objectives import OBJECTIVES  # torch: loaded when a card is written, not on import
 
     return OBJECTIVES.get(cfg.objective.name) if cfg.objective.name in OBJECTIVES else None
 
@@ -278,7 +278,7 @@ def _base_hub_id(model: Any) -> str | None:
     if model.get("hub_id"):
         return str(model.hub_id)
     if model.get("gguf_file"):
-        from rationale_loop.gguf import gguf_hub_id
+        from rationale_loop.models.gguf import gguf_hub_id
 
         return gguf_hub_id(str(model.gguf_file))
     return _hub_id(str(model.path)) if model.path else None
@@ -292,15 +292,15 @@ def _local_name(model: Any) -> str:
 
 def _mix_sources(round0: Path) -> list[tuple[str, dict[str, Any]]]:
     """The data= sources of the SFT mix and what was kept of each (round_00's manifest), [] without one."""
-    from rationale_loop.data.sources import MIX_MANIFEST
-    from rationale_loop.records import read_json
+    from rationale_loop.run.run_config import MIX_MANIFEST
+    from rationale_loop.run.records import read_json
 
     manifest = round0 / MIX_MANIFEST
     return list(read_json(manifest).get("sources", {}).items()) if manifest.exists() else []
 
 
 def _context(checkpoint: Path) -> int | None:
-    from rationale_loop.records import read_json
+    from rationale_loop.run.records import read_json
 
     config = read_json(checkpoint / "config.json") if (checkpoint / "config.json").exists() else {}
     value = config.get("max_position_embeddings")
@@ -319,7 +319,7 @@ def model_card(run: Path, k: int, license: str = "unknown") -> Any:
 
 
 def _card_body(run: Path, k: int) -> tuple[str, str | None, list[str], list[str]]:
-    from rationale_loop.rundir import round_dir
+    from rationale_loop.run.rundir import round_dir
 
     cfg, first = _saved_config(round_dir(run, k)), _saved_config(round_dir(run, 0))
     rounds = _rounds(run, k)

@@ -26,10 +26,10 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from rationale_loop.errors import UserError
-from rationale_loop.launch import TICKET_GLOB, visible_gpu_ids
-from rationale_loop.records import read_json
-from rationale_loop.rundir import next_round, round_dir, run_dir
+from rationale_loop.config.errors import UserError
+from rationale_loop.phases.launch import TICKET_GLOB, visible_gpu_ids
+from rationale_loop.run.records import read_json
+from rationale_loop.run.rundir import next_round, round_dir, run_dir
 
 log = logging.getLogger(__name__)
 

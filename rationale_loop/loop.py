@@ -16,15 +16,15 @@ from typing import Any, Callable, Iterator
 
 from omegaconf import DictConfig
 
-from rationale_loop.config_checks import validate
-from rationale_loop.errors import UserError
-from rationale_loop.integrity import check_checkpoint, mark_done
+from rationale_loop.preflight.config_checks import validate
+from rationale_loop.config.errors import UserError
+from rationale_loop.run.integrity import check_checkpoint, mark_done
 from rationale_loop.phases import base_eval, evaluate, mine, sample, train
 from rationale_loop.phases.context import Engines, RunContext
-from rationale_loop.records import read_json, write_json_atomic
-from rationale_loop.round_start import open_round
-from rationale_loop.rundir import ROUND_SUMMARY_KEYS, describe_next, fork, is_done, next_round, read_rounds, write_rounds_index
-from rationale_loop.task_checks import check_task_fits_config
+from rationale_loop.run.records import read_json, write_json_atomic
+from rationale_loop.run.round_start import open_round
+from rationale_loop.run.rundir import ROUND_SUMMARY_KEYS, describe_next, fork, is_done, next_round, read_rounds, write_rounds_index
+from rationale_loop.preflight.task_checks import check_task_fits_config
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ class Run:
             if not is_done(self.dir, k - 1):
                 raise UserError(f"round {k} needs round {k - 1} finished first ({self.ctx.round_dir(k - 1)} has no DONE)")
             check_checkpoint(self.ctx.round_dir(k - 1), f"round {k - 1}, the start of round {k}")
-        out = open_round(self.ctx, k, self.overrides)
+        out = open_round(self.ctx.cfg, self.ctx.dir, k, self.overrides)
         # Wall seconds of each phase this call ran (a phase finished by an earlier, interrupted call is absent).
         seconds: dict[str, float] = {}
         for output, phase, timer in SFT_PHASES if k == 0 else ROUND_PHASES:
@@ -128,13 +128,13 @@ def degenerate_round_note(summary: dict[str, Any], pool_size: int) -> str | None
 
 @contextmanager
 def open_run(cfg: DictConfig, overrides: list[str] | None = None) -> Iterator[Run]:
-    """The run, held by this process alone (rationale_loop/lock.py) while the block runs: every command
+    """The run, held by this process alone (rationale_loop/run/lock.py) while the block runs: every command
     that writes a run opens it this way. The config is checked first, so a bad one is refused before the
     run directory is even created. The run's log (rationale_loop.log) is appended to meanwhile; the
     generation engine is closed at the end."""
-    from rationale_loop.launch import check_processes
-    from rationale_loop.lock import run_lock
-    from rationale_loop.rundir import run_dir
+    from rationale_loop.phases.launch import check_processes
+    from rationale_loop.run.lock import run_lock
+    from rationale_loop.run.rundir import run_dir
 
     validate(cfg, overrides or ())
     check_processes(cfg)  # more processes than GPUs: refused before the run does any work

@@ -1,6 +1,6 @@
 """One share of a round's generation (the pool's sampling, or the held-out evaluation), as one of
 generate.workers processes: `python -m rationale_loop.sample_worker <run> <k> <sample|evaluate> <gpu ids>`,
-started by the Hydra process under `accelerate launch` (rationale_loop/launch.py), which holds the run's
+started by the Hydra process under `accelerate launch` (rationale_loop/phases/launch.py), which holds the run's
 lock and merges the shares (phases/workers.py).
 
 The round's config.yaml and the job's record (<job>_workers.json) say everything: the worker of rank r
@@ -26,8 +26,8 @@ def main(argv: list[str]) -> None:
 
     from omegaconf import OmegaConf
 
-    from rationale_loop.records import read_json
-    from rationale_loop.rundir import round_dir
+    from rationale_loop.run.records import read_json
+    from rationale_loop.run.rundir import round_dir
 
     cfg = OmegaConf.load(round_dir(run, k) / "config.yaml")
     # Where the run is now (it may have moved since the config was written); never fork again.

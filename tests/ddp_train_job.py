@@ -10,10 +10,10 @@ import torch
 logging.basicConfig(level=logging.INFO)
 sys.path.insert(0, str(Path(__file__).parent))
 from test_train import ITEMS, tiny_model
-from rationale_loop.config import TrainConfig
-from rationale_loop.model import train_tokenizer
-from rationale_loop.objectives import SupervisedObjective
-from rationale_loop.train import train
+from rationale_loop.config.schema import TrainConfig
+from rationale_loop.models.model import train_tokenizer
+from rationale_loop.training.objectives import SupervisedObjective
+from rationale_loop.training.train import train
 
 out = Path(sys.argv[1])
 out.mkdir(parents=True, exist_ok=True)

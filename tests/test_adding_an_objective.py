@@ -12,12 +12,12 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from rationale_loop import export
-from rationale_loop.config import ConfigError, register_configs
-from rationale_loop.config_checks import pair_objectives, validate
+from rationale_loop.config.schema import ConfigError, register_configs
+from rationale_loop.preflight.config_checks import pair_objectives, validate
 from rationale_loop.data.tasks import TaskSplits
-from rationale_loop.objectives import OBJECTIVES, SFTItem, SupervisedObjective, build_objective
-from rationale_loop.records import Problem
-from rationale_loop.task_checks import check_task_fits_config
+from rationale_loop.training.objectives import OBJECTIVES, SFTItem, SupervisedObjective, build_objective
+from rationale_loop.run.records import Problem
+from rationale_loop.preflight.task_checks import check_task_fits_config
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 NAME = "gold_echo"

@@ -1,4 +1,4 @@
-"""The chain check (rationale_loop/chain.py): every arithmetic step of a rationale read and checked
+"""The chain check (rationale_loop/judging/chain.py): every arithmetic step of a rationale read and checked
 exactly, wrong steps found, unreadable ones counted and never failed, and no input able to run code or
 hang it."""
 
@@ -15,14 +15,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rationale_loop.chain import MAX_CHARS, MAX_STEPS, check_chain, format_value
+from rationale_loop.judging.chain import MAX_CHARS, MAX_STEPS, check_chain, format_value
 from rationale_loop.data.formats import TINYCOT
 from rationale_loop.data.public import load_gsm8k
 from rationale_loop.data.tiny_arith import ArithSpec, make_problem
 from rationale_loop.generate.base import Completion
-from rationale_loop.records import Problem
-from rationale_loop.rollouts import judge
-from rationale_loop.stats import SampleStats
+from rationale_loop.run.records import Problem
+from rationale_loop.judging.rollouts import judge
+from rationale_loop.judging.stats import SampleStats
 
 
 @pytest.mark.parametrize("text, checked, wrong, unparsed", [
@@ -312,8 +312,8 @@ def test_the_default_records_no_steps_and_judges_by_the_answer():
 def test_inspect_wrong_chain_lists_right_answers_with_a_wrong_step_marked(tmp_path):
     from rich.console import Console
 
-    from rationale_loop.records import write_jsonl_atomic
-    from rationale_loop.report import InspectFilter, inspect_round
+    from rationale_loop.run.records import write_jsonl_atomic
+    from rationale_loop.views.report import InspectFilter, inspect_round
 
     samples = _faulty_samples(40, seed=11)
     out = tmp_path / "run" / "round_01"
@@ -338,8 +338,8 @@ def test_a_round_with_verify_chain_check_records_the_steps_everywhere(tmp_path):
     """A real (small) round: the samples carry their steps, a wrong step makes a right answer
     incorrect, and the counts reach stats.json, metrics.json, rounds.jsonl and TensorBoard."""
     from rationale_loop.loop import run_loop
-    from rationale_loop.rundir import read_rounds
-    from rationale_loop.records import JsonlRecords, Generation, read_json
+    from rationale_loop.run.rundir import read_rounds
+    from rationale_loop.run.records import JsonlRecords, Generation, read_json
     from test_config import compose_config
     from test_end_to_end import SMALL
 

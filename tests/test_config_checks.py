@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from rationale_loop.config import ConfigError
-from rationale_loop.config_checks import validate
+from rationale_loop.config.schema import ConfigError
+from rationale_loop.preflight.config_checks import validate
 
 from test_config import compose_config
 
@@ -176,12 +176,12 @@ def test_a_preset_may_set_keys_of_options_it_does_not_pick():
 def test_every_option_declares_keys_of_its_group_and_every_key_has_a_reader():
     from dataclasses import fields
 
-    from rationale_loop import config as schema
-    from rationale_loop.config_checks import option_keys
+    from rationale_loop.config import schema
+    from rationale_loop.preflight.config_checks import option_keys
     from rationale_loop.generate import BACKENDS
-    from rationale_loop.launch import LAUNCH_KINDS
-    from rationale_loop.merge import AVERAGE_METHODS
-    from rationale_loop.objectives import OBJECTIVES
+    from rationale_loop.phases.launch import LAUNCH_KINDS
+    from rationale_loop.models.merge import AVERAGE_METHODS
+    from rationale_loop.training.objectives import OBJECTIVES
 
     closed = {"objective": OBJECTIVES.names(), "generate": BACKENDS.names(), "peft": schema.PEFT_METHODS,
               "launch": LAUNCH_KINDS, "average": AVERAGE_METHODS}
@@ -198,8 +198,8 @@ def test_every_option_declares_keys_of_its_group_and_every_key_has_a_reader():
 
 
 def test_an_objective_reads_its_declared_options_only():
-    from rationale_loop.config import ObjectiveConfig
-    from rationale_loop.objectives import OBJECTIVES, UndeclaredOption, build_objective
+    from rationale_loop.config.schema import ObjectiveConfig
+    from rationale_loop.training.objectives import OBJECTIVES, UndeclaredOption, build_objective
 
     star = build_objective(ObjectiveConfig(name="star", rationalize=True))
     assert star.cfg.rationalize is True and star.cfg.name == "star"
@@ -223,7 +223,7 @@ def test_the_command_line_refuses_a_key_of_another_option_before_any_work(tmp_pa
 def test_the_docs_table_of_option_keys_is_the_declared_one():
     import re
 
-    from rationale_loop.config_checks import option_keys
+    from rationale_loop.preflight.config_checks import option_keys
 
     text = (Path(__file__).resolve().parents[1] / "docs" / "configuration.md").read_text()
     table = {}

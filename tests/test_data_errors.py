@@ -10,7 +10,7 @@ from typing import Any, Callable
 import pytest
 
 from rationale_loop.data.public import LOADERS
-from rationale_loop.records import JsonlRecords, Problem, read_jsonl
+from rationale_loop.run.records import JsonlRecords, Problem, read_jsonl
 
 GSM8K = {"question": "How many?", "answer": "2 + 2 = 4\n#### 4"}
 AQUA = {"question": "Which?", "options": ["A)1", "B)2"], "rationale": "It is 2.", "correct": "B"}

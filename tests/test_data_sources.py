@@ -11,9 +11,13 @@ from pathlib import Path
 import pytest
 
 from rationale_loop.data.decontaminate import Contamination
-from rationale_loop.data.sources import DECONTAMINATION, MIX_MANIFEST, MIX_ROWS, conversations, mix, prepare_sft_mix, select_rows
-from rationale_loop.errors import DataError
-from rationale_loop.records import Conversation, Turn
+from rationale_loop.data.mixing import mix
+from rationale_loop.data.rows import select_rows
+from rationale_loop.data.schemas import conversations
+from rationale_loop.data.sources import prepare_sft_mix
+from rationale_loop.run.run_config import DECONTAMINATION, MIX_MANIFEST, MIX_ROWS
+from rationale_loop.config.errors import DataError
+from rationale_loop.run.records import Conversation, Turn
 
 ROWS = {
     "sharegpt": {"conversations": [{"from": "system", "value": "Be kind."}, {"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"}]},
@@ -86,7 +90,7 @@ def _data_config(values: dict) -> object:
     """A data= config: DataConfig's defaults with `values` over them."""
     from omegaconf import OmegaConf
 
-    from rationale_loop.config import DataConfig
+    from rationale_loop.config.schema import DataConfig
 
     return OmegaConf.merge(OmegaConf.structured(DataConfig), values)
 
@@ -113,7 +117,7 @@ def test_embedding_decontamination_catches_a_shuffled_test_question_the_other_ch
 
     from omegaconf import OmegaConf
 
-    from rationale_loop.model import train_tokenizer
+    from rationale_loop.models.model import train_tokenizer
 
     test_file = shared_data / "gsm8k" / "test.jsonl"
     question = json.loads(test_file.read_text().splitlines()[3])["question"]
@@ -145,8 +149,8 @@ def test_plain_text_is_deduplicated_decontaminated_and_packed_with_every_token_l
     from omegaconf import OmegaConf
 
     from rationale_loop.data.templates import Segment
-    from rationale_loop.encode import Encoder
-    from rationale_loop.model import train_tokenizer
+    from rationale_loop.data.encode import Encoder
+    from rationale_loop.models.model import train_tokenizer
 
     held_out = "Ann has 14 coins and she gets 4 coins from a friend and then she uses 2 of the coins today"
     story = " ".join(f"Chapter {i}: the river ran past the mill and the miller counted {i} sacks of grain." for i in range(40))
@@ -174,7 +178,7 @@ def test_plain_text_is_deduplicated_decontaminated_and_packed_with_every_token_l
 def test_a_malformed_line_names_file_and_line_and_leaves_nothing(tmp_path):
     from omegaconf import OmegaConf
 
-    from rationale_loop.model import train_tokenizer
+    from rationale_loop.models.model import train_tokenizer
 
     path = tmp_path / "chats.jsonl"
     path.write_text(json.dumps(ROWS["sharegpt"]) + "\n" + '{"conversations": [\n')
@@ -241,7 +245,8 @@ PREFERENCE_ROWS = [
 
 
 def test_preference_pairs_load_from_string_and_message_list_rows(tmp_path):
-    from rationale_loop.data.sources import preference_pairs, select_rows
+    from rationale_loop.data.rows import select_rows
+    from rationale_loop.data.schemas import preference_pairs
 
     orca = _write(tmp_path / "orca.jsonl", PREFERENCE_ROWS[:1])
     ultra = _write(tmp_path / "ultra.jsonl", PREFERENCE_ROWS[1:])
@@ -255,9 +260,9 @@ def test_preference_pairs_load_from_string_and_message_list_rows(tmp_path):
 
 
 def test_a_round_ranks_preference_pairs_beside_its_mined_pairs(tmp_path):
-    from rationale_loop.config import ConfigError
-    from rationale_loop.config_checks import validate
-    from rationale_loop.data.sources import PREFERENCE_ROWS as PREFERENCE_FILE
+    from rationale_loop.config.schema import ConfigError
+    from rationale_loop.preflight.config_checks import validate
+    from rationale_loop.run.run_config import PREFERENCE_ROWS as PREFERENCE_FILE
     from rationale_loop.loop import run_data, run_loop
 
     from test_config import compose_config
@@ -303,8 +308,8 @@ def test_column_renames_and_the_recipes_exclusion_filter_apply_before_the_row_ca
 @pytest.mark.parametrize("too_long", ["drop", "truncate"])
 def test_an_over_long_conversation_is_dropped_or_cut_after_an_assistant_turn_and_counted(tmp_path, too_long):
     from rationale_loop.data.templates import Segment
-    from rationale_loop.encode import Encoder
-    from rationale_loop.model import train_tokenizer
+    from rationale_loop.data.encode import Encoder
+    from rationale_loop.models.model import train_tokenizer
 
     long_reply = " ".join(["the river ran past the mill"] * 20)
     rows = [{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello there"},
@@ -335,9 +340,9 @@ def test_a_huge_row_is_dropped_or_cut_by_its_length_without_being_read_whole(tmp
     memory stays within a few copies of the row as it is read (three: bytes, line, parsed JSON)."""
     import tracemalloc
 
-    from rationale_loop.data.sources import row_reach
-    from rationale_loop.encode import Encoder
-    from rationale_loop.model import train_tokenizer
+    from rationale_loop.data.mixing import row_reach
+    from rationale_loop.data.encode import Encoder
+    from rationale_loop.models.model import train_tokenizer
 
     huge = "the river ran past the mill " * 150_000  # 4.2 MB
     rows = [{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello there"},
@@ -377,8 +382,8 @@ def test_the_recipe_mix_config_reads_files_shaped_like_its_hub_sources(tmp_path,
     planted test question out."""
     from omegaconf import OmegaConf
 
-    from rationale_loop.config_checks import validate
-    from rationale_loop.model import train_tokenizer
+    from rationale_loop.preflight.config_checks import validate
+    from rationale_loop.models.model import train_tokenizer
 
     from test_config import compose_config
     from test_tasks import _hub_layout

@@ -7,13 +7,13 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from rationale_loop.config import ObjectiveConfig, TrainConfig
+from rationale_loop.config.schema import ObjectiveConfig, TrainConfig
 from rationale_loop.data.formats import TINYCOT
-from rationale_loop.diagnostics import pair_scores, ranking_summary, term_at_ends
-from rationale_loop.model import train_tokenizer
-from rationale_loop.objectives import MemphisObjective, RoundData
-from rationale_loop.records import Pair, Problem
-from rationale_loop.train import train
+from rationale_loop.training.diagnostics import pair_scores, ranking_summary, term_at_ends
+from rationale_loop.models.model import train_tokenizer
+from rationale_loop.training.objectives import MemphisObjective, RoundData
+from rationale_loop.run.records import Pair, Problem
+from rationale_loop.training.train import train
 
 
 def _pairs() -> list[Pair]:
@@ -60,8 +60,8 @@ def test_a_rank_stage_raises_the_fraction_of_its_pairs_ranked_right(tokenizer):
 
 def test_pair_scores_are_each_sides_length_normalised_log_probability(tokenizer):
     """pair_scores agrees with scoring each side on its own, unbatched."""
-    from rationale_loop.encode import Encoder
-    from rationale_loop.losses import sequence_logprobs
+    from rationale_loop.data.encode import Encoder
+    from rationale_loop.training.losses import sequence_logprobs
 
     model, pairs = _model(tokenizer), _pairs()[:5]
     model.eval()

@@ -3,9 +3,9 @@
 import pytest
 
 from rationale_loop.data.formats import TINYCOT
-from rationale_loop.encode import Encoder
-from rationale_loop.losses import IGNORE_INDEX
-from rationale_loop.model import train_tokenizer
+from rationale_loop.data.encode import Encoder
+from rationale_loop.training.losses import IGNORE_INDEX
+from rationale_loop.models.model import train_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -9,10 +9,10 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rationale_loop.errors import UserError
+from rationale_loop.config.errors import UserError
 from rationale_loop.loop import run_loop
-from rationale_loop.rundir import next_round
-from rationale_loop.records import Generation, Pair, read_jsonl
+from rationale_loop.run.rundir import next_round
+from rationale_loop.run.records import Generation, Pair, read_jsonl
 
 from test_config import compose_config
 
@@ -153,7 +153,7 @@ def test_an_interrupted_round_is_finished_only_with_the_config_it_started_with(s
     not: its phases' outputs were made with its own config."""
     import shutil
 
-    from rationale_loop.config import ConfigError
+    from rationale_loop.config.schema import ConfigError
     from rationale_loop.loop import Run
 
     source, _, cfg = small_run

@@ -19,7 +19,7 @@ import yaml
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
-from rationale_loop.errors import UserError
+from rationale_loop.config.errors import UserError
 from rationale_loop.export import export_round
 
 
@@ -140,7 +140,7 @@ def test_apply_chat_template_renders_the_prompt_the_model_was_trained_on(two_rou
     from transformers import AutoTokenizer
 
     from rationale_loop.data.formats import get_format
-    from rationale_loop.encode import Encoder
+    from rationale_loop.data.encode import Encoder
 
     run = tmp_path / "runs" / prompt_format
     shutil.copytree(two_round_run, run, symlinks=True)

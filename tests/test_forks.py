@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from rationale_loop.config import ConfigError
-from rationale_loop.rundir import fork, parse_round_path
+from rationale_loop.config.schema import ConfigError
+from rationale_loop.run.rundir import fork, parse_round_path
 
 from conftest import REPO_ROOT
 
@@ -72,7 +72,7 @@ def test_a_fork_starts_from_its_source_config_and_goes_on_without_retyping_it(sw
 def test_a_sweep_job_name_too_long_for_a_file_name_is_cut_at_an_override_and_told_apart_by_a_hash():
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from rationale_loop.paths import NAME_BYTES, fitting_name
+    from rationale_loop.config.paths import NAME_BYTES, fitting_name
 
     names = ["+".join(f"model.key_{i}:{i * j}" for i in range(40)) for j in (1, 2)]
     assert all(len(name.encode()) > 255 for name in names)
@@ -121,7 +121,7 @@ def test_a_fork_interrupted_while_linking_is_completed_and_its_links_are_relativ
 
 
 def test_compare_names_runs_with_no_common_directory_in_full():
-    from rationale_loop.report import _common_prefix
+    from rationale_loop.views.report import _common_prefix
 
     assert _common_prefix(["baseline", "fork_lr"]) == ""
     assert _common_prefix(["outputs/runs/a", "outputs/runs/b/c"]) == "outputs/runs/"

@@ -56,8 +56,8 @@ def test_the_reasoning_layout_goes_inside_any_turn_template():
 def test_the_encoder_learns_the_formats_reply_end():
     """tinycot ends a learned reply with EOS; chat-ml with <|im_end|> and no EOS after it, as its rendered
     chats and its chat_template do."""
-    from rationale_loop.encode import Encoder
-    from rationale_loop.model import train_tokenizer
+    from rationale_loop.data.encode import Encoder
+    from rationale_loop.models.model import train_tokenizer
 
     chatml = get_format("chat-ml")
     tokenizer = train_tokenizer([chatml.prompt("What is 2 + 3?") + chatml.response("2 + 3 = 5.", "5") + "<|im_end|>"] * 5, vocab_size=300)

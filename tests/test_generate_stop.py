@@ -7,7 +7,7 @@ import pytest
 
 from rationale_loop.data.formats import FORMATS, TINYCOT
 from rationale_loop.data.templates import get_template
-from rationale_loop.records import Conversation, Turn
+from rationale_loop.run.records import Conversation, Turn
 from rationale_loop.generate import Sampling
 from rationale_loop.generate.base import Completion
 from rationale_loop.generate.hf import cut_at_stop
@@ -29,7 +29,7 @@ def test_generation_stops_at_the_stop_string(two_round_run):
     to write (that differs between CPUs and GPUs): greedy decoding with a stop string follows the same path
     until the string's first appearance, and ends there, without it."""
     from rationale_loop.generate.hf import HFBackend
-    from rationale_loop.model import load_model, load_tokenizer
+    from rationale_loop.models.model import load_model, load_tokenizer
 
     checkpoint = two_round_run / "round_01" / "checkpoint"
     backend = HFBackend(load_model(checkpoint), load_tokenizer(checkpoint), batch_size=4)
@@ -56,7 +56,7 @@ def test_every_sample_stops_at_the_formats_end_of_turn_besides_the_configured_st
     from hydra import compose, initialize_config_dir
 
     from rationale_loop.cli import CONFIG_DIR
-    from rationale_loop.config import register_configs
+    from rationale_loop.config.schema import register_configs
     from rationale_loop.phases.context import RunContext
 
     register_configs()
@@ -76,7 +76,7 @@ def test_each_prompt_format_stops_at_its_own_end_of_turn(name, tmp_path):
     from hydra import compose, initialize_config_dir
 
     from rationale_loop.cli import CONFIG_DIR
-    from rationale_loop.config import register_configs
+    from rationale_loop.config.schema import register_configs
     from rationale_loop.phases.context import RunContext
 
     register_configs()
@@ -100,7 +100,7 @@ def test_a_generation_left_unfinished_and_closed_after_its_backend_raises_nothin
     """Ctrl-C mid-pool leaves the backend's generator unfinished; the run closes the backend, and the
     generator's own clean-up runs later, when it is collected: it must not fail on the closed backend."""
     from rationale_loop.generate.hf import HFBackend
-    from rationale_loop.model import load_model, load_tokenizer
+    from rationale_loop.models.model import load_model, load_tokenizer
 
     checkpoint = two_round_run / "round_01" / "checkpoint"
     backend = HFBackend(load_model(checkpoint), load_tokenizer(checkpoint), batch_size=1)

@@ -10,12 +10,12 @@ import json
 
 import pytest
 
-from rationale_loop.errors import UserError
-from rationale_loop.faults import KILL_AT
+from rationale_loop.config.errors import UserError
+from rationale_loop.run.faults import KILL_AT
 from rationale_loop.generate.shards import deal
-from rationale_loop.launch import generation_command
+from rationale_loop.phases.launch import generation_command
 from rationale_loop.loop import run_loop
-from rationale_loop.records import read_jsonl
+from rationale_loop.run.records import read_jsonl
 
 from test_config import compose_config
 from test_run_safety import QUICK

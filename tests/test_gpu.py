@@ -28,11 +28,11 @@ def test_packing_and_the_chunked_loss_match_the_padded_path_on_the_gpu():
     """The same check as tests/test_token_loss.py, with the model on the GPU."""
     from accelerate import Accelerator
 
-    from rationale_loop.config import TrainConfig
-    from rationale_loop.encode import Encoder
-    from rationale_loop.model import train_tokenizer
-    from rationale_loop.objectives import SupervisedObjective
-    from rationale_loop.train import accumulate_gradients, cut_micro_batches
+    from rationale_loop.config.schema import TrainConfig
+    from rationale_loop.data.encode import Encoder
+    from rationale_loop.models.model import train_tokenizer
+    from rationale_loop.training.objectives import SupervisedObjective
+    from rationale_loop.training.train import accumulate_gradients, cut_micro_batches
     from test_train import ITEMS, tiny_model
 
     tokenizer = train_tokenizer([i.prompt + i.response for i in ITEMS] * 5, vocab_size=290)

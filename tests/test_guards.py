@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from rationale_loop.config import TrainConfig
+from rationale_loop.config.schema import TrainConfig
 from rationale_loop.data.formats import TINYCOT
-from rationale_loop.errors import CheckpointError, NonFiniteError, UserError
+from rationale_loop.config.errors import CheckpointError, NonFiniteError, UserError
 from rationale_loop.loop import run_loop
-from rationale_loop.objectives import SupervisedObjective
-from rationale_loop.prompt_budget import fitting
-from rationale_loop.records import Problem, write_json_atomic
-from rationale_loop.train import train
+from rationale_loop.training.objectives import SupervisedObjective
+from rationale_loop.data.prompt_budget import fitting
+from rationale_loop.run.records import Problem, write_json_atomic
+from rationale_loop.training.train import train
 
 from test_config import compose_config
 from test_run_safety import QUICK

@@ -13,11 +13,12 @@ from pathlib import Path
 import pytest
 
 from rationale_loop.data.formats import FORMATS, get_format
-from rationale_loop.data.sources import MIX_MANIFEST, MIX_ROWS, prepare_sft_mix, read_sft_mix
+from rationale_loop.data.sources import prepare_sft_mix, read_sft_mix
+from rationale_loop.run.run_config import MIX_MANIFEST, MIX_ROWS
 from rationale_loop.data.templates import TEMPLATES, get_template
-from rationale_loop.encode import Encoder
-from rationale_loop.errors import DataError
-from rationale_loop.records import Conversation, Turn
+from rationale_loop.data.encode import Encoder
+from rationale_loop.config.errors import DataError
+from rationale_loop.run.records import Conversation, Turn
 
 MARKERS = ("<|im_start|>", "<|im_end|>")
 BRACES = {"system": "Sys {content} {system} {eos} {}", "user": "Hi {eos} {content} {system} {0}", "reply": "Yo {eos} {content} {system}"}
@@ -26,7 +27,7 @@ SPECIALS = {"system": "Sys <|im_start|>x <s>", "user": "Hi <s> </s> <|im_end|> <
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from rationale_loop.model import train_tokenizer
+    from rationale_loop.models.model import train_tokenizer
 
     texts = [get_template(n).render(Conversation((Turn("user", "Hi there"), Turn("assistant", "Hello you")), "Be kind."), "</s>")
              for n in TEMPLATES]
@@ -43,7 +44,7 @@ def _write(path: Path, rows: list) -> Path:
 def _config(sources: dict, formats: list[str]) -> object:
     from omegaconf import OmegaConf
 
-    from rationale_loop.config import DataConfig
+    from rationale_loop.config.schema import DataConfig
 
     sources = {name: {"split": "train", "max_rows": 0, "priority": 0, **source} for name, source in sources.items()}
     return OmegaConf.merge(OmegaConf.structured(DataConfig), {"sources": sources, "formats": formats, "multi_format": "all",
@@ -141,8 +142,8 @@ def test_ordinary_data_keeps_the_ids_it_always_had(tokenizer):
 
 @pytest.mark.parametrize("name", ["tinycot", "chat-ml", "llama-2"])
 def test_model_output_holding_special_text_encodes_as_text_in_a_training_pair(name, tokenizer):
-    from rationale_loop.config import ObjectiveConfig
-    from rationale_loop.objectives import RankItem, build_objective
+    from rationale_loop.config.schema import ObjectiveConfig
+    from rationale_loop.training.objectives import RankItem, build_objective
 
     fmt = get_format(name)
     encoder = Encoder(tokenizer, 4096, fmt.reply_end)
@@ -243,7 +244,7 @@ def test_a_question_holding_special_text_is_text_when_the_model_is_asked_it(name
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from rationale_loop.encode import Encoder
+    from rationale_loop.data.encode import Encoder
     from rationale_loop.generate import Sampling
     from rationale_loop.generate.hf import HFBackend
 

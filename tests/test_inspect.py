@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from rationale_loop.records import Generation, Pair, read_jsonl
-from rationale_loop.report import InspectFilter, inspect_round, pair_lengths
+from rationale_loop.run.records import Generation, Pair, read_jsonl
+from rationale_loop.views.report import InspectFilter, inspect_round, pair_lengths
 
 
 def _shown(run: Path, k: int | None, **view) -> str:
@@ -91,8 +91,8 @@ def test_make_inspect_ends_with_the_rounds_table_and_wide_shows_every_column(two
     import sys
 
     from conftest import REPO_ROOT
-    from rationale_loop.report import OPTIONAL_COLUMNS, ROUND_COLUMNS
-    from rationale_loop.rundir import read_rounds
+    from rationale_loop.views.report import OPTIONAL_COLUMNS, ROUND_COLUMNS
+    from rationale_loop.run.rundir import read_rounds
 
     def run(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "rationale_loop", "inspect", "run=two", f"output_root={two_round_run.parent}",

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from safetensors.torch import load_file
 
-from rationale_loop.launch import check_devices, launch_command, worker_env
+from rationale_loop.phases.launch import check_devices, launch_command, worker_env
 from rationale_loop.loop import run_loop
 
 from test_config import compose_config
@@ -42,8 +42,8 @@ def test_launch_command_names_the_kind_and_processes(tmp_path):
 def test_a_killed_worker_fails_the_round_in_words_and_the_next_call_resumes_it(tmp_path, monkeypatch, capfd):
     import pytest
 
-    from rationale_loop.errors import UserError
-    from rationale_loop.faults import KILL_AT
+    from rationale_loop.config.errors import UserError
+    from rationale_loop.run.faults import KILL_AT
 
     overrides = [*QUICK, "launch=ddp", "launch.device=cpu", "sft.save_every=1", f"output_root={tmp_path}/runs", f"model.cache_dir={tmp_path}/models", "run=k"]
     monkeypatch.setenv(KILL_AT, "train_step:2")  # only the workers train, so only they pass this point
@@ -68,7 +68,7 @@ def _gpus(monkeypatch, count: int) -> None:
 def test_more_processes_than_gpus_is_refused_before_any_work(tmp_path, monkeypatch):
     import pytest
 
-    from rationale_loop.errors import UserError
+    from rationale_loop.config.errors import UserError
 
     _gpus(monkeypatch, 1)
     overrides = [*QUICK, "launch=ddp", "launch.num_processes=2", f"output_root={tmp_path}/runs", f"model.cache_dir={tmp_path}/models", "run=r"]
@@ -147,7 +147,7 @@ def test_fsdp_and_deepspeed_on_the_cpu_are_refused_before_any_work(tmp_path, mon
     every FSDP process held every parameter), so the launch is refused rather than run as something else."""
     import pytest
 
-    from rationale_loop.errors import UserError
+    from rationale_loop.config.errors import UserError
 
     for kind in ("fsdp", "deepspeed"):
         overrides = [*QUICK, f"launch={kind}", "launch.device=cpu", f"output_root={tmp_path}/runs", f"model.cache_dir={tmp_path}/models", "run=r"]

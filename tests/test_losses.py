@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from rationale_loop.losses import IGNORE_INDEX, mixce_token_losses, rank_loss, sequence_logprobs, token_logprobs
+from rationale_loop.training.losses import IGNORE_INDEX, mixce_token_losses, rank_loss, sequence_logprobs, token_logprobs
 
 
 def test_rank_loss_single_pair_is_minus_log_sigmoid_of_the_score_gap():

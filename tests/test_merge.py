@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from rationale_loop.merge import average_into, lerp, slerp
+from rationale_loop.models.merge import average_into, lerp, slerp
 
 
 def test_slerp_of_orthogonal_unit_vectors_stays_on_the_circle():

@@ -1,7 +1,7 @@
 """Pair mining on hand-built samples: duplicates, invalid and truncated samples, uneven sides."""
 
-from rationale_loop.mine import mine_pairs
-from rationale_loop.records import Generation, Problem
+from rationale_loop.judging.mine import mine_pairs
+from rationale_loop.run.records import Generation, Problem
 
 PROBLEMS = {
     "q1": Problem("q1", "Q1?", "gold 1", "5"),

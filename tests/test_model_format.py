@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from rationale_loop.data.model_format import export_chat_template, model_format
-from rationale_loop.errors import UserError
-from rationale_loop.free_text import FreeTextReading, read_free_answer
+from rationale_loop.config.errors import UserError
+from rationale_loop.judging.free_text import FreeTextReading, read_free_answer
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,7 @@ def test_the_prompt_is_the_model_s_own_generation_prompt_and_the_rationale_heade
 
 def _Tokenizer(chat_template):
     """A real tokenizer (a small BPE, trained here) holding a template a real model would not ship."""
-    from rationale_loop.model import train_tokenizer
+    from rationale_loop.models.model import train_tokenizer
 
     tokenizer = train_tokenizer(["Tom has 3 apples and buys 4 more."] * 4, 300)
     tokenizer.chat_template = chat_template
@@ -72,7 +72,7 @@ def test_templates_that_cannot_make_one_string_are_refused_by_name():
 def test_the_tiny_model_has_no_template_of_its_own():
     from test_config import compose_config
 
-    from rationale_loop.config_checks import validate
+    from rationale_loop.preflight.config_checks import validate
 
     with pytest.raises(UserError, match="task.prompt_format=model asks in the model's own chat template, and the tiny model has none"):
         validate(compose_config("task.prompt_format=model"), ())

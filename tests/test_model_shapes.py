@@ -20,7 +20,7 @@ def test_the_qwen_shaped_model_has_qwen2_5_0_5b_parameters():
 
 
 def test_a_small_qwen2_shape_builds_and_trains_through_the_tiny_path(tmp_path):
-    from rationale_loop.model import build_tiny_model, load_model
+    from rationale_loop.models.model import build_tiny_model, load_model
 
     cfg = compose_config("model.architecture=qwen2", "model.num_kv_heads=2", "model.tie_embeddings=true",
                          "model.model_vocab_size=1000", f"model.cache_dir={tmp_path}").model

@@ -1,5 +1,6 @@
-"""The shape of the package: the modules that read a run directory (the viewers, export, the saved-config
-reader) do it through rundir.py and never import the orchestrator."""
+"""The shape of the package: its folders are layers, each importing only from the layers below it; the
+entry points (the command line, the loop, the launched processes, export) sit on top and nothing below
+imports them; the viewers load without the orchestrator; no import cycle."""
 
 from __future__ import annotations
 
@@ -11,9 +12,23 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "rationale_loop"
-# Modules below the orchestrator: the run directory's readers, the phases and the training worker.
-READERS = ("report", "html_report", "plots", "export", "run_config", "rundir", "worker", "round_start", "task_checks",
-           *(f"phases/{path.stem}" for path in sorted((PACKAGE / "phases").glob("*.py"))))
+
+# The subpackages from the bottom up (docs/layout.md). Those on one rung stand side by side and
+# import neither each other nor anything above them.
+LAYERS = (
+    ("config",),
+    ("run",),
+    ("views",),
+    ("data", "models"),
+    ("generate",),
+    ("judging",),
+    ("training",),
+    ("phases",),
+    ("preflight",),
+)
+RUNG = {package: rung for rung, packages in enumerate(LAYERS) for package in packages}
+# The top: what a person or a launcher runs, and export (a command of its own). Nothing below imports them.
+ENTRY_POINTS = {"__init__", "__main__", "cli", "sweep", "loop", "export", "join", "cleanup", "worker", "sample_worker"}
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -27,13 +42,21 @@ def imported_modules(path: Path) -> set[str]:
     return names
 
 
-@pytest.mark.parametrize("module", READERS)
-def test_a_reader_of_the_run_directory_never_imports_the_orchestrator(module):
-    assert "rationale_loop.loop" not in imported_modules(PACKAGE / f"{module}.py")
+def test_the_top_holds_the_entry_points_and_the_layers_alone():
+    modules = {path.stem for path in PACKAGE.glob("*.py")}
+    folders = {path.name for path in PACKAGE.iterdir() if (path / "__init__.py").is_file()}
+    assert modules == ENTRY_POINTS
+    assert folders == set(RUNG)
+
+
+@pytest.mark.parametrize("package", sorted(RUNG))
+def test_each_layer_has_a_docstring_saying_what_it_holds(package):
+    docstring = ast.get_docstring(ast.parse((PACKAGE / package / "__init__.py").read_text()))
+    assert docstring and len(docstring.split()) >= 12, package
 
 
 def test_the_viewers_load_without_the_orchestrator():
-    code = ("import sys; import rationale_loop.report, rationale_loop.html_report, rationale_loop.plots, rationale_loop.export; "
+    code = ("import sys; import rationale_loop.views.report, rationale_loop.views.html_report, rationale_loop.views.plots, rationale_loop.export; "
             "print('rationale_loop.loop' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=PACKAGE.parent)
     assert result.stdout.strip() == "False"
@@ -134,20 +157,63 @@ def test_the_package_has_no_import_cycle():
     assert not cycle, "import cycle: " + " -> ".join(cycle)
 
 
+def layer_of(module: str) -> str | None:
+    """The subpackage a module lies in (rationale_loop.run.rundir -> run), None for an entry point."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 2 or (len(parts) == 2 and parts[1] in RUNG) else None
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    """Every import of the graph that climbs: from a layer into an entry point, into a layer above it, or
+    into a layer on its own rung."""
+    climbing = []
+    for module, imported in sorted(graph.items()):
+        layer = layer_of(module)
+        if layer is None:
+            continue
+        for target in sorted(imported):
+            other = layer_of(target)
+            if other == layer:
+                continue
+            if other is None or RUNG[other] >= RUNG[layer]:
+                climbing.append(f"{module} -> {target}")
+    return climbing
+
+
+def test_upward_imports_names_what_climbs():
+    graph = {"rationale_loop.run.rundir": {"rationale_loop.config.schema", "rationale_loop.views.report",
+                                           "rationale_loop.loop", "rationale_loop.run.records"},
+             "rationale_loop.data.sources": {"rationale_loop.models.model"},
+             "rationale_loop.loop": {"rationale_loop.phases.train"}}
+    assert upward_imports(graph) == ["rationale_loop.data.sources -> rationale_loop.models.model",
+                                     "rationale_loop.run.rundir -> rationale_loop.loop",
+                                     "rationale_loop.run.rundir -> rationale_loop.views.report"]
+
+
+def test_each_layer_imports_only_the_layers_below_it():
+    """The direction of the architecture, as a test: a module of a layer imports its own folder and the
+    layers below, never an entry point (at the top or inside a function), so the layering cannot decay
+    one convenient import at a time."""
+    climbing = upward_imports(GRAPH)
+    assert not climbing, "imports that climb: " + "; ".join(climbing)
+
+
 def test_config_imports_nothing_above_it():
     """config.py is below every registry: it may lean on errors.py and paths.py, which import nothing back."""
-    above = reachable("rationale_loop.config") - {"rationale_loop.errors", "rationale_loop.paths"}
+    above = reachable("rationale_loop.config.schema") - {"rationale_loop.config.errors", "rationale_loop.config.paths"}
     assert not above, f"config.py imports {sorted(above)}"
 
 
 def test_the_registries_never_import_the_config_checks():
     """config_checks.py asks the registries; none of them (nor what they import) may ask it back."""
-    registries = GRAPH["rationale_loop.config_checks"]
-    assert {"rationale_loop.objectives", "rationale_loop.verify", "rationale_loop.data.formats", "rationale_loop.generate"} <= registries
-    holding_a_registry = {name for name, path in MODULES.items() if "Registry(" in path.read_text()} - {"rationale_loop.registry"}
-    assert holding_a_registry <= registries, "a Registry that config_checks.py does not check"
+    registries = GRAPH["rationale_loop.preflight.config_checks"]
+    assert {"rationale_loop.training.objectives", "rationale_loop.judging.verify", "rationale_loop.data.formats", "rationale_loop.generate"} <= registries
+    holding_a_registry = {name for name, path in MODULES.items() if "Registry(" in path.read_text()} - {"rationale_loop.config.registry"}
+    # A registry filled by its package's modules is asked through the package (objectives/__init__.py).
+    asked = registries | {module for package in registries if MODULES[package].name == "__init__.py" for module in GRAPH[package]}
+    assert holding_a_registry <= asked, "a Registry that config_checks.py does not check"
     for module in registries:
-        assert "rationale_loop.config_checks" not in reachable(module), module
+        assert "rationale_loop.preflight.config_checks" not in reachable(module), module
 
 
 # Every module imported alone, in one fresh interpreter: before each import every rationale_loop module is

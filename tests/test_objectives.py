@@ -7,13 +7,13 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from rationale_loop.config import ObjectiveConfig, TrainConfig
+from rationale_loop.config.schema import ObjectiveConfig, TrainConfig
 from rationale_loop.data.formats import TINYCOT
-from rationale_loop.encode import Encoder
-from rationale_loop.losses import sequence_logprobs
-from rationale_loop.model import neftune, train_tokenizer
-from rationale_loop.objectives import OBJECTIVES, RoundData, build_objective
-from rationale_loop.records import Generation, Pair, Problem
+from rationale_loop.data.encode import Encoder
+from rationale_loop.training.losses import sequence_logprobs
+from rationale_loop.models.model import neftune, train_tokenizer
+from rationale_loop.training.objectives import OBJECTIVES, RoundData, build_objective
+from rationale_loop.run.records import Generation, Pair, Problem
 
 TEXTS = [TINYCOT.prompt(f"Ann has {i} pens. She finds {i % 7} more.") + TINYCOT.response(f"{i} + {i % 7} = {i + i % 7}.", str(i + i % 7)) for i in range(60)]
 PROBLEM = Problem("q1", "Ann has 3 pens. She finds 2 more.", "3 + 2 = 5.", "5")
@@ -116,7 +116,7 @@ def test_star_with_sft_replay_adds_every_worked_sft_example_once():
 def test_neftune_changes_training_forwards_only(model, tokenizer, tmp_path):
     from rationale_loop.generate import Sampling
     from rationale_loop.generate.hf import HFBackend
-    from rationale_loop.model import save_checkpoint
+    from rationale_loop.models.model import save_checkpoint
 
     ids = torch.tensor([tokenizer(PROMPT + CHOSEN)["input_ids"]])
     greedy = Sampling(n=1, temperature=0.0, max_new_tokens=12)
@@ -164,7 +164,7 @@ def test_listwise_loss_averages_negatives_in_one_forward(model, tokenizer):
     s = (sums / counts).tolist()
     # rank = -log(e^{s_c} / (e^{s_c} + (e^{s_r1} + e^{s_r2}) / 2))
     expected_rank = -math.log(math.exp(s[0]) / (math.exp(s[0]) + (math.exp(s[1]) + math.exp(s[2])) / 2))
-    from rationale_loop.objectives import RankItem
+    from rationale_loop.training.objectives import RankItem
 
     memphis = build_objective(ObjectiveConfig(name="memphis", rank_weight=1.0, anchor="chosen"))
     item = RankItem(PROMPT, CHOSEN, (REJECTED, other), CHOSEN)
@@ -177,7 +177,7 @@ def test_listwise_loss_averages_negatives_in_one_forward(model, tokenizer):
 def test_an_anchor_read_off_the_chosen_row_equals_its_own_forward(name, model, tokenizer):
     """anchor=chosen (and cpo_simpo's NLL) reuse the chosen row instead of forwarding it twice: fewer
     rows, the same loss and gradient as the unshared computation; a gold anchor keeps its own row."""
-    from rationale_loop.objectives import RankItem
+    from rationale_loop.training.objectives import RankItem
 
     other = TINYCOT.response("3 + 2 = 7 apples in all.", "7")
     items = [RankItem(PROMPT, CHOSEN, (REJECTED,), CHOSEN), RankItem(PROMPT, other, (REJECTED,), other),
@@ -216,7 +216,7 @@ def test_the_shared_prompt_forward_gives_the_unshared_losses_and_gradients(name,
     one row per response: the same units, loss terms (relative 1e-5) and gradients (absolute 1e-6), with
     groups of one to three rejected responses of different lengths, an anchor in the row (gold), an anchor
     under another prompt (replay), and MixCE on the anchor."""
-    from rationale_loop.objectives import RankItem
+    from rationale_loop.training.objectives import RankItem
 
     other_prompt = TINYCOT.prompt("Bo has 4 cups. He breaks 1.")
     gold = TINYCOT.response("Ann has 3. 3 + 2 = 5.", "5")

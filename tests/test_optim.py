@@ -1,4 +1,4 @@
-"""Tests for rationale_loop.optim: Adalite against hand-worked steps, the registry, the schedule.
+"""Tests for rationale_loop.training.optim: Adalite against hand-worked steps, the registry, the schedule.
 
 Adalite has two variants: "january" (the default, the January 2024 code Memphis-CoT-3B was trained
 with: per-ROW second moment c, eps added inside c, bare trust ratio |p| / |g|) and "february"
@@ -18,7 +18,7 @@ import math
 import pytest
 import torch
 
-from rationale_loop.optim import (
+from rationale_loop.training.optim import (
     ADALITE_VARIANTS,
     OPTIMIZERS,
     Adalite,

@@ -13,10 +13,10 @@ from hypothesis import strategies as st
 
 from rationale_loop.data.formats import FORMATS, Parsed, get_format
 from rationale_loop.generate.base import Completion
-from rationale_loop.mine import mine_pairs, mine_question, unique_sides
-from rationale_loop.records import Generation, Problem
-from rationale_loop.rollouts import judge
-from rationale_loop.verify import (
+from rationale_loop.judging.mine import mine_pairs, mine_question, unique_sides
+from rationale_loop.run.records import Generation, Problem
+from rationale_loop.judging.rollouts import judge
+from rationale_loop.judging.verify import (
     VERIFIERS,
     check_numeric,
     check_yesno,

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from rationale_loop.data.public import LOADERS, load_aqua, load_gsm8k, load_svamp, load_svamp_worked
-from rationale_loop.records import Problem
+from rationale_loop.run.records import Problem
 
 
 def _sha256(path: Path) -> str:
@@ -213,8 +213,8 @@ def test_svamp_worked_writes_each_published_equation_as_checked_steps(shared_dat
     """svamp_worked: the Equation "( ( 7.0 + 3.0 ) * 2.0 )" as "7 + 3 = 10\\n10 * 2 = 20", every step right
     arithmetic ending in the answer; an item whose equation is a bare number, misses its answer or passes
     through a repeating decimal has none."""
-    from rationale_loop.chain import check_chain
-    from rationale_loop.errors import DataError
+    from rationale_loop.judging.chain import check_chain
+    from rationale_loop.config.errors import DataError
 
     plain, worked = load_svamp(shared_data / "svamp" / "SVAMP.json"), load_svamp_worked(shared_data / "svamp" / "SVAMP.json")
     assert [(p.id, p.question, p.answer) for p in plain] == [(p.id, p.question, p.answer) for p in worked]

@@ -9,13 +9,13 @@ import math
 import pytest
 import torch
 
-from rationale_loop import objectives as objectives_module
-from rationale_loop.config import ObjectiveConfig, TrainConfig
+from rationale_loop.training.objectives import ranked_groups as objectives_module
+from rationale_loop.config.schema import ObjectiveConfig, TrainConfig
 from rationale_loop.data.formats import TINYCOT
-from rationale_loop.encode import Encoder
-from rationale_loop.losses import dpo_loss, sequence_logprobs
-from rationale_loop.objectives import RankItem, build_objective
-from rationale_loop.rank_scope import divergence_points, scored_windows, step_boundaries
+from rationale_loop.data.encode import Encoder
+from rationale_loop.training.losses import dpo_loss, sequence_logprobs
+from rationale_loop.training.objectives import RankItem, build_objective
+from rationale_loop.training.rank_scope import divergence_points, scored_windows, step_boundaries
 
 from test_objectives import model, tokenizer  # noqa: F401  (fixtures)
 

@@ -17,8 +17,8 @@ import pytest
 
 from conftest import REPO_ROOT
 from rationale_loop.cli import COMMANDS, PLAIN_COMMANDS, config_groups
-from rationale_loop.config import ConfigError, check_override_keys
-from rationale_loop.config_checks import validate
+from rationale_loop.config.schema import ConfigError, check_override_keys
+from rationale_loop.preflight.config_checks import validate
 from test_config import compose_config
 
 HYDRA_TARGETS = {"loop", "data", "sft", "round", "inspect", "report", "sweep"}

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from rationale_loop.records import JsonlRecords, Problem, group_by, read_jsonl, sort_jsonl, write_jsonl_atomic
+from rationale_loop.run.records import JsonlRecords, Problem, group_by, read_jsonl, sort_jsonl, write_jsonl_atomic
 
 
 def test_sort_jsonl_orders_rows_without_changing_them(tmp_path):

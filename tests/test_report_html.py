@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from rationale_loop import plots
-from rationale_loop.html_report import write_report
-from rationale_loop.rundir import read_rounds
-from rationale_loop.records import Generation, JsonlRecords, Pair, read_jsonl
+from rationale_loop.views import plots
+from rationale_loop.views.html_report import write_report
+from rationale_loop.run.rundir import read_rounds
+from rationale_loop.run.records import Generation, JsonlRecords, Pair, read_jsonl
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PLOT_IDS = ("plot-accuracy", "plot-pairs", "plot-rates", "plot-ranking", "plot-loss", "plot-lengths")
@@ -114,7 +114,7 @@ def test_report_has_the_table_every_plot_and_the_pairs_of_both_rounds(report, tw
 
 def test_report_table_shows_each_rounds_diagnostics(report, two_round_run):
     """Whether each round's ranking reached the weights, with the accuracy's standard error."""
-    from rationale_loop.report import format_value, standard_error
+    from rationale_loop.views.report import format_value, standard_error
 
     texts = Dom(report.read_text()).texts
     for title in ("own pairs ranked right before", "ranked right after", "margin s_c - s_r before", "mean s_c (chosen) before",
@@ -177,7 +177,7 @@ def test_the_ranking_plot_says_no_round_mined_a_pair_and_an_sft_only_run_has_no_
 
 
 def test_the_chain_table_says_chain_checking_is_off_and_shows_its_steps_when_on(report, two_round_run, tmp_path):
-    from rationale_loop.html_report import EMPTY_TABLES
+    from rationale_loop.views.html_report import EMPTY_TABLES
 
     title = "Arithmetic steps of the samples (verify.chain)"
     texts = Dom(report.read_text()).texts
@@ -256,8 +256,8 @@ WIDTHS_PROBE = (
 
 
 def test_rounds_tables_fit_a_1400_pixel_window_with_every_column(chromium, report, tmp_path):
-    from rationale_loop.html_report import EMPTY_TABLES, ROUND_TABLES
-    from rationale_loop.rundir import ROUND_SUMMARY_KEYS
+    from rationale_loop.views.html_report import EMPTY_TABLES, ROUND_TABLES
+    from rationale_loop.run.rundir import ROUND_SUMMARY_KEYS
 
     page = report.read_text()
     # The small run checks no arithmetic steps: that table is a line saying so (the chain table test).

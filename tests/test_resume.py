@@ -2,7 +2,7 @@
 that was never interrupted.
 
 The kills are real: RATIONALE_LOOP_KILL_AT makes the process send itself SIGKILL at a named point
-(rationale_loop/faults.py), so no exception handler or cleanup runs, as with the OOM killer.
+(rationale_loop/run/faults.py), so no exception handler or cleanup runs, as with the OOM killer.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from rationale_loop.faults import KILL_AT
-from rationale_loop.rundir import keep_complete_questions
+from rationale_loop.run.faults import KILL_AT
+from rationale_loop.run.rundir import keep_complete_questions
 
 from test_end_to_end import SMALL
 

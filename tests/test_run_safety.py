@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 from rationale_loop.cleanup import delete_run
-from rationale_loop.errors import RunLockedError, UserError
-from rationale_loop.faults import KILL_AT, WAIT_AT
-from rationale_loop.lock import lock_holder, run_lock
-from rationale_loop.paths import RunPathError, remove
+from rationale_loop.config.errors import RunLockedError, UserError
+from rationale_loop.run.faults import KILL_AT, WAIT_AT
+from rationale_loop.run.lock import lock_holder, run_lock
+from rationale_loop.config.paths import RunPathError, remove
 
 from test_end_to_end import SMALL
 
@@ -63,7 +63,7 @@ def test_a_second_process_on_a_live_run_is_refused_and_the_first_finishes_intact
 def test_the_lock_of_a_killed_holder_is_taken_over(tmp_path):
     run = tmp_path / "run"
     holder = (
-        "import os, signal, sys; from pathlib import Path; from rationale_loop.lock import run_lock\n"
+        "import os, signal, sys; from pathlib import Path; from rationale_loop.run.lock import run_lock\n"
         "with run_lock(Path(sys.argv[1])):\n"
         "    os.kill(os.getpid(), signal.SIGKILL)\n"
     )
@@ -87,7 +87,7 @@ def test_removing_a_link_never_touches_what_it_points_at(tmp_path):
     (run / "round_01" / ".leftover.tmp").symlink_to(outside / "keep.txt")
     (run / "round_01" / ".staging").symlink_to(outside, target_is_directory=True)
     (run / "round_02").symlink_to(outside, target_is_directory=True)
-    from rationale_loop.rundir import remove_leftovers
+    from rationale_loop.run.rundir import remove_leftovers
 
     remove_leftovers(run / "round_01")
     remove(run / "round_02", inside=run)

@@ -6,9 +6,9 @@ import shutil
 
 import pytest
 
-from rationale_loop.config import ArithConfig, TaskConfig
+from rationale_loop.config.schema import ArithConfig, TaskConfig
 from rationale_loop.data.tasks import TaskSplits, load_task
-from rationale_loop.records import read_jsonl
+from rationale_loop.run.records import read_jsonl
 
 from test_config import compose_config
 from test_end_to_end import SMALL

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from rationale_loop.errors import CheckpointError, DataError
-from rationale_loop.integrity import DONE, check_checkpoint, describe_files, mark_done
-from rationale_loop.lock import lock_holder, run_lock
+from rationale_loop.config.errors import CheckpointError, DataError
+from rationale_loop.run.integrity import DONE, check_checkpoint, describe_files, mark_done
+from rationale_loop.run.lock import lock_holder, run_lock
 from rationale_loop.loop import run_loop
-from rationale_loop.rundir import is_done, keep_complete_questions, next_round, read_rounds, write_rounds_index
-from rationale_loop.paths import HELD_RUNS, RunPathError, remove
-from rationale_loop.records import atomic_writer, read_fork_record, read_json, write_json_atomic, write_jsonl_atomic
+from rationale_loop.run.rundir import is_done, keep_complete_questions, next_round, read_rounds, write_rounds_index
+from rationale_loop.config.paths import HELD_RUNS, RunPathError, remove
+from rationale_loop.run.records import atomic_writer, read_fork_record, read_json, write_json_atomic, write_jsonl_atomic
 
 from conftest import REPO_ROOT
 from test_config import compose_config
@@ -339,7 +339,7 @@ def test_writers_refuse_a_symbolic_link_or_an_odd_file_at_the_name(tmp_path):
 
 def test_a_fork_whose_rounds_are_links_is_still_read_and_locked(finished, tmp_path):
     """The deliberate links (a fork's rounds) pass: the fork's own lock, rounds index and DONE checks."""
-    from rationale_loop.rundir import fork
+    from rationale_loop.run.rundir import fork
 
     run = tmp_path / "runs" / "fork"
     with run_lock(run):

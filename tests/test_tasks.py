@@ -3,9 +3,9 @@ read from a dataset id (here a folder laid out like the hub's openai/gsm8k) give
 
 import pytest
 
-from rationale_loop.config_checks import validate
+from rationale_loop.preflight.config_checks import validate
 from rationale_loop.data.tasks import load_task
-from rationale_loop.errors import DataError
+from rationale_loop.config.errors import DataError
 
 from test_config import compose_config
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 
 from rationale_loop.data.templates import TEMPLATES, contextual_instruction, get_template
-from rationale_loop.encode import Encoder
-from rationale_loop.losses import IGNORE_INDEX
-from rationale_loop.model import train_tokenizer
-from rationale_loop.records import Conversation, Turn
+from rationale_loop.data.encode import Encoder
+from rationale_loop.training.losses import IGNORE_INDEX
+from rationale_loop.models.model import train_tokenizer
+from rationale_loop.run.records import Conversation, Turn
 
 TURNS = (Turn("user", "Hi"), Turn("assistant", "Hello!"), Turn("user", "2+2?"), Turn("assistant", "4"))
 ALPACA = "Below is an instruction that describes a task. Write a response that appropriately completes the request."

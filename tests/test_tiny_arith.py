@@ -1,6 +1,6 @@
 import re
 
-from rationale_loop.config import TaskConfig
+from rationale_loop.config.schema import TaskConfig
 from rationale_loop.data.tasks import load_task
 from rationale_loop.data.tiny_arith import ArithSpec, make_splits
 

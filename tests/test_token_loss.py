@@ -5,12 +5,12 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-from rationale_loop.config import ObjectiveConfig, TrainConfig
+from rationale_loop.config.schema import ObjectiveConfig, TrainConfig
 from rationale_loop.data.formats import TINYCOT
-from rationale_loop.encode import Encoder
-from rationale_loop.objectives import RankItem, SupervisedObjective, build_objective
-from rationale_loop.packing import collate_packed, pack_indices
-from rationale_loop.train import accumulate_gradients, cut_micro_batches, train
+from rationale_loop.data.encode import Encoder
+from rationale_loop.training.objectives import RankItem, SupervisedObjective, build_objective
+from rationale_loop.training.packing import collate_packed, pack_indices
+from rationale_loop.training.train import accumulate_gradients, cut_micro_batches, train
 
 from test_train import ITEMS, tiny_model, tokenizer  # noqa: F401  (tokenizer is a fixture)
 
@@ -89,7 +89,7 @@ def test_segmented_attention_equals_a_block_diagonal_mask_with_grouped_query_hea
     causal mask the slices stand for; 2 key/value heads serving 4 query heads."""
     from types import SimpleNamespace
 
-    from rationale_loop.packing import segmented_attention
+    from rationale_loop.training.packing import segmented_attention
 
     torch.manual_seed(0)
     bounds = (0, 5, 7, 13)

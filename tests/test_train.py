@@ -5,12 +5,12 @@ import torch
 from accelerate import Accelerator
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from rationale_loop.config import TrainConfig
+from rationale_loop.config.schema import TrainConfig
 from rationale_loop.data.formats import TINYCOT
-from rationale_loop.encode import Encoder
-from rationale_loop.model import train_tokenizer
-from rationale_loop.objectives import SFTItem, SupervisedObjective
-from rationale_loop.train import accumulate_gradients, train
+from rationale_loop.data.encode import Encoder
+from rationale_loop.models.model import train_tokenizer
+from rationale_loop.training.objectives import SFTItem, SupervisedObjective
+from rationale_loop.training.train import accumulate_gradients, train
 
 from conftest import cpu_only_env
 
@@ -75,7 +75,7 @@ def test_two_process_ddp_training_killed_and_resumed_ends_with_the_weights_of_an
     import sys
     from pathlib import Path
 
-    from rationale_loop.faults import KILL_AT
+    from rationale_loop.run.faults import KILL_AT
 
     job = Path(__file__).with_name("ddp_train_job.py")
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
@@ -125,7 +125,7 @@ def test_two_processes_split_every_batch_and_reach_the_one_process_weights(tmp_p
     item: the process dealt nothing still joins the all-reduce, adding nothing."""
     import json
 
-    from rationale_loop.train import _schedule_order
+    from rationale_loop.training.train import _schedule_order
 
     _run_with_one_and_two_processes("ddp_split_job.py", tmp_path)
 

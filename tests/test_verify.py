@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from rationale_loop import verify
+from rationale_loop.judging import verify
 from rationale_loop.data.public import load_aqua, load_gsm8k, load_svamp
-from rationale_loop.records import Problem
-from rationale_loop.verify import (
+from rationale_loop.run.records import Problem
+from rationale_loop.judging.verify import (
     VERIFIERS,
     extract_number,
     get_verifier,
@@ -315,7 +315,7 @@ def test_verifier_never_executes_model_output() -> None:
 
 def test_verify_imports_without_torch() -> None:
     code = (
-        "import sys, rationale_loop.verify\n"
+        "import sys, rationale_loop.judging.verify\n"
         "assert 'torch' not in sys.modules\n"
         "assert 'math_verify' not in sys.modules\n"
     )

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from rationale_loop.config import ConfigError
-from rationale_loop.report import InspectFilter, answers_given, compare_runs, forks_of, inspect_round, print_rounds
-from rationale_loop.terminal import visible
+from rationale_loop.config.schema import ConfigError
+from rationale_loop.views.report import InspectFilter, answers_given, compare_runs, forks_of, inspect_round, print_rounds
+from rationale_loop.views.terminal import visible
 
 HOSTILE = "\x1b]0;pwned\x07\x1b[2J [link=http://x]y[/link] [INST] hi [/INST] \x9b31m \x7f :smile:"
 HOSTILE_SHOWN = r"\x1b]0;pwned\x07\x1b[2J [link=http://x]y[/link] [INST] hi [/INST] \x9b31m \x7f :smile:"
@@ -108,7 +108,7 @@ def test_data_preview_writes_out_control_characters(tmp_path):
 
 
 def test_a_text_table_right_aligns_number_columns_and_never_reads_a_cell_as_markup():
-    from rationale_loop.terminal import text_table
+    from rationale_loop.views.terminal import text_table
 
     text = text_table(["source", "rows"], [["[bold]x[/bold] [/INST]", 7], ["b\x1b[2J", 1234]])
     lines = text.splitlines()
@@ -125,7 +125,7 @@ def test_inspect_page_sizes_below_one_are_one_line_errors_naming_the_key(tmp_pat
     key = override.split("=")[0]
     if key == "inspect.samples":  # not passed by the command yet (see InspectFilter.from_config): the config check
         from test_config import compose_config
-        from rationale_loop.config_checks import validate
+        from rationale_loop.preflight.config_checks import validate
 
         with pytest.raises(ConfigError, match=r"^inspect\.samples must be at least 1"):
             validate(compose_config(override))
@@ -158,7 +158,7 @@ def test_rounds_table_keeps_whole_headers_at_the_terminals_width(tmp_path, width
 
 
 def test_rounds_table_wide_shows_every_column(tmp_path):
-    from rationale_loop.report import ROUND_COLUMNS
+    from rationale_loop.views.report import ROUND_COLUMNS
 
     run = make_run(tmp_path / "r")
     console = _console(80)
@@ -216,10 +216,10 @@ def test_one_damaged_fork_record_is_skipped_with_a_warning(tmp_path, capsys):
 def test_training_logs_the_gradient_norm_before_clipping(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from rationale_loop.config import TrainConfig
-    from rationale_loop.model import train_tokenizer
-    from rationale_loop.objectives import SupervisedObjective
-    from rationale_loop.train import train
+    from rationale_loop.config.schema import TrainConfig
+    from rationale_loop.models.model import train_tokenizer
+    from rationale_loop.training.objectives import SupervisedObjective
+    from rationale_loop.training.train import train
     from test_train import ITEMS, tiny_model
 
     tokenizer = train_tokenizer([i.prompt + i.response for i in ITEMS] * 5, vocab_size=290)
@@ -234,8 +234,7 @@ def test_training_logs_the_gradient_norm_before_clipping(tmp_path):
 
 # -- plots: legends beside the data, not on it --------------------------------------------------------------
 def test_plot_legends_cover_no_axes(tmp_path):
-    from rationale_loop import plots
-
+    from rationale_loop.views import plots
     rows = [_row(k) for k in range(3)]
     histories = {k: [{"step": s, "loss": 1.0 / s} for s in range(1, 5)] for k in range(3)}
     figures = [plots.rates_figure(rows), plots.ranking_figure(rows), plots.loss_figure(histories),

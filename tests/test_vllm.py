@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from rationale_loop.records import Generation, Pair, read_jsonl
+from rationale_loop.run.records import Generation, Pair, read_jsonl
 
 from test_config import compose_config
 from test_end_to_end import SMALL as E2E_SMALL
@@ -86,7 +86,7 @@ def test_vllm_generation_killed_mid_pool_resumes_without_losing_or_duplicating_a
     import subprocess
     import sys
 
-    from rationale_loop.faults import KILL_AT
+    from rationale_loop.run.faults import KILL_AT
 
     run, _, cfg = vllm_run
     fork = tmp_path / "runs" / "killed"

@@ -196,7 +196,7 @@ def test_the_default_backend_is_auto_hf_without_cuda_and_vllm_with_it(monkeypatc
     import torch
 
     from rationale_loop import generate
-    from rationale_loop.config_checks import validate
+    from rationale_loop.preflight.config_checks import validate
     from test_config import compose_config
 
     cfg = compose_config()

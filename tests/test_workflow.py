@@ -17,7 +17,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import REPO_ROOT
-from rationale_loop.faults import WAIT_AT
+from rationale_loop.run.faults import WAIT_AT
 
 TINY = ["model.hidden_size=64", "model.intermediate_size=128", "model.num_layers=2", "model.num_heads=2",
         "task.sft_size=200", "task.pool_size=8", "task.eval_size=8", "sft.steps=5", "sft.batch_size=8",
@@ -187,7 +187,7 @@ def test_ctrl_c_ends_with_one_line_and_the_same_command_goes_on(tmp_path):
     slow = [*TINY, "rounds=1", "task.pool_size=64", "generate.n=8", "generate.max_new_tokens=48", "generate.batch_size=8",
             f"model.cache_dir={tmp_path.parent}/workflow_models"]
     # Held inside sampling (after the first question's samples are written) until interrupted: the signal
-    # lands mid-phase on any machine, however fast it samples (rationale_loop/faults.py).
+    # lands mid-phase on any machine, however fast it samples (rationale_loop/run/faults.py).
     never = tmp_path / "never-released"
     # Ctrl-C as in a terminal: SIGINT handled by default in make even when this suite was started with it
     # ignored (a background job of a non-interactive shell, `cmd &`), which make would inherit; make in a

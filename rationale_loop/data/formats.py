@@ -35,8 +35,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from rationale_loop.data.templates import TEMPLATES, TurnTemplate
-from rationale_loop.records import Conversation, Turn
-from rationale_loop.registry import Registry
+from rationale_loop.run.records import Conversation, Turn
+from rationale_loop.config.registry import Registry
 
 
 @dataclass(frozen=True)

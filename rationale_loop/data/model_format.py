@@ -21,7 +21,7 @@ from typing import Any
 
 from rationale_loop.data.formats import MODEL_FORMAT, ReasoningFormat
 from rationale_loop.data.templates import EOS, SLOTS, TurnTemplate
-from rationale_loop.errors import UserError
+from rationale_loop.config.errors import UserError
 
 QUESTION, REPLY = "\ue000question\ue000", "\ue000reply\ue000"  # private-use characters: in no template or question
 

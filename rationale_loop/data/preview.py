@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterable
 
-from rationale_loop.terminal import text_table as table, visible
+from rationale_loop.views.terminal import text_table as table, visible
 
 LEARNED_OPEN, LEARNED_CLOSE = "⟦", "⟧"
 
@@ -64,8 +64,9 @@ def describe_task_example(prompt: str, response: str, count: int) -> str:
 def preview(out: Path, task_example: tuple[str, str], task_count: int) -> str:
     """Everything SFT in round directory `out` learns from: the task's examples and, when data= lists
     sources, the prepared mix (read from the files the SFT stage reads)."""
-    from rationale_loop.data.sources import DECONTAMINATION, MIX_MANIFEST, MIX_ROWS, read_preference_pairs
-    from rationale_loop.records import read_json, read_jsonl
+    from rationale_loop.data.sources import read_preference_pairs
+    from rationale_loop.run.run_config import DECONTAMINATION, MIX_MANIFEST, MIX_ROWS
+    from rationale_loop.run.records import read_json, read_jsonl
 
     parts = [describe_task_example(*task_example, task_count)]
     manifest = out / MIX_MANIFEST

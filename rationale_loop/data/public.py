@@ -12,7 +12,7 @@ missing or mistyped field, an AQuA answer letter with no matching option) raises
 the file and the line number (or, for a bad SVAMP item, its array index), so a broken download is
 found at load time, not mid-run.
 
-The answer conventions are chosen for the verifiers in `rationale_loop.verify`:
+The answer conventions are chosen for the verifiers in `rationale_loop.judging.verify`:
 
 - GSM8K and SVAMP answers are plain number strings (kind "numeric").
 - AQuA answers are the full correct option "C) 25 km" (kind "choice"), so that either the letter
@@ -28,9 +28,9 @@ import re
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from rationale_loop.errors import DataError
-from rationale_loop.records import Problem, _numbered_rows
-from rationale_loop.registry import Registry
+from rationale_loop.config.errors import DataError
+from rationale_loop.run.records import Problem, _numbered_rows
+from rationale_loop.config.registry import Registry
 
 __all__ = ["LOADERS", "PARSERS", "load_aqua", "load_gsm8k", "load_svamp", "load_svamp_worked", "parse_aqua", "parse_gsm8k",
            "parse_svamp"]

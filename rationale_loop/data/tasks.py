@@ -12,13 +12,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from rationale_loop.config import TaskConfig
+from rationale_loop.config.schema import TaskConfig
 from rationale_loop.data.public import LOADERS, PARSERS
-from rationale_loop.data.sources import load_rows
+from rationale_loop.data.rows import load_rows
 from rationale_loop.data.tiny_arith import ArithSpec, make_splits
-from rationale_loop.errors import DataError
-from rationale_loop.records import Problem
-from rationale_loop.registry import Registry
+from rationale_loop.config.errors import DataError
+from rationale_loop.run.records import Problem
+from rationale_loop.config.registry import Registry
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,8 @@ import re
 from dataclasses import dataclass
 from typing import Iterable
 
-from rationale_loop.records import Conversation
-from rationale_loop.registry import Registry
+from rationale_loop.run.records import Conversation
+from rationale_loop.config.registry import Registry
 
 EOS = "{eos}"  # stands for the tokenizer's EOS token in a format string
 SLOTS = ("{system}", "{content}")
@@ -37,6 +37,13 @@ class Segment:
     text: str
     learned: bool
     data: tuple[Span, ...] = ()
+
+
+@dataclass(frozen=True)
+class ConversationItem:
+    """A rendered conversation as the SFT stage trains on it: its segments of text, each learned or not."""
+
+    segments: tuple[Segment, ...]
 
 
 def fill(fmt: str, eos: str, **values: str) -> tuple[str, tuple[Span, ...]]:

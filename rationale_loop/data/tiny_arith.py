@@ -14,8 +14,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from rationale_loop.config import ARITH_ANSWERS, ConfigError, unknown_choice
-from rationale_loop.records import Problem
+from rationale_loop.config.schema import ARITH_ANSWERS, ConfigError, unknown_choice
+from rationale_loop.run.records import Problem
 
 NAMES = ["Ann", "Ben", "Cara", "Dev", "Eli", "Fay", "Gus", "Hana", "Ivo", "Jun", "Kai", "Lea", "Max", "Nia", "Omar", "Pia"]
 ITEMS = ["apples", "marbles", "stickers", "books", "coins", "shells", "pens", "cards", "eggs", "stamps"]

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from rationale_loop.generate.base import Backend, Completion, Sampling
-from rationale_loop.registry import Registry
+from rationale_loop.config.registry import Registry
 
 __all__ = ["Backend", "Completion", "Sampling", "BACKENDS", "make_backend", "resolve_backend", "seed_units", "gpus_per_engine"]
 log = logging.getLogger(__name__)
@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 def _hf(cfg: Any, checkpoint: Path, dtype: str, batch_size: int, trust_remote_code: bool) -> Backend:
     from rationale_loop.generate.hf import HFBackend
-    from rationale_loop.model import generation_dtype, load_model, load_tokenizer
+    from rationale_loop.models.model import generation_dtype, load_model, load_tokenizer
 
     name = generation_dtype(cfg.dtype, dtype)
     model, tokenizer = load_model(checkpoint, name, trust_remote_code), load_tokenizer(checkpoint, trust_remote_code)
@@ -40,7 +40,7 @@ def generation_device() -> str:
 
 def _vllm(cfg: Any, checkpoint: Path, dtype: str, batch_size: int, trust_remote_code: bool) -> Backend:
     from rationale_loop.generate.vllm import VLLMBackend
-    from rationale_loop.model import generation_dtype
+    from rationale_loop.models.model import generation_dtype
 
     engine = {
         "dtype": generation_dtype(cfg.dtype, dtype),
@@ -92,7 +92,7 @@ def vllm_importable(python: str | None) -> bool:
 
 def _hf_units(cfg: Any, checkpoint: Path, prompts: list[str], sampling: Sampling, batch_size: int, trust_remote_code: bool) -> list[list[int]]:
     from rationale_loop.generate.hf import encode_prompts, prompt_batches
-    from rationale_loop.model import load_tokenizer
+    from rationale_loop.models.model import load_tokenizer
 
     return prompt_batches(encode_prompts(load_tokenizer(checkpoint, trust_remote_code), prompts, sampling), batch_size)
 

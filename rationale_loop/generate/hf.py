@@ -95,7 +95,7 @@ def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], s
     """The prompts' token ids, read as training reads them when the format names its reply end."""
     if sampling.reply_end is None:
         return [tokenizer(p, add_special_tokens=True)["input_ids"] for p in prompts]
-    from rationale_loop.encode import Encoder
+    from rationale_loop.data.encode import Encoder
 
     encoder = Encoder(tokenizer, max_length=1 << 30, reply_end=sampling.reply_end)
     return [list(encoder.prompt_ids(p)) for p in prompts]

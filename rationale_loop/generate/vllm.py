@@ -540,7 +540,7 @@ def _prompt_reader(llm: Any, prompts: list[str], reply_end: str | None) -> Any:
     the text, which vLLM tokenizes itself."""
     if reply_end is None:
         return lambda i: prompts[i]
-    from rationale_loop.encode import Encoder
+    from rationale_loop.data.encode import Encoder
 
     encoder = Encoder(llm.get_tokenizer(), max_length=1 << 30, reply_end=reply_end)
     return lambda i: {"prompt_token_ids": list(encoder.prompt_ids(prompts[i]))}

@@ -13,8 +13,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from rationale_loop.evaluate import accuracy_metrics, evaluate as evaluate_questions
-from rationale_loop.free_text import FreeTextReading
+from rationale_loop.judging.evaluate import accuracy_metrics, evaluate as evaluate_questions
+from rationale_loop.judging.free_text import FreeTextReading
 from rationale_loop.phases.context import Engines, RunContext
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ def base_metrics(round0: Path) -> dict[str, Any]:
         return {}
     from collections import Counter
 
-    from rationale_loop.records import Generation, JsonlRecords
+    from rationale_loop.run.records import Generation, JsonlRecords
 
     samples = list(JsonlRecords(round0 / OUTPUT, Generation))  # read once: the metrics and the reasons
     reasons = Counter(s.invalid_reason for s in samples if s.invalid_reason)

@@ -17,8 +17,8 @@ from rationale_loop.data.formats import ReasoningFormat, get_format
 from rationale_loop.data.model_format import MODEL_FORMAT, model_format
 from rationale_loop.data.tasks import TaskSplits, load_task
 from rationale_loop.generate import Backend, Sampling, make_backend, resolve_backend
-from rationale_loop.records import Problem
-from rationale_loop.rundir import round_dir, run_dir
+from rationale_loop.run.records import Problem
+from rationale_loop.run.rundir import round_dir, run_dir
 
 
 class RunContext:
@@ -37,7 +37,7 @@ class RunContext:
         name = self.cfg.task.prompt_format
         if name != MODEL_FORMAT:
             return get_format(name)
-        from rationale_loop.model import load_tokenizer
+        from rationale_loop.models.model import load_tokenizer
 
         base = self.base_model_path()
         return model_format(load_tokenizer(base, self.cfg.model.trust_remote_code), str(base))
@@ -59,14 +59,14 @@ class RunContext:
         (cached by that text's hash, so every call of a run gets the same one)."""
         model_cfg = self.cfg.model
         if model_cfg.source == "pretrained" and model_cfg.gguf_file:
-            from rationale_loop.gguf import convert_gguf
+            from rationale_loop.models.gguf import convert_gguf
 
             return convert_gguf(model_cfg.gguf_file, model_cfg.cache_dir)
         if model_cfg.source == "pretrained":
             return model_cfg.path
         from hashlib import sha256
 
-        from rationale_loop.model import build_tiny_model
+        from rationale_loop.models.model import build_tiny_model
 
         corpus = [self.fmt.prompt(p.question) + self.fmt.response(p.rationale, p.answer) for p in self.splits.sft]
         key = sha256("\n".join(corpus).encode()).hexdigest()
@@ -87,10 +87,10 @@ class RunContext:
 
     def fitting(self, problems: list[Problem], max_new_tokens: int, checkpoint: Path, what: str) -> tuple[list[Problem], int]:
         """The problems whose prompt fits the model's context with max_new_tokens to spare, and the
-        count of the others (rationale_loop/prompt_budget.py). Every round's model has its base's
+        count of the others (rationale_loop/data/prompt_budget.py). Every round's model has its base's
         tokenizer and context, so the answer is worked out once per split and budget."""
-        from rationale_loop.model import load_tokenizer
-        from rationale_loop.prompt_budget import context_length, fitting
+        from rationale_loop.models.model import load_tokenizer
+        from rationale_loop.data.prompt_budget import context_length, fitting
 
         key = (id(problems), max_new_tokens)
         if key not in self._fits:

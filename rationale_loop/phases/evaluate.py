@@ -8,8 +8,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from rationale_loop.evaluate import evaluate as evaluate_questions, metrics_from_file
-from rationale_loop.faults import crash_point
+from rationale_loop.judging.evaluate import evaluate as evaluate_questions, metrics_from_file
+from rationale_loop.run.faults import crash_point
 from rationale_loop.phases.context import Engines, RunContext
 from rationale_loop.phases.workers import evaluate_job, generate_job
 

@@ -1,5 +1,5 @@
 """The mine phase: round k's pairs (chosen = a correct sample, rejected = an incorrect one of the same
-question, rationale_loop/mine.py) and its counts, read one question at a time from generations.jsonl
+question, rationale_loop/judging/mine.py) and its counts, read one question at a time from generations.jsonl
 so memory stays flat as the pool grows. Objectives that ask for more sample here as well: SPIN's one
 sample per SFT question (sft_generations.jsonl) and STaR's rationalization of the unsolved questions
 (rationalizations.jsonl). stats.json is written last and marks the phase done."""
@@ -9,15 +9,15 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 
-from rationale_loop.faults import crash_point
+from rationale_loop.run.faults import crash_point
 from rationale_loop.generate import Backend, Sampling
-from rationale_loop.mine import mine_question
-from rationale_loop.objectives import OBJECTIVES
+from rationale_loop.judging.mine import mine_question
+from rationale_loop.training.objectives import OBJECTIVES
 from rationale_loop.phases.context import Engines, RunContext
 from rationale_loop.phases.sample import OUTPUT as GENERATIONS, pool_that_fits
-from rationale_loop.records import Generation, JsonlRecords, Problem, group_by, write_json_atomic, write_jsonl_atomic
-from rationale_loop.rollouts import sample_and_judge
-from rationale_loop.stats import SampleStats
+from rationale_loop.run.records import Generation, JsonlRecords, Problem, group_by, write_json_atomic, write_jsonl_atomic
+from rationale_loop.judging.rollouts import sample_and_judge
+from rationale_loop.judging.stats import SampleStats
 
 log = logging.getLogger(__name__)
 OUTPUT = "stats.json"

@@ -1,5 +1,5 @@
 """The sample phase: round k's starting model answers every question of the pool generate.n times, each
-answer judged (rationale_loop/rollouts.py); the output is generations.jsonl.
+answer judged (rationale_loop/judging/rollouts.py); the output is generations.jsonl.
 
 A question's samples are appended to a partial file as soon as they are judged, a resumed call keeps every
 complete question, and generations.jsonl appears, sorted by question and sample, only when the whole pool
@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import logging
 
-from rationale_loop.faults import crash_point
-from rationale_loop.objectives import OBJECTIVES
+from rationale_loop.run.faults import crash_point
+from rationale_loop.training.objectives import OBJECTIVES
 from rationale_loop.phases.context import Engines, RunContext
 from rationale_loop.phases.workers import generate_job, pool_that_fits, sample_job
-from rationale_loop.records import write_jsonl_atomic
+from rationale_loop.run.records import write_jsonl_atomic
 
 log = logging.getLogger(__name__)
 OUTPUT = "generations.jsonl"

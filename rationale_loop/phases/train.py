@@ -17,21 +17,21 @@ from typing import Any, Callable
 import torch
 from accelerate import PartialState
 
-from rationale_loop.adapters import attach, load_for_training, merge
+from rationale_loop.models.adapters import attach, load_for_training, merge
 from rationale_loop.data.sources import read_preference_pairs, read_sft_mix
 from rationale_loop.data.formats import MODEL_FORMAT
 from rationale_loop.data.templates import get_template
-from rationale_loop.diagnostics import pair_scores, ranking_summary, term_at_ends
-from rationale_loop.errors import UserError
-from rationale_loop.faults import crash_point
-from rationale_loop.launch import run_training_worker
-from rationale_loop.merge import average_into
-from rationale_loop.model import load_tokenizer, load_weights, save_checkpoint
-from rationale_loop.objectives import RoundData, SFTItem, SupervisedObjective, build_objective
+from rationale_loop.training.diagnostics import pair_scores, ranking_summary, term_at_ends
+from rationale_loop.config.errors import UserError
+from rationale_loop.run.faults import crash_point
+from rationale_loop.phases.launch import run_training_worker
+from rationale_loop.models.merge import average_into
+from rationale_loop.models.model import load_tokenizer, load_weights, save_checkpoint
+from rationale_loop.training.objectives import RoundData, SFTItem, SupervisedObjective, build_objective
 from rationale_loop.phases.context import Engines, RunContext
 from rationale_loop.phases.sft_data import prepare_mix
-from rationale_loop.records import Generation, JsonlRecords, Pair, write_json_atomic
-from rationale_loop.train import train as run_training
+from rationale_loop.run.records import Generation, JsonlRecords, Pair, write_json_atomic
+from rationale_loop.training.train import train as run_training
 
 log = logging.getLogger(__name__)
 OUTPUT = "checkpoint"

@@ -22,14 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Collection
 
-from rationale_loop.errors import DataError, UserError
-from rationale_loop.faults import crash_point
+from rationale_loop.config.errors import DataError, UserError
+from rationale_loop.run.faults import crash_point
 from rationale_loop.generate import Sampling, gpus_per_engine, resolve_backend, seed_units
 from rationale_loop.generate.shards import deal
 from rationale_loop.phases.context import RunContext
-from rationale_loop.records import Problem, append_jsonl, read_json, sort_jsonl, write_json_atomic
-from rationale_loop.rollouts import sample_and_judge
-from rationale_loop.rundir import keep_complete_questions
+from rationale_loop.run.records import Problem, append_jsonl, read_json, sort_jsonl, write_json_atomic
+from rationale_loop.judging.rollouts import sample_and_judge
+from rationale_loop.run.rundir import keep_complete_questions
 
 log = logging.getLogger(__name__)
 RECEIPTS = ".worker_receipts"  # each worker's receipt while they run (a dot folder: a leftover of a kill)
@@ -136,7 +136,7 @@ def generate_job(ctx: RunContext, k: int, job: Job, engines: Any) -> None:
 def run_in_workers(ctx: RunContext, k: int, job: Job, todo: list[int]) -> None:
     """Deal the job's questions still to do to generate.workers processes, run them, and record the deal
     and the workers' receipts in the job's record."""
-    from rationale_loop.launch import check_generation_gpus, run_generation_workers, spans_machines
+    from rationale_loop.phases.launch import check_generation_gpus, run_generation_workers, spans_machines
 
     gen, out = ctx.cfg.generate, ctx.round_dir(k)
     prompts = [ctx.fmt.prompt(p.question) for p in job.problems]
