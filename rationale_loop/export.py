@@ -318,6 +318,20 @@ def model_card(run: Path, k: int, license: str = "unknown") -> Any:
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
 
 
+def _results_table(rounds: list[dict[str, Any]], objective: str) -> list[str]:
+    """The card's results: a row per round, after a row for the base model as loaded when it was evaluated."""
+    results = ["| round | stage | held-out accuracy (± s.e.) | pass@n on the pool | pairs | trained on |", "|---|---|---|---|---|---|"]
+    if rounds[0].get("base_eval_accuracy") is not None:  # where the model started: answers read from free text
+        base = _accuracy({"eval_accuracy": rounds[0]["base_eval_accuracy"], "eval_questions": rounds[0].get("base_eval_questions")})
+        results.append(f"| - | base model, before SFT | {base} | - | - | - |")
+    for row in rounds:
+        stage = "SFT" if row["round"] == 0 else objective
+        pass_at = f"{row['pass_at_n']:.3f}" if row.get("pass_at_n") is not None else "-"
+        results.append(f"| {row['round']} | {stage} | {_accuracy(row)} | {pass_at} | {row.get('pairs', '-')} | "
+                       f"{row.get('train_items', '-')} items, {row.get('train_steps', '-')} steps |")
+    return results
+
+
 def _card_body(run: Path, k: int) -> tuple[str, str | None, list[str], list[str]]:
     from rationale_loop.run.rundir import round_dir
 
@@ -335,16 +349,8 @@ def _card_body(run: Path, k: int) -> tuple[str, str | None, list[str], list[str]
     context = _context(round_dir(run, k) / "checkpoint")
     new_tokens = min(256, context // 2) if context else 256  # a question and its answer must fit the context
     pool_rows = next((r.get("questions") for r in rounds[1:] if r.get("questions") is not None), None)
-    results = ["| round | stage | held-out accuracy (± s.e.) | pass@n on the pool | pairs | trained on |", "|---|---|---|---|---|---|"]
     base_row = rounds[0].get("base_eval_accuracy") is not None
-    if base_row:  # where the model started: the base as loaded, answers read from free text
-        base = _accuracy({"eval_accuracy": rounds[0]["base_eval_accuracy"], "eval_questions": rounds[0].get("base_eval_questions")})
-        results.append(f"| - | base model, before SFT | {base} | - | - | - |")
-    for row in rounds:
-        stage = "SFT" if row["round"] == 0 else cfg.objective.name
-        pass_at = f"{row['pass_at_n']:.3f}" if row.get("pass_at_n") is not None else "-"
-        results.append(f"| {row['round']} | {stage} | {_accuracy(row)} | {pass_at} | {row.get('pairs', '-')} | "
-                       f"{row.get('train_items', '-')} items, {row.get('train_steps', '-')} steps |")
+    results = _results_table(rounds, str(cfg.objective.name))
     tags = ["rationale_loop", "self-training", str(cfg.objective.name), "reasoning"]
     declared = _declared(cfg)
     gold_anchor = declared is not None and "pool" in declared.gold_rationales_needed(cfg.objective)

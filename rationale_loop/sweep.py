@@ -23,7 +23,8 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from rationale_loop.config.schema import ConfigError, config_groups, schema_keys
+from rationale_loop.config.errors import ConfigError
+from rationale_loop.config.keys import config_groups, schema_keys
 from rationale_loop.preflight.config_checks import unread_option_keys, validate
 from rationale_loop.config.errors import UserError
 from rationale_loop.config.paths import check_output_root, check_run_name, shown

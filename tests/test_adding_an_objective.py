@@ -12,7 +12,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from rationale_loop import export
-from rationale_loop.config.schema import ConfigError, register_configs
+from rationale_loop.config.errors import ConfigError
+from rationale_loop.config.schema import register_configs
 from rationale_loop.preflight.config_checks import pair_objectives, validate
 from rationale_loop.data.tasks import TaskSplits
 from rationale_loop.training.objectives import OBJECTIVES, SFTItem, SupervisedObjective, build_objective

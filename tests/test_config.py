@@ -8,7 +8,8 @@ from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ConfigKeyError, ValidationError
 
 from rationale_loop.cli import CONFIG_DIR
-from rationale_loop.config.schema import ConfigError, register_configs
+from rationale_loop.config.errors import ConfigError
+from rationale_loop.config.schema import register_configs
 from rationale_loop.preflight.config_checks import validate
 
 EXPERIMENTS = sorted(p.stem for p in Path(CONFIG_DIR, "experiment").glob("*.yaml"))

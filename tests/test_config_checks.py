@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from rationale_loop.config.schema import ConfigError
+from rationale_loop.config.errors import ConfigError
 from rationale_loop.preflight.config_checks import validate
 
 from test_config import compose_config

@@ -260,7 +260,7 @@ def test_preference_pairs_load_from_string_and_message_list_rows(tmp_path):
 
 
 def test_a_round_ranks_preference_pairs_beside_its_mined_pairs(tmp_path):
-    from rationale_loop.config.schema import ConfigError
+    from rationale_loop.config.errors import ConfigError
     from rationale_loop.preflight.config_checks import validate
     from rationale_loop.run.run_config import PREFERENCE_ROWS as PREFERENCE_FILE
     from rationale_loop.loop import run_data, run_loop

@@ -153,7 +153,7 @@ def test_an_interrupted_round_is_finished_only_with_the_config_it_started_with(s
     not: its phases' outputs were made with its own config."""
     import shutil
 
-    from rationale_loop.config.schema import ConfigError
+    from rationale_loop.config.errors import ConfigError
     from rationale_loop.loop import Run
 
     source, _, cfg = small_run

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from rationale_loop.config.schema import ConfigError
+from rationale_loop.config.errors import ConfigError
 from rationale_loop.run.rundir import fork, parse_round_path
 
 from conftest import REPO_ROOT

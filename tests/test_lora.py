@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from rationale_loop.config.schema import ConfigError
+from rationale_loop.config.errors import ConfigError
 from rationale_loop.preflight.config_checks import validate
 from rationale_loop.run.faults import KILL_AT
 from rationale_loop.loop import run_loop

@@ -17,7 +17,8 @@ import pytest
 
 from conftest import REPO_ROOT
 from rationale_loop.cli import COMMANDS, PLAIN_COMMANDS, config_groups
-from rationale_loop.config.schema import ConfigError, check_override_keys
+from rationale_loop.config.errors import ConfigError
+from rationale_loop.config.keys import check_override_keys
 from rationale_loop.preflight.config_checks import validate
 from test_config import compose_config
 

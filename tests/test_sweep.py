@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from rationale_loop.cli import CONFIG_DIR
-from rationale_loop.config.schema import ConfigError, register_configs
+from rationale_loop.config.errors import ConfigError
+from rationale_loop.config.schema import register_configs
 from rationale_loop.run.run_config import write_overrides
 from rationale_loop.sweep import check_sweep, job_config, sweep_jobs
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from rationale_loop.config.schema import ConfigError
+from rationale_loop.config.errors import ConfigError
 from rationale_loop.views.report import InspectFilter, answers_given, compare_runs, forks_of, inspect_round, print_rounds
 from rationale_loop.views.terminal import visible
 

@@ -160,7 +160,7 @@ def test_an_engine_error_names_itself_and_an_engine_that_cannot_start_says_so(fa
 def test_the_worker_exits_when_its_control_pipe_closes(fake_engine, tmp_path):
     """The parent gone (its end of the pipe closed) and the worker idle: it exits by itself."""
     (tmp_path / "engine.json").write_text(json.dumps({"model": "tiny", "engine": {}, "lora": None, "seed": 0}))
-    worker = subprocess.Popen([sys.executable, "-m", "rationale_loop.generate.vllm", "--serve", str(tmp_path)], stdin=subprocess.PIPE)
+    worker = subprocess.Popen([sys.executable, "-m", "rationale_loop.generate.vllm_engine", "--serve", str(tmp_path)], stdin=subprocess.PIPE)
     worker.stdin.close()
     assert worker.wait(timeout=30) == 0
 

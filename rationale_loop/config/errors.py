@@ -26,3 +26,7 @@ class CheckpointError(UserError):
 
 class DataError(UserError, ValueError):
     """A data file that cannot be read as the task says; the message names the file and the line."""
+
+
+class ConfigError(UserError, ValueError):
+    """A config that composes but cannot run; the message names the key."""

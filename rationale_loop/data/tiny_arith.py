@@ -14,7 +14,9 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from rationale_loop.config.schema import ARITH_ANSWERS, ConfigError, unknown_choice
+from rationale_loop.config.errors import ConfigError
+from rationale_loop.config.keys import unknown_choice
+from rationale_loop.config.schema import ARITH_ANSWERS
 from rationale_loop.run.records import Problem
 
 NAMES = ["Ann", "Ben", "Cara", "Dev", "Eli", "Fay", "Gus", "Hana", "Ivo", "Jun", "Kai", "Lea", "Max", "Nia", "Omar", "Pia"]

@@ -98,7 +98,7 @@ def _hf_units(cfg: Any, checkpoint: Path, prompts: list[str], sampling: Sampling
 
 
 def _vllm_units(cfg: Any, checkpoint: Path, prompts: list[str], sampling: Sampling, batch_size: int, trust_remote_code: bool) -> list[list[int]]:
-    from rationale_loop.generate.vllm import prompt_chunks
+    from rationale_loop.generate.vllm_engine import prompt_chunks
 
     return [list(chunk) for chunk in prompt_chunks(len(prompts), cfg.chunk_size)]
 

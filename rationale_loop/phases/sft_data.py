@@ -9,7 +9,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from rationale_loop.config.schema import saved_form
+from rationale_loop.config.saved import saved_form
 from rationale_loop.data.sources import prepare_sft_mix
 from rationale_loop.phases.context import RunContext
 from rationale_loop.run.records import atomic_writer

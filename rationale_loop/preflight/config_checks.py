@@ -17,7 +17,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from rationale_loop.config import schema
-from rationale_loop.config.schema import Config, ConfigError, did_you_mean, schema_keys, source_configs, unknown_choice, unknown_keys
+from rationale_loop.config.errors import ConfigError
+from rationale_loop.config.keys import did_you_mean, schema_keys, unknown_choice, unknown_keys
+from rationale_loop.config.schema import Config, source_configs
 from rationale_loop.data.formats import FORMATS, MODEL_FORMAT
 from rationale_loop.data.public import LOADERS
 from rationale_loop.data.schemas import PREFERENCE_SCHEMA, check_schema

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from rationale_loop.config.schema import ConfigError
+from rationale_loop.config.errors import ConfigError
 from rationale_loop.data.tasks import TaskSplits
 from rationale_loop.training.objectives import OBJECTIVES
 from rationale_loop.judging.verify import is_correct

@@ -13,7 +13,8 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from rationale_loop.config.paths import remove
-from rationale_loop.config.schema import ConfigError, config_differences, flatten, saved_form, under
+from rationale_loop.config.errors import ConfigError
+from rationale_loop.config.saved import config_differences, flatten, saved_form, under
 from rationale_loop.run.records import atomic_writer
 from rationale_loop.run.run_config import (DATA_SETTINGS, MIX_MANIFEST, NO_WORK, OVERRIDES, holds_work, read_saved_config,
                                            write_overrides)

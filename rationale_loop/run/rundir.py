@@ -24,7 +24,7 @@ from typing import Any, Iterator
 
 from omegaconf import DictConfig
 
-from rationale_loop.config.schema import ConfigError
+from rationale_loop.config.errors import ConfigError
 from rationale_loop.config.errors import DataError
 from rationale_loop.run.integrity import DONE
 from rationale_loop.config.paths import remove

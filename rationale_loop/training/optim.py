@@ -17,7 +17,8 @@ from typing import Any, Callable, Iterable, NamedTuple
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
-from rationale_loop.config.schema import ConfigError, unknown_choice
+from rationale_loop.config.errors import ConfigError
+from rationale_loop.config.keys import unknown_choice
 from rationale_loop.config.registry import Registry
 
 __all__ = [

@@ -21,7 +21,8 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
-from rationale_loop.config.schema import ConfigError, unknown_choice
+from rationale_loop.config.errors import ConfigError
+from rationale_loop.config.keys import unknown_choice
 
 SCOPES = ("sequence", "divergent", "step")
 

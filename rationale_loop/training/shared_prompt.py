@@ -26,7 +26,7 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
-from rationale_loop.config.schema import ConfigError
+from rationale_loop.config.errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -145,17 +145,25 @@ def train(
         writer.close()
     model = accelerator.unwrap_model(model)
     model.eval()
-    seconds = earlier_seconds + time.perf_counter() - start
+    dealt = sum(len(_my_share(b, lengths, cfg, accelerator)[0]) for b in batches)
+    return _result(len(kept), dropped, history, earlier_seconds + time.perf_counter() - start, tokens, padded,
+                   _process_shares(accelerator, model, dealt))
+
+
+def _result(items: int, dropped: int, history: list[dict[str, float]], seconds: float, tokens: int, padded: int,
+            shares: list[dict[str, int]]) -> TrainResult:
+    """What a finished training records: its counts, loss log and time (the calls it resumed included),
+    the tokens it learned beside the padding, and each process's share."""
     return TrainResult(
-        items=len(kept),
+        items=items,
         dropped_too_long=dropped,
-        steps=len(batches),
+        steps=len(history),
         seconds=seconds,
         mean_loss=sum(r["loss"] for r in history) / len(history),
         history=history,
         tokens=tokens,
-        processes=accelerator.num_processes,
-        shares=_process_shares(accelerator, model, sum(len(_my_share(b, lengths, cfg, accelerator)[0]) for b in batches)),
+        processes=len(shares),
+        shares=shares,
         padding_fraction=padded / (tokens + padded) if tokens + padded else 0.0,
     )
 

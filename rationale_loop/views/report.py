@@ -21,7 +21,7 @@ from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
-from rationale_loop.config.schema import ConfigError
+from rationale_loop.config.errors import ConfigError
 from rationale_loop.config.paths import shown
 from rationale_loop.run.rundir import FORK, is_done, next_round, read_rounds, round_dir, round_label, with_base_row
 from rationale_loop.run.records import Generation, JsonlRecords, Pair, group_by, read_fork_record, read_json, row_error
