@@ -1,5 +1,5 @@
 """Adding an objective is one class and one YAML file: the config checks, the task checks and the model
-card read what the class declares (objectives.Declared), and none of config.py, config_checks.py,
+card read what the class declares (objectives.Declared), and none of config/schema.py, config_checks.py,
 task_checks.py, loop.py or export.py names it."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The chain check (rationale_loop/judging/chain.py): every arithmetic step of a rationale read and checked
+"""The chain check (rationale_loop/judging/chain/): every arithmetic step of a rationale read and checked
 exactly, wrong steps found, unreadable ones counted and never failed, and no input able to run code or
 hang it."""
 

@@ -199,9 +199,9 @@ def test_each_layer_imports_only_the_layers_below_it():
 
 
 def test_config_imports_nothing_above_it():
-    """config.py is below every registry: it may lean on errors.py and paths.py, which import nothing back."""
+    """config/schema.py is below every registry: it may lean on errors.py and paths.py, which import nothing back."""
     above = reachable("rationale_loop.config.schema") - {"rationale_loop.config.errors", "rationale_loop.config.paths"}
-    assert not above, f"config.py imports {sorted(above)}"
+    assert not above, f"config/schema.py imports {sorted(above)}"
 
 
 def test_the_registries_never_import_the_config_checks():

@@ -2,7 +2,7 @@
 the same way everywhere: one line naming the config key, with a guess and the known names.
 
 A registry knows the key its names are set under (`objective.name`), so the module that owns the table
-validates its own names; config_checks.py only asks it. It sits above config.py (ConfigError and the
+validates its own names; config_checks.py only asks it. It sits above errors.py and keys.py (ConfigError and the
 wording) and below every module that holds a table.
 """
 

@@ -231,7 +231,7 @@ class TrainConfig:
 @dataclass
 class ObjectiveConfig:
     """The keys of every objective in one schema; each objective's class declares the ones it reads
-    (`options`, objectives.py), and a key of another objective named on the command line is refused.
+    (`options`, training/objectives/base.py), and a key of another objective named on the command line is refused.
     docs/configuration.md lists which objective reads which key."""
 
     name: str = "memphis"  # a name of objectives.OBJECTIVES; conf/objective/*.yaml sets it with its options
@@ -349,7 +349,7 @@ class GenerateConfig:
 class VerifyConfig:
     kind: str = "numeric"
     # The arithmetic steps of each sample's rationale ("48/2 = 24"), read and checked exactly
-    # (rationale_loop/judging/chain.py): "ignore" (the answer alone decides), "count" (steps counted and checked
+    # (rationale_loop/judging/chain/): "ignore" (the answer alone decides), "count" (steps counted and checked
     # in the round's stats, the answer alone decides), "check" (a wrong step makes the sample incorrect).
     chain: str = "ignore"
 

@@ -1,4 +1,4 @@
-"""Samples judged: answer checkers (verify.py), the arithmetic steps of a rationale checked (chain.py), an
+"""Samples judged: answer checkers (verify.py), the arithmetic steps of a rationale checked (chain/), an
 answer read from free text (free_text.py), a batch sampled and judged (rollouts.py), held-out accuracy
 (evaluate.py), pairs mined (mine.py) and a round's sample counts (stats.py).
 

@@ -2,7 +2,7 @@
 
 It sits above the registries (prompt formats, tasks, loaders, objectives, optimizers, verifiers...):
 each name is looked up in the table that holds it, and each objective says what it needs of the rest
-of the config, so no check here names an objective. config.py, below every registry, keeps only the
+of the config, so no check here names an objective. config/, below every registry, keeps only the
 schemas and the helpers that need none of them; that is what keeps the package free of import cycles
 (tests/test_module_shape.py).
 """
