@@ -41,7 +41,7 @@ def delete_run(output_root: str, run: str, force: bool = False) -> tuple[Path, l
             raise UserError(f"{path} is inside the run {parent}; clean-run deletes whole runs only (RUN={parent.relative_to(root)})")
     if not path.is_symlink() and not _is_run(path):
         raise UserError(f"{path} is not a run directory (it has none of {', '.join(RUN_MARKERS)}); not deleting it")
-    from rationale_loop.views.report import forks_of  # the fork records compare reads, read the same way
+    from rationale_loop.views.compare import forks_of  # the fork records compare reads, read the same way
 
     forks = [] if path.is_symlink() else forks_of(path, root)
     if forks and not force:

@@ -174,7 +174,7 @@ def compare(argv: list[str]) -> None:
     by their directories."""
     import argparse
 
-    from rationale_loop.views.report import compare_runs, forks_of, resolve_run
+    from rationale_loop.views.compare import compare_runs, forks_of, resolve_run
 
     parser = argparse.ArgumentParser(prog="python -m rationale_loop compare", description="runs side by side")
     parser.add_argument("runs", nargs="*", help="runs: names under --root (as in run=NAME) or run directories")

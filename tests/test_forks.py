@@ -121,7 +121,7 @@ def test_a_fork_interrupted_while_linking_is_completed_and_its_links_are_relativ
 
 
 def test_compare_names_runs_with_no_common_directory_in_full():
-    from rationale_loop.views.report import _common_prefix
+    from rationale_loop.views.compare import _common_prefix
 
     assert _common_prefix(["baseline", "fork_lr"]) == ""
     assert _common_prefix(["outputs/runs/a", "outputs/runs/b/c"]) == "outputs/runs/"

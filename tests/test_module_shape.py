@@ -56,7 +56,8 @@ def test_each_layer_has_a_docstring_saying_what_it_holds(package):
 
 
 def test_the_viewers_load_without_the_orchestrator():
-    code = ("import sys; import rationale_loop.views.report, rationale_loop.views.html_report, rationale_loop.views.plots, rationale_loop.export; "
+    code = ("import sys; import rationale_loop.views.report, rationale_loop.views.compare, rationale_loop.views.html_report, "
+            "rationale_loop.views.plots, rationale_loop.export; "
             "print('rationale_loop.loop' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=PACKAGE.parent)
     assert result.stdout.strip() == "False"

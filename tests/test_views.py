@@ -15,7 +15,8 @@ import pytest
 from rich.console import Console
 
 from rationale_loop.config.errors import ConfigError
-from rationale_loop.views.report import InspectFilter, answers_given, compare_runs, forks_of, inspect_round, print_rounds
+from rationale_loop.views.compare import compare_runs, forks_of
+from rationale_loop.views.report import InspectFilter, answers_given, inspect_round, print_rounds
 from rationale_loop.views.terminal import visible
 
 HOSTILE = "\x1b]0;pwned\x07\x1b[2J [link=http://x]y[/link] [INST] hi [/INST] \x9b31m \x7f :smile:"
