@@ -3,7 +3,9 @@ offline engine, in a child process that serves every call until the backend's `c
 (vllm where there is a GPU and generate.python's interpreter has vLLM installed, else hf).
 
 Every backend has `close()` (and is a context manager): a caller that keeps one backend for several
-calls closes it when done, which frees its model (hf) or ends its engine's process (vllm)."""
+calls closes it when done, which frees its model (hf) or ends its engine's process (vllm).
+
+Layer 4: imports config/, run/, views/, data/ and models/ only (tests/test_module_shape.py)."""
 
 from __future__ import annotations
 

@@ -7,5 +7,9 @@ the whole file or none):
     train     checkpoint/         train.json, then the checkpoint; SFT is round 0's train phase (train.py)
     evaluate  eval.jsonl          greedy held-out accuracy of the round's checkpoint (evaluate.py)
 
-loop.py runs them in order, each only when its output is missing (docs/run-directory.md).
+loop.py runs them in order, each only when its output is missing (docs/run-directory.md). launch.py runs a
+phase in processes under accelerate (worker.py and sample_worker.py are what those processes run).
+
+Layer 7: imports the layers below (config/ .. training/), never preflight/ or an entry point
+(tests/test_module_shape.py).
 """
