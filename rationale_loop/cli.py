@@ -27,10 +27,9 @@ from typing import Callable
 import hydra
 from omegaconf import DictConfig
 
-from rationale_loop.config.errors import ConfigError
+from rationale_loop.config.errors import ConfigError, UserError
 from rationale_loop.config.keys import CONFIG_DIR, check_override_keys, config_groups
 from rationale_loop.config.schema import register_configs
-from rationale_loop.config.errors import UserError
 
 COMMANDS: dict[str, Callable[[DictConfig], None]] = {}
 

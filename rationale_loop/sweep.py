@@ -23,10 +23,9 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from rationale_loop.config.errors import ConfigError
+from rationale_loop.config.errors import ConfigError, UserError
 from rationale_loop.config.keys import config_groups, schema_keys
 from rationale_loop.preflight.config_checks import unread_option_keys, validate
-from rationale_loop.config.errors import UserError
 from rationale_loop.config.paths import check_output_root, check_run_name, shown
 from rationale_loop.run.run_config import merge_overrides, override_key, remembered_overrides, split_drops, with_run_named
 from rationale_loop.run.rundir import run_dir

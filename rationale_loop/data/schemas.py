@@ -20,9 +20,8 @@ from __future__ import annotations
 
 from typing import Callable, Iterable
 
-from rationale_loop.config.errors import ConfigError
+from rationale_loop.config.errors import ConfigError, DataError
 from rationale_loop.config.keys import unknown_choice
-from rationale_loop.config.errors import DataError
 from rationale_loop.data.formats import ReasoningFormat, TINYCOT
 from rationale_loop.data.public import split_gsm8k_solution
 from rationale_loop.data.rows import Row, Selected

@@ -24,10 +24,9 @@ import torch
 import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from rationale_loop.config.errors import ConfigError
+from rationale_loop.config.errors import CheckpointError, ConfigError, NonFiniteError
 from rationale_loop.config.keys import unknown_choice
 from rationale_loop.config.schema import DTYPES, ModelConfig
-from rationale_loop.config.errors import CheckpointError, NonFiniteError
 from rationale_loop.config.paths import remove
 from rationale_loop.run.records import fsync_directory
 

@@ -19,10 +19,9 @@ from typing import Sequence
 
 import yaml
 
-from rationale_loop.config.errors import ConfigError
+from rationale_loop.config.errors import ConfigError, DataError
 from rationale_loop.config.keys import check_override_keys, config_groups
 from rationale_loop.config.saved import under
-from rationale_loop.config.errors import DataError
 from rationale_loop.run.records import atomic_writer, open_regular
 
 OVERRIDES = "overrides.yaml"

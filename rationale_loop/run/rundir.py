@@ -24,8 +24,7 @@ from typing import Any, Iterator
 
 from omegaconf import DictConfig
 
-from rationale_loop.config.errors import ConfigError
-from rationale_loop.config.errors import DataError
+from rationale_loop.config.errors import ConfigError, DataError
 from rationale_loop.run.integrity import DONE
 from rationale_loop.config.paths import remove
 from rationale_loop.run.records import atomic_writer, read_jsonl, write_json_atomic, write_jsonl_atomic

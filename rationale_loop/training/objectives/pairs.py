@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from rationale_loop.config.schema import ObjectiveConfig, TrainConfig
+from rationale_loop.config.schema import TrainConfig
 from rationale_loop.training.losses import dpo_loss, rank_loss
 from rationale_loop.training.objectives.base import RankItem, RoundData, register
 from rationale_loop.training.objectives.ranked_groups import RankedGroups, rank_items
@@ -36,11 +36,9 @@ class MemphisObjective(RankedGroups):
         return (f"Memphis-CoT ranking loss: {cfg.anchor_weight:g} x CE anchor on the {cfg.anchor} response + {cfg.rank_weight:g} x "
                 "rank = -log(e^s_c / (e^s_c + mean_j e^s_rj)) over length-normalised log-probabilities")
 
-    def __init__(self, cfg: ObjectiveConfig):
-        self.cfg = cfg = self.own_options(cfg)
-        self.coefficients = {"anchor": float(cfg.anchor_weight), "rank": float(cfg.rank_weight)}
-        if self.chosen_floor > 0:
-            self.coefficients["floor"] = float(cfg.chosen_floor)
+    @staticmethod
+    def terms(cfg: Any) -> dict[str, float]:
+        return {"anchor": float(cfg.anchor_weight), "rank": float(cfg.rank_weight)}
 
     def items(self, data: RoundData) -> list[RankItem]:
         return rank_items(data, self.cfg.anchor, self.cfg.listwise)
@@ -64,11 +62,9 @@ class CpoSimpoObjective(RankedGroups):
     def describe(cls, cfg: Any) -> str:
         return f"CPO-SimPO (beta {cfg.beta:g}, gamma {cfg.gamma:g}, NLL weight {cfg.alpha:g})"
 
-    def __init__(self, cfg: ObjectiveConfig):
-        self.cfg = cfg = self.own_options(cfg)
-        self.coefficients = {"rank": 1.0, "anchor": float(cfg.alpha)}
-        if self.chosen_floor > 0:
-            self.coefficients["floor"] = float(cfg.chosen_floor)
+    @staticmethod
+    def terms(cfg: Any) -> dict[str, float]:
+        return {"rank": 1.0, "anchor": float(cfg.alpha)}
 
     def items(self, data: RoundData) -> list[RankItem]:
         return rank_items(data, "chosen")
@@ -96,11 +92,9 @@ class RpoObjective(RankedGroups):
         return (f"Iterative RPO: DPO (beta {cfg.beta:g}) against the round's starting model + {cfg.alpha:g} x the chosen "
                 "response's NLL over its length")
 
-    def __init__(self, cfg: ObjectiveConfig):
-        self.cfg = cfg = self.own_options(cfg)
-        self.coefficients = {"dpo": 1.0, "nll": float(cfg.alpha)}
-        if self.chosen_floor > 0:
-            self.coefficients["floor"] = float(cfg.chosen_floor)
+    @staticmethod
+    def terms(cfg: Any) -> dict[str, float]:
+        return {"dpo": 1.0, "nll": float(cfg.alpha)}
 
     @property
     def needs_reference(self) -> bool:

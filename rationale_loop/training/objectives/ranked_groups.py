@@ -86,6 +86,17 @@ class RankedGroups(Declared):
     trains_on_pairs = True
     length_normalised = True  # a score is the mean log-probability of its tokens (rpo: the sum)
 
+    def __init__(self, cfg: Any):
+        self.cfg = self.own_options(cfg)
+        self.coefficients = self.terms(self.cfg)
+        if self.chosen_floor > 0:
+            self.coefficients["floor"] = float(self.cfg.chosen_floor)
+
+    @staticmethod
+    def terms(cfg: Any) -> dict[str, float]:
+        """The loss terms and their coefficients under the objective's options (the floor's added by __init__)."""
+        raise NotImplementedError
+
     @property
     def share_prompt(self) -> bool:
         return bool(getattr(self.cfg, "share_prompt", False))
