@@ -11,6 +11,12 @@ from rationale_loop.run.records import Generation, JsonlRecords, Problem, write_
 from rationale_loop.judging.rollouts import sample_and_judge
 
 
+def greedy_sampling(max_new_tokens: int, stop: tuple[str, ...], reply_end: str | None) -> Sampling:
+    """How a held-out question is asked: one greedy sample, wherever it is generated (in process or by a
+    generation worker: the same sampling gives the same bytes)."""
+    return Sampling(n=1, temperature=0.0, max_new_tokens=max_new_tokens, stop=stop, reply_end=reply_end)
+
+
 def evaluate(
     backend: Backend,
     problems: Sequence[Problem],
@@ -21,7 +27,7 @@ def evaluate(
     stop: tuple[str, ...] = (),
     chain: str = "ignore",
 ) -> dict[str, float | int]:
-    sampling = Sampling(n=1, temperature=0.0, max_new_tokens=max_new_tokens, stop=stop, reply_end=fmt.reply_end)
+    sampling = greedy_sampling(max_new_tokens, stop, fmt.reply_end)
     groups = sample_and_judge(backend, problems, fmt, sampling, verify_kind, desc="evaluate", chain=chain)
     samples = [s for group in groups for s in group]
     samples.sort(key=lambda s: s.question_id)

@@ -26,6 +26,7 @@ from rationale_loop.config.errors import DataError, UserError
 from rationale_loop.run.faults import crash_point
 from rationale_loop.generate import Sampling, gpus_per_engine, resolve_backend, seed_units
 from rationale_loop.generate.shards import deal
+from rationale_loop.judging.evaluate import greedy_sampling
 from rationale_loop.phases.context import RunContext
 from rationale_loop.run.records import Problem, append_jsonl, read_json, sort_jsonl, write_json_atomic
 from rationale_loop.judging.rollouts import sample_and_judge
@@ -43,6 +44,7 @@ class Job:
     batch_size: int  # hf's prompts per batch, which the seed units follow
     checkpoint: Path
     output: str  # the file the merged samples go to, in the round's directory
+    crash_point: str  # the named crash point passed after each question (run/faults.py)
 
     @property
     def record(self) -> str:
@@ -58,15 +60,15 @@ def pool_that_fits(ctx: RunContext, k: int) -> tuple[list[Problem], int]:
 def sample_job(ctx: RunContext, k: int) -> Job:
     """Round k's pool sampling."""
     pool, _ = pool_that_fits(ctx, k)
-    return Job("sample", pool, ctx.sampling(k), ctx.cfg.generate.batch_size, ctx.start_checkpoint(k), "generations.jsonl")
+    return Job("sample", pool, ctx.sampling(k), ctx.cfg.generate.batch_size, ctx.start_checkpoint(k), "generations.jsonl", "generate")
 
 
 def evaluate_job(ctx: RunContext, k: int) -> Job:
     """Round k's held-out evaluation: one greedy sample per question that fits."""
     checkpoint = ctx.round_dir(k) / "checkpoint"
     questions, _ = ctx.fitting(ctx.splits.eval, ctx.cfg.eval.max_new_tokens, checkpoint, "evaluation")
-    sampling = Sampling(n=1, temperature=0.0, max_new_tokens=ctx.cfg.eval.max_new_tokens, stop=ctx.stop(), reply_end=ctx.fmt.reply_end)
-    return Job("evaluate", questions, sampling, ctx.cfg.eval.batch_size, checkpoint, "eval.jsonl")
+    sampling = greedy_sampling(ctx.cfg.eval.max_new_tokens, ctx.stop(), ctx.fmt.reply_end)
+    return Job("evaluate", questions, sampling, ctx.cfg.eval.batch_size, checkpoint, "eval.jsonl", "evaluate")
 
 
 JOBS: dict[str, Callable[[RunContext, int], Job]] = {"sample": sample_job, "evaluate": evaluate_job}
@@ -86,7 +88,7 @@ def generate_into(ctx: RunContext, backend: Any, job: Job, wanted: Collection[in
     for group in sample_and_judge(backend, job.problems, ctx.fmt, job.sampling, ctx.cfg.verify.kind, desc=job.name,
                                   skip=skip, chain=ctx.cfg.verify.chain):
         append_jsonl(target, group)
-        crash_point("generate" if job.name == "sample" else "evaluate")
+        crash_point(job.crash_point)
 
 
 def complete_so_far(out: Path, job: Job) -> set[str]:
@@ -107,7 +109,8 @@ def complete_so_far(out: Path, job: Job) -> set[str]:
 def merge(out: Path, job: Job, k: int) -> None:
     """The job's partial files, every question complete, as its output sorted by question and sample; then
     the partial files go."""
-    missing = [p.id for p in job.problems if p.id not in complete_so_far(out, job)]
+    complete = complete_so_far(out, job)
+    missing = [p.id for p in job.problems if p.id not in complete]
     if missing:
         raise UserError(f"round {k}: {len(missing)} question(s) have no complete samples after the {job.name} phase's "
                         f"generation ({', '.join(missing[:3])}); the next call generates them")
