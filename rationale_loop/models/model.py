@@ -135,7 +135,7 @@ ARCHITECTURES = {"llama": "LlamaConfig", "qwen2": "Qwen2Config"}
 
 
 def torch_dtype(name: str) -> torch.dtype:
-    if name not in DTYPES:  # config.DTYPES: the names, each torch's own attribute
+    if name not in DTYPES:  # config/schema.py DTYPES: the names, each torch's own attribute
         raise ConfigError(unknown_choice("model.dtype", name, DTYPES))
     return getattr(torch, name)
 

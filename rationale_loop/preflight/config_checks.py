@@ -76,7 +76,7 @@ def _check_experiment_fits_model(cfg: DictConfig, overrides: Sequence[str]) -> N
 def option_keys() -> dict[str, tuple[str, Mapping[str, Sequence[str]]]]:
     """group -> (the key that picks its option, option -> the keys of the group that option reads beside
     the ones every option reads). One schema per option: each option's keys are declared where the option
-    is defined (an objective's class, the backend, launch and average tables, config.PEFT_OPTION_KEYS)."""
+    is defined (an objective's class, the backend, launch and average tables, config/schema.py PEFT_OPTION_KEYS)."""
     return {
         "objective": ("name", {name: objective.options for name, objective in OBJECTIVES.items()}),
         "generate": ("backend", BACKEND_OPTION_KEYS),
