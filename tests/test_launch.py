@@ -31,6 +31,20 @@ def test_ddp_worker_rounds_match_the_in_process_run(tmp_path):
         assert max((a[n] - b[n]).abs().max().item() for n in a) < 1e-4, f"round {k}"
 
 
+def test_a_ddp_round_with_nothing_to_train_is_written_by_the_main_process_alone(tmp_path, capfd):
+    """Replies of 2 tokens are never correct, so round 1 mines no pair and no Accelerator is made: the
+    main process alone still writes the checkpoint (every process once wrote it at the same moment, and
+    the evaluation then read a half-replaced folder)."""
+    overrides = [*QUICK, "rounds=1", "generate.max_new_tokens=2", "launch=ddp", "launch.device=cpu",
+                 f"output_root={tmp_path}/runs", f"model.cache_dir={tmp_path}/models", "run=idle"]
+    capfd.readouterr()
+    assert [r["round"] for r in run_loop(compose_config(*overrides))] == [0, 1]
+    output = "".join(capfd.readouterr())
+    assert output.count("round 1: nothing to train on") == 2, "both processes reached the round's training"
+    assert output.count("round 1: own pairs ranked right") == 1, "only the main process measured and wrote"
+    assert (tmp_path / "runs/idle/round_01/eval.jsonl").exists()
+
+
 def test_launch_command_names_the_kind_and_processes(tmp_path):
     cfg = compose_config("launch=deepspeed", "launch.num_processes=8", "launch.extra_args=[--main_process_port,29600]").launch
     command = launch_command(cfg, tmp_path / "run", 3)

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from accelerate import PartialState
 
 from rationale_loop.models.adapters import attach, load_for_training, merge
 from rationale_loop.data.sources import read_preference_pairs, read_sft_mix
@@ -31,7 +30,7 @@ from rationale_loop.training.objectives import RoundData, SFTItem, SupervisedObj
 from rationale_loop.phases.context import Engines, RunContext
 from rationale_loop.phases.sft_data import prepare_mix
 from rationale_loop.run.records import Generation, JsonlRecords, Pair, write_json_atomic
-from rationale_loop.training.train import train as run_training
+from rationale_loop.training.train import is_main_process, train as run_training
 
 log = logging.getLogger(__name__)
 OUTPUT = "checkpoint"
@@ -122,7 +121,7 @@ def _train_and_save(
     model = attach(model, cfg.peft, seed)
     result = run_training(model, tokenizer, items, objective, train_cfg, seed=seed, desc=desc, state_path=out / TRAIN_STATE,
                           log_dir=ctx.dir / "tensorboard" / out.name, reply_end=ctx.fmt.reply_end)
-    if not PartialState().is_main_process:
+    if not is_main_process():
         return  # under a launcher, the main process merges, measures and writes; the others are done
     model = merge(model, cfg.peft, out / "adapter", start, cfg.model)
     if average_with is not None and cfg.average.method != "none":

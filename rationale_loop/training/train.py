@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from accelerate.utils import broadcast_object_list, gather_object
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -61,6 +61,18 @@ def optimizer_settings(cfg: TrainConfig) -> dict[str, Any]:
     return per_optimizer.get(cfg.optimizer.lower(), {})
 
 
+def _on_cpu() -> bool:
+    return not torch.cuda.is_available()
+
+
+def is_main_process() -> bool:
+    """Whether this process writes what the phase's processes trained. Built as the training's Accelerator
+    is (cpu= when no GPU is visible): a bare PartialState() on a CPU ignores the launcher's WORLD_SIZE and
+    calls every process the main one, so a phase with nothing to train (no Accelerator made) had every
+    process write the same checkpoint at once."""
+    return PartialState(cpu=_on_cpu()).is_main_process
+
+
 def _schedule_order(count: int, epochs: float, batch_size: int, seed: int, steps: int = 0) -> list[list[int]]:
     """Item indices per optimizer step: ceil(epochs * count) items (or, with `steps`, exactly
     steps * batch_size) from seeded permutations (one per epoch), cut into batches; the last batch
@@ -100,7 +112,7 @@ def train(
         log.warning("%s: nothing to train on; the model is left as it was", desc)
         return TrainResult(items=0, dropped_too_long=dropped, steps=0, seconds=0.0, mean_loss=None)
 
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    accelerator = Accelerator(cpu=_on_cpu())
     _ready_model(model, objective, kept, encoder, cfg, accelerator, seed)
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(cfg.optimizer, parameters, lr=cfg.lr, **optimizer_settings(cfg))
