@@ -63,7 +63,7 @@ BAD = [
     (["launch.kind=slurm"], "launch.kind=slurm is unknown"),
     (["peft=lora", "peft.r=0"], "peft.r must be at least 1"),
     (["launch.device=tpu"], "launch.device=tpu is unknown"),
-    (["sft.loss_chunk_tokens=-1"], "sft.loss_chunk_tokens must be >= 0"),
+    (["sft.loss_chunk_tokens=-2"], "sft.loss_chunk_tokens must be >= 0"),
     (["objective=memphis", "rank.packing=true"], "rank.packing packs token-level rows"),
     (["launch=fsdp", "rank.loss_chunk_tokens=4096"], "rank.loss_chunk_tokens reads the output head's weight"),
 ]

@@ -159,3 +159,33 @@ def test_two_processes_with_packing_and_chunks_reach_the_plain_one_process_weigh
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
     losses = [[r["loss"] for r in json.loads((tmp_path / name / "history.json").read_text())] for name in ("one", "two")]
     assert len(losses[0]) == {"sft": 3, "rank": 2}[stage] and losses[0] == pytest.approx(losses[1], rel=1e-5)
+
+
+def test_the_default_chunks_the_loss_only_where_the_vocabulary_is_large(tokenizer, caplog):
+    """loss_chunk_tokens=-1, the default: chunks of 1024 for a head of 16,384 rows or more (unless the
+    launch shards the weights), the plain path for the embedded default's small head; a number is kept."""
+    import logging
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from rationale_loop.training.token_loss import AUTO, AUTO_CHUNK, LARGE_HEAD, chunk_for
+
+    def model(vocab):
+        torch.manual_seed(0)
+        return LlamaForCausalLM(LlamaConfig(vocab_size=vocab, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                            num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=128))
+
+    large, small = model(LARGE_HEAD), model(384)
+    assert TrainConfig().loss_chunk_tokens == AUTO
+    assert chunk_for(AUTO, large, sharded=False) == AUTO_CHUNK and chunk_for(AUTO, large, sharded=True) == 0
+    assert chunk_for(AUTO, small, sharded=False) == 0 and chunk_for(AUTO, model(LARGE_HEAD - 1), sharded=False) == 0
+    assert chunk_for(0, large, sharded=False) == 0 and chunk_for(7, small, sharded=True) == 7
+    cfg = TrainConfig(lr=1e-2, steps=2, batch_size=4, micro_batch_size=2, max_length=256, save_every=0)
+    with caplog.at_level(logging.INFO, logger="rationale_loop.training.train"):
+        auto = train(large, tokenizer, ITEMS, SupervisedObjective(), cfg, seed=0, desc="sft")
+    assert f"sft: the loss in chunks of {AUTO_CHUNK} tokens" in caplog.text
+    plain_model = model(LARGE_HEAD)
+    plain = train(plain_model, tokenizer, ITEMS, SupervisedObjective(), TrainConfig(**{**cfg.__dict__, "loss_chunk_tokens": 0}),
+                  seed=0, desc="sft")
+    assert [r["loss"] for r in auto.history] == pytest.approx([r["loss"] for r in plain.history], rel=1e-5)
+    assert max((a - b).abs().max().item() for a, b in zip(large.state_dict().values(), plain_model.state_dict().values())) < 1e-5

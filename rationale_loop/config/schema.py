@@ -215,8 +215,10 @@ class TrainConfig:
     sort_by_length: bool = True
     # Per-token log-probabilities through the output head and log-softmax on this many learned tokens at a
     # time, recomputed in the backward pass (rationale_loop/training/token_loss.py): the full-vocabulary fp32 logits
-    # of a micro-batch are never held. Same loss and gradients. 0: the plain path.
-    loss_chunk_tokens: int = 0
+    # of a micro-batch are never held. Same loss and gradients. 0: the plain path; -1: chunks of 1024 where
+    # the model's vocabulary is 16,384 rows or more (SmolLM2's 49k, Llama's 32k) and the weights are not
+    # sharded, the plain path elsewhere (the embedded default's 384-row head).
+    loss_chunk_tokens: int = -1
     # Token-level objectives (sft, star): rows laid end to end in micro-batches of at most
     # micro_batch_tokens tokens, one row each, no padding, each original row attending to itself only
     # (rationale_loop/training/packing.py); 0 tokens: micro_batch_size * max_length.

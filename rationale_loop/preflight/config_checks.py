@@ -177,7 +177,8 @@ def _check_ranges(cfg: DictConfig) -> None:
     _require(cfg.peft.alpha > 0, f"peft.alpha must be positive, got {cfg.peft.alpha}")
     _require(0.0 <= cfg.peft.dropout < 1.0, f"peft.dropout must be in [0, 1), got {cfg.peft.dropout}")
     for stage in ("sft", "rank"):
-        _require(cfg[stage].loss_chunk_tokens >= 0, f"{stage}.loss_chunk_tokens must be >= 0 (0: off), got {cfg[stage].loss_chunk_tokens}")
+        _require(cfg[stage].loss_chunk_tokens >= -1,
+                 f"{stage}.loss_chunk_tokens must be >= 0 (0: off) or -1 (on where the vocabulary is large), got {cfg[stage].loss_chunk_tokens}")
         _require(cfg[stage].micro_batch_tokens >= 0, f"{stage}.micro_batch_tokens must be >= 0, got {cfg[stage].micro_batch_tokens}")
     _require(cfg.launch.num_processes >= 1, f"launch.num_processes must be at least 1, got {cfg.launch.num_processes}")
     _check_machines(cfg)

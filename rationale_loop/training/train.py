@@ -13,13 +13,14 @@ import os
 from contextlib import nullcontext
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 from accelerate import Accelerator, PartialState
-from accelerate.utils import broadcast_object_list, gather_object
+from accelerate.utils import DistributedType, broadcast_object_list, gather_object
+from omegaconf import OmegaConf
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rationale_loop.config.schema import TrainConfig
@@ -30,6 +31,7 @@ from rationale_loop.models.model import freeze_embeddings, neftune, refuse_non_f
 from rationale_loop.training.objectives import Objective, SupervisedObjective
 from rationale_loop.training.optim import build_optimizer, cosine_with_warmup
 from rationale_loop.training.packing import collate_packed, packed_attention, pack_indices
+from rationale_loop.training.token_loss import chunk_for
 from rationale_loop.run.records import atomic_writer
 from rationale_loop.views.terminal import progress_bar
 
@@ -73,6 +75,19 @@ def is_main_process() -> bool:
     return PartialState(cpu=_on_cpu()).is_main_process
 
 
+def _with_loss_chunk(cfg: TrainConfig, model: torch.nn.Module, accelerator: Accelerator, desc: str) -> TrainConfig:
+    """cfg with loss_chunk_tokens as this stage trains with it (-1 decided for this model: token_loss.chunk_for)."""
+    kind = accelerator.distributed_type
+    sharded = kind == DistributedType.FSDP or (kind == DistributedType.DEEPSPEED and accelerator.state.deepspeed_plugin.zero_stage == 3)
+    chunk = chunk_for(cfg.loss_chunk_tokens, model, sharded)
+    if chunk == cfg.loss_chunk_tokens:
+        return cfg
+    if chunk:
+        log.info("%s: the loss in chunks of %d tokens (loss_chunk_tokens=-1, a vocabulary of %d)", desc, chunk,
+                 model.get_output_embeddings().weight.shape[0])
+    return replace(cfg, loss_chunk_tokens=chunk) if is_dataclass(cfg) else OmegaConf.merge(cfg, {"loss_chunk_tokens": chunk})
+
+
 def _schedule_order(count: int, epochs: float, batch_size: int, seed: int, steps: int = 0) -> list[list[int]]:
     """Item indices per optimizer step: ceil(epochs * count) items (or, with `steps`, exactly
     steps * batch_size) from seeded permutations (one per epoch), cut into batches; the last batch
@@ -113,6 +128,7 @@ def train(
         return TrainResult(items=0, dropped_too_long=dropped, steps=0, seconds=0.0, mean_loss=None)
 
     accelerator = Accelerator(cpu=_on_cpu())
+    cfg = _with_loss_chunk(cfg, model, accelerator, desc)
     _ready_model(model, objective, kept, encoder, cfg, accelerator, seed)
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(cfg.optimizer, parameters, lr=cfg.lr, **optimizer_settings(cfg))
