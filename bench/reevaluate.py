@@ -5,7 +5,7 @@ Each round's checkpoint is loaded as the run itself would load it (its round's c
 format, backend, stop strings) and asked the task's questions from `--eval-start` on (`--eval-size` of them),
 greedy, judged by the run's own checker, with the arithmetic chain counted (the answer alone decides, as in
 the tables). Rounds that several runs share (a fork's round 0) are asked once. Nothing inside a run is
-written: a finished round is never rewritten; the samples go to `--samples DIR` if given.
+written: a finished round is never rewritten; the samples go to `--samples DIR`.
 
 Per round: accuracy ± SE on the new questions, and pooled with the run's own eval.jsonl (the two sets are
 disjoint). With `--against RUN`, every other run's rounds are compared with that run's same round on the
@@ -14,7 +14,7 @@ standard error sd(d)/sqrt(n), smaller than the unpaired one because both arms an
 Samples already in `--samples` from an earlier call are read back, not asked again.
 
     python bench/reevaluate.py RUN_DIR... --eval-start 850 --eval-size 150 [--against NAME] [--compare A:B] \\
-        [--data-dir DIR] [--samples DIR] [--out bench/results/reevaluated.json]
+        --samples DIR [--data-dir DIR] [--out bench/results/reevaluated.json]
 
 Run it from the folder the runs were made in (a run's saved model cache path may be relative to it).
 """
