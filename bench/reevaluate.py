@@ -11,6 +11,7 @@ Per round: accuracy ± SE on the new questions, and pooled with the run's own ev
 disjoint). With `--against RUN`, every other run's rounds are compared with that run's same round on the
 same questions, pooled (`--compare RUN:BASE` names one pair): the mean of the paired differences and its
 standard error sd(d)/sqrt(n), smaller than the unpaired one because both arms answer the same questions.
+Every round is also compared so with its own run's round 0 (the SFT checkpoint it started from).
 Samples already in `--samples` from an earlier call are read back, not asked again.
 
     python bench/reevaluate.py RUN_DIR... --eval-start 850 --eval-size 150 [--against NAME] [--compare A:B] \\
@@ -25,15 +26,17 @@ import argparse
 import json
 import math
 import os
-import platform
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import torch  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
+from training_stages import machine_description  # noqa: E402
 
 from rationale_loop.judging.evaluate import evaluate  # noqa: E402
 from rationale_loop.phases.context import RunContext  # noqa: E402
@@ -115,7 +118,7 @@ def main() -> None:
     args = parser.parse_args()
 
     asked: dict[str, list[dict[str, Any]]] = {}  # a checkpoint's real path -> its answers (a fork shares round 0)
-    result: dict[str, Any] = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
+    result: dict[str, Any] = {"machine": {**machine_description(torch.get_num_threads()), "cores": os.cpu_count()},
                               "eval_start": args.eval_start, "eval_size": args.eval_size, "runs": {}}
     per_round: dict[str, dict[int, list[dict[str, Any]]]] = {}
     for run in args.runs:
@@ -132,6 +135,10 @@ def main() -> None:
                          "seconds": round(time.perf_counter() - started, 1)})
             print(f"{run.name} round {k}: new {rows[-1]['new']}, own {rows[-1]['own']}, pooled {rows[-1]['pooled']}", flush=True)
         result["runs"][run.name] = rows
+    # Every round against its run's SFT checkpoint (round 0), on the same questions: what the rounds added.
+    result["vs_sft"] = {name: {k: paired(rounds[k], rounds[0]) for k in rounds if k > 0} for name, rounds in per_round.items() if 0 in rounds}
+    for name, table in result["vs_sft"].items():
+        print(f"{name} - its round 0: " + ", ".join(f"round {k} {row['difference']:+.3f} ± {row['se']:.3f}" for k, row in table.items()))
     pairs = [(name, args.against) for name in per_round if args.against and name != args.against]
     pairs += [tuple(spec.split(":", 1)) for spec in args.compare]
     result["paired"] = {}
