@@ -40,10 +40,11 @@ from training_stages import machine_description  # noqa: E402
 
 from rationale_loop.judging.evaluate import evaluate  # noqa: E402
 from rationale_loop.phases.context import RunContext  # noqa: E402
+from rationale_loop.run.records import read_jsonl  # noqa: E402
 
 
 def _jsonl(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    return list(read_jsonl(path)) if path.exists() else []
 
 
 def _answer_right(row: dict[str, Any]) -> bool:

@@ -42,10 +42,13 @@ def chunk_for(setting: int, model: torch.nn.Module, sharded: bool) -> int:
     its weight is not sharded, else 0 (the plain path)."""
     if setting != AUTO:
         return setting
-    head = getattr(model, "module", model).get_output_embeddings()
-    weight = getattr(head, "weight", None)
-    rows = weight.shape[0] if isinstance(weight, torch.Tensor) else 0
-    return AUTO_CHUNK if rows >= LARGE_HEAD and not sharded else 0
+    return AUTO_CHUNK if head_rows(model) >= LARGE_HEAD and not sharded else 0
+
+
+def head_rows(model: torch.nn.Module) -> int:
+    """The output head's rows (the vocabulary it scores), 0 when it is not a linear layer's weight."""
+    weight = getattr(getattr(model, "module", model).get_output_embeddings(), "weight", None)
+    return weight.shape[0] if isinstance(weight, torch.Tensor) else 0
 
 
 def _forward(model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:

@@ -31,7 +31,7 @@ from rationale_loop.models.model import freeze_embeddings, neftune, refuse_non_f
 from rationale_loop.training.objectives import Objective, SupervisedObjective
 from rationale_loop.training.optim import build_optimizer, cosine_with_warmup
 from rationale_loop.training.packing import collate_packed, packed_attention, pack_indices
-from rationale_loop.training.token_loss import chunk_for
+from rationale_loop.training.token_loss import chunk_for, head_rows
 from rationale_loop.run.records import atomic_writer
 from rationale_loop.views.terminal import progress_bar
 
@@ -83,8 +83,7 @@ def _with_loss_chunk(cfg: TrainConfig, model: torch.nn.Module, accelerator: Acce
     if chunk == cfg.loss_chunk_tokens:
         return cfg
     if chunk:
-        log.info("%s: the loss in chunks of %d tokens (loss_chunk_tokens=-1, a vocabulary of %d)", desc, chunk,
-                 model.get_output_embeddings().weight.shape[0])
+        log.info("%s: the loss in chunks of %d tokens (loss_chunk_tokens=-1, a vocabulary of %d)", desc, chunk, head_rows(model))
     return replace(cfg, loss_chunk_tokens=chunk) if is_dataclass(cfg) else OmegaConf.merge(cfg, {"loss_chunk_tokens": chunk})
 
 
