@@ -28,3 +28,22 @@ def test_a_small_qwen2_shape_builds_and_trains_through_the_tiny_path(tmp_path):
     model = load_model(path)
     assert type(model).__name__ == "Qwen2ForCausalLM" and model.config.vocab_size == 1000
     assert model.get_input_embeddings().weight.data_ptr() == model.get_output_embeddings().weight.data_ptr()
+
+
+def test_a_cached_model_is_published_once_and_never_replaced_under_a_reader(tmp_path):
+    """Two processes of a run (two machines) may build the same tiny model at once: the one that renames its
+    folder into place second keeps the first one's, which a training process may be loading, untouched."""
+    from rationale_loop.models.model import save_directory
+
+    target = tmp_path / "tiny-llama-0123"
+    with save_directory(target, replace=False) as staging:
+        (staging / "config.json").write_text("first")
+    assert (target / "config.json").read_text() == "first"
+    reader = (target / "config.json").open()  # a process loading the first copy
+    with save_directory(target, replace=False) as staging:
+        (staging / "config.json").write_text("second")
+    assert (target / "config.json").read_text() == "first" and reader.read() == "first"
+    assert [p.name for p in tmp_path.iterdir()] == [target.name], "the second staging folder is gone"
+    with save_directory(target) as staging:  # a round's checkpoint: replaced, as before
+        (staging / "config.json").write_text("third")
+    assert (target / "config.json").read_text() == "third"

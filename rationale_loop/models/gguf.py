@@ -18,9 +18,7 @@ import hashlib
 import importlib.metadata
 import logging
 import os
-import shutil
 import sys
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -86,13 +84,10 @@ def convert_gguf(spec: str, cache_dir: str | Path) -> Path:
         return target
     check_gguf_header(source)
     log.info("GGUF model: converting %s into %s (once)", source, target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
-    try:
+    from rationale_loop.models.model import save_directory
+
+    with save_directory(target, replace=False) as staging:  # another run's conversion, if first, is kept
         _write_plain_folder(source, staging)
-        _publish(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return target
 
 
@@ -144,16 +139,6 @@ def _quiet_dequantizing() -> Iterator[None]:
         yield
     finally:
         gguf_utils.tqdm = bar
-
-
-def _publish(staging: Path, target: Path) -> None:
-    """Rename the finished folder into place; if another run's conversion got there first, keep that one."""
-    try:
-        staging.rename(target)
-    except OSError:
-        if not (target / "config.json").is_file():
-            raise
-        log.info("GGUF model: %s was converted by another run meanwhile; using it", target)
 
 
 def gguf_hub_id(spec: str) -> str | None:

@@ -93,23 +93,27 @@ def build_tiny_model(cfg: ModelConfig, corpus: list[str], corpus_key: str) -> Pa
     )
     torch.manual_seed(cfg.init_seed)
     model = AutoModelForCausalLM.from_config(config)
-    save_checkpoint(model, tokenizer, target)
+    # Published once: another process of the run (a second machine, a launched worker) may build the same
+    # model at the same time; replacing its copy would remove files under a process loading them.
+    save_checkpoint(model, tokenizer, target, replace=False)
     return target
 
 
-def save_checkpoint(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, target: Path) -> None:
+def save_checkpoint(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, target: Path, replace: bool = True) -> None:
     """save_pretrained into a temporary sibling, then rename: a half-written checkpoint never has the
-    final name, so it is never loaded."""
+    final name, so it is never loaded. replace=False: see save_directory."""
     refuse_non_finite_weights(model, target)
-    with save_directory(target) as staging, quiet_transformers():
+    with save_directory(target, replace=replace) as staging, quiet_transformers():
         model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
 
 
 @contextmanager
-def save_directory(target: Path) -> Iterator[Path]:
+def save_directory(target: Path, replace: bool = True) -> Iterator[Path]:
     """A staging directory beside `target` to write into; when the block ends, its files are made
-    durable and it is renamed to `target` (replacing one that is there). An error leaves `target` as it was."""
+    durable and it is renamed to `target` (replacing one that is there). An error leaves `target` as it was.
+    replace=False publishes once, for content that is a function of its inputs (a cache): if `target` is
+    there by then (another process got there first), it is kept as it is and the staging dropped."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
@@ -120,9 +124,16 @@ def save_directory(target: Path) -> Iterator[Path]:
                 with written.open("rb") as handle:
                     os.fsync(handle.fileno())
         fsync_directory(staging)
-        if target.exists() or target.is_symlink():
+        if replace and (target.exists() or target.is_symlink()):
             remove(target, inside=target.parent)
-        staging.rename(target)
+        try:
+            staging.rename(target)  # onto a directory with files in it this fails, atomically
+        except OSError:
+            if replace or not target.is_dir():
+                raise
+            log.info("%s was written by another process meanwhile; keeping that one", target)
+            shutil.rmtree(staging, ignore_errors=True)
+            return
         fsync_directory(target.parent)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
