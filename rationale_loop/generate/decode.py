@@ -81,8 +81,8 @@ def shared_prefix_length(prompts: Sequence[Sequence[int]]) -> int:
     return length if length >= MIN_SHARED_PREFIX else 0
 
 
-def _read_prompts(model: PreTrainedModel, prompts: Sequence[Sequence[int]], pad_id: int, options: dict):
-    """The prompts' forward pass into the cache in `options`: each prompt's last-position logits, its
+def _read_prompts(model: PreTrainedModel, prompts: Sequence[Sequence[int]], pad_id: int, cache: DynamicCache, options: dict):
+    """The prompts' forward pass into `cache` (the one `options` names): each prompt's last-position logits, its
     attention mask and its next position. The prefix all prompts share (a format's system prompt and turn
     header, a fifth of SmolLM2's SVAMP prompts) is read once, as one row; each prompt's rest follows it,
     left padded: [prefix][padding][rest], the mask hiding the padding and the positions counting past it."""
@@ -91,7 +91,7 @@ def _read_prompts(model: PreTrainedModel, prompts: Sequence[Sequence[int]], pad_
     if shared:
         prefix = torch.tensor([list(prompts[0][:shared])], device=device)
         model(input_ids=prefix, attention_mask=torch.ones_like(prefix), **options)
-        options["cache" if "cache" in options else "past_key_values"].batch_repeat_interleave(len(prompts))
+        cache.batch_repeat_interleave(len(prompts))
     rest = [ids[shared:] for ids in prompts]
     width = max(len(ids) for ids in rest)
     input_ids = torch.full((len(rest), width), pad_id, dtype=torch.long)
@@ -128,7 +128,7 @@ def _decode(model, prompts, n, temperature, top_p, max_new_tokens, end_id, pad_i
     device = model.device
     cache = DynamicCache(config=model.config)
     step_options, prompt_options = _forward_options(model, cache)
-    logits, mask, next_position = _read_prompts(model, prompts, pad_id, prompt_options)
+    logits, mask, next_position = _read_prompts(model, prompts, pad_id, cache, prompt_options)
     if n > 1:  # the prompt was read once; its samples share its cache from here on
         cache.batch_repeat_interleave(n)
         logits, mask, next_position = (t.repeat_interleave(n, dim=0) for t in (logits, mask, next_position))
