@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+from unittest.mock import patch
 import json
 import statistics
 import sys
@@ -141,18 +142,6 @@ def loop_variants(vocabulary: int) -> dict[str, dict]:
     }
 
 
-def with_patch(module, changes: dict, run):
-    """run() with the module's names in `changes` replaced for its duration."""
-    saved = {name: getattr(module, name) for name in changes}
-    for name, value in changes.items():
-        setattr(module, name, value)
-    try:
-        return run()
-    finally:
-        for name, value in saved.items():
-            setattr(module, name, value)
-
-
 def real_model(args) -> None:
     """The rows of a real model: see the module's docstring."""
     from rationale_loop.generate import decode
@@ -185,7 +174,7 @@ def real_model(args) -> None:
         for other in (int(b) for b in args.batch_sizes.split(",") if b and int(b) != batch_size):  # prompts per batch
             hf[f"hf_{dtype}_batch_{other}"] = lambda other=other: run_hf(model, tokenizer, prompts, sampling, other)
         for name, changes in loop_variants(len(tokenizer)).items():  # the loop with one of its speedups undone
-            hf[f"hf_{dtype}_{name}"] = lambda changes=changes: with_patch(decode, changes, hf[f"hf_{dtype}"])
+            hf[f"hf_{dtype}_{name}"] = lambda changes=changes: patch.multiple(decode, **changes)(hf[f"hf_{dtype}"])()
         runs = {name: [] for name in hf}
         for _ in range(args.repeats):  # interleaved: this machine is shared, and drifts
             for name, run in hf.items():
