@@ -84,6 +84,31 @@ def test_packed_sft_has_the_padded_loss_and_gradients(tokenizer, chunk):
     assert model.config._attn_implementation == "sdpa"  # the packed forwards' attention was put back
 
 
+def test_neftune_gives_each_packed_row_the_noise_of_its_own_length(tokenizer):
+    """alpha / sqrt(L * d) with L each original row's length, not the packed row's: packing must not thin
+    the noise. The noise is read off the embedding's output; its largest entry in a row nears that row's bound."""
+    from rationale_loop.models.model import neftune
+    from rationale_loop.training.packing import forward_packed
+
+    model, objective, encoder = tiny_model(tokenizer), SupervisedObjective(), Encoder(tokenizer, 256)
+    batch = collate_packed([objective.encode(item, encoder) for item in ITEMS])
+    bounds, alpha, hidden = batch["row_bounds"], 5.0, model.config.hidden_size
+    seen = []
+    model.train()
+    with torch.no_grad():
+        clean = forward_packed(model, batch).logits
+        with neftune(model, alpha):  # the hook below runs after NEFTune's, so it sees the noisy embeddings
+            model.get_input_embeddings().register_forward_hook(lambda module, inputs, output: seen.append(output.detach()))
+            noisy = forward_packed(model, batch).logits
+    assert not torch.equal(clean, noisy)
+    seen.insert(0, model.get_input_embeddings()(batch["input_ids"]).detach())
+    noise = (seen[1] - seen[0])[0].abs()
+    for start, end in zip(bounds, bounds[1:]):
+        bound = alpha / (((end - start) * hidden) ** 0.5)
+        largest = noise[start:end].max().item()
+        assert 0.9 * bound < largest <= bound * (1 + 1e-5), (start, end, largest, bound)
+
+
 def test_segmented_attention_equals_a_block_diagonal_mask_with_grouped_query_heads():
     """The packed row's attention, slice by slice, against sdpa over the whole row under the block-diagonal
     causal mask the slices stand for; 2 key/value heads serving 4 query heads."""

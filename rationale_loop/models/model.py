@@ -247,20 +247,44 @@ def freeze_embeddings(model: PreTrainedModel) -> None:
 @contextmanager
 def neftune(model: PreTrainedModel, alpha: float) -> Iterator[None]:
     """NEFTune: while active, add U(-1, 1) * alpha / sqrt(L * d) noise to the input embeddings of
-    forward passes in training mode (L: padded sequence length, d: hidden size). A model in eval mode
-    (generation, evaluation) is untouched, and nothing is left behind in the saved weights."""
+    forward passes in training mode (d: hidden size; L: the padded sequence length, or in a packed row
+    (training/packing.py) each original row's own length, so packing the rows keeps each row's noise
+    instead of thinning it by the packed length). A model in eval mode (generation, evaluation) is
+    untouched, and nothing is left behind in the saved weights."""
     if alpha <= 0:
         yield
         return
+    packed_rows: list[torch.Tensor | None] = [None]  # the current forward's row lengths, when it is packed
+
+    def note_rows(module: torch.nn.Module, args: Any, kwargs: dict[str, Any]) -> None:
+        packed_rows[0] = packed_row_lengths(kwargs.get("position_ids"))
 
     def add_noise(module: torch.nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor:
         if not module.training:
             return output
-        scale = alpha / math.sqrt(output.shape[1] * output.shape[2])
-        return output + torch.empty_like(output).uniform_(-scale, scale)
+        lengths = packed_rows[0]
+        if lengths is None:
+            scale = alpha / math.sqrt(output.shape[1] * output.shape[2])
+            return output + torch.empty_like(output).uniform_(-scale, scale)
+        scales = (alpha / torch.sqrt(lengths.to(torch.float32) * output.shape[2])).repeat_interleave(lengths)
+        noise = torch.empty_like(output).uniform_(-1, 1) * scales.to(output)[None, :, None]
+        return output + noise
 
-    handle = model.get_input_embeddings().register_forward_hook(add_noise)
+    handles = (model.register_forward_pre_hook(note_rows, with_kwargs=True),
+               model.get_input_embeddings().register_forward_hook(add_noise))
     try:
         yield
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
+
+
+def packed_row_lengths(position_ids: torch.Tensor | None) -> torch.Tensor | None:
+    """The lengths of the original rows of a packed row ([1, total] positions restarting at 0 for each
+    row, training/packing.py's layout), or None for anything else (no positions, or several rows)."""
+    if position_ids is None or position_ids.dim() != 2 or position_ids.size(0) != 1:
+        return None
+    starts = torch.nonzero(position_ids[0] == 0).flatten().tolist()
+    if not starts or starts[0] != 0:
+        return None
+    return torch.diff(torch.tensor([*starts, position_ids.size(1)]))
