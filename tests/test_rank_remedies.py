@@ -238,6 +238,22 @@ def test_rpo_is_dpo_against_the_starting_model_plus_alpha_times_the_chosen_nll_p
 
 # -- every layout gives the same numbers ---------------------------------------------------------------
 
+def _weights_lowering_the_chosen(model, tokenizer, items) -> dict:
+    """The model's weights after a step up the chosen responses' NLL (the model left as it was): below the
+    starting weights' chosen scores, so that the floor is active by a margin and not on its kink."""
+    objective, encoder = build_objective(ObjectiveConfig(name="memphis", anchor="chosen")), Encoder(tokenizer, 256)
+    batch = objective.collate([objective.encode(item, encoder) for item in items], encoder)
+    model.zero_grad()
+    objective.loss_sums(model, batch, TrainConfig())["anchor"].backward()
+    norm = torch.sqrt(sum((p.grad**2).sum() for p in model.parameters() if p.grad is not None))
+    moved = {k: v.clone() for k, v in model.state_dict().items()}
+    for name, parameter in model.named_parameters():
+        if parameter.grad is not None:
+            moved[name] += 0.5 * parameter.grad / norm
+    model.zero_grad()
+    return moved
+
+
 @pytest.mark.parametrize("name, options", [
     ("memphis", {"rank_scope": "divergent"}),
     ("memphis", {"rank_scope": "step", "detach_rejected": True, "chosen_floor": 2.0}),
@@ -247,17 +263,23 @@ def test_rpo_is_dpo_against_the_starting_model_plus_alpha_times_the_chosen_nll_p
     ("rpo", {}),
 ])
 def test_the_options_give_the_same_losses_and_gradients_in_every_layout(name, options, model, tokenizer):
-    """Shared prompt or one row per response, full logits or the chunked loss (token_loss.py)."""
+    """Shared prompt or one row per response, full logits or the chunked loss (token_loss.py). The losses are
+    taken at weights moved away from those `prepare` recorded: at the starting weights the floor (and a
+    reference model's margin) sits exactly on its kink, where float rounding alone decides 0 or 1e-7."""
     other = TINYCOT.response("3 + 2 = 6. 6 + 4 = 10. 10 - 1 = 9.", "9")
     third = TINYCOT.response("3 + 2 = 5. 5 + 4 = 9. 9 - 1 = 7.", "7")
     items = [RankItem(PROMPT, CHOSEN, (REJECTED, other) if name == "memphis" else (REJECTED,), CHOSEN),
              RankItem(PROMPT, CHOSEN, (third,), CHOSEN)]
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    moved = _weights_lowering_the_chosen(model, tokenizer, items)
     results = []
     for share, chunk in ((True, 0), (False, 0), (True, 5), (False, 5)):
         objective = build_objective(ObjectiveConfig(name=name, anchor="chosen", share_prompt=share, **options))
         encoder = Encoder(tokenizer, 256)
         encoded = [objective.encode(item, encoder) for item in items]
+        model.load_state_dict(start)
         objective.prepare(model, encoded, encoder, 8)
+        model.load_state_dict(moved)
         model.zero_grad()
         batch = objective.collate(encoded, encoder)
         units, sums = objective.units(batch), objective.loss_sums(model, batch, TrainConfig(loss_chunk_tokens=chunk))
@@ -269,4 +291,5 @@ def test_the_options_give_the_same_losses_and_gradients_in_every_layout(name, op
         assert other_units == units
         assert other_sums.keys() == sums.keys()
         assert all(other_sums[n] == pytest.approx(sums[n], rel=1e-5, abs=1e-7) for n in sums)
-        assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(other_grads, grads))
+        # float32 rounding differs with the layout: entries agree to 1e-5 of their tensor's largest gradient
+        assert all(torch.allclose(a, b, atol=1e-5 * max(1.0, float(b.abs().max()))) for a, b in zip(other_grads, grads))
