@@ -174,3 +174,28 @@ def test_gradient_checkpointing_gives_the_same_weights_and_bf16_autocast_trains(
     assert all(t.dtype == torch.float32 for t in mixed.values()), "autocast leaves the weights in model.dtype"
     assert result.history[-1]["loss"] < result.history[0]["loss"]
     assert max((plain[k] - mixed[k]).abs().max().item() for k in plain) > 0, "bf16 autocast changed the arithmetic"
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_mixed_precision_auto_autocasts_only_where_the_cpu_has_native_bf16(tokenizer, monkeypatch, caplog, native):
+    """auto: bf16 autocast on a CPU with AVX512-BF16 or AMX, none elsewhere (emulated bf16 matmuls are
+    hundreds of times slower than fp32); the stage's log says which, and bf16 or no are taken as given."""
+    import logging
+
+    from rationale_loop.models import model as model_module
+
+    monkeypatch.setattr(model_module, "cpu_has_fast_bf16", lambda: native)
+    assert model_module.autocasts_bf16("auto", "cpu") is native
+    assert model_module.autocasts_bf16("bf16", "cpu") and not model_module.autocasts_bf16("no", "cpu")
+
+    def trained(setting):
+        model = tiny_model(tokenizer)
+        cfg = TrainConfig(lr=1e-2, steps=2, batch_size=2, micro_batch_size=2, max_length=256, save_every=0, mixed_precision=setting)
+        train(model, tokenizer, ITEMS, SupervisedObjective(), cfg, seed=0, desc="sft")
+        return model.state_dict()
+
+    with caplog.at_level(logging.INFO, logger="rationale_loop.training.train"):
+        auto = trained("auto")
+    assert ("bf16 autocast" if native else "no autocast") in caplog.text
+    same = trained("bf16" if native else "no")
+    assert all(torch.equal(auto[k], same[k]) for k in auto), "auto trains exactly as the setting it decided on"

@@ -28,7 +28,7 @@ ARITH_ANSWERS = ("final", "running")
 SPLITS = ("sft", "pool", "eval")
 MULTI_FORMATS = ("all", "sample")
 CONVERSATION_TOO_LONG = ("drop", "truncate")
-MIXED_PRECISION = ("no", "bf16")
+MIXED_PRECISION = ("no", "bf16", "auto")  # auto: models.model.autocasts_bf16 decides
 ANCHORS = ("gold", "chosen", "replay")
 PROMPT_TOO_LONG = ("skip", "error")
 #: verify.chain's values: the answer alone decides; steps counted too; a wrong step makes a sample incorrect.
@@ -205,7 +205,9 @@ class TrainConfig:
     neftune_alpha: float = 0.0
     freeze_embeddings: bool = False
     # "bf16": forward and backward under bf16 autocast, weights and optimizer state stay in model.dtype
-    # (on a GPU, or a CPU with native bf16); "no": model.dtype throughout.
+    # (on a GPU, or a CPU with native bf16); "no": model.dtype throughout; "auto": bf16 where the device
+    # multiplies bf16 natively (a GPU with bf16, a CPU with AVX512-BF16 or AMX), "no" elsewhere: a CPU
+    # without them emulates bf16 matmuls, hundreds of times slower than fp32.
     mixed_precision: str = "no"
     # Recompute activations in the backward pass instead of keeping them: less memory, about a third
     # more compute. Same gradients.

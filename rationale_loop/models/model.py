@@ -161,6 +161,16 @@ def cpu_has_fast_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def autocasts_bf16(setting: str, device_type: str) -> bool:
+    """Whether a stage whose `mixed_precision` is `setting` trains under bf16 autocast on `device_type`:
+    "bf16" always, "auto" where bf16 is native (a GPU with bf16, a CPU with AVX512-BF16 or AMX), "no" never."""
+    if setting != "auto":
+        return setting == "bf16"
+    if device_type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device_type == "cpu" and cpu_has_fast_bf16()
+
+
 def generation_dtype(setting: str, model_dtype: str) -> str:
     """`generate.dtype`: "auto" is bfloat16 for fp32 models on a CPU with fast bf16 and on a GPU too,
     otherwise the model's own dtype; any other value is used as given."""

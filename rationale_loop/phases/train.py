@@ -25,7 +25,7 @@ from rationale_loop.config.errors import UserError
 from rationale_loop.run.faults import crash_point
 from rationale_loop.phases.launch import run_training_worker
 from rationale_loop.models.merge import average_into
-from rationale_loop.models.model import load_tokenizer, load_weights, save_checkpoint
+from rationale_loop.models.model import autocasts_bf16, load_tokenizer, load_weights, save_checkpoint
 from rationale_loop.training.objectives import RoundData, SFTItem, SupervisedObjective, build_objective
 from rationale_loop.phases.context import Engines, RunContext
 from rationale_loop.phases.sft_data import prepare_mix
@@ -96,7 +96,7 @@ def _self_train(ctx: RunContext, k: int) -> None:
         # In the precision the round trains in (what its rank term saw): in fp32 these two passes over the
         # pairs took 60% of a SmolLM2 round's training phase; under bf16 autocast they take 1/1.5 of that.
         device = next(current.parameters()).device.type
-        with torch.autocast(device, dtype=torch.bfloat16, enabled=cfg.rank.mixed_precision == "bf16"):
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=autocasts_bf16(cfg.rank.mixed_precision, device)):
             scores = pair_scores(current, tokenizer, pairs, cfg.rank.max_length, cfg.rank.micro_batch_size, ctx.fmt.reply_end)
         return ranking_summary(scores, when)
 

@@ -27,7 +27,7 @@ from rationale_loop.config.schema import TrainConfig
 from rationale_loop.data.encode import Encoder
 from rationale_loop.config.errors import CheckpointError, NonFiniteError
 from rationale_loop.run.faults import crash_point
-from rationale_loop.models.model import freeze_embeddings, neftune, refuse_non_finite_weights
+from rationale_loop.models.model import autocasts_bf16, freeze_embeddings, neftune, refuse_non_finite_weights
 from rationale_loop.training.objectives import Objective, SupervisedObjective
 from rationale_loop.training.optim import build_optimizer, cosine_with_warmup
 from rationale_loop.training.packing import collate_packed, packed_attention, pack_indices
@@ -84,7 +84,23 @@ def _with_loss_chunk(cfg: TrainConfig, model: torch.nn.Module, accelerator: Acce
         return cfg
     if chunk:
         log.info("%s: the loss in chunks of %d tokens (loss_chunk_tokens=-1, a vocabulary of %d)", desc, chunk, head_rows(model))
-    return replace(cfg, loss_chunk_tokens=chunk) if is_dataclass(cfg) else OmegaConf.merge(cfg, {"loss_chunk_tokens": chunk})
+    return _replaced(cfg, loss_chunk_tokens=chunk)
+
+
+def _with_mixed_precision(cfg: TrainConfig, accelerator: Accelerator, desc: str) -> TrainConfig:
+    """cfg with mixed_precision "auto" decided for this device: "bf16" or "no" (models.model.autocasts_bf16)."""
+    if cfg.mixed_precision != "auto":
+        return cfg
+    device = accelerator.device.type
+    setting = "bf16" if autocasts_bf16("auto", device) else "no"
+    log.info("%s: mixed_precision=auto: %s", desc, f"bf16 autocast ({device} with native bf16)" if setting == "bf16"
+             else f"no autocast (this {device} has no native bf16)")
+    return _replaced(cfg, mixed_precision=setting)
+
+
+def _replaced(cfg: TrainConfig, **changes: Any) -> TrainConfig:
+    """A copy of cfg with `changes`: train() is called with the dataclass and with a DictConfig."""
+    return replace(cfg, **changes) if is_dataclass(cfg) else OmegaConf.merge(cfg, changes)
 
 
 def _schedule_order(count: int, epochs: float, batch_size: int, seed: int, steps: int = 0) -> list[list[int]]:
@@ -127,7 +143,7 @@ def train(
         return TrainResult(items=0, dropped_too_long=dropped, steps=0, seconds=0.0, mean_loss=None)
 
     accelerator = Accelerator(cpu=_on_cpu())
-    cfg = _with_loss_chunk(cfg, model, accelerator, desc)
+    cfg = _with_mixed_precision(_with_loss_chunk(cfg, model, accelerator, desc), accelerator, desc)
     _ready_model(model, objective, kept, encoder, cfg, accelerator, seed)
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(cfg.optimizer, parameters, lr=cfg.lr, **optimizer_settings(cfg))
