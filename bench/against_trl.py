@@ -3,7 +3,9 @@
 For each model shape (the embedded default's 4 layers x 128, and a larger 8 layers x 512), the same
 random-weight Llama, the same tiny_arith rows in TinyCoT, the same batch, precision and threads:
   SFT stage   this project's `train` with SupervisedObjective   vs  TRL SFTTrainer (prompt/completion rows,
-              loss on the completion), both with NEFTune alpha 5, batch 16 in micro-batches of 8
+              loss on the completion), both with NEFTune alpha 5, batch 16 in micro-batches of 8; ours
+              packed (train.packing, as the shipped experiments train) and, as a second row, padded; TRL
+              padded, its default (SFTConfig documents its padding-free packing for FlashAttention only)
   rank stage  this project's cpo_simpo objective                vs  TRL CPOTrainer, loss_type "simpo"
               (beta 1, gamma 0, NLL weight 0.2 on the chosen response), 8 pairs in micro-batches of 4
 TRL is set up to do the same work: gradient checkpointing off, bf16 autocast only in the bf16 rows, no logging,
@@ -67,6 +69,7 @@ SFT_BATCH, SFT_MICRO, RANK_BATCH, RANK_MICRO = 16, 8, 8, 4
 NEFTUNE = 5.0
 SHARE_PROMPT = True  # --no-share-prompt: the rank stage's one-row-per-response path
 ADAPTER = PeftConfig()  # --peft lora: PeftConfig(method="lora"), the conf/peft/lora.yaml defaults
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def matmul_peak(dtype: torch.dtype, size: int = 2048, repeats: int = 20) -> float:
@@ -121,9 +124,9 @@ def model_flops(lengths: list[int], layers: int, hidden: int, computed_parameter
     return sum(per_parameter * computed_parameters * n + 12 * layers * hidden * n * n for n in lengths)
 
 
-def ours(stage: str, items, tokenizer, shape: tuple, steps: int, bf16: bool, chunk: int = -1) -> float:
+def ours(stage: str, items, tokenizer, shape: tuple, steps: int, bf16: bool, settings: dict) -> float:
     batch, micro = (SFT_BATCH, SFT_MICRO) if stage == "sft" else (RANK_BATCH, RANK_MICRO)
-    cfg = TrainConfig(lr=1e-4, steps=steps, batch_size=batch, micro_batch_size=micro, max_length=256, save_every=0, loss_chunk_tokens=chunk,
+    cfg = TrainConfig(lr=1e-4, steps=steps, batch_size=batch, micro_batch_size=micro, max_length=256, save_every=0, **settings,
                       optimizer="adamw", mixce_eta=1.0, freeze_embeddings=False, warmup_ratio=0.0,
                       neftune_alpha=NEFTUNE if stage == "sft" else 0.0, log_every=10**9, mixed_precision="bf16" if bf16 else "no")
     objective = SupervisedObjective() if stage == "sft" else build_objective(
@@ -204,20 +207,25 @@ def main() -> None:
     ADAPTER = PeftConfig(method=args.peft)
     torch.set_num_threads(args.threads)
     logging.disable(logging.WARNING)
-    peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}  # measured again at the end
+    # The peaks of the precisions measured only: a CPU without native bf16 emulates a 2048^3 bf16 matmul for minutes.
+    peaks = {p: matmul_peak(DTYPES[p]) for p in args.precisions}  # measured again at the end
     shapes, sft, rank, tokenizer = shapes_and_rows(args)
-    # Our side with the defaults; on the real model's large head also with the loss unchunked, to show what that buys.
-    sides = {"rationale_loop": -1, **({"rationale_loop_unchunked": 0} if args.model == "smollm2" else {})}
+    # Our side as the shipped experiments train (SFT packed: conf/experiment/*.yaml; the loss chunked where the head is
+    # large); then SFT padded, and on the real model's large head the loss unchunked, to show what each buys.
+    sides = {"rationale_loop": {"packing": True, "loss_chunk_tokens": -1}, "rationale_loop_padded": {"packing": False, "loss_chunk_tokens": -1},
+             **({"rationale_loop_unchunked": {"packing": True, "loss_chunk_tokens": 0}} if args.model == "smollm2" else {})}
     results = {}
     for (shape_name, (layers, hidden, share, folder)), precision in itertools.product(shapes.items(), args.precisions):
         shape, steps, bf16 = (layers, hidden, folder), max(1, round(args.steps * share)), precision == "bf16"
         probe = model_for(tokenizer, *shape)
         computed, parameters = computed_parameters(probe), sum(p.numel() for p in probe.parameters())
         for stage, items in (("sft", sft[: steps * SFT_BATCH]), ("rank", rank[: steps * RANK_BATCH])):
-            times: dict[str, list[float]] = {side: [] for side in [*sides, "trl"]}
+            # packing is SFT's alone (the rank stage shares each pair's prompt instead): no padded rank variant
+            stage_sides = {side: settings for side, settings in sides.items() if stage == "sft" or side != "rationale_loop_padded"}
+            times: dict[str, list[float]] = {side: [] for side in [*stage_sides, "trl"]}
             for _ in range(args.repeats):  # interleaved: machine noise hits every side alike
-                for side, chunk in sides.items():
-                    times[side].append(ours(stage, items, tokenizer, shape, steps, bf16, chunk))
+                for side, settings in stage_sides.items():
+                    times[side].append(ours(stage, items, tokenizer, shape, steps, bf16, settings))
                 times["trl"].append(theirs(stage, items, tokenizer, shape, steps, bf16))
             lengths = row_lengths(items, tokenizer, stage == "rank")
             row = {"parameters": parameters, "steps": steps, "precision": precision, "useful_tokens": sum(lengths),
@@ -226,15 +234,15 @@ def main() -> None:
                 median = statistics.median(seconds)
                 row[side] = {"median_seconds": round(median, 3), "tokens_per_second": round(sum(lengths) / median, 1),
                              "seconds": [round(s, 3) for s in seconds]}
-            for side in sides:
+            for side in stage_sides:
                 row[f"{side}_vs_trl"] = round(row["trl"]["median_seconds"] / row[side]["median_seconds"], 3)
             row["speedup_vs_trl"] = row.pop("rationale_loop_vs_trl")
             results[f"{shape_name} {stage} {precision}"] = row
             print(f"{shape_name} {stage} {precision}: {row['speedup_vs_trl']}x TRL", flush=True)
     # The peak is the best of the two measurements, before and after the stages; utilization is against it.
-    peaks = {"fp32": max(peaks["fp32"], matmul_peak(torch.float32)), "bf16": max(peaks["bf16"], matmul_peak(torch.bfloat16))}
+    peaks = {p: max(peak, matmul_peak(DTYPES[p])) for p, peak in peaks.items()}
     for row in results.values():
-        for side in [*sides, "trl"]:
+        for side in [side for side in [*sides, "trl"] if side in row]:
             row[side]["mfu"] = round(row["model_flops"] / row[side]["median_seconds"] / peaks[row["precision"]], 4)
     out = RESULTS.with_name(f"against_trl{'_smollm2' if args.model == 'smollm2' else ''}{'_lora' if args.peft == 'lora' else ''}.json")
     out.parent.mkdir(exist_ok=True)
@@ -243,14 +251,14 @@ def main() -> None:
     out.write_text(json.dumps({"machine": {**machine_description(args.threads), "trl": trl.__version__}, "model": args.model,
                                "steps": args.steps, "repeats": args.repeats, "rank_share_prompt": SHARE_PROMPT, "peft": args.peft,
                                "matmul_peak_flops": {k: round(v) for k, v in peaks.items()}, "results": results}, indent=2) + "\n")
-    print(f"\nmatmul peak: fp32 {peaks['fp32'] / 1e9:.1f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:.1f} GFLOP/s ({args.threads} threads)")
+    print(f"\nmatmul peak: {', '.join(f'{p} {peak / 1e9:.1f} GFLOP/s' for p, peak in peaks.items())} ({args.threads} threads)")
     print(f"{'model, stage, precision':44} {'ours tok/s':>11} {'TRL tok/s':>10} {'ours/TRL':>9} {'ours MFU':>9} {'TRL MFU':>8}")
     for name, row in results.items():
         print(f"{name:44} {row['rationale_loop']['tokens_per_second']:11.0f} {row['trl']['tokens_per_second']:10.0f} "
               f"{row['speedup_vs_trl']:8.2f}x {row['rationale_loop']['mfu']:9.1%} {row['trl']['mfu']:8.1%}")
-        if "rationale_loop_unchunked" in row:
-            print(f"{'  ours with loss_chunk_tokens=0':44} {row['rationale_loop_unchunked']['tokens_per_second']:11.0f} "
-                  f"{'':>10} {row['rationale_loop_unchunked_vs_trl']:8.2f}x {row['rationale_loop_unchunked']['mfu']:9.1%}")
+        for side, label in (("rationale_loop_padded", "  ours padded (packing=false)"), ("rationale_loop_unchunked", "  ours with loss_chunk_tokens=0")):
+            if side in row:
+                print(f"{label:44} {row[side]['tokens_per_second']:11.0f} {'':>10} {row[f'{side}_vs_trl']:8.2f}x {row[side]['mfu']:9.1%}")
     print("(MFU: model FLOPs per second over the matmul peak of the row's precision)")
 
 

@@ -22,6 +22,9 @@ a fraction of it:
     .venv/bin/python bench/generation.py --experiment smollm2_svamp --data-dir DIR [--checkpoint DIR]
         [--questions 64] [--repeats 3] [--dtypes bfloat16,float32] [--batch-sizes 64,128]
     # writes bench/results/generation_<experiment>.json; --checkpoint: e.g. the SFT checkpoint of `make sft`
+    .venv/bin/python bench/generation.py --experiment smollm2_svamp --data-dir DIR --checkpoint DIR --skip-hf \
+        --vllm-variants eager,compiled,eager_no_prefix_caching,eager_kv_cache_4gib,eager_batched_tokens_8192
+    # vLLM-CPU's settings side by side (VLLM_VARIANTS), to generation_<experiment>_vllm.json
 
 Tokens per second count generated tokens (EOS included). Each figure is the median of --repeats runs;
 the naive loop runs on fewer questions (it is slow) and is reported per token like the others.
@@ -167,9 +170,9 @@ def real_model(args) -> None:
         rows[name] = {"questions": len(prompts), "tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds,
                       "share_of_matmul_peak": 2 * parameters * tokens / seconds / 1e9 / peaks[dtype]}
 
-    for dtype in args.dtypes.split(","):
+    parameters = sum(p.numel() for p in load_model(checkpoint, "bfloat16").parameters())
+    for dtype in [] if args.skip_hf else args.dtypes.split(","):
         model = load_model(checkpoint, dtype).eval()
-        parameters = sum(p.numel() for p in model.parameters())
         hf = {f"hf_{dtype}": lambda: run_hf(model, tokenizer, prompts, sampling, batch_size)}
         for other in (int(b) for b in args.batch_sizes.split(",") if b and int(b) != batch_size):  # prompts per batch
             hf[f"hf_{dtype}_batch_{other}"] = lambda other=other: run_hf(model, tokenizer, prompts, sampling, other)
@@ -185,9 +188,15 @@ def real_model(args) -> None:
                 [run_transformers_generate(model, tokenizer, prompts, sampling, batch_size) for _ in range(args.repeats)],
                 dtype, parameters)
     if Path(args.vllm_python).exists():
-        vllm_runs = [run_vllm(checkpoint, prompts, sampling, args.vllm_python, "bfloat16") for _ in range(args.repeats)]
-        measure("vllm_bfloat16_with_start", [(t, w) for t, w, _ in vllm_runs], "bfloat16", parameters)
-        measure("vllm_bfloat16_generate_only", [(t, timing["generate_s"]) for t, _, timing in vllm_runs], "bfloat16", parameters)
+        variants = {name: VLLM_VARIANTS[name] for name in args.vllm_variants.split(",")}
+        vllm_runs = {name: [] for name in variants}
+        for _ in range(args.repeats):  # interleaved, as the hf rows
+            for name, (engine, env) in variants.items():
+                vllm_runs[name].append(run_vllm(checkpoint, prompts, sampling, args.vllm_python, "bfloat16", engine, env))
+        for name, taken in vllm_runs.items():
+            label = "vllm_bfloat16" if name == "eager" else f"vllm_bfloat16_{name}"
+            measure(f"{label}_with_start", [(t, w) for t, w, _ in taken], "bfloat16", parameters)
+            measure(f"{label}_generate_only", [(t, timing["generate_s"]) for t, _, timing in taken], "bfloat16", parameters)
     else:
         print(f"(no {args.vllm_python}: `make setup-vllm` for the vLLM rows)")
     result = {
@@ -197,11 +206,11 @@ def real_model(args) -> None:
                      "hf_batch_size": batch_size, "repeats": args.repeats},
         "rows": rows,
         "ratios": {f"hf_{d}_over_{other}": rows[f"hf_{d}"]["tokens_per_s"] / rows[f"{other}"]["tokens_per_s"]
-                   for d in args.dtypes.split(",")
+                   for d in ([] if args.skip_hf else args.dtypes.split(","))
                    for other in [f"transformers_generate_{d}", *(f"hf_{d}_{name}" for name in loop_variants(0))]},
     }
     print(f"matmul peak: bf16 {peaks['bfloat16']:.0f} GFLOP/s, fp32 {peaks['float32']:.0f} GFLOP/s; {parameters / 1e6:.1f}M parameters")
-    report(result, Path(args.out if args.out != DEFAULT_OUT else ROOT / f"bench/results/generation_{args.experiment}.json"),
+    report(result, Path(args.out if args.out != DEFAULT_OUT else ROOT / f"bench/results/generation_{args.experiment}{'_vllm' if args.skip_hf else ''}.json"),
            [("tokens", 8, "d"), ("seconds", 9, ".2f"), ("tokens_per_s", 13, ".1f"), ("share_of_matmul_peak", 21, ".1%")], ".2f")
 
 
@@ -220,10 +229,23 @@ DEFAULT_OUT = str(ROOT / "bench/results/generation.json")
 VLLM_ENGINE = {"enforce_eager": True, "max_model_len": 256}
 
 
-def run_vllm(checkpoint, prompts, sampling, python, dtype):
+# With --experiment and --vllm-variants: vLLM-CPU's settings tried side by side, name -> (engine arguments over
+# VLLM_ENGINE, environment of its worker). "compiled" is the project's own default (conf/generate/vllm.yaml:
+# enforce_eager false); the environment variables are vLLM's CPU settings (the worker inherits them).
+VLLM_VARIANTS = {
+    "eager": ({}, {}),
+    "compiled": ({"enforce_eager": False}, {}),
+    "eager_no_prefix_caching": ({"enable_prefix_caching": False}, {}),
+    "eager_kv_cache_4gib": ({}, {"VLLM_CPU_KVCACHE_SPACE": "4"}),
+    "eager_batched_tokens_8192": ({"max_num_batched_tokens": 8192}, {}),
+}
+
+
+def run_vllm(checkpoint, prompts, sampling, python, dtype, engine=None, env=None):
     # (vLLM's own best on this CPU: bfloat16 is what it picks by default for a CPU run.)
     start = time.perf_counter()
-    with VLLMBackend(checkpoint, {"dtype": dtype, **VLLM_ENGINE}, python=python) as backend:
+    with patch.dict("os.environ", env or {}), \
+            VLLMBackend(checkpoint, {"dtype": dtype, **VLLM_ENGINE, **(engine or {})}, python=python) as backend:
         results = list(backend.generate(prompts, sampling))
         wall = time.perf_counter() - start
     return tokens_of(results), wall, backend.last_timing
@@ -264,6 +286,8 @@ def main() -> None:
     parser.add_argument("--batch-sizes", default="", help="with --experiment: other hf batch sizes (prompts) to measure, e.g. 64,128")
     parser.add_argument("--dtypes", default="bfloat16,float32", help="with --experiment: the hf rows' precisions")
     parser.add_argument("--vllm-calls-only", action="store_true", help="only (d): a round's calls on one engine and on three")
+    parser.add_argument("--vllm-variants", default="eager", help=f"with --experiment: vLLM settings to compare, of {','.join(VLLM_VARIANTS)}")
+    parser.add_argument("--skip-hf", action="store_true", help="with --experiment: the vLLM rows only (to generation_<experiment>_vllm.json)")
     args = parser.parse_args()
     if args.experiment:
         if args.questions == 256:

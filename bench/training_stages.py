@@ -80,11 +80,15 @@ def run(stage: str, items, tokenizer, steps: int, sort: bool, share: bool, share
 
 
 def machine_description(threads: int) -> dict:
-    """The CPU model, thread count and torch version (no host names or paths)."""
+    """The CPU model, its vector extensions, thread count and torch version (no host names or paths). Two
+    machines both named "AMD EPYC" differed by avx512_bf16, which decides whether bf16 is fast or emulated."""
     machine = {"cpu": platform.processor() or platform.machine(), "threads": threads, "torch": torch.__version__}
     for line in (Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []):
         if line.startswith("model name"):
             machine["cpu"] = line.split(":", 1)[1].strip()
+        elif line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+            machine["vector_extensions"] = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
             break
     return machine
 
