@@ -57,6 +57,7 @@ from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
 from rationale_loop.config.schema import ObjectiveConfig, PeftConfig, TrainConfig  # noqa: E402
 from rationale_loop.data.encode import Encoder  # noqa: E402
+from rationale_loop.models.adapters import attach  # noqa: E402
 from rationale_loop.training.objectives import SupervisedObjective, build_objective  # noqa: E402
 from rationale_loop.training.train import train  # noqa: E402
 
@@ -131,8 +132,6 @@ def ours(stage: str, items, tokenizer, shape: tuple, steps: int, bf16: bool, set
                       neftune_alpha=NEFTUNE if stage == "sft" else 0.0, log_every=10**9, mixed_precision="bf16" if bf16 else "no")
     objective = SupervisedObjective() if stage == "sft" else build_objective(
         ObjectiveConfig(name="cpo_simpo", beta=1.0, gamma=0.0, alpha=0.2, share_prompt=SHARE_PROMPT))
-    from rationale_loop.models.adapters import attach
-
     return train(attach(model_for(tokenizer, *shape), ADAPTER, seed=0), tokenizer, items, objective, cfg, seed=0, desc=stage).seconds
 
 
@@ -212,16 +211,17 @@ def main() -> None:
     shapes, sft, rank, tokenizer = shapes_and_rows(args)
     # Our side as the shipped experiments train (SFT packed: conf/experiment/*.yaml; the loss chunked where the head is
     # large); then SFT padded, and on the real model's large head the loss unchunked, to show what each buys.
-    sides = {"rationale_loop": {"packing": True, "loss_chunk_tokens": -1}, "rationale_loop_padded": {"packing": False, "loss_chunk_tokens": -1},
-             **({"rationale_loop_unchunked": {"packing": True, "loss_chunk_tokens": 0}} if args.model == "smollm2" else {})}
+    # Each side: its settings and the stages it runs (packing is SFT's alone: the rank stage shares each pair's prompt instead).
+    sides = {"rationale_loop": ({"packing": True, "loss_chunk_tokens": -1}, ("sft", "rank")),
+             "rationale_loop_padded": ({"packing": False, "loss_chunk_tokens": -1}, ("sft",)),
+             **({"rationale_loop_unchunked": ({"packing": True, "loss_chunk_tokens": 0}, ("sft", "rank"))} if args.model == "smollm2" else {})}
     results = {}
     for (shape_name, (layers, hidden, share, folder)), precision in itertools.product(shapes.items(), args.precisions):
         shape, steps, bf16 = (layers, hidden, folder), max(1, round(args.steps * share)), precision == "bf16"
         probe = model_for(tokenizer, *shape)
         computed, parameters = computed_parameters(probe), sum(p.numel() for p in probe.parameters())
         for stage, items in (("sft", sft[: steps * SFT_BATCH]), ("rank", rank[: steps * RANK_BATCH])):
-            # packing is SFT's alone (the rank stage shares each pair's prompt instead): no padded rank variant
-            stage_sides = {side: settings for side, settings in sides.items() if stage == "sft" or side != "rationale_loop_padded"}
+            stage_sides = {side: settings for side, (settings, stages) in sides.items() if stage in stages}
             times: dict[str, list[float]] = {side: [] for side in [*stage_sides, "trl"]}
             for _ in range(args.repeats):  # interleaved: machine noise hits every side alike
                 for side, settings in stage_sides.items():

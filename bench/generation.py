@@ -163,7 +163,7 @@ def real_model(args) -> None:
     tokenizer = load_tokenizer(checkpoint)
     # vLLM in the precision `generate.dtype: auto` gives it: bf16 where the CPU has it natively, else fp32. Peaks only
     # of the precisions measured: a CPU without native bf16 emulates a 2048^3 bf16 matmul for minutes.
-    vllm_dtype = generation_dtype("auto", "float32")
+    vllm_dtype = vllm_precision()
     dtypes = [] if args.skip_hf else args.dtypes.split(",")
     peaks = {dtype: matmul_peak(getattr(torch, dtype)) for dtype in {*dtypes, vllm_dtype}}
     rows: dict[str, dict] = {}
@@ -174,7 +174,7 @@ def real_model(args) -> None:
         rows[name] = {"questions": len(prompts), "tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds,
                       "share_of_matmul_peak": 2 * parameters * tokens / seconds / 1e9 / peaks[dtype]}
 
-    parameters = sum(p.numel() for p in load_model(checkpoint, "bfloat16").parameters())
+    parameters = parameter_count(checkpoint)
     for dtype in dtypes:
         model = load_model(checkpoint, dtype).eval()
         hf = {f"hf_{dtype}": lambda: run_hf(model, tokenizer, prompts, sampling, batch_size)}
@@ -245,8 +245,20 @@ VLLM_VARIANTS = {
 }
 
 
+def vllm_precision() -> str:
+    """vLLM's precision as `generate.dtype: auto` gives it: bf16 where the CPU has it natively, else fp32."""
+    return generation_dtype("auto", "float32")
+
+
+def parameter_count(checkpoint) -> int:
+    """The checkpoint's parameters (a tied head once), counted on the meta device: no weights are read."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):
+        return sum(p.numel() for p in AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(checkpoint)).parameters())
+
+
 def run_vllm(checkpoint, prompts, sampling, python, dtype, engine=None, env=None):
-    # (vLLM's own best on this CPU: bfloat16 is what it picks by default for a CPU run.)
     start = time.perf_counter()
     with patch.dict("os.environ", env or {}), \
             VLLMBackend(checkpoint, {"dtype": dtype, **VLLM_ENGINE, **(engine or {})}, python=python) as backend:
@@ -310,7 +322,7 @@ def main() -> None:
     gen = cfg.generate
     sampling = Sampling(gen.n, gen.temperature, gen.top_p, gen.max_new_tokens, seed=0)
     if args.vllm_calls_only:
-        calls = {f"vllm_3_calls_{name}": run_vllm_calls(checkpoint, prompts, round_calls(sampling), args.vllm_python, "bfloat16", one)
+        calls = {f"vllm_3_calls_{name}": run_vllm_calls(checkpoint, prompts, round_calls(sampling), args.vllm_python, vllm_precision(), one)
                  for name, one in (("one_engine", True), ("3_engines", False))}
         print(json.dumps(calls, indent=2))
         return
@@ -329,13 +341,13 @@ def main() -> None:
         naive_runs = [run_naive(naive_model, tokenizer, naive_prompts, sampling) for _ in range(args.repeats)]
         rows[name] = {"questions": len(naive_prompts), "tokens": naive_runs[0][0], "seconds": statistics.median(s for _, s in naive_runs)}
     if Path(args.vllm_python).exists():
-        vllm_runs = [run_vllm(checkpoint, prompts, sampling, args.vllm_python, "bfloat16") for _ in range(args.repeats)]
+        vllm_runs = [run_vllm(checkpoint, prompts, sampling, args.vllm_python, vllm_precision()) for _ in range(args.repeats)]
         timing = [t for _, _, t in vllm_runs]
         rows["vllm_with_start"] = {"questions": len(prompts), "tokens": vllm_runs[0][0], "seconds": statistics.median(w for _, w, _ in vllm_runs)}
         rows["vllm_generate_only"] = {"questions": len(prompts), "tokens": vllm_runs[0][0], "seconds": statistics.median(t["generate_s"] for t in timing)}
         rows["vllm_engine_start"] = {"seconds": statistics.median(t["engine_start_s"] + t["import_s"] for t in timing)}
         for name, one in (("one_engine", True), ("3_engines", False)):
-            rows[f"vllm_3_calls_{name}"] = run_vllm_calls(checkpoint, prompts, round_calls(sampling), args.vllm_python, "bfloat16", one)
+            rows[f"vllm_3_calls_{name}"] = run_vllm_calls(checkpoint, prompts, round_calls(sampling), args.vllm_python, vllm_precision(), one)
     else:
         print(f"(no {args.vllm_python}: `make setup-vllm` for the vLLM rows)")
     for row in rows.values():
