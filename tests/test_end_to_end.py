@@ -63,6 +63,7 @@ def small_run(tmp_path_factory):
     return root / "runs" / "e2e", rows, cfg
 
 
+@pytest.mark.slow
 def test_one_generation_engine_per_round_closed_before_training(small_run):
     """Round 0's evaluation and round 1's sampling ask the same checkpoint, and share one engine; it is
     closed before round 1 trains (training needs its memory), and round 1's checkpoint gets its own."""
@@ -135,6 +136,7 @@ def _cli(*args):
     return subprocess.run([sys.executable, "-m", "rationale_loop", *args], capture_output=True, text=True, check=False)
 
 
+@pytest.mark.slow
 def test_round_command_says_where_it_starts_and_inspect_shows_pairs(small_run):
     run, _, cfg = small_run
     common = [*SMALL, f"output_root={run.parent}", f"model.cache_dir={cfg.model.cache_dir}", f"run={run.name}"]
@@ -171,6 +173,7 @@ def test_an_interrupted_round_is_finished_only_with_the_config_it_started_with(s
     assert (run / "round_01" / "generations.jsonl").exists() and not (run / "round_01" / "DONE").exists()
 
 
+@pytest.mark.slow
 def test_same_config_and_seed_give_byte_identical_samples_and_pairs(small_run, tmp_path):
     run, _, cfg = small_run
     again = compose_config(*SMALL, f"output_root={tmp_path}/runs", f"model.cache_dir={cfg.model.cache_dir}", "run=again")
@@ -189,6 +192,7 @@ def test_same_config_and_seed_give_byte_identical_samples_and_pairs(small_run, t
     ],
     ids=["star+rationalize", "spin", "cpo_simpo", "memphis-listwise-slerp"],
 )
+@pytest.mark.slow
 def test_each_objective_runs_a_round(small_run, tmp_path, overrides):
     import shutil
 

@@ -23,6 +23,7 @@ from rationale_loop.config.errors import UserError
 from rationale_loop.export import export_round
 
 
+@pytest.mark.slow
 def test_export_is_a_plain_model_with_a_card_of_the_whole_procedure(two_round_run, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -82,6 +83,7 @@ def test_export_never_deletes_what_it_did_not_write(two_round_run, tmp_path):
     assert sorted(p.name for p in work.iterdir()) == ["canary.txt"] and len(list(tmp_path.iterdir())) == 2
 
 
+@pytest.mark.slow
 def test_re_export_needs_force_and_replaces_only_its_own_files(two_round_run, tmp_path):
     target = tmp_path / "x"
     assert _export(str(two_round_run), "--round", "1", "--out", str(target)).returncode == 0
@@ -104,6 +106,7 @@ def test_export_names_follow_the_run_path_and_cannot_collide(tmp_path):
     assert default_target(root / "team" / "alice", 3, root) == Path("outputs/exports/team/alice/round_03")
 
 
+@pytest.mark.slow
 def test_the_card_never_holds_an_environment_variable(two_round_run, tmp_path):
     run = tmp_path / "runs" / "leaky"
     shutil.copytree(two_round_run, run, symlinks=True)
@@ -120,6 +123,7 @@ def test_the_card_never_holds_an_environment_variable(two_round_run, tmp_path):
         assert b"hunter2-s3cr3t" not in path.read_bytes(), path
 
 
+@pytest.mark.slow
 def test_the_card_is_a_hub_model_card_with_its_metadata(two_round_run, tmp_path):
     from huggingface_hub import ModelCard
 
@@ -135,6 +139,7 @@ def test_the_card_is_a_hub_model_card_with_its_metadata(two_round_run, tmp_path)
 
 
 @pytest.mark.parametrize("prompt_format", ["tinycot", "memphis", "chat-ml", "llama-2", "vicuna", "alpaca", "airoboros"])
+@pytest.mark.slow
 def test_apply_chat_template_renders_the_prompt_the_model_was_trained_on(two_round_run, tmp_path, prompt_format):
     """Each format's export: plain transformers' apply_chat_template gives the ids the rounds encoded."""
     from transformers import AutoTokenizer
@@ -157,6 +162,7 @@ def test_apply_chat_template_renders_the_prompt_the_model_was_trained_on(two_rou
     assert rendered.endswith(fmt.prompt(question))
 
 
+@pytest.mark.slow
 def test_a_pretrained_run_s_card_names_its_base_model_and_hub_datasets(two_round_run, tmp_path):
     """As a run of a hub model on a hub dataset would have recorded it (the configs are edited: the
     weights stay the tiny model's, which the card does not look at)."""
@@ -178,6 +184,7 @@ def test_a_pretrained_run_s_card_names_its_base_model_and_hub_datasets(two_round
     assert card.data.base_model == "Qwen/Qwen2.5-0.5B" and card.data.datasets == ["openai/gsm8k"] and card.data.license == "apache-2.0"
 
 
+@pytest.mark.slow
 def test_the_card_says_a_round_trained_on_nothing_and_the_batch_a_round_took(two_round_run, tmp_path):
     """As if round 1 had mined no pair and round 2 had fewer pairs than a batch (the metrics are edited)."""
     run = tmp_path / "runs" / "idle"

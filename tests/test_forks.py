@@ -38,6 +38,7 @@ def sweep(two_round_run: Path) -> dict:
     return {"base": base, "jobs": jobs, "base_stamp": stamp, "sweep_dir": runs / "two-r1"}
 
 
+@pytest.mark.slow
 def test_every_sweep_job_forks_from_the_same_round_into_its_own_run(sweep):
     base, jobs = sweep["base"], sweep["jobs"]
     for job in jobs:
@@ -58,6 +59,7 @@ def test_every_sweep_job_forks_from_the_same_round_into_its_own_run(sweep):
     assert (sweep["sweep_dir"] / "multirun.yaml").is_file() and not (REPO_ROOT / "outputs" / "sweeps").exists()
 
 
+@pytest.mark.slow
 def test_a_fork_starts_from_its_source_config_and_goes_on_without_retyping_it(sweep):
     base, job = sweep["base"], sweep["jobs"][0]
     source, own = OmegaConf.load(base / "round_01" / "config.yaml"), OmegaConf.load(job / "round_02" / "config.yaml")

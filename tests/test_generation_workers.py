@@ -38,6 +38,7 @@ def one_worker(tmp_path_factory):
     return (root / "runs/one/round_01/generations.jsonl").read_bytes(), evals
 
 
+@pytest.mark.slow
 def test_two_sampling_workers_split_the_pool_and_write_one_workers_bytes(tmp_path, one_worker):
     generations, evals = one_worker
     run_loop(compose_config(*_overrides(tmp_path, "two", "generate.workers=2")))
@@ -58,6 +59,7 @@ def test_two_sampling_workers_split_the_pool_and_write_one_workers_bytes(tmp_pat
         assert [r["questions"] for r in record["receipts"]] == [4, 4]
 
 
+@pytest.mark.slow
 def test_a_killed_sampling_worker_fails_the_round_in_words_and_the_next_call_keeps_what_was_finished(tmp_path, one_worker, monkeypatch):
     overrides = _overrides(tmp_path, "kill", "generate.workers=2")
     out = tmp_path / "runs/kill/round_01"
@@ -105,6 +107,7 @@ def test_more_sampling_workers_than_gpus_is_refused_before_any_work(tmp_path, mo
     assert not (tmp_path / "runs").exists(), "refused before the run directory was made"
 
 
+@pytest.mark.slow
 def test_sampling_workers_on_two_machines_write_one_workers_bytes(tmp_path):
     """generate.workers=2 over launch.num_machines=2 ("machines" on this host; machine 1 `join`s): one
     sampling worker on each machine, and the same bytes as one process sampling from the same SFT

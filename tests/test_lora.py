@@ -55,6 +55,7 @@ def test_checkpoints_are_plain_models_with_only_adapted_modules_changed(lora_run
     assert any("embed_tokens" in name for name in base) and not any("embed_tokens" in name or "norm" in name for name in changed)
 
 
+@pytest.mark.slow
 def test_an_adapter_training_state_holds_the_adapter_alone_and_resumes_exactly(tmp_path):
     def sft(run: str, kill_at: str | None = None) -> subprocess.CompletedProcess:
         env = {k: v for k, v in os.environ.items() if k != KILL_AT}

@@ -20,6 +20,7 @@ def smollm2_tokenizer(smollm2_folder: Path):
     return AutoTokenizer.from_pretrained(str(smollm2_folder))
 
 
+@pytest.mark.slow
 def test_the_prompt_is_the_model_s_own_generation_prompt_and_the_rationale_header(smollm2_tokenizer):
     fmt = model_format(smollm2_tokenizer, "smollm2")
     question = "Tom has 3 apples. He buys {content} 4 more. How many?"

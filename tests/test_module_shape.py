@@ -235,6 +235,7 @@ print("\\n".join(failed))
 """
 
 
+@pytest.mark.slow
 def test_every_module_imports_alone():
     modules = [name for name in MODULES if name != "rationale_loop.__main__"]  # __main__ runs the command line
     result = subprocess.run([sys.executable, "-c", IMPORT_ALONE, *modules], capture_output=True, text=True,

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 SMOKE = ["experiment=smollm2_svamp", "rounds=1", "task.sft_size=4", "task.pool_size=4", "task.eval_size=4",
@@ -17,6 +18,7 @@ SMOKE = ["experiment=smollm2_svamp", "rounds=1", "task.sft_size=4", "task.pool_s
          "generate.n=2", "generate.max_new_tokens=32", "eval.max_new_tokens=32", "generate.batch_size=4", "eval.batch_size=4"]
 
 
+@pytest.mark.slow
 def test_smollm2_runs_base_sft_a_round_and_exports_in_its_own_template(smollm2_folder: Path, shared_data: Path, tmp_path: Path):
     from huggingface_hub import ModelCard
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -86,6 +86,7 @@ def runs(tmp_path_factory) -> dict:
     return {"root": root, "straight": root / "runs" / "straight", "killed": run, "calls": calls}
 
 
+@pytest.mark.slow
 def test_sigkill_in_every_phase_then_resume_equals_an_uninterrupted_run(runs):
     run, straight = runs["killed"], runs["straight"]
     for name in SAME_BYTES:
@@ -97,6 +98,7 @@ def test_sigkill_in_every_phase_then_resume_equals_an_uninterrupted_run(runs):
     assert not list((run / "round_01").glob(".*")), "leftovers of interrupted atomic writes are removed on resume"
 
 
+@pytest.mark.slow
 def test_resumed_phases_do_not_redo_finished_work(runs):
     """What the call after each kill kept, from its log: sampled questions, training steps."""
     calls = runs["calls"]
@@ -112,6 +114,7 @@ def test_resumed_phases_do_not_redo_finished_work(runs):
     assert not re.search(r"held-out accuracy [0-9.]+ \(", log("finish"))
 
 
+@pytest.mark.slow
 def test_an_interrupted_round_with_another_config_is_refused_then_cleared_with_force(runs):
     root, run = runs["root"], runs["root"] / "runs" / "changed"
     command = [sys.executable, "-m", "rationale_loop", "round", *RESUME, "rank.lr=1e-3",

@@ -37,6 +37,7 @@ def _wait_for(condition, timeout: float = 180.0) -> None:
         time.sleep(0.2)
 
 
+@pytest.mark.slow
 def test_a_second_process_on_a_live_run_is_refused_and_the_first_finishes_intact(tmp_path):
     release = tmp_path / "release"
     env = {k: v for k, v in os.environ.items() if k not in (KILL_AT, WAIT_AT)}

@@ -54,6 +54,7 @@ def _with_pool_sentinel(real_load_task):
     ],
     ids=["memphis-chosen", "memphis-replay", "star-rationalize", "cpo_simpo", "sft", "control-gold-anchor"],
 )
+@pytest.mark.slow
 def test_no_round_trains_on_or_prompts_with_a_pool_rationale(two_round_run, tmp_path, monkeypatch, overrides, reads_it):
     """Pool problems are given a rationale the task would never hand out; a spy on the training phase
     sees every item a round trains on. None holds it, and no prompt sampled in the round does."""

@@ -76,6 +76,7 @@ def test_a_fork_job_is_checked_with_the_recipe_of_the_round_it_forks(tmp_path):
 
 
 @pytest.mark.parametrize("multirun", ["--multirun", "hydra.mode=MULTIRUN"])
+@pytest.mark.slow
 def test_the_command_line_refuses_a_bad_sweep_in_one_line_before_creating_anything(tmp_path, multirun):
     done = subprocess.run([sys.executable, "-m", "rationale_loop", "loop", multirun, f"output_root={tmp_path}/runs",
                            f"hydra.sweep.dir={tmp_path}/sweep", "run=s", "objective=memphis,star", "objective.rank_weight=3"],
@@ -87,6 +88,7 @@ def test_the_command_line_refuses_a_bad_sweep_in_one_line_before_creating_anythi
     assert list(Path(tmp_path).iterdir()) == []
 
 
+@pytest.mark.slow
 def test_a_remembered_key_the_jobs_option_does_not_read_is_dropped_and_a_typed_one_refused(tmp_path):
     """README's sweep after README's loop: the source remembers objective.rank_weight=1, which the star job's
     objective does not read; it is dropped for that job (the user did not type it), kept for the memphis job."""

@@ -74,6 +74,7 @@ def test_done_records_the_round_without_its_own_temporary_file(finished):
     check_checkpoint(finished / "runs" / "base" / "round_00", "round 0")  # what the current code writes passes
 
 
+@pytest.mark.slow
 def test_an_empty_done_record_stops_the_next_round_naming_it(finished):
     run = _copy(finished, "empty_done")
     (run / "round_00" / DONE).write_text("")
@@ -130,6 +131,7 @@ def test_mark_done_never_records_leftovers_of_atomic_writes(tmp_path):
 
 
 # -- odd files ------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_a_done_that_is_a_directory_is_not_finished_and_is_named(finished):
     run = _copy(finished, "done_dir")
     (run / "round_00" / DONE).unlink()
@@ -140,6 +142,7 @@ def test_a_done_that_is_a_directory_is_not_finished_and_is_named(finished):
     _one_line_error(done, f"{run / 'round_00' / DONE} is a directory")
 
 
+@pytest.mark.slow
 def test_a_fifo_as_the_lock_file_is_refused_not_waited_on(finished):
     run = _copy(finished, "fifo_lock")
     (run / ".lock").unlink(missing_ok=True)
@@ -161,6 +164,7 @@ def test_a_symbolic_link_as_the_lock_file_is_refused(tmp_path):
     assert (tmp_path / "elsewhere").read_text() == ""
 
 
+@pytest.mark.slow
 def test_a_fifo_as_metrics_json_is_refused_not_waited_on(finished):
     run = _copy(finished, "fifo_metrics")
     (run / "round_00" / "metrics.json").unlink()
@@ -169,6 +173,7 @@ def test_a_fifo_as_metrics_json_is_refused_not_waited_on(finished):
     _one_line_error(done, f"{run / 'round_00' / 'metrics.json'} is a FIFO (named pipe), not a regular file")
 
 
+@pytest.mark.slow
 def test_a_run_path_that_is_a_file_is_one_line(tmp_path):
     (tmp_path / "runs").mkdir()
     (tmp_path / "runs" / "afile").write_text("not a run")
@@ -181,6 +186,7 @@ def test_a_run_path_that_is_a_file_is_one_line(tmp_path):
             pass
 
 
+@pytest.mark.slow
 def test_a_round_path_that_is_a_file_is_one_line_and_kept(finished):
     run = _copy(finished, "round_file")
     (run / "round_01").write_text("not a round")
@@ -191,6 +197,7 @@ def test_a_round_path_that_is_a_file_is_one_line_and_kept(finished):
 
 
 # -- JSON damaged by hand -------------------------------------------------------------------------
+@pytest.mark.slow
 def test_a_damaged_metrics_json_names_the_file_line_and_column(finished):
     run = _copy(finished, "bad_metrics")
     path = run / "round_00" / "metrics.json"
@@ -217,6 +224,7 @@ def test_a_damaged_rounds_index_names_the_file_and_line(finished, tmp_path):
     assert [row["round"] for row in read_rounds(run)] == [0]
 
 
+@pytest.mark.slow
 def test_a_damaged_eval_jsonl_of_an_interrupted_round_names_the_file_and_line(finished):
     """Killed after evaluating, before DONE: the next call reads eval.jsonl back."""
     run = _copy(finished, "bad_eval")
@@ -236,6 +244,7 @@ def test_a_damaged_eval_jsonl_of_an_interrupted_round_names_the_file_and_line(fi
     ("output_root", "- sft.lr=1e-3\n- output_root={elsewhere}\n", "'output_root={elsewhere}' is never saved by a round"),
     ("not_a_list", "sft.lr: 1e-3\n", "expected a list of overrides (strings)"),
 ])
+@pytest.mark.slow
 def test_a_tampered_overrides_file_is_one_line_naming_it_and_never_applied(finished, tmp_path, name, saved, message):
     """round_KK/overrides.yaml, which later commands start from (run_config.py), edited by hand."""
     run = _copy(finished, f"overrides_{name}")
@@ -285,6 +294,7 @@ def test_a_damaged_line_of_an_interrupted_generation_file_names_it(tmp_path):
 
 
 # -- links planted in a run -----------------------------------------------------------------------
+@pytest.mark.slow
 def test_a_planted_tensorboard_link_is_never_deleted_through_nor_written_through_with_force(finished, tmp_path):
     run = _copy(finished, "planted")
     outside = tmp_path / "outside"

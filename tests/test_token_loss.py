@@ -160,6 +160,7 @@ def test_training_with_packing_and_chunks_reaches_the_padded_weights(tokenizer):
     ("sft", {"packing": True, "micro_batch_tokens": 60, "loss_chunk_tokens": 5}),
     ("rank", {"loss_chunk_tokens": 5}),
 ])
+@pytest.mark.slow
 def test_two_processes_with_packing_and_chunks_reach_the_plain_one_process_weights(tmp_path, stage, settings):
     """Under DDP (2 processes over gloo) packed micro-batches differ in number between the processes, and
     the chunked loss reads the head's weight outside the model's forward: the all-reduced gradient is still

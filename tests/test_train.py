@@ -66,6 +66,7 @@ def test_frozen_embeddings_stay_put_while_the_rest_trains(tokenizer):
     assert not torch.equal(before["model.layers.0.mlp.up_proj.weight"], after["model.layers.0.mlp.up_proj.weight"])
 
 
+@pytest.mark.slow
 def test_two_process_ddp_training_killed_and_resumed_ends_with_the_weights_of_an_uninterrupted_run(tmp_path):
     """accelerate launch --multi_gpu runs 2 processes over gloo on CPU (no GPU visible to them, also on a
     machine that has one: conftest.cpu_only_env). Each keeps its own random state
@@ -118,6 +119,7 @@ def _run_with_one_and_two_processes(job_name: str, out) -> None:
     assert two.returncode == 0, two.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_two_processes_split_every_batch_and_reach_the_one_process_weights(tmp_path):
     """Under DDP each process trains on its own share of every optimizer step's batch (together the
     whole batch, never an item twice), and the all-reduced gradient is the one-process gradient, so
@@ -145,6 +147,7 @@ def test_two_processes_split_every_batch_and_reach_the_one_process_weights(tmp_p
     assert losses[0] == pytest.approx(losses[1], rel=1e-5), "the logged loss is the whole batch's, not one process's share"
 
 
+@pytest.mark.slow
 def test_the_shared_prompt_rank_stage_under_two_processes_reaches_the_one_process_weights(tmp_path):
     """The rank stage's shared-prompt forward under DDP (the objective is handed DDP's wrapper, not the
     model): two processes end with the one-process weights and log the same losses."""

@@ -146,6 +146,7 @@ def test_a_worker_killed_mid_request_fails_the_call_clearly_and_the_next_call_st
         assert len(list(shared.generate(PROMPTS[:2], Sampling()))) == 2 and shared.engine_starts == 2
 
 
+@pytest.mark.slow
 def test_an_engine_error_names_itself_and_an_engine_that_cannot_start_says_so(fake_engine):
     with backend() as shared:
         with pytest.raises(RuntimeError, match="the engine failed on this prompt"):
