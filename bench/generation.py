@@ -24,7 +24,8 @@ a fraction of it:
     # writes bench/results/generation_<experiment>.json; --checkpoint: e.g. the SFT checkpoint of `make sft`
     .venv/bin/python bench/generation.py --experiment smollm2_svamp --data-dir DIR --checkpoint DIR --skip-hf \
         --vllm-variants eager,compiled,eager_no_prefix_caching,eager_kv_cache_4gib,eager_batched_tokens_8192
-    # vLLM-CPU's settings side by side (VLLM_VARIANTS), to generation_<experiment>_vllm.json
+    # vLLM-CPU's settings side by side (VLLM_VARIANTS), to generation_<experiment>_vllm.json; without --skip-hf
+    # but with --hf-rows default --dtypes float32, the hf default loop's row in the same run beside them
 
 Tokens per second count generated tokens (EOS included). Each figure is the median of --repeats runs;
 the naive loop runs on fewer questions (it is slow) and is reported per token like the others.
@@ -180,7 +181,7 @@ def real_model(args) -> None:
         hf = {f"hf_{dtype}": lambda: run_hf(model, tokenizer, prompts, sampling, batch_size)}
         for other in (int(b) for b in args.batch_sizes.split(",") if b and int(b) != batch_size):  # prompts per batch
             hf[f"hf_{dtype}_batch_{other}"] = lambda other=other: run_hf(model, tokenizer, prompts, sampling, other)
-        for name, changes in loop_variants(len(tokenizer)).items():  # the loop with one of its speedups undone
+        for name, changes in loop_variants(len(tokenizer)).items() if args.hf_rows == "all" else ():  # one speedup undone
             hf[f"hf_{dtype}_{name}"] = lambda changes=changes: patch.multiple(decode, **changes)(hf[f"hf_{dtype}"])()
         runs = {name: [] for name in hf}
         for _ in range(args.repeats):  # interleaved: this machine is shared, and drifts
@@ -188,6 +189,8 @@ def real_model(args) -> None:
                 runs[name].append(run())
         for name, taken in runs.items():
             measure(name, taken, dtype, parameters)
+        if args.hf_rows == "default":
+            continue
         measure(f"transformers_generate_{dtype}",
                 [run_transformers_generate(model, tokenizer, prompts, sampling, batch_size) for _ in range(args.repeats)],
                 dtype, parameters)
@@ -209,9 +212,10 @@ def real_model(args) -> None:
                      "temperature": sampling.temperature, "top_p": sampling.top_p, "max_new_tokens": sampling.max_new_tokens,
                      "hf_batch_size": batch_size, "repeats": args.repeats},
         "rows": rows,
-        "ratios": {f"hf_{d}_over_{other}": rows[f"hf_{d}"]["tokens_per_s"] / rows[f"{other}"]["tokens_per_s"]
-                   for d in dtypes
-                   for other in [f"transformers_generate_{d}", *(f"hf_{d}_{name}" for name in loop_variants(0))]},
+        # The default hf row over each other row of its precision, and over every vLLM row (vLLM generating alone and with its start).
+        "ratios": {f"hf_{d}_over_{other}": rows[f"hf_{d}"]["tokens_per_s"] / rows[other]["tokens_per_s"]
+                   for d in dtypes for other in rows
+                   if other != f"hf_{d}" and (other.startswith(("vllm_", f"transformers_generate_{d}", f"hf_{d}_")))},
     }
     print(f"matmul peak: {', '.join(f'{d} {peak:.0f} GFLOP/s' for d, peak in peaks.items())}; {parameters / 1e6:.1f}M parameters")
     report(result, Path(args.out if args.out != DEFAULT_OUT else ROOT / f"bench/results/generation_{args.experiment}{'_vllm' if args.skip_hf else ''}.json"),
@@ -303,6 +307,8 @@ def main() -> None:
     parser.add_argument("--dtypes", default="bfloat16,float32", help="with --experiment: the hf rows' precisions")
     parser.add_argument("--vllm-calls-only", action="store_true", help="only (d): a round's calls on one engine and on three")
     parser.add_argument("--vllm-variants", default="eager", help=f"with --experiment: vLLM settings to compare, of {','.join(VLLM_VARIANTS)}")
+    parser.add_argument("--hf-rows", choices=("all", "default"), default="all",
+                        help="with --experiment: every hf row (the loop with each speedup undone, transformers' generate) or the default loop's alone")
     parser.add_argument("--skip-hf", action="store_true", help="with --experiment: the vLLM rows only (to generation_<experiment>_vllm.json)")
     args = parser.parse_args()
     if args.experiment:
