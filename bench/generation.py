@@ -176,12 +176,13 @@ def real_model(args) -> None:
                       "share_of_matmul_peak": 2 * parameters * tokens / seconds / 1e9 / peaks[dtype]}
 
     parameters = parameter_count(checkpoint)
+    every_row = args.hf_rows == "all"  # else the default loop's row alone
     for dtype in dtypes:
         model = load_model(checkpoint, dtype).eval()
         hf = {f"hf_{dtype}": lambda: run_hf(model, tokenizer, prompts, sampling, batch_size)}
         for other in (int(b) for b in args.batch_sizes.split(",") if b and int(b) != batch_size):  # prompts per batch
             hf[f"hf_{dtype}_batch_{other}"] = lambda other=other: run_hf(model, tokenizer, prompts, sampling, other)
-        for name, changes in loop_variants(len(tokenizer)).items() if args.hf_rows == "all" else ():  # one speedup undone
+        for name, changes in (loop_variants(len(tokenizer)) if every_row else {}).items():  # one speedup undone
             hf[f"hf_{dtype}_{name}"] = lambda changes=changes: patch.multiple(decode, **changes)(hf[f"hf_{dtype}"])()
         runs = {name: [] for name in hf}
         for _ in range(args.repeats):  # interleaved: this machine is shared, and drifts
@@ -189,11 +190,10 @@ def real_model(args) -> None:
                 runs[name].append(run())
         for name, taken in runs.items():
             measure(name, taken, dtype, parameters)
-        if args.hf_rows == "default":
-            continue
-        measure(f"transformers_generate_{dtype}",
-                [run_transformers_generate(model, tokenizer, prompts, sampling, batch_size) for _ in range(args.repeats)],
-                dtype, parameters)
+        if every_row:
+            measure(f"transformers_generate_{dtype}",
+                    [run_transformers_generate(model, tokenizer, prompts, sampling, batch_size) for _ in range(args.repeats)],
+                    dtype, parameters)
     if Path(args.vllm_python).exists():
         variants = {name: VLLM_VARIANTS[name] for name in args.vllm_variants.split(",")}
         vllm_runs = {name: [] for name in variants}
@@ -215,7 +215,7 @@ def real_model(args) -> None:
         # The default hf row over each other row of its precision, and over every vLLM row (vLLM generating alone and with its start).
         "ratios": {f"hf_{d}_over_{other}": rows[f"hf_{d}"]["tokens_per_s"] / rows[other]["tokens_per_s"]
                    for d in dtypes for other in rows
-                   if other != f"hf_{d}" and (other.startswith(("vllm_", f"transformers_generate_{d}", f"hf_{d}_")))},
+                   if other != f"hf_{d}" and other.startswith(("vllm_", f"transformers_generate_{d}", f"hf_{d}_"))},
     }
     print(f"matmul peak: {', '.join(f'{d} {peak:.0f} GFLOP/s' for d, peak in peaks.items())}; {parameters / 1e6:.1f}M parameters")
     report(result, Path(args.out if args.out != DEFAULT_OUT else ROOT / f"bench/results/generation_{args.experiment}{'_vllm' if args.skip_hf else ''}.json"),
@@ -327,8 +327,9 @@ def main() -> None:
     prompts = [fmt.prompt(p.question) for p in pool]
     gen = cfg.generate
     sampling = Sampling(gen.n, gen.temperature, gen.top_p, gen.max_new_tokens, seed=0)
+    vllm_dtype = vllm_precision()
     if args.vllm_calls_only:
-        calls = {f"vllm_3_calls_{name}": run_vllm_calls(checkpoint, prompts, round_calls(sampling), args.vllm_python, vllm_precision(), one)
+        calls = {f"vllm_3_calls_{name}": run_vllm_calls(checkpoint, prompts, round_calls(sampling), args.vllm_python, vllm_dtype, one)
                  for name, one in (("one_engine", True), ("3_engines", False))}
         print(json.dumps(calls, indent=2))
         return
@@ -347,13 +348,13 @@ def main() -> None:
         naive_runs = [run_naive(naive_model, tokenizer, naive_prompts, sampling) for _ in range(args.repeats)]
         rows[name] = {"questions": len(naive_prompts), "tokens": naive_runs[0][0], "seconds": statistics.median(s for _, s in naive_runs)}
     if Path(args.vllm_python).exists():
-        vllm_runs = [run_vllm(checkpoint, prompts, sampling, args.vllm_python, vllm_precision()) for _ in range(args.repeats)]
+        vllm_runs = [run_vllm(checkpoint, prompts, sampling, args.vllm_python, vllm_dtype) for _ in range(args.repeats)]
         timing = [t for _, _, t in vllm_runs]
         rows["vllm_with_start"] = {"questions": len(prompts), "tokens": vllm_runs[0][0], "seconds": statistics.median(w for _, w, _ in vllm_runs)}
         rows["vllm_generate_only"] = {"questions": len(prompts), "tokens": vllm_runs[0][0], "seconds": statistics.median(t["generate_s"] for t in timing)}
         rows["vllm_engine_start"] = {"seconds": statistics.median(t["engine_start_s"] + t["import_s"] for t in timing)}
         for name, one in (("one_engine", True), ("3_engines", False)):
-            rows[f"vllm_3_calls_{name}"] = run_vllm_calls(checkpoint, prompts, round_calls(sampling), args.vllm_python, vllm_precision(), one)
+            rows[f"vllm_3_calls_{name}"] = run_vllm_calls(checkpoint, prompts, round_calls(sampling), args.vllm_python, vllm_dtype, one)
     else:
         print(f"(no {args.vllm_python}: `make setup-vllm` for the vLLM rows)")
     for row in rows.values():

@@ -13,12 +13,14 @@ from pathlib import Path
 import pytest
 import yaml
 
+# The real model converted, trained and exported: minutes on 2 cores, `make test-slow`.
+pytestmark = pytest.mark.slow
+
 SMOKE = ["experiment=smollm2_svamp", "rounds=1", "task.sft_size=4", "task.pool_size=4", "task.eval_size=4",
          "sft.steps=2", "sft.batch_size=2", "sft.micro_batch_size=2", "rank.steps=1", "rank.batch_size=2", "rank.micro_batch_size=2",
          "generate.n=2", "generate.max_new_tokens=32", "eval.max_new_tokens=32", "generate.batch_size=4", "eval.batch_size=4"]
 
 
-@pytest.mark.slow
 def test_smollm2_runs_base_sft_a_round_and_exports_in_its_own_template(smollm2_folder: Path, shared_data: Path, tmp_path: Path):
     from huggingface_hub import ModelCard
     from transformers import AutoModelForCausalLM, AutoTokenizer

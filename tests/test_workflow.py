@@ -19,6 +19,9 @@ from omegaconf import OmegaConf
 from conftest import REPO_ROOT
 from rationale_loop.run.faults import WAIT_AT
 
+# Every test here drives whole runs through make or the CLI (over ~7 s each on 2 cores): `make test-slow`.
+pytestmark = pytest.mark.slow
+
 TINY = ["model.hidden_size=64", "model.intermediate_size=128", "model.num_layers=2", "model.num_heads=2",
         "task.sft_size=200", "task.pool_size=8", "task.eval_size=8", "sft.steps=5", "sft.batch_size=8",
         "sft.micro_batch_size=8", "rank.steps=2", "rank.epochs=1", "generate.n=2", "generate.max_new_tokens=16",
@@ -47,7 +50,6 @@ def _one_line(stderr: str) -> str:
     return lines[0]
 
 
-@pytest.mark.slow
 def test_later_rounds_remember_the_run_overrides_and_a_new_one_is_a_kept_change(tmp_path):
     first = _cli("loop", *TINY, "rounds=1", *_where(tmp_path))
     assert first.returncode == 0, first.stderr[-3000:]
@@ -75,7 +77,6 @@ def test_later_rounds_remember_the_run_overrides_and_a_new_one_is_a_kept_change(
     assert not (run / ".hydra").exists() and (run / "rationale_loop.log").is_file()
 
 
-@pytest.mark.slow
 def test_a_remembered_override_is_dropped_by_a_new_option_or_by_tilde_and_a_typed_one_is_refused(tmp_path):
     first = _cli("sft", *TINY, "objective.rank_weight=2", "rank.lr=1e-5", *_where(tmp_path))
     assert first.returncode == 0, first.stderr[-3000:]
@@ -98,7 +99,6 @@ def test_a_remembered_override_is_dropped_by_a_new_option_or_by_tilde_and_a_type
     assert again.returncode == 1 and "~rank.lr drops an override the run remembers" in _one_line(again.stderr)
 
 
-@pytest.mark.slow
 def test_piped_output_holds_no_progress_bar(tmp_path):
     """Not on a terminal, nothing of a progress bar is printed: the tokenizer's training (a new model cache),
     SFT, generation, LoRA's adapter and the export's merge; the tool's own lines stay whole."""
@@ -112,7 +112,6 @@ def test_piped_output_holds_no_progress_bar(tmp_path):
     assert "\n\n" not in trained.stdout.split("held-out accuracy per round")[0], trained.stdout[:3000]
 
 
-@pytest.mark.slow
 def test_make_data_then_the_loop_with_other_training_settings(tmp_path):
     where = [*TINY, "data=chat_mix", *_where(tmp_path)]
     prepared = _cli("data", *where, "sft.lr=1e-3")
@@ -128,7 +127,6 @@ def test_make_data_then_the_loop_with_other_training_settings(tmp_path):
     assert OmegaConf.load(round0 / "config.yaml").sft.lr == 2e-3 and (round0 / "DONE").exists()
 
 
-@pytest.mark.slow
 def test_a_changed_data_setting_prepares_the_mix_again(tmp_path):
     where = [*TINY, "data=chat_mix", *_where(tmp_path)]
     assert _cli("data", *where).returncode == 0
@@ -140,7 +138,6 @@ def test_a_changed_data_setting_prepares_the_mix_again(tmp_path):
     assert json.loads(manifest.read_text()) != before
 
 
-@pytest.mark.slow
 def test_a_failed_first_command_leaves_the_name_usable(tmp_path):
     missing = tmp_path / "nowhere" / "mine.jsonl"
     failed = _cli("sft", *TINY, f"+data.sources.mine={{path:{missing},schema:alpaca}}", *_where(tmp_path))
@@ -162,7 +159,6 @@ def test_a_failed_first_command_leaves_the_name_usable(tmp_path):
     ["loop", "hydra.job.chdir=true"],
     ["loop", "hydra.run.dir=elsewhere"],
 ], ids=["inspect", "report", "typo", "group-typo", "bad-value", "chdir", "run-dir"])
-@pytest.mark.slow
 def test_read_only_commands_and_refused_configs_create_nothing(tmp_path, args):
     before = set(tmp_path.iterdir())
     done = _cli(*args, f"output_root={tmp_path}/runs", f"model.cache_dir={tmp_path}/models", cwd=tmp_path)
@@ -175,7 +171,6 @@ def test_read_only_commands_and_refused_configs_create_nothing(tmp_path, args):
         assert "did you mean objective=star?" in line
 
 
-@pytest.mark.slow
 def test_make_passes_args_without_shell_expansion(tmp_path):
     """The README's `+data.sources.mine={path:...,schema:alpaca}`: bash would brace-expand it into two words."""
     rows = tmp_path / "mine.jsonl"
@@ -188,7 +183,6 @@ def test_make_passes_args_without_shell_expansion(tmp_path):
     assert "mine" in manifest["sources"] and manifest["formats"]
 
 
-@pytest.mark.slow
 def test_ctrl_c_ends_with_one_line_and_the_same_command_goes_on(tmp_path):
     """Under make, as a user presses it: SIGINT to make, its shell and the tool at once (a terminal's
     foreground process group). The tool's one line, and no "make: *** ... Error 130" after it."""
