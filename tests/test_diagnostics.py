@@ -58,12 +58,23 @@ def test_a_rank_stage_raises_the_fraction_of_its_pairs_ranked_right(tokenizer):
     assert ends["rank_term_last"] < ends["rank_term_first"] - 0.1, ends
 
 
-def test_pair_scores_are_each_sides_length_normalised_log_probability(tokenizer):
-    """pair_scores agrees with scoring each side on its own, unbatched."""
+@pytest.mark.parametrize("chunk", [0, 7], ids=["head_whole", "head_in_chunks"])
+def test_pair_scores_are_each_sides_length_normalised_log_probability(tokenizer, chunk, monkeypatch):
+    """pair_scores agrees with scoring each side on its own, unbatched, though it reads a prompt once for all
+    its pairs and a response once for every pair it is in: here a question with three pairs (one chosen
+    against two rejected, and a rejected one chosen against a third), and a pair too long to score (skipped).
+    The same with the head run on 7 response tokens at a time (what a model with a large vocabulary gets)."""
     from rationale_loop.data.encode import Encoder
+    from rationale_loop.training import diagnostics
+
+    monkeypatch.setattr(diagnostics, "chunk_for", lambda setting, model, sharded: chunk)
     from rationale_loop.training.losses import sequence_logprobs
 
     model, pairs = _model(tokenizer), _pairs()[:5]
+    first = pairs[0]
+    pairs += [Pair("q2", first.prompt, first.chosen, TINYCOT.response("2 + 3 = 4.", "4"), 0, 2),
+              Pair("q2", first.prompt, first.rejected, TINYCOT.response("2 + 3 = 7.", "7"), 1, 3)]
+    too_long = Pair("q9", pairs[1].prompt, pairs[1].chosen, pairs[1].rejected + " and so on" * 60, 0, 1)
     model.eval()
     encoder = Encoder(tokenizer, 128)
 
@@ -74,7 +85,8 @@ def test_pair_scores_are_each_sides_length_normalised_log_probability(tokenizer)
         return float(total[0] / count[0])
 
     expected = [(score(p.prompt, p.chosen), score(p.prompt, p.rejected)) for p in pairs]
-    scored = pair_scores(model, tokenizer, pairs, 128, batch_size=2)
+    scored = pair_scores(model, tokenizer, [too_long, *pairs], 128, batch_size=2)
+    assert len(scored) == len(pairs)
     assert [side for both in scored for side in both] == pytest.approx([side for both in expected for side in both], abs=1e-5)
 
 

@@ -93,8 +93,9 @@ def _self_train(ctx: RunContext, k: int) -> None:
     tokenizer = load_tokenizer(start, cfg.model.trust_remote_code)
 
     def rank_own_pairs(current: Any, when: str) -> dict[str, Any]:
-        # In the precision the round trains in (what its rank term saw): in fp32 these two passes over the
-        # pairs took 60% of a SmolLM2 round's training phase; under bf16 autocast they take 1/1.5 of that.
+        # In the precision the round trains in (what its rank term saw): under bf16 autocast these two passes
+        # take 1/1.5 of their fp32 time (once 60% of a SmolLM2 round's training phase; pair_scores' shared
+        # rows then cut them 2.3-2.6x, docs/benchmarks.md).
         device = next(current.parameters()).device.type
         with torch.autocast(device, dtype=torch.bfloat16, enabled=autocasts_bf16(cfg.rank.mixed_precision, device)):
             scores = pair_scores(current, tokenizer, pairs, cfg.rank.max_length, cfg.rank.micro_batch_size, ctx.fmt.reply_end)

@@ -17,36 +17,69 @@ from typing import Any, Sequence
 import torch
 
 from rationale_loop.data.encode import Encoder
-from rationale_loop.training.losses import sequence_logprobs
 from rationale_loop.run.records import Pair
+from rationale_loop.training.shared_prompt import SharedRow, collate_rows, response_sums
+from rationale_loop.training.token_loss import AUTO, chunk_for, response_logprobs
 
 
 @torch.no_grad()
 def pair_scores(model: Any, tokenizer: Any, pairs: Sequence[Pair], max_length: int, batch_size: int = 32,
                 reply_end: str = "{eos}") -> list[tuple[float, float]]:
     """(s_c, s_r) for every pair whose two sides fit in max_length (longer ones are skipped, as training
-    skips them)."""
+    skips them). A prompt's distinct responses are scored together, behind one copy of the prompt
+    (shared_prompt.py: each response sees the prompt and itself, so its score is the one it has alone), a
+    response in several pairs once, and the output head runs on response tokens only (token_loss.py). Done
+    per pair, the prompt (three quarters of a SmolLM2 SVAMP pair's tokens) was read twice a pair and the
+    49k-row head ran on every position: these two passes were most of a real-model round's training phase."""
     encoder = Encoder(tokenizer, max_length, reply_end)
-    encoded = []
+    responses: dict[str, dict[tuple[int, ...], None]] = {}  # prompt -> its distinct responses' ids, in first-seen order
+    sides: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = []
     for pair in pairs:
         chosen, rejected = encoder.encode(pair.prompt, pair.chosen), encoder.encode(pair.prompt, pair.rejected)
-        if chosen is not None and rejected is not None:
-            encoded.append((chosen, rejected))
+        if chosen is None or rejected is None:
+            continue
+        cut = len(encoder.prompt_ids(pair.prompt))
+        keys = tuple(tuple(e.input_ids[cut:]) for e in (chosen, rejected))
+        responses.setdefault(pair.prompt, {}).update(dict.fromkeys(keys))
+        sides.append((pair.prompt, *keys))
+    rows, where = _shared_rows(encoder, responses, max_length)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    scored: list[tuple[float, float]] = []
+    chunk = chunk_for(AUTO, model, sharded=False)
+    scores: list[float] = []
     try:
-        for start in range(0, len(encoded), batch_size):
-            chunk = encoded[start : start + batch_size]
-            batch = encoder.collate([c for c, _ in chunk] + [r for _, r in chunk])
-            logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits
-            sums, counts = sequence_logprobs(logits, batch["labels"].to(device))
-            scores = (sums / counts.clamp(min=1)).double().cpu().tolist()
-            scored.extend(zip(scores[: len(chunk)], scores[len(chunk) :]))
+        for start in range(0, len(rows), batch_size):
+            batch = collate_rows(rows[start : start + batch_size], encoder.pad_id)
+            batch = {key: value.to(device) if isinstance(value, torch.Tensor) else value for key, value in batch.items()}
+            sums, counts = response_sums(response_logprobs(model, batch, chunk), batch)
+            scores.extend((sums / counts.clamp(min=1)).double().cpu().tolist())
     finally:
         model.train(was_training)
-    return scored
+    return [(scores[where[prompt, chosen]], scores[where[prompt, rejected]]) for prompt, chosen, rejected in sides]
+
+
+def _shared_rows(encoder: Encoder, responses: dict[str, dict[tuple[int, ...], None]], max_length: int
+                 ) -> tuple[list[SharedRow], dict[tuple[str, tuple[int, ...]], int]]:
+    """Rows of a prompt and as many of its responses as fit in max_length tokens (a row's attention costs its
+    width squared; one response always fits, as its pair did), shortest rows first; and where each
+    (prompt, response) is scored: its index among all the rows' responses, in order."""
+    rows: list[tuple[str, SharedRow]] = []
+    for prompt, found in responses.items():
+        prompt_ids = list(encoder.prompt_ids(prompt))
+        row: list[list[int]] = []
+        for response in found:
+            if row and len(prompt_ids) + sum(map(len, row)) + len(response) > max_length:
+                rows.append((prompt, SharedRow(prompt_ids, row)))
+                row = []
+            row.append(list(response))
+        rows.append((prompt, SharedRow(prompt_ids, row)))
+    rows.sort(key=lambda held: len(held[1].input_ids))  # the rows of a batch padded to about the same width
+    where = {}
+    for prompt, row in rows:
+        for response in row.responses:
+            where[prompt, tuple(response)] = len(where)
+    return [row for _, row in rows], where
 
 
 def ranking_summary(scores: Sequence[tuple[float, float]], when: str) -> dict[str, float | int | None]:
