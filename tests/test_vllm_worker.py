@@ -217,6 +217,27 @@ def test_the_default_backend_is_auto_hf_without_cuda_and_vllm_with_it(monkeypatc
     assert not hasattr(backend, "batch_size")  # hf's key; the engine batches by itself
 
 
+def test_vllm_compiles_by_default_on_a_gpu_only(monkeypatch, tmp_path):
+    """generate.enforce_eager unset (null): eager on a CPU, where compiling costs minutes of engine start for
+    ~8% of generation speed (docs/benchmarks.md), compiled on a GPU; set, it is what the engine gets."""
+    import torch
+
+    from rationale_loop import generate
+    from test_config import compose_config
+
+    def engine(*overrides):
+        cfg = compose_config("generate.backend=vllm", *overrides)
+        return generate.make_backend(cfg.generate, tmp_path, "float32", batch_size=8).engine  # starts nothing
+
+    assert compose_config().generate.enforce_eager is None
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert engine()["enforce_eager"] is True
+    assert engine("generate.enforce_eager=false")["enforce_eager"] is False
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert engine()["enforce_eager"] is False
+    assert engine("generate.enforce_eager=true")["enforce_eager"] is True
+
+
 def test_a_worker_that_does_not_exit_when_asked_is_killed_after_the_grace(tmp_path):
     from rationale_loop.generate.vllm import _shutdown
 

@@ -49,10 +49,17 @@ def _vllm(cfg: Any, checkpoint: Path, dtype: str, batch_size: int, trust_remote_
         "tensor_parallel_size": cfg.tensor_parallel_size,
         "gpu_memory_utilization": cfg.gpu_memory_utilization,
         "max_model_len": cfg.max_model_len,
-        "enforce_eager": cfg.enforce_eager,
+        "enforce_eager": eager_engine(cfg.enforce_eager),
         "trust_remote_code": trust_remote_code,
     }
     return VLLMBackend(checkpoint, engine, python=cfg.python, chunk_size=cfg.chunk_size)  # batch_size is hf's
+
+
+def eager_engine(enforce_eager: bool | None) -> bool:
+    """vLLM's enforce_eager as set, or where unset (null) eager on a CPU: there compiling costs 100-124 s of
+    engine start a round for ~8% of generation speed, paid back only past ~23 minutes of sampling
+    (docs/benchmarks.md); on a GPU compiled, vLLM's own default."""
+    return enforce_eager if enforce_eager is not None else generation_device() == "cpu"
 
 
 def _auto(cfg: Any, checkpoint: Path, dtype: str, batch_size: int, trust_remote_code: bool) -> Backend:
