@@ -78,6 +78,20 @@ def test_draws_follow_the_nucleus_distribution(monkeypatch, candidates):
     assert torch.allclose(seen, expected, atol=0.01), (seen, expected)
 
 
+@pytest.mark.parametrize("spread", [12.0, 3.0], ids=["nucleus-within-candidates", "some-nuclei-wider"])
+def test_candidates_picked_a_few_rows_at_a_time_draw_the_same_tokens(monkeypatch, spread):
+    """pick_tokens picks candidates CANDIDATE_ROWS rows at a time (their float probabilities stay in cache): the
+    draws are those of the whole batch at once, token for token, with a ragged last group of rows."""
+    logits = (torch.randn(37, 5000, generator=torch.Generator().manual_seed(0)) * spread).to(torch.bfloat16)
+    monkeypatch.setattr(decode, "NUCLEUS_CANDIDATES", 64)
+
+    def draws(rows_at_once):
+        monkeypatch.setattr(decode, "CANDIDATE_ROWS", rows_at_once)
+        return pick_tokens(logits, 0.8, 0.95, torch.Generator().manual_seed(5))
+
+    assert torch.equal(draws(8), draws(1 << 30))
+
+
 def test_sampling_is_seeded_and_the_samples_of_a_prompt_differ(model):
     def sampled(seed):
         with torch.inference_mode():

@@ -24,6 +24,8 @@ from rationale_loop.generate.kv_cache import reserve
 # Rows whose nucleus lies within the top this-many tokens are filtered without sorting the whole vocabulary
 # (49k entries for SmolLM2, per row and step); the rest take the full sort. Either way the result is exact.
 NUCLEUS_CANDIDATES = 256
+# Rows whose candidates are picked together (pick_tokens): small enough for their float probabilities to stay in cache.
+CANDIDATE_ROWS = 16
 # A prefix shared by every prompt of a batch shorter than this is read with the rest (its own pass would
 # cost more in overhead than it saves).
 MIN_SHARED_PREFIX = 8
@@ -41,22 +43,30 @@ def pick_tokens(logits: torch.Tensor, temperature: float, top_p: float, generato
     top_p (the most likely token always kept)."""
     if temperature <= 0:
         return logits.argmax(dim=-1)
-    probs = (logits.float() / temperature).softmax(dim=-1)
     if top_p >= 1.0:
-        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        return torch.multinomial(_probabilities(logits, temperature), 1, generator=generator).squeeze(-1)
     # The draw is made among the top candidates only: a draw over the whole vocabulary costs a random
     # number per token (most of a step's time on a CPU, measured), and outside the nucleus the weights are 0.
-    k = min(NUCLEUS_CANDIDATES, probs.shape[-1])
-    top, top_index = probs.topk(k, dim=-1)  # sorted, most likely first
+    vocabulary = logits.shape[-1]
+    k = min(NUCLEUS_CANDIDATES, vocabulary)
+    # Rows a few at a time: a whole batch's float probabilities (128 rows x 49k, 25 MB) are fresh memory at
+    # every step, and touching it cost more than the output head's matmul (profiled, docs/benchmarks.md). Each
+    # row's numbers are the same either way.
+    top, top_index = (torch.cat(parts) for parts in zip(*(_probabilities(rows, temperature).topk(k, dim=-1)
+                                                            for rows in logits.split(CANDIDATE_ROWS))))  # most likely first
     # A token is in the nucleus when the mass of the tokens ranked above it is below top_p.
     weights = top.masked_fill((top.cumsum(dim=-1) - top) >= top_p, 0.0)
     tokens = top_index.gather(-1, torch.multinomial(weights, 1, generator=generator)).squeeze(-1)
-    if k < probs.shape[-1]:
+    if k < vocabulary:
         for row in (weights[:, -1] > 0).nonzero().flatten().tolist():  # a nucleus wider than the candidates
-            ranked, order = probs[row].sort(descending=True)
+            ranked, order = _probabilities(logits[row], temperature).sort(descending=True)
             wide = ranked.masked_fill((ranked.cumsum(dim=-1) - ranked) >= top_p, 0.0)
             tokens[row] = order[torch.multinomial(wide, 1, generator=generator)]
     return tokens
+
+
+def _probabilities(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    return (logits.float() / temperature).softmax(dim=-1)
 
 
 def _forward_options(model: PreTrainedModel, cache: DynamicCache) -> tuple[dict, dict]:
