@@ -28,7 +28,6 @@ import statistics
 import sys
 import time
 from collections import Counter
-from dataclasses import replace
 from pathlib import Path
 from unittest.mock import patch
 
@@ -38,29 +37,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from generation import checkpoint_label, machine, matmul_peak, parameter_count, run_hf  # noqa: E402
-from hydra import compose, initialize_config_dir  # noqa: E402
+from generation import checkpoint_label, experiment_setting, machine, matmul_peak, parameter_count, run_hf  # noqa: E402
 
-from rationale_loop.cli import CONFIG_DIR  # noqa: E402
-from rationale_loop.config.schema import register_configs  # noqa: E402
 from rationale_loop.generate import decode  # noqa: E402
 from rationale_loop.generate.hf import encode_prompts  # noqa: E402
 from rationale_loop.models.model import load_model, load_tokenizer  # noqa: E402
-
-
-def experiment_setting(args):
-    """The experiment's pool prompts (in its format), its sampling settings and the checkpoint to load."""
-    from rationale_loop.phases.context import RunContext
-
-    register_configs()
-    overrides = [f"experiment={args.experiment}", "run=bench-decode-steps", "output_root=/tmp/rationale_loop_bench"]
-    overrides += [f"task.data_dir={args.data_dir}"] if args.data_dir else []
-    with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
-        cfg = compose("config", overrides=overrides)
-    ctx = RunContext(cfg)
-    checkpoint = Path(args.checkpoint) if args.checkpoint else Path(ctx.base_model_path())
-    prompts = [ctx.fmt.prompt(p.question) for p in ctx.splits.pool[: args.questions]]
-    return checkpoint, prompts, replace(ctx.sampling(1), seed=0), cfg.generate.batch_size
 
 
 @torch.inference_mode()

@@ -146,9 +146,9 @@ def loop_variants(vocabulary: int) -> dict[str, dict]:
     }
 
 
-def real_model(args) -> None:
-    """The rows of a real model: see the module's docstring."""
-    from rationale_loop.generate import decode
+def experiment_setting(args):
+    """The experiment's pool prompts (--questions of them, in its format), its round-1 sampling settings (seed 0),
+    the checkpoint to load (--checkpoint, else the experiment's base model) and its hf batch size."""
     from rationale_loop.phases.context import RunContext
 
     register_configs()
@@ -159,8 +159,14 @@ def real_model(args) -> None:
     ctx = RunContext(cfg)
     checkpoint = Path(args.checkpoint) if args.checkpoint else Path(ctx.base_model_path())
     prompts = [ctx.fmt.prompt(p.question) for p in ctx.splits.pool[: args.questions]]
-    sampling = replace(ctx.sampling(1), seed=0)
-    batch_size = cfg.generate.batch_size
+    return checkpoint, prompts, replace(ctx.sampling(1), seed=0), cfg.generate.batch_size
+
+
+def real_model(args) -> None:
+    """The rows of a real model: see the module's docstring."""
+    from rationale_loop.generate import decode
+
+    checkpoint, prompts, sampling, batch_size = experiment_setting(args)
     tokenizer = load_tokenizer(checkpoint)
     # vLLM in the precision `generate.dtype: auto` gives it: bf16 where the CPU has it natively, else fp32. Peaks only
     # of the precisions measured: a CPU without native bf16 emulates a 2048^3 bf16 matmul for minutes.
