@@ -74,7 +74,7 @@ def main() -> None:
                 scores[name] = way(model, tokenizer, pairs, *settings)
                 runs[name].append(time.perf_counter() - start)
     new, old = (scores[name] for name in ways)
-    difference = max(abs(a - b) for both in zip(new, old) for a, b in zip(*both))
+    difference = max((abs(a - b) for both in zip(new, old) for a, b in zip(*both)), default=0.0)
     rows = {name: {"seconds": statistics.median(times), "runs": times} for name, times in runs.items()}
     result = {"machine": machine_description(torch.get_num_threads()),
               "settings": {"round": "/".join(round_dir.parts[-2:]), "pairs": len(pairs), "scored": len(new),

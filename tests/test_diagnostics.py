@@ -10,6 +10,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from rationale_loop.config.schema import ObjectiveConfig, TrainConfig
 from rationale_loop.data.formats import TINYCOT
 from rationale_loop.training.diagnostics import pair_scores, ranking_summary, term_at_ends
+from rationale_loop.training.losses import sequence_logprobs
 from rationale_loop.models.model import train_tokenizer
 from rationale_loop.training.objectives import MemphisObjective, RoundData
 from rationale_loop.run.records import Pair, Problem
@@ -58,25 +59,30 @@ def test_a_rank_stage_raises_the_fraction_of_its_pairs_ranked_right(tokenizer):
     assert ends["rank_term_last"] < ends["rank_term_first"] - 0.1, ends
 
 
+@pytest.mark.parametrize("attention", ["sdpa", "flash_attention_2"], ids=["shared_rows", "row_per_response"])
 @pytest.mark.parametrize("chunk", [0, 7], ids=["head_whole", "head_in_chunks"])
-def test_pair_scores_are_each_sides_length_normalised_log_probability(tokenizer, chunk, monkeypatch):
+@pytest.mark.parametrize("max_length", [128, 90], ids=["rows_hold_a_prompts_responses", "a_prompts_responses_split"])
+def test_pair_scores_are_each_sides_length_normalised_log_probability(tokenizer, chunk, attention, max_length, monkeypatch):
     """pair_scores agrees with scoring each side on its own, unbatched, though it reads a prompt once for all
     its pairs and a response once for every pair it is in: here a question with three pairs (one chosen
-    against two rejected, and a rejected one chosen against a third), and a pair too long to score (skipped).
-    The same with the head run on 7 response tokens at a time (what a model with a large vocabulary gets)."""
+    against two rejected, and a rejected one chosen against a third), a pair whose sides are the same text, two
+    prompt strings that differ by a space, and a pair too long to score (skipped). The same with the head run on
+    7 response tokens at a time (what a model with a large vocabulary gets), with rows too short for all of a
+    prompt's responses, and for a model whose attention takes no shared mask (a row per response)."""
     from rationale_loop.data.encode import Encoder
     from rationale_loop.training import diagnostics
 
-    monkeypatch.setattr(diagnostics, "chunk_for", lambda setting, model, sharded: chunk)
-    from rationale_loop.training.losses import sequence_logprobs
-
+    monkeypatch.setattr(diagnostics, "attention_of", lambda model: attention)
     model, pairs = _model(tokenizer), _pairs()[:5]
     first = pairs[0]
     pairs += [Pair("q2", first.prompt, first.chosen, TINYCOT.response("2 + 3 = 4.", "4"), 0, 2),
-              Pair("q2", first.prompt, first.rejected, TINYCOT.response("2 + 3 = 7.", "7"), 1, 3)]
+              Pair("q2", first.prompt, first.rejected, TINYCOT.response("2 + 3 = 7.", "7"), 1, 3),
+              Pair("q2", first.prompt, first.chosen, first.chosen, 0, 0),
+              Pair("q2 spaced", first.prompt + " ", first.chosen, first.rejected, 0, 1)]
     too_long = Pair("q9", pairs[1].prompt, pairs[1].chosen, pairs[1].rejected + " and so on" * 60, 0, 1)
     model.eval()
-    encoder = Encoder(tokenizer, 128)
+    encoder = Encoder(tokenizer, max_length)
+    assert all(encoder.encode(p.prompt, side) is not None for p in pairs for side in (p.chosen, p.rejected))
 
     def score(prompt, response):
         batch = encoder.collate([encoder.encode(prompt, response)])
@@ -85,9 +91,11 @@ def test_pair_scores_are_each_sides_length_normalised_log_probability(tokenizer,
         return float(total[0] / count[0])
 
     expected = [(score(p.prompt, p.chosen), score(p.prompt, p.rejected)) for p in pairs]
-    scored = pair_scores(model, tokenizer, [too_long, *pairs], 128, batch_size=2)
+    scored = pair_scores(model, tokenizer, [too_long, *pairs], max_length, batch_size=2, chunk=chunk)
     assert len(scored) == len(pairs)
     assert [side for both in scored for side in both] == pytest.approx([side for both in expected for side in both], abs=1e-5)
+    assert scored[-2][0] == scored[-2][1]
+    assert pair_scores(model, tokenizer, [], max_length) == []
 
 
 def test_ranking_summary_by_hand():

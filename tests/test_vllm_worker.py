@@ -219,7 +219,7 @@ def test_the_default_backend_is_auto_hf_without_cuda_and_vllm_with_it(monkeypatc
 
 def test_vllm_compiles_by_default_on_a_gpu_only(monkeypatch, tmp_path):
     """generate.enforce_eager unset (null): eager on a CPU, where compiling costs minutes of engine start for
-    ~8% of generation speed (docs/benchmarks.md), compiled on a GPU; set, it is what the engine gets."""
+    8-25% of generation speed (docs/benchmarks.md), compiled on a GPU; set, it is what the engine gets."""
     import torch
 
     from rationale_loop import generate

@@ -343,8 +343,8 @@ class GenerateConfig:
     tensor_parallel_size: int = 1
     gpu_memory_utilization: float = 0.9
     max_model_len: Optional[int] = None
-    # null: eager on a CPU, compiled (torch.compile and CUDA graphs) on a GPU. On a CPU compiling buys ~8% of
-    # generation speed for 100-124 s of engine start a round (docs/benchmarks.md).
+    # null: eager on a CPU, compiled (torch.compile and CUDA graphs) on a GPU. On a CPU compiling buys 8-25% of
+    # generation speed for 1-2 minutes of engine start a round (docs/benchmarks.md).
     enforce_eager: Optional[bool] = None
     # A prompt whose tokens plus max_new_tokens exceed the model's context: "skip" it (counted in the
     # round's stats and the eval metrics) or "error" (stop, naming the question).

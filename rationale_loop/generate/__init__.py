@@ -56,9 +56,10 @@ def _vllm(cfg: Any, checkpoint: Path, dtype: str, batch_size: int, trust_remote_
 
 
 def eager_engine(enforce_eager: bool | None) -> bool:
-    """vLLM's enforce_eager as set, or where unset (null) eager on a CPU: there compiling costs 100-124 s of
-    engine start a round for ~8% of generation speed, paid back only past ~23 minutes of sampling
-    (docs/benchmarks.md); on a GPU compiled, vLLM's own default."""
+    """vLLM's enforce_eager as set, or where unset (null) eager on a CPU: there compiling costs a minute or two of
+    engine start a round for 8-25% of generation speed, paid back only past ~5 (AVX512-BF16) to ~23 (AVX2)
+    minutes of sampling (docs/benchmarks.md); on a GPU compiled, vLLM's own default. The GPU is this process's
+    view: a CPU-only torch here with a CUDA vLLM in generate.python runs eager unless told."""
     return enforce_eager if enforce_eager is not None else generation_device() == "cpu"
 
 

@@ -50,8 +50,8 @@ def pick_tokens(logits: torch.Tensor, temperature: float, top_p: float, generato
     vocabulary = logits.shape[-1]
     k = min(NUCLEUS_CANDIDATES, vocabulary)
     # Rows a few at a time: a whole batch's float probabilities (128 rows x 49k, 25 MB) are fresh memory at
-    # every step, and touching it cost more than the output head's matmul (profiled, docs/benchmarks.md). Each
-    # row's numbers are the same either way.
+    # every step, and touching it cost more than the output head's matmul (profiled, docs/benchmarks.md). On a
+    # CPU each row's numbers are the same either way (tested); a GPU's topk may break bf16 ties otherwise.
     top, top_index = (torch.cat(parts) for parts in zip(*(_probabilities(rows, temperature).topk(k, dim=-1)
                                                             for rows in logits.split(CANDIDATE_ROWS))))  # most likely first
     # A token is in the nucleus when the mass of the tokens ranked above it is below top_p.

@@ -98,7 +98,8 @@ def _self_train(ctx: RunContext, k: int) -> None:
         # rows then cut them 2.3-2.6x, docs/benchmarks.md).
         device = next(current.parameters()).device.type
         with torch.autocast(device, dtype=torch.bfloat16, enabled=autocasts_bf16(cfg.rank.mixed_precision, device)):
-            scores = pair_scores(current, tokenizer, pairs, cfg.rank.max_length, cfg.rank.micro_batch_size, ctx.fmt.reply_end)
+            scores = pair_scores(current, tokenizer, pairs, cfg.rank.max_length, cfg.rank.micro_batch_size, ctx.fmt.reply_end,
+                                 cfg.rank.loss_chunk_tokens)
         return ranking_summary(scores, when)
 
     _train_and_save(ctx, model, tokenizer, items, objective, cfg.rank, cfg.seed + k, f"round {k}", out,

@@ -16,23 +16,27 @@ from typing import Any, Sequence
 
 import torch
 
-from rationale_loop.data.encode import Encoder
+from rationale_loop.data.encode import IGNORE_INDEX, Encoded, Encoder
 from rationale_loop.run.records import Pair
-from rationale_loop.training.shared_prompt import SharedRow, collate_rows, response_sums
-from rationale_loop.training.token_loss import AUTO, chunk_for, response_logprobs
+from rationale_loop.training.shared_prompt import SHARED_MASK_ATTENTION, SharedRow, attention_of, collate_rows, response_sums
+from rationale_loop.training.token_loss import AUTO, chunk_for, learned_logprobs, response_logprobs
+
+
+Responses = dict[str, dict[tuple[int, ...], None]]  # prompt -> its distinct responses' ids, in first-seen order
 
 
 @torch.no_grad()
 def pair_scores(model: Any, tokenizer: Any, pairs: Sequence[Pair], max_length: int, batch_size: int = 32,
-                reply_end: str = "{eos}") -> list[tuple[float, float]]:
+                reply_end: str = "{eos}", chunk: int = AUTO) -> list[tuple[float, float]]:
     """(s_c, s_r) for every pair whose two sides fit in max_length (longer ones are skipped, as training
     skips them). A prompt's distinct responses are scored together, behind one copy of the prompt
     (shared_prompt.py: each response sees the prompt and itself, so its score is the one it has alone), a
-    response in several pairs once, and the output head runs on response tokens only (token_loss.py). Done
-    per pair, the prompt (three quarters of a SmolLM2 SVAMP pair's tokens) was read twice a pair and the
-    49k-row head ran on every position: these two passes were most of a real-model round's training phase."""
+    response in several pairs once, and the output head runs on response tokens only (token_loss.py; `chunk`
+    is the stage's loss_chunk_tokens). Done per pair, the prompt (three quarters of a SmolLM2 SVAMP pair's
+    tokens) was read twice a pair and the 49k-row head ran on every position: these two passes were most of a
+    real-model round's training phase. A model whose attention takes no shared mask gets a row per response."""
     encoder = Encoder(tokenizer, max_length, reply_end)
-    responses: dict[str, dict[tuple[int, ...], None]] = {}  # prompt -> its distinct responses' ids, in first-seen order
+    responses: Responses = {}
     sides: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = []
     for pair in pairs:
         chosen, rejected = encoder.encode(pair.prompt, pair.chosen), encoder.encode(pair.prompt, pair.rejected)
@@ -42,44 +46,60 @@ def pair_scores(model: Any, tokenizer: Any, pairs: Sequence[Pair], max_length: i
         keys = tuple(tuple(e.input_ids[cut:]) for e in (chosen, rejected))
         responses.setdefault(pair.prompt, {}).update(dict.fromkeys(keys))
         sides.append((pair.prompt, *keys))
-    rows, where = _shared_rows(encoder, responses, max_length)
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
-    chunk = chunk_for(AUTO, model, sharded=False)
-    scores: list[float] = []
+    score = _shared_row_scores if attention_of(model) in SHARED_MASK_ATTENTION else _row_per_response_scores
     try:
-        for start in range(0, len(rows), batch_size):
-            batch = collate_rows(rows[start : start + batch_size], encoder.pad_id)
-            batch = {key: value.to(device) if isinstance(value, torch.Tensor) else value for key, value in batch.items()}
-            sums, counts = response_sums(response_logprobs(model, batch, chunk), batch)
-            scores.extend((sums / counts.clamp(min=1)).double().cpu().tolist())
+        scores = score(model, encoder, responses, batch_size, chunk_for(chunk, model, sharded=False))
     finally:
         model.train(was_training)
-    return [(scores[where[prompt, chosen]], scores[where[prompt, rejected]]) for prompt, chosen, rejected in sides]
+    return [(scores[prompt, chosen], scores[prompt, rejected]) for prompt, chosen, rejected in sides]
 
 
-def _shared_rows(encoder: Encoder, responses: dict[str, dict[tuple[int, ...], None]], max_length: int
-                 ) -> tuple[list[SharedRow], dict[tuple[str, tuple[int, ...]], int]]:
-    """Rows of a prompt and as many of its responses as fit in max_length tokens (a row's attention costs its
-    width squared; one response always fits, as its pair did), shortest rows first; and where each
-    (prompt, response) is scored: its index among all the rows' responses, in order."""
-    rows: list[tuple[str, SharedRow]] = []
+def _shared_row_scores(model: Any, encoder: Encoder, responses: Responses, batch_size: int, chunk: int
+                       ) -> dict[tuple[str, tuple[int, ...]], float]:
+    """Each (prompt, response)'s score, a prompt's responses in shared rows of at most max_length tokens (a
+    row's attention costs its width squared; one response always fits, as its pair did), shortest rows first."""
+    held: list[tuple[str, SharedRow]] = []
     for prompt, found in responses.items():
         prompt_ids = list(encoder.prompt_ids(prompt))
         row: list[list[int]] = []
         for response in found:
-            if row and len(prompt_ids) + sum(map(len, row)) + len(response) > max_length:
-                rows.append((prompt, SharedRow(prompt_ids, row)))
+            if row and len(prompt_ids) + sum(map(len, row)) + len(response) > encoder.max_length:
+                held.append((prompt, SharedRow(prompt_ids, row)))
                 row = []
             row.append(list(response))
-        rows.append((prompt, SharedRow(prompt_ids, row)))
-    rows.sort(key=lambda held: len(held[1].input_ids))  # the rows of a batch padded to about the same width
-    where = {}
-    for prompt, row in rows:
-        for response in row.responses:
-            where[prompt, tuple(response)] = len(where)
-    return [row for _, row in rows], where
+        held.append((prompt, SharedRow(prompt_ids, row)))
+    held.sort(key=lambda entry: len(entry[1].input_ids))  # the rows of a batch padded to about the same width
+    device = next(model.parameters()).device
+    scores: list[float] = []
+    for start in range(0, len(held), batch_size):
+        batch = collate_rows([row for _, row in held[start : start + batch_size]], encoder.pad_id)
+        batch = {key: value.to(device) if isinstance(value, torch.Tensor) else value for key, value in batch.items()}
+        sums, counts = response_sums(response_logprobs(model, batch, chunk), batch)
+        scores.extend((sums / counts.clamp(min=1)).double().cpu().tolist())
+    keys = [(prompt, tuple(response)) for prompt, row in held for response in row.responses]  # collate_rows' order
+    return dict(zip(keys, scores))
+
+
+def _row_per_response_scores(model: Any, encoder: Encoder, responses: Responses, batch_size: int, chunk: int
+                             ) -> dict[tuple[str, tuple[int, ...]], float]:
+    """Each (prompt, response)'s score, every response in a row of its own behind its prompt (plain causal
+    attention), shortest rows first."""
+    keys = sorted(((prompt, response) for prompt, found in responses.items() for response in found),
+                  key=lambda key: len(encoder.prompt_ids(key[0])) + len(key[1]))
+    device = next(model.parameters()).device
+    scores: list[float] = []
+    for start in range(0, len(keys), batch_size):
+        rows = []
+        for prompt, response in keys[start : start + batch_size]:
+            prompt_ids = list(encoder.prompt_ids(prompt))
+            rows.append(Encoded(prompt_ids + list(response), [IGNORE_INDEX] * len(prompt_ids) + list(response)))
+        batch = {key: value.to(device) for key, value in encoder.collate(rows).items()}
+        logprobs, learned = learned_logprobs(model, batch, chunk)
+        sums, counts = (logprobs * learned).sum(dim=-1), learned.sum(dim=-1)
+        scores.extend((sums / counts.clamp(min=1)).double().cpu().tolist())
+    return dict(zip(keys, scores))
 
 
 def ranking_summary(scores: Sequence[tuple[float, float]], when: str) -> dict[str, float | int | None]:

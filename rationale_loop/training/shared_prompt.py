@@ -91,16 +91,25 @@ def collate_rows(rows: Sequence[SharedRow], pad_id: int) -> dict[str, Any]:
     }
 
 
+def attention_of(model: torch.nn.Module) -> str:
+    """The model's attention implementation (sdpa where it does not say)."""
+    inner = getattr(model, "module", model)  # under DDP, the wrapped model holds the config
+    return getattr(getattr(inner, "config", None), "_attn_implementation", None) or "sdpa"
+
+
+#: The attention implementations that take forward_logits' 4D mask as given.
+SHARED_MASK_ATTENTION = ("sdpa", "eager")
+
+
 def forward_logits(model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
     """The model's logits under the shared mask: transformers takes a 4D mask as given. SDPA reads a
     boolean mask as is (and whatever dtype autocast gives the queries); eager attention adds a float one."""
     sees = batch["shared_mask"].to(batch["input_ids"].device)
-    inner = getattr(model, "module", model)  # under DDP, the wrapped model holds the config
-    attention = getattr(getattr(inner, "config", None), "_attn_implementation", None) or "sdpa"
+    attention = attention_of(model)
     if attention == "eager":
         dtype = next(model.parameters()).dtype
         sees = torch.zeros(sees.shape, dtype=dtype, device=sees.device).masked_fill(~sees, torch.finfo(dtype).min)
-    elif attention != "sdpa":
+    elif attention not in SHARED_MASK_ATTENTION:
         raise ConfigError(f"objective.share_prompt needs sdpa or eager attention, and the model uses {attention}; "
                           "set objective.share_prompt=false")
     return model(input_ids=batch["input_ids"], attention_mask=sees, position_ids=batch["position_ids"]).logits
