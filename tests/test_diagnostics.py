@@ -72,7 +72,7 @@ def test_pair_scores_are_each_sides_length_normalised_log_probability(tokenizer,
     from rationale_loop.data.encode import Encoder
     from rationale_loop.training import diagnostics
 
-    monkeypatch.setattr(diagnostics, "attention_of", lambda model: attention)
+    monkeypatch.setattr(diagnostics, "attention_implementation", lambda model: attention)
     model, pairs = _model(tokenizer), _pairs()[:5]
     first = pairs[0]
     pairs += [Pair("q2", first.prompt, first.chosen, TINYCOT.response("2 + 3 = 4.", "4"), 0, 2),

@@ -16,13 +16,14 @@ from typing import Any, Sequence
 
 import torch
 
-from rationale_loop.data.encode import IGNORE_INDEX, Encoded, Encoder
+from rationale_loop.data.encode import Encoded, Encoder
 from rationale_loop.run.records import Pair
-from rationale_loop.training.shared_prompt import SHARED_MASK_ATTENTION, SharedRow, attention_of, collate_rows, response_sums
+from rationale_loop.training.packing import attention_implementation
+from rationale_loop.training.shared_prompt import SHARED_MASK_ATTENTION, SharedRow, collate_rows, response_sums
 from rationale_loop.training.token_loss import AUTO, chunk_for, learned_logprobs, response_logprobs
 
 
-Responses = dict[str, dict[tuple[int, ...], None]]  # prompt -> its distinct responses' ids, in first-seen order
+Responses = dict[str, dict[tuple[int, ...], Encoded]]  # prompt -> its distinct responses' ids (first-seen order) -> prompt + response
 
 
 @torch.no_grad()
@@ -44,11 +45,13 @@ def pair_scores(model: Any, tokenizer: Any, pairs: Sequence[Pair], max_length: i
             continue
         cut = len(encoder.prompt_ids(pair.prompt))
         keys = tuple(tuple(e.input_ids[cut:]) for e in (chosen, rejected))
-        responses.setdefault(pair.prompt, {}).update(dict.fromkeys(keys))
+        found = responses.setdefault(pair.prompt, {})
+        for key, encoded in zip(keys, (chosen, rejected)):
+            found.setdefault(key, encoded)
         sides.append((pair.prompt, *keys))
     was_training = model.training
     model.eval()
-    score = _shared_row_scores if attention_of(model) in SHARED_MASK_ATTENTION else _row_per_response_scores
+    score = _shared_row_scores if attention_implementation(model) in SHARED_MASK_ATTENTION else _row_per_response_scores
     try:
         scores = score(model, encoder, responses, batch_size, chunk_for(chunk, model, sharded=False))
     finally:
@@ -86,20 +89,15 @@ def _row_per_response_scores(model: Any, encoder: Encoder, responses: Responses,
                              ) -> dict[tuple[str, tuple[int, ...]], float]:
     """Each (prompt, response)'s score, every response in a row of its own behind its prompt (plain causal
     attention), shortest rows first."""
-    keys = sorted(((prompt, response) for prompt, found in responses.items() for response in found),
-                  key=lambda key: len(encoder.prompt_ids(key[0])) + len(key[1]))
+    rows = sorted(((prompt, response, encoded) for prompt, found in responses.items() for response, encoded in found.items()),
+                  key=lambda row: len(row[2].input_ids))
     device = next(model.parameters()).device
     scores: list[float] = []
-    for start in range(0, len(keys), batch_size):
-        rows = []
-        for prompt, response in keys[start : start + batch_size]:
-            prompt_ids = list(encoder.prompt_ids(prompt))
-            rows.append(Encoded(prompt_ids + list(response), [IGNORE_INDEX] * len(prompt_ids) + list(response)))
-        batch = {key: value.to(device) for key, value in encoder.collate(rows).items()}
-        logprobs, learned = learned_logprobs(model, batch, chunk)
-        sums, counts = (logprobs * learned).sum(dim=-1), learned.sum(dim=-1)
-        scores.extend((sums / counts.clamp(min=1)).double().cpu().tolist())
-    return dict(zip(keys, scores))
+    for start in range(0, len(rows), batch_size):
+        batch = {key: value.to(device) for key, value in encoder.collate([e for _, _, e in rows[start : start + batch_size]]).items()}
+        logprobs, learned = learned_logprobs(model, batch, chunk)  # 0 where not learned
+        scores.extend((logprobs.sum(dim=-1) / learned.sum(dim=-1).clamp(min=1)).double().cpu().tolist())
+    return dict(zip(((prompt, response) for prompt, response, _ in rows), scores))
 
 
 def ranking_summary(scores: Sequence[tuple[float, float]], when: str) -> dict[str, float | int | None]:

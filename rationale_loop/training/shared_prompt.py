@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from rationale_loop.config.errors import ConfigError
+from rationale_loop.training.packing import attention_implementation
 
 
 @dataclass(frozen=True)
@@ -91,12 +92,6 @@ def collate_rows(rows: Sequence[SharedRow], pad_id: int) -> dict[str, Any]:
     }
 
 
-def attention_of(model: torch.nn.Module) -> str:
-    """The model's attention implementation (sdpa where it does not say)."""
-    inner = getattr(model, "module", model)  # under DDP, the wrapped model holds the config
-    return getattr(getattr(inner, "config", None), "_attn_implementation", None) or "sdpa"
-
-
 #: The attention implementations that take forward_logits' 4D mask as given.
 SHARED_MASK_ATTENTION = ("sdpa", "eager")
 
@@ -105,7 +100,7 @@ def forward_logits(model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tenso
     """The model's logits under the shared mask: transformers takes a 4D mask as given. SDPA reads a
     boolean mask as is (and whatever dtype autocast gives the queries); eager attention adds a float one."""
     sees = batch["shared_mask"].to(batch["input_ids"].device)
-    attention = attention_of(model)
+    attention = attention_implementation(model)
     if attention == "eager":
         dtype = next(model.parameters()).dtype
         sees = torch.zeros(sees.shape, dtype=dtype, device=sees.device).masked_fill(~sees, torch.finfo(dtype).min)
