@@ -52,7 +52,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from training_stages import items_and_tokenizer, machine_description  # noqa: E402
+from training_stages import items_and_tokenizer, machine_description, matmul_peak  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
 from rationale_loop.config.schema import ObjectiveConfig, PeftConfig, TrainConfig  # noqa: E402
@@ -71,19 +71,6 @@ NEFTUNE = 5.0
 SHARE_PROMPT = True  # --no-share-prompt: the rank stage's one-row-per-response path
 ADAPTER = PeftConfig()  # --peft lora: PeftConfig(method="lora"), the conf/peft/lora.yaml defaults
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-
-
-def matmul_peak(dtype: torch.dtype, size: int = 2048, repeats: int = 20) -> float:
-    """FLOP/s of one large matmul in `dtype`: the best of `repeats` (a peak, so the fastest run; the median
-    of a few runs on a shared machine can land below what the stages themselves reach)."""
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
-    torch.matmul(a, b)  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        torch.matmul(a, b)
-        times.append(time.perf_counter() - start)
-    return 2 * size**3 / min(times)
 
 
 def smollm2_folder() -> Path:

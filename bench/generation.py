@@ -60,7 +60,7 @@ from rationale_loop.generate import Sampling  # noqa: E402
 from rationale_loop.generate.hf import HFBackend  # noqa: E402
 from rationale_loop.generate.vllm import VLLMBackend  # noqa: E402
 from rationale_loop.models.model import generation_dtype, load_model, load_tokenizer  # noqa: E402
-from training_stages import machine_description  # noqa: E402
+from training_stages import machine_description, matmul_peak  # noqa: E402
 
 
 def machine() -> dict:
@@ -119,18 +119,6 @@ def run_transformers_generate(model, tokenizer, prompts, sampling, batch_size):
     return tokens, time.perf_counter() - start
 
 
-def matmul_peak(dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float:
-    """This CPU's matrix multiply rate in GFLOP/s (median of `repeats` square products of `size`)."""
-    a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
-    a @ b
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - start)
-    return 2 * size**3 / statistics.median(times) / 1e9
-
-
 def loop_variants(vocabulary: int) -> dict[str, dict]:
     """The hf loop with a speedup undone, by the generate/decode.py names to replace: the draw over the whole
     vocabulary (as generate makes it), transformers' DynamicCache with torch's sdpa for every step (the
@@ -172,7 +160,7 @@ def real_model(args) -> None:
     # of the precisions measured: a CPU without native bf16 emulates a 2048^3 bf16 matmul for minutes.
     vllm_dtype = vllm_precision()
     dtypes = [] if args.skip_hf else args.dtypes.split(",")
-    peaks = {dtype: matmul_peak(getattr(torch, dtype)) for dtype in {*dtypes, vllm_dtype}}
+    peaks = {dtype: matmul_peak(getattr(torch, dtype)) / 1e9 for dtype in {*dtypes, vllm_dtype}}  # GFLOP/s
     rows: dict[str, dict] = {}
 
     def measure(name, runs, dtype, parameters):

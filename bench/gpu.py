@@ -44,7 +44,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from training_stages import items_and_tokenizer, machine_description  # noqa: E402
+from training_stages import items_and_tokenizer, machine_description, matmul_peak, synchronize  # noqa: E402
 
 from rationale_loop.config.schema import ModelConfig, ObjectiveConfig, TrainConfig  # noqa: E402
 from rationale_loop.data.encode import Encoder  # noqa: E402
@@ -85,25 +85,6 @@ def build_model(settings: dict, tokenizer, device: str) -> torch.nn.Module:
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[settings["dtype"]]
     with torch.device(device):  # built where it runs ("meta": shapes only, for counting FLOPs)
         return AutoModelForCausalLM.from_config(config, dtype=dtype)
-
-
-def matmul_peak(dtype: torch.dtype, device: str, size: int, repeats: int = 20) -> float:
-    """FLOP/s of one square matmul in `dtype`: the best of `repeats` (a peak: the fastest run)."""
-    a, b = (torch.randn(size, size, device=device).to(dtype) for _ in range(2))
-    torch.matmul(a, b)
-    best = float("inf")
-    for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
-        torch.matmul(a, b)
-        _sync(device)
-        best = min(best, time.perf_counter() - start)
-    return 2 * size**3 / best
-
-
-def _sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
 
 
 def flops_per_token(model: torch.nn.Module, mean_length: float) -> float:
@@ -195,7 +176,7 @@ def plain_loop(shape: dict, steps: int, batch: int, micro: int, device: str, thr
                 forwarded += micro_batch["attention_mask"].numel()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-        _sync(device)
+        synchronize(device)
         seconds.append(time.perf_counter() - start)
         peak = max(peak, _peak_since(device, before))
         del model, optimizer
@@ -212,10 +193,10 @@ def generation(shape: dict, device: str, threads: int, prompts: int, new_tokens:
     batch = tokenizer([i.prompt for i in sft[:prompts]], return_tensors="pt", padding=True).to(device)
     settings = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
     model.generate(**batch, **{**settings, "max_new_tokens": 4, "min_new_tokens": 4})  # warm-up
-    _sync(device)
+    synchronize(device)
     start = time.perf_counter()
     out = model.generate(**batch, **settings)
-    _sync(device)
+    synchronize(device)
     seconds = time.perf_counter() - start
     generated = (out.shape[1] - batch["input_ids"].shape[1]) * out.shape[0]
     return {"seconds": seconds, "tokens": generated}
@@ -250,7 +231,7 @@ def main() -> None:
     device = "cuda" if gpu else "cpu"
     batch, micro = (64, 16) if gpu else (16, 8)
     peak_dtype = torch.bfloat16 if gpu else torch.float32  # the CPU shapes train in fp32
-    peak = matmul_peak(peak_dtype, device, 4096 if gpu else 1024)
+    peak = matmul_peak(peak_dtype, device, size=4096 if gpu else 1024)
     results: dict = {}
     for shape_name, shape in shapes(gpu).items():
         # One process per variant on the CPU (its peak resident memory is that variant's), its repeats inside.
@@ -278,7 +259,7 @@ def main() -> None:
                                                        / max(rows["rank (shared prompt)"]["peak_memory_mib"], 1e-9), 3),
             "sft_vs_plain_loop_tokens_per_second": round(padded["tokens_per_second"] / rows["plain PyTorch loop (sft, padded)"]["tokens_per_second"], 3),
         }
-    peak = max(peak, matmul_peak(peak_dtype, device, 4096 if gpu else 1024))
+    peak = max(peak, matmul_peak(peak_dtype, device, size=4096 if gpu else 1024))
     for shape_result in results.values():  # MFU against the better of the two peak measurements
         for row in shape_result["stages"].values():
             row["mfu"] = round(row["tokens_per_second"] * shape_result["flops_per_token"] / peak, 4)

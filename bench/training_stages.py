@@ -93,6 +93,27 @@ def machine_description(threads: int) -> dict:
     return machine
 
 
+
+def matmul_peak(dtype: torch.dtype, device: str = "cpu", size: int = 2048, repeats: int = 20) -> float:
+    """FLOP/s of one square matmul of `size` in `dtype`: the best of `repeats`. A peak, so the fastest run:
+    the median of a few runs on a shared machine can land below what the measured stages themselves reach.
+    Every benchmark's MFU or share of the peak divides by this one number."""
+    a, b = (torch.randn(size, size, device=device).to(dtype) for _ in range(2))
+    torch.matmul(a, b)  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        synchronize(device)
+        start = time.perf_counter()
+        torch.matmul(a, b)
+        synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best
+
+
+def synchronize(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=20)
