@@ -37,7 +37,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from generation import checkpoint_label, experiment_setting, machine, matmul_peak, parameter_count, run_hf  # noqa: E402
+from generation import checkpoint_label, experiment_setting, machine, parameter_count, run_hf  # noqa: E402
+from training_stages import matmul_peak  # noqa: E402
 
 from rationale_loop.generate import decode  # noqa: E402
 from rationale_loop.generate.hf import encode_prompts  # noqa: E402
@@ -50,22 +51,13 @@ def step_seconds(model, prompt: list[int], rows: int, steps: int, sampling) -> t
     reserved for the prompt plus `steps` tokens, then `steps` steps of a forward and a draw, no row leaving;
     and the draw alone on the last step's logits (median of 5), its candidates picked CANDIDATE_ROWS rows at
     a time (the loop's way) and the whole batch at once (the way before)."""
-    from transformers import DynamicCache
-
-    cache = DynamicCache(config=model.config)
-    step_options, prompt_options = decode._forward_options(model, cache)
     with decode.decode_attention(model):
-        logits, mask, position = decode._read_prompts(model, [prompt], 0, cache, prompt_options)
-        cache.batch_repeat_interleave(rows)
-        logits, mask, position = (t.repeat_interleave(rows, dim=0) for t in (logits, mask, position))
-        decode.reserve(cache, mask.shape[-1] + steps)
+        _, step_options, (logits, mask, position) = decode.start_batch(model, [prompt], rows, 0, steps)
         generator = torch.Generator().manual_seed(0)
         start = time.perf_counter()
         for _ in range(steps):
             tokens = decode.pick_tokens(logits, sampling.temperature, sampling.top_p, generator)
-            mask = torch.cat([mask, mask.new_ones((rows, 1))], dim=-1)
-            logits = model(input_ids=tokens[:, None], attention_mask=mask, position_ids=position, **step_options).logits[:, -1]
-            position = position + 1
+            logits, mask, position = decode.decode_step(model, tokens, mask, position, step_options)
         step = (time.perf_counter() - start) / steps
     draws = {}
     for name, rows_at_once in (("draw_s", decode.CANDIDATE_ROWS), ("draw_whole_batch_s", 1 << 30)):
@@ -122,7 +114,7 @@ def main() -> None:
     tokenizer = load_tokenizer(checkpoint)
     model = load_model(checkpoint, args.dtype).eval()
     parameters = parameter_count(checkpoint)
-    peak = matmul_peak(getattr(torch, args.dtype))
+    peak = matmul_peak(getattr(torch, args.dtype)) / 1e9  # GFLOP/s
     encoded = sorted(encode_prompts(tokenizer, prompts, sampling), key=len)
     median_prompt = encoded[len(encoded) // 2]
     rows = [int(r) for r in args.rows.split(",")]

@@ -136,13 +136,7 @@ def decode_batch(
 
 def _decode(model, prompts, n, temperature, top_p, max_new_tokens, end_id, pad_id, generator, stopped) -> list[Decoded]:
     device = model.device
-    cache = DynamicCache(config=model.config)
-    step_options, prompt_options = _forward_options(model, cache)
-    logits, mask, next_position = _read_prompts(model, prompts, pad_id, cache, prompt_options)
-    if n > 1:  # the prompt was read once; its samples share its cache from here on
-        cache.batch_repeat_interleave(n)
-        logits, mask, next_position = (t.repeat_interleave(n, dim=0) for t in (logits, mask, next_position))
-    reserve(cache, mask.shape[-1] + max_new_tokens)
+    cache, step_options, (logits, mask, next_position) = start_batch(model, prompts, n, pad_id, max_new_tokens)
     live = list(range(len(prompts) * n))  # the original row of each row of the batch
     results: list[Decoded | None] = [None] * len(live)
     sampled: list[list[int]] = [[] for _ in live]
@@ -164,7 +158,26 @@ def _decode(model, prompts, n, temperature, top_p, max_new_tokens, end_id, pad_i
             cache.batch_select_indices(index)
             tokens, mask, next_position = tokens[index], mask[index], next_position[index]
             live = [live[slot] for slot in keep]
-        mask = torch.cat([mask, mask.new_ones((len(live), 1))], dim=-1)
-        logits = model(input_ids=tokens[:, None], attention_mask=mask, position_ids=next_position, **step_options).logits[:, -1]
-        next_position = next_position + 1
+        logits, mask, next_position = decode_step(model, tokens, mask, next_position, step_options)
     return [result or Decoded([], "length") for result in results]  # (None only when max_new_tokens is 0)
+
+
+def start_batch(model: PreTrainedModel, prompts: Sequence[Sequence[int]], n: int, pad_id: int, new_tokens: int):
+    """A batch ready for its first draw: the prompts read into a fresh KV cache, each repeated to its n
+    sample rows (row `i * n + j` is prompt i's sample j), the cache reserved for `new_tokens` more. Returns
+    the cache, a step's forward options and the rows' (last logits, attention mask, next position)."""
+    cache = DynamicCache(config=model.config)
+    step_options, prompt_options = _forward_options(model, cache)
+    state = _read_prompts(model, prompts, pad_id, cache, prompt_options)
+    if n > 1:  # the prompt was read once; its samples share its cache from here on
+        cache.batch_repeat_interleave(n)
+        state = tuple(t.repeat_interleave(n, dim=0) for t in state)
+    reserve(cache, state[1].shape[-1] + new_tokens)
+    return cache, step_options, state
+
+
+def decode_step(model: PreTrainedModel, tokens: torch.Tensor, mask: torch.Tensor, next_position: torch.Tensor, step_options: dict):
+    """One token a row through the model: the rows' next logits, mask and position."""
+    mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=-1)
+    logits = model(input_ids=tokens[:, None], attention_mask=mask, position_ids=next_position, **step_options).logits[:, -1]
+    return logits, mask, next_position + 1
