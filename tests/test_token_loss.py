@@ -114,7 +114,7 @@ def test_segmented_attention_equals_a_block_diagonal_mask_with_grouped_query_hea
     causal mask the slices stand for; 2 key/value heads serving 4 query heads."""
     from types import SimpleNamespace
 
-    from rationale_loop.training.packing import segmented_attention
+    from rationale_loop.training.attention import segmented_attention
 
     torch.manual_seed(0)
     bounds = (0, 5, 7, 13)

@@ -18,7 +18,7 @@ import torch
 
 from rationale_loop.data.encode import Encoded, Encoder
 from rationale_loop.run.records import Pair
-from rationale_loop.training.packing import attention_implementation
+from rationale_loop.training.attention import attention_implementation, training_attention
 from rationale_loop.training.shared_prompt import SHARED_MASK_ATTENTION, SharedRow, collate_rows, response_sums
 from rationale_loop.training.token_loss import AUTO, chunk_for, learned_logprobs, response_logprobs
 
@@ -53,7 +53,8 @@ def pair_scores(model: Any, tokenizer: Any, pairs: Sequence[Pair], max_length: i
     model.eval()
     score = _shared_row_scores if attention_implementation(model) in SHARED_MASK_ATTENTION else _row_per_response_scores
     try:
-        scores = score(model, encoder, responses, batch_size, chunk_for(chunk, model, sharded=False))
+        with training_attention(model, packed=False):  # the attention the round trains with (float32 on a CPU)
+            scores = score(model, encoder, responses, batch_size, chunk_for(chunk, model, sharded=False))
     finally:
         model.train(was_training)
     return [(scores[prompt, chosen], scores[prompt, rejected]) for prompt, chosen, rejected in sides]

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from rationale_loop.config.errors import ConfigError
-from rationale_loop.training.packing import attention_implementation
+from rationale_loop.training.attention import attention_implementation
 
 
 @dataclass(frozen=True)

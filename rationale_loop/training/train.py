@@ -30,7 +30,8 @@ from rationale_loop.run.faults import crash_point
 from rationale_loop.models.model import autocasts_bf16, freeze_embeddings, neftune, refuse_non_finite_weights
 from rationale_loop.training.objectives import Objective, SupervisedObjective
 from rationale_loop.training.optim import build_optimizer, cosine_with_warmup
-from rationale_loop.training.packing import collate_packed, packed_attention, pack_indices
+from rationale_loop.training.attention import training_attention
+from rationale_loop.training.packing import collate_packed, pack_indices
 from rationale_loop.training.token_loss import chunk_for, head_rows
 from rationale_loop.run.records import atomic_writer
 from rationale_loop.views.terminal import progress_bar
@@ -160,9 +161,9 @@ def train(
 
     start = time.perf_counter()
     model.train()
-    packed = packed_attention(accelerator.unwrap_model(model)) if packs(objective, cfg) else nullcontext()
     bar = progress_bar(len(batches), first_step - 1, desc)
-    with neftune(accelerator.unwrap_model(model), cfg.neftune_alpha), packed, bar as progress:
+    attention = training_attention(accelerator.unwrap_model(model), packed=packs(objective, cfg))
+    with neftune(accelerator.unwrap_model(model), cfg.neftune_alpha), attention, bar as progress:
         for step, batch_indices in enumerate(batches[first_step - 1 :], start=first_step):
             share, weight = _my_share(batch_indices, lengths, cfg, accelerator)
             micro_batches = cut_micro_batches(objective, [kept[i] for i in share], encoder, cfg)
