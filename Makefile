@@ -101,12 +101,13 @@ compare: $(STAMP) ## runs side by side: RUN and every run forked from it, or RUN
 report: $(STAMP) ## write outputs/runs/$(RUN)/report.html: rounds table, plots, pairs of every round
 	$(RL) report run=$(RUN) output_root=$(OUTPUT_ROOT)
 
-bench: $(BENCH_STAMP) ## every benchmark (not tests): training stages vs TRL and the matmul peak, AdamW's kernels, generation, a round's time and memory; writes bench/results/
+bench: $(BENCH_STAMP) ## every benchmark (not tests): training stages vs TRL and the matmul peak, bf16 attention in float32 or not, AdamW's kernels, generation, a round's time and memory; writes bench/results/
 	$(BENCH_VENV)/bin/python -m rationale_loop sft output_root=$(dir $(BENCH_RUN)) run=$(notdir $(BENCH_RUN))
 	$(BENCH_VENV)/bin/python bench/training_stages.py --steps 20 --repeats 3
 	$(BENCH_VENV)/bin/python bench/against_trl.py --steps 30 --repeats 3
 	$(BENCH_VENV)/bin/python bench/against_trl.py --model smollm2 --steps 4 --repeats 3 --precisions bf16
 	$(BENCH_VENV)/bin/python bench/against_trl.py --model smollm2 --steps 4 --repeats 3 --precisions bf16 --peft lora
+	$(BENCH_VENV)/bin/python bench/cpu_attention.py --repeats 3
 	$(BENCH_VENV)/bin/python bench/optimizer.py --steps 10 --repeats 3
 	$(BENCH_VENV)/bin/python bench/generation.py --checkpoint $(BENCH_RUN)/round_00/checkpoint $(if $(wildcard $(VLLM_STAMP)),,--vllm-python none)
 	$(BENCH_VENV)/bin/python bench/round_memory.py --from-run $(BENCH_RUN) --pools 256 1024 4096
