@@ -57,6 +57,33 @@ def test_a_training_loop_switches_names_that_stand_for_the_models_own_and_restor
             pass
 
 
+def test_only_the_configs_attending_as_the_model_does_switch_and_each_gets_back_exactly_what_it_had(tokenizer):
+    """A sub-model configured otherwise (an eager tower) keeps its attention; a config that said None (sdpa by
+    default) says None again after, not "sdpa"."""
+    from transformers import LlamaConfig
+
+    model = tiny_model(tokenizer)
+    tower = torch.nn.Module()
+    tower.config = LlamaConfig(attn_implementation="eager")
+    model.add_module("tower", tower)
+    model.config._attn_implementation_internal = None
+    with training_attention(model, packed=False):
+        assert model.config._attn_implementation == CPU_SDPA and tower.config._attn_implementation == "eager"
+        assert model.model.layers[0].self_attn.config._attn_implementation == CPU_SDPA  # what the layers read
+    assert model.config._attn_implementation is None and tower.config._attn_implementation == "eager"
+
+
+def test_a_model_whose_attention_transformers_does_not_dispatch_keeps_its_own(tokenizer, monkeypatch):
+    """Remote code may branch on the name itself: a name of ours would send it down another path silently."""
+    model = tiny_model(tokenizer)
+    monkeypatch.setattr(type(model), "_supports_attention_backend", False)
+    with training_attention(model, packed=False):
+        assert model.config._attn_implementation == "sdpa"
+    with pytest.raises(ValueError, match="transformers dispatches"):
+        with training_attention(model, packed=True):
+            pass
+
+
 def test_cpu_sdpa_in_float32_is_sdpa_bit_for_bit_and_close_to_it_under_autocast(tokenizer):
     model = tiny_model(tokenizer).eval()
     rows = [tokenizer(item.prompt + item.response)["input_ids"] for item in ITEMS[:3]]

@@ -8,6 +8,8 @@
   a bf16 forward and backward 1.6-2.7x slower than float32 on the same rows, causal or under a mask
   (docs/benchmarks.md, "bf16 attention on a CPU"), which made attention a quarter of a bf16 training step.
   The matmuls around it stay in bf16 under autocast. An sdpa model on a CPU trains through `CPU_SDPA`.
+  The price is memory: the float32 query, key and value (and output) a layer keeps for its backward pass
+  take twice their bf16 bytes.
 
 Both names stand for what the model was configured with (`attention_implementation` reports that), and
 are set only while the block runs, so a saved config never holds them.
@@ -36,9 +38,12 @@ def attention_implementation(model: torch.nn.Module) -> str:
 
 
 def _config(model: torch.nn.Module) -> Any:
+    return _base(model).config
+
+
+def _base(model: torch.nn.Module) -> torch.nn.Module:
     inner = getattr(model, "module", model)  # under DDP, the wrapped model holds the config
-    base = inner.get_base_model() if hasattr(inner, "get_base_model") else inner  # under peft, the base model
-    return base.config
+    return inner.get_base_model() if hasattr(inner, "get_base_model") else inner  # under peft, the base model
 
 
 def half_precision(query: torch.Tensor) -> torch.dtype | None:
@@ -62,6 +67,9 @@ def attend_in_float32(attention: Callable) -> Callable:
             return attention(module, query, key, value, attention_mask, *args, **kwargs)
         if attention_mask is not None and attention_mask.is_floating_point():
             attention_mask = attention_mask.float()  # an additive mask in the query's dtype
+        # Any other float tensor joins the float32 arithmetic too (a position bias is added to the mask).
+        kwargs = {name: item.float() if torch.is_tensor(item) and item.is_floating_point() else item
+                  for name, item in kwargs.items()}
         with torch.autocast("cpu", enabled=False):
             out, weights = attention(module, query.float(), key.float(), value.float(), attention_mask, *args, **kwargs)
         return out.to(half), weights
@@ -92,14 +100,20 @@ def segmented_attention(module: torch.nn.Module, query: torch.Tensor, key: torch
 def _register() -> None:
     """The two names in transformers' tables, once, when a model first trains (not at import)."""
     from transformers import AttentionInterface
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
     AttentionInterface.register(SEGMENTED, segmented_attention)
     # No mask: the slices are the mask, and building one would cost the square of the packed length.
     AttentionMaskInterface.register(SEGMENTED, lambda *args, **kwargs: None)
-    AttentionInterface.register(CPU_SDPA, attend_in_float32(sdpa_attention_forward))
+    AttentionInterface.register(CPU_SDPA, attend_in_float32(_sdpa))
     AttentionMaskInterface.register(CPU_SDPA, sdpa_mask)
+
+
+def _sdpa(*args: Any, **kwargs: Any) -> Any:
+    """Whatever transformers runs as "sdpa" when called (not when registered: a later override stands)."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    return ALL_ATTENTION_FUNCTIONS["sdpa"](*args, **kwargs)
 
 
 def _training_name(model: torch.nn.Module, configured: str, packed: bool) -> str:
@@ -107,12 +121,16 @@ def _training_name(model: torch.nn.Module, configured: str, packed: bool) -> str
     for an sdpa model on a CPU, else its own (flash packs as it is; eager keeps its own arithmetic)."""
     if configured.startswith("flash") or configured == SEGMENTED:
         return configured
+    # A model with its own attention code (trust_remote_code) may branch on the name instead of looking the
+    # function up in transformers' table: a name of ours would silently send it down another path.
+    dispatched = getattr(type(_base(model)), "_supports_attention_backend", False)
     if packed:
-        if configured not in ("sdpa", "eager"):
-            raise ValueError(f"train.packing needs sdpa, eager or flash attention, and the model uses {configured}")
+        if configured not in ("sdpa", "eager") or not dispatched:
+            raise ValueError(f"train.packing needs sdpa, eager or flash attention that transformers dispatches, and the "
+                             f"model ({type(_base(model)).__name__}) uses {configured}: set packing=false")
         return SEGMENTED
     on_cpu = next(model.parameters()).device.type == "cpu"
-    return CPU_SDPA if configured == "sdpa" and on_cpu else configured
+    return CPU_SDPA if configured == "sdpa" and on_cpu and dispatched else configured
 
 
 @contextmanager
@@ -120,16 +138,24 @@ def training_attention(model: torch.nn.Module, packed: bool) -> Iterator[None]:
     """While the block runs, the model attends as `_training_name` says. Around a whole training loop, so that
     activations recomputed in the backward pass (gradient checkpointing) see the same attention as the
     forward pass did."""
-    config = _config(model)
-    before = config._attn_implementation or "sdpa"
+    before = _config(model)._attn_implementation_internal
     name = _training_name(model, attention_implementation(model), packed)
-    if name == before:
+    if name == (before or "sdpa"):
         yield
         return
     _register()
-    config._attn_implementation = name
+    # Every config object the model's modules hold that attends as the model does (not a sub-model configured
+    # otherwise, such as an eager vision tower), set directly: the property's setter would also overwrite
+    # every sub-config. Each gets back exactly what it had, None included.
+    configs = {id(m.config): m.config for m in _base(model).modules()
+               if hasattr(getattr(m, "config", None), "_attn_implementation_internal")}
+    switched = [(config, config._attn_implementation_internal) for config in configs.values()
+                if config._attn_implementation_internal == before]
+    for config, _ in switched:
+        config._attn_implementation_internal = name
     try:
         yield
     finally:
-        config._attn_implementation = before
+        for config, value in switched:
+            config._attn_implementation_internal = value
 
