@@ -93,7 +93,6 @@ def machine_description(threads: int) -> dict:
     return machine
 
 
-
 def matmul_peak(dtype: torch.dtype, device: str = "cpu", size: int = 2048, repeats: int = 20) -> float:
     """FLOP/s of one square matmul of `size` in `dtype`: the best of `repeats`. A peak, so the fastest run:
     the median of a few runs on a shared machine can land below what the measured stages themselves reach.
@@ -113,6 +112,7 @@ def matmul_peak(dtype: torch.dtype, device: str = "cpu", size: int = 2048, repea
 def synchronize(device: str) -> None:
     if device == "cuda":
         torch.cuda.synchronize()
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

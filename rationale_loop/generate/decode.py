@@ -168,12 +168,12 @@ def start_batch(model: PreTrainedModel, prompts: Sequence[Sequence[int]], n: int
     the cache, a step's forward options and the rows' (last logits, attention mask, next position)."""
     cache = DynamicCache(config=model.config)
     step_options, prompt_options = _forward_options(model, cache)
-    state = _read_prompts(model, prompts, pad_id, cache, prompt_options)
+    logits, mask, next_position = _read_prompts(model, prompts, pad_id, cache, prompt_options)
     if n > 1:  # the prompt was read once; its samples share its cache from here on
         cache.batch_repeat_interleave(n)
-        state = tuple(t.repeat_interleave(n, dim=0) for t in state)
-    reserve(cache, state[1].shape[-1] + new_tokens)
-    return cache, step_options, state
+        logits, mask, next_position = (t.repeat_interleave(n, dim=0) for t in (logits, mask, next_position))
+    reserve(cache, mask.shape[-1] + new_tokens)
+    return cache, step_options, (logits, mask, next_position)
 
 
 def decode_step(model: PreTrainedModel, tokens: torch.Tensor, mask: torch.Tensor, next_position: torch.Tensor, step_options: dict):

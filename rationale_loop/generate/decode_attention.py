@@ -11,9 +11,11 @@ from contextlib import contextmanager
 from typing import Iterator
 
 import torch
-from transformers import AttentionInterface, AttentionMaskInterface, PretrainedConfig, PreTrainedModel
+from transformers import AttentionInterface, AttentionMaskInterface, PreTrainedModel
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import sdpa_mask
+
+from rationale_loop.models.attention_switch import switched_attention
 
 NAME = "rationale_loop_decode"
 
@@ -43,13 +45,8 @@ def decode_attention(model: PreTrainedModel) -> Iterator[None]:
     """Within the block, a model on the CPU attends through grouped_decode_attention where it used sdpa;
     other implementations (eager), and every model on a GPU (where sdpa's fused kernels were not measured
     against it), are left as they are."""
-    configs = {id(m.config): m.config for m in model.modules() if isinstance(getattr(m, "config", None), PretrainedConfig)}
-    on_cpu = model.device.type == "cpu"
-    switched = [c for c in configs.values() if on_cpu and getattr(c, "_attn_implementation", None) == "sdpa"]
-    for config in switched:
-        config._attn_implementation = NAME
-    try:
+    if model.device.type != "cpu":
         yield
-    finally:
-        for config in switched:
-            config._attn_implementation = "sdpa"
+        return
+    with switched_attention(model, "sdpa", NAME):
+        yield

@@ -24,6 +24,8 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
+from rationale_loop.models.attention_switch import switched_attention
+
 #: The attention implementation packed rows train under when the model's is sdpa or eager.
 SEGMENTED = "rationale_loop_segmented"
 #: sdpa with half-precision rows attending in float32, for an sdpa model training on a CPU.
@@ -144,18 +146,5 @@ def training_attention(model: torch.nn.Module, packed: bool) -> Iterator[None]:
         yield
         return
     _register()
-    # Every config object the model's modules hold that attends as the model does (not a sub-model configured
-    # otherwise, such as an eager vision tower), set directly: the property's setter would also overwrite
-    # every sub-config. Each gets back exactly what it had, None included.
-    configs = {id(m.config): m.config for m in _base(model).modules()
-               if hasattr(getattr(m, "config", None), "_attn_implementation_internal")}
-    switched = [(config, config._attn_implementation_internal) for config in configs.values()
-                if config._attn_implementation_internal == before]
-    for config, _ in switched:
-        config._attn_implementation_internal = name
-    try:
+    with switched_attention(_base(model), before, name):
         yield
-    finally:
-        for config, value in switched:
-            config._attn_implementation_internal = value
-
